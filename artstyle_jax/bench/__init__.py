@@ -1,0 +1,1 @@
+"""Benchmarks. Run `python -m artstyle_jax.bench {backbone,step,data} --help`."""

@@ -1,0 +1,1 @@
+"""Networks: the ConvNeXt backbone, the projection head, and weight import."""
