@@ -1,0 +1,55 @@
+# shellcheck shell=bash
+# Helpers shared by the launch scripts: shell quoting, dry-run aware command execution and
+# argument errors. Sourced, not executed; the sourcing script sets PROG and DRY_RUN.
+
+# Prints WORD quoted for a POSIX shell, the way Python's shlex.quote does: a word made only of
+# letters, digits and _@%+=:,./- stays bare; any other word is single-quoted, with each ' in it
+# written as '"'"'.
+shell_quote() {
+  local LC_ALL=C word=$1
+  if [[ -z $word ]]; then
+    printf "''"
+  elif [[ $word =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
+    printf '%s' "$word"
+  else
+    printf "'%s'" "${word//\'/\'\"\'\"\'}"
+  fi
+}
+
+# Prints WORDS as one command line that a shell splits back into exactly these words.
+shell_join() {
+  local line="" word
+  for word in "$@"; do
+    line+="${line:+ }$(shell_quote "$word")"
+  done
+  printf '%s\n' "$line"
+}
+
+# Runs a command, or with DRY_RUN=1 only prints it (stdout, one line, copy-pasteable). A real
+# run echoes the command to stderr first, like `set -x`.
+run() {
+  if (( DRY_RUN )); then
+    shell_join "$@"
+  else
+    printf '+ %s\n' "$(shell_join "$@")" >&2
+    "$@"
+  fi
+}
+
+# Reports a usage error and exits with status 2.
+die() {
+  printf '%s: error: %s\n' "$PROG" "$*" >&2
+  printf "Run '%s --help' for usage.\n" "$PROG" >&2
+  exit 2
+}
+
+# Checks that flag $1 has a value: $2 is the number of arguments left after the flag.
+need_value() {
+  (( $2 > 0 )) || die "$1 needs a value"
+}
+
+# Exits with a clear message unless PROGRAM is on PATH (only checked for real runs).
+require_program() {
+  (( DRY_RUN )) || command -v "$1" >/dev/null 2>&1 \
+    || { printf '%s: error: %s not found on PATH; %s\n' "$PROG" "$1" "$2" >&2; exit 1; }
+}

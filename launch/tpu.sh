@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Runs artstyle-jax on a Cloud TPU VM or pod slice through gcloud: create the VM, install the
+# project on every worker, start training or evaluation on all workers, follow a worker's log,
+# stop the job, delete the VM. launch/README.md walks through a whole run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ROOT
+# shellcheck source=launch/lib.sh
+source "$ROOT/launch/lib.sh"
+
+PROG=tpu.sh
+DRY_RUN=0
+PROJECT=""
+
+# Where things live on each worker, relative to the ssh user's home directory.
+readonly REMOTE_SRC=artstyle-jax
+readonly REMOTE_VENV=artstyle-venv
+readonly ARCHIVE=artstyle-jax.tar.gz
+readonly LOCAL_ARCHIVE="$ROOT/build/$ARCHIVE"
+
+usage() {
+  cat <<EOF
+Usage: launch/tpu.sh COMMAND --name=NAME --zone=ZONE [flags] [--dry-run]
+
+Commands:
+  create   create the TPU VM or pod slice
+             --accelerator-type=TYPE  default v4-32 (v4-N, v5litepod-N, v5p-N, v6e-N, ...)
+             --runtime-version=V      default from TYPE: tpu-ubuntu2204-base (v2, v3, v4),
+                                      v2-alpha-tpuv5-lite (v5e), v2-alpha-tpuv5 (v5p),
+                                      v2-alpha-tpuv6e (v6e)
+             --spot                   a Spot VM: cheaper, may be preempted at any time
+  install  install the project and jax[tpu] in ~/$REMOTE_VENV on every worker; ships this
+           checkout's committed HEAD (git archive) unless --repo is given
+             --repo=URL [--ref=REF]   git clone URL (and check out REF) on every worker instead
+  train    start training in the background on all workers; log ~/artstyle-train.log
+             --bucket=BUCKET          gs:// bucket for the defaults below
+             --workdir=gs://...       checkpoints and metrics; default gs://BUCKET/runs/NAME
+             --data-dir=gs://...      TFDS data_dir; default gs://BUCKET/tensorflow_datasets
+             --config=PATH            config file inside the repository; default configs/paper.py
+             --config.KEY=VALUE       passed through to the trainer (any number)
+  eval     start the linear-probe evaluation in the background on all workers;
+           log ~/artstyle-eval.log
+             --bucket=BUCKET | --workdir=gs://...   as for train
+             --step=N                 checkpoint step; default the latest
+  logs     follow a worker's log (Ctrl-C to stop following)
+             --job=train|eval         default train
+             --worker=N               default 0
+  stop     stop the job on all workers
+             --job=train|eval         default train
+  delete   delete the TPU VM
+             --yes                    do not ask for confirmation
+
+Flags of every command:
+  --name=NAME        TPU VM name (required)
+  --zone=ZONE        e.g. us-central2-b (required)
+  --project=PROJECT  default: gcloud's configured project
+  --dry-run          print the commands, one per line and shell-quoted, and run nothing
+  -h, --help         this help
+EOF
+}
+
+# The runtime version the Cloud TPU documentation pairs with JAX for an accelerator type.
+default_runtime_version() {
+  case $1 in
+    v2-* | v3-* | v4-*) echo tpu-ubuntu2204-base ;;
+    v5litepod-* | v5e-*) echo v2-alpha-tpuv5-lite ;;
+    v5p-*) echo v2-alpha-tpuv5 ;;
+    v6e-*) echo v2-alpha-tpuv6e ;;
+    *) die "no default runtime version for accelerator type '$1'; pass --runtime-version" ;;
+  esac
+}
+
+# Flags each command accepts besides --name, --zone, --project and --dry-run.
+allowed_flags() {
+  case $1 in
+    create) echo "--accelerator-type --runtime-version --spot" ;;
+    install) echo "--repo --ref" ;;
+    train) echo "--bucket --workdir --data-dir --config --config.*" ;;
+    eval) echo "--bucket --workdir --step" ;;
+    logs) echo "--job --worker" ;;
+    stop) echo "--job" ;;
+    delete) echo "--yes" ;;
+  esac
+}
+
+# Prints the remote shell command that starts JOB_ARGS in the background from the repository
+# checkout, with its output appended to ~/artstyle-JOB.log and its pid in ~/artstyle-JOB.pid,
+# so that the ssh session can end while the job runs. Refuses to start a second copy.
+background_command() {
+  local job=$1
+  shift
+  local log="../artstyle-$job.log" pid="../artstyle-$job.pid"
+  printf '%s' "set -e; cd $REMOTE_SRC; " \
+    "if kill -0 \"\$(cat $pid 2>/dev/null)\" 2>/dev/null; then " \
+    "echo \"\$(hostname): $job is already running\" >&2; exit 1; fi; " \
+    "nohup $(shell_join "$@") >> $log 2>&1 < /dev/null & echo \$! > $pid; " \
+    "echo \"\$(hostname): $job started, log ~/artstyle-$job.log\""
+}
+
+# Runs `gcloud compute tpus tpu-vm ARGS...`, in --project when one was given.
+tpu_vm() {
+  local -a command=(gcloud compute tpus tpu-vm "$@")
+  [[ -z $PROJECT ]] || command+=("--project=$PROJECT")
+  run "${command[@]}"
+}
+
+main() {
+  if (( $# == 0 )); then
+    usage >&2
+    exit 2
+  fi
+  local cmd=$1
+  shift
+  case $cmd in
+    -h | --help) usage; exit 0 ;;
+    create | install | train | eval | logs | stop | delete) ;;
+    *) die "unknown command '$cmd' (one of: create install train eval logs stop delete)" ;;
+  esac
+  PROG="tpu.sh $cmd"
+
+  local name="" zone="" accelerator_type=v4-32 runtime_version="" spot=0
+  local repo="" ref="" bucket="" workdir="" data_dir="" config=configs/paper.py step=""
+  local job=train worker=0 yes=0
+  local -a overrides=() given=()
+  local arg flag value
+  while (( $# )); do
+    arg=$1
+    shift
+    flag=${arg%%=*}
+    case $flag in
+      -h | --help) usage; exit 0 ;;
+      --dry-run | --spot | --yes)
+        [[ $arg == "$flag" ]] || die "$flag takes no value"
+        ;;
+      --name | --zone | --project | --accelerator-type | --runtime-version | --repo | --ref \
+        | --bucket | --workdir | --data-dir | --config | --step | --job | --worker)
+        if [[ $arg == "$flag" ]]; then
+          need_value "$flag" $#
+          value=$1
+          shift
+        else
+          value=${arg#*=}
+        fi
+        ;;
+      --config.*)
+        [[ $arg == *=* ]] || die "write config overrides as $flag=VALUE"
+        ;;
+      *) die "unknown flag '$arg'" ;;
+    esac
+    if [[ $flag == --config.* ]]; then
+      given+=('--config.*')
+    else
+      given+=("$flag")
+    fi
+    case $flag in
+      --dry-run) DRY_RUN=1 ;;
+      --spot) spot=1 ;;
+      --yes) yes=1 ;;
+      --name) name=$value ;;
+      --zone) zone=$value ;;
+      --project) PROJECT=$value ;;
+      --accelerator-type) accelerator_type=$value ;;
+      --runtime-version) runtime_version=$value ;;
+      --repo) repo=$value ;;
+      --ref) ref=$value ;;
+      --bucket) bucket=$value ;;
+      --workdir) workdir=$value ;;
+      --data-dir) data_dir=$value ;;
+      --config) config=$value ;;
+      --step) step=$value ;;
+      --job) job=$value ;;
+      --worker) worker=$value ;;
+      --config.*) overrides+=("$arg") ;;
+    esac
+  done
+
+  local allowed
+  allowed=" --name --zone --project --dry-run $(allowed_flags "$cmd") "
+  for flag in ${given[@]+"${given[@]}"}; do
+    [[ $allowed == *" $flag "* ]] || die "$flag does not apply to '$cmd'"
+  done
+
+  [[ -n $name ]] || die "--name is required (the TPU VM's name)"
+  [[ $name =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] \
+    || die "--name '$name' is not a valid TPU name (lowercase letters, digits and -, starting with a letter)"
+  [[ -n $zone ]] || die "--zone is required (e.g. us-central2-b)"
+  [[ $job == train || $job == eval ]] || die "--job must be train or eval, not '$job'"
+  [[ $worker =~ ^[0-9]+$ ]] || die "--worker must be a worker index (0, 1, ...), not '$worker'"
+  [[ -z $step || $step =~ ^[0-9]+$ ]] || die "--step must be a non-negative integer, not '$step'"
+  [[ -z $ref || -n $repo ]] || die "--ref needs --repo"
+
+  if [[ -n $bucket ]]; then
+    bucket=${bucket#gs://}
+    bucket=${bucket%/}
+    [[ $bucket =~ ^[a-z0-9][-a-z0-9_.]+[a-z0-9]$ ]] \
+      || die "--bucket '$bucket' is not a bucket name (lowercase letters, digits, -, _ and .)"
+    [[ -n $workdir ]] || workdir="gs://$bucket/runs/$name"
+    [[ -n $data_dir ]] || data_dir="gs://$bucket/tensorflow_datasets"
+  fi
+
+  require_program gcloud "install the Google Cloud CLI: https://cloud.google.com/sdk/docs/install"
+
+  case $cmd in
+    create)
+      if [[ -z $runtime_version ]]; then
+        runtime_version=$(default_runtime_version "$accelerator_type") || exit
+      fi
+      local -a create=(create "$name" "--zone=$zone" "--accelerator-type=$accelerator_type"
+        "--version=$runtime_version")
+      (( ! spot )) || create+=(--spot)
+      tpu_vm "${create[@]}"
+      ;;
+    install)
+      local fetch
+      if [[ -n $repo ]]; then
+        fetch="rm -rf $REMOTE_SRC; git clone --quiet $(shell_quote "$repo") $REMOTE_SRC"
+        [[ -z $ref ]] || fetch+="; git -C $REMOTE_SRC checkout --quiet $(shell_quote "$ref")"
+      else
+        require_program git "install git, or pass --repo"
+        run mkdir -p "$ROOT/build"
+        run git -C "$ROOT" archive --format=tar.gz "--prefix=$REMOTE_SRC/" \
+          "--output=$LOCAL_ARCHIVE" HEAD
+        tpu_vm scp "$LOCAL_ARCHIVE" "$name:$ARCHIVE" "--zone=$zone" --worker=all
+        fetch="rm -rf $REMOTE_SRC; tar -xzf $ARCHIVE"
+      fi
+      local apt="sudo apt-get -qq -o DPkg::Lock::Timeout=600"
+      tpu_vm ssh "$name" "--zone=$zone" --worker=all --command \
+        "set -e; $apt update; $apt install -y python3-venv; $fetch; python3 -m venv $REMOTE_VENV; $REMOTE_VENV/bin/pip install -q --upgrade pip; $REMOTE_VENV/bin/pip install -q -e \"./${REMOTE_SRC}[tpu]\" gcsfs; $REMOTE_VENV/bin/python -c \"import jax; print(jax.process_index(), jax.local_device_count(), jax.device_count())\""
+      ;;
+    train | eval)
+      [[ -n $workdir ]] || die "--bucket or --workdir is required"
+      [[ $workdir == gs://?* ]] \
+        || die "--workdir must be a gs:// path: the workers of a pod slice share no disk"
+      local -a job_args
+      if [[ $cmd == train ]]; then
+        [[ -n $data_dir ]] || die "--bucket or --data-dir is required"
+        [[ $data_dir == gs://?* ]] \
+          || die "--data-dir must be a gs:// path: the workers of a pod slice share no disk"
+        [[ $config != /* ]] \
+          || die "--config must be a path inside the repository (e.g. configs/paper.py)"
+        job_args=(-m artstyle_jax.train "--config=$config" "--workdir=$workdir"
+          "--config.dataset.data_dir=$data_dir" ${overrides[@]+"${overrides[@]}"})
+      else
+        job_args=(-m artstyle_jax.eval "--workdir=$workdir")
+        [[ -z $step ]] || job_args+=("--step=$step")
+      fi
+      tpu_vm ssh "$name" "--zone=$zone" --worker=all --command \
+        "$(background_command "$cmd" "../$REMOTE_VENV/bin/python" "${job_args[@]}")"
+      ;;
+    logs)
+      tpu_vm ssh "$name" "--zone=$zone" "--worker=$worker" --command \
+        "tail -n 100 -F artstyle-$job.log"
+      ;;
+    stop)
+      tpu_vm ssh "$name" "--zone=$zone" --worker=all --command \
+        "if kill \"\$(cat artstyle-$job.pid 2>/dev/null)\" 2>/dev/null; then echo \"\$(hostname): $job stopped\"; else echo \"\$(hostname): $job was not running\"; fi; rm -f artstyle-$job.pid"
+      ;;
+    delete)
+      local -a delete=(delete "$name" "--zone=$zone")
+      (( ! yes )) || delete+=(--quiet)
+      tpu_vm "${delete[@]}"
+      ;;
+  esac
+}
+
+main "$@"
