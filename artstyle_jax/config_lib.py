@@ -1,0 +1,85 @@
+"""Reading and checking training configs (configs/*.py) before anything is built or compiled.
+
+Programs define `config_flags.DEFINE_config_file("config")` and call `validate(FLAGS.config)`
+first; `load(path, overrides)` does both for code without absl flags (tests, notebooks).
+"""
+from collections.abc import Sequence
+
+from absl import flags
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+
+from artstyle_jax import optim
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+RELATION_LOSSES = ("ressl", "info_nce")
+LOSS_TERMS = ("rel_weak", "rel_style", "gram_weak", "gram_style")
+
+
+class ConfigError(ValueError):
+  """A config value that training cannot use."""
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks a training config; returns it unchanged or raises ConfigError saying what is wrong."""
+  _require(config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}")
+  _require(config.queue_size > 0 and config.queue_size % config.batch_size == 0,
+           f"queue_size (K={config.queue_size}) must be a positive multiple of the global batch_size "
+           f"({config.batch_size}): the queue ring advances by one batch of keys at a time. "
+           f"Try --config.queue_size={max(1, round(config.queue_size / config.batch_size)) * config.batch_size}.")
+  _require(config.image_size > 0 and config.image_size % 32 == 0,
+           f"image_size must be a positive multiple of 32 (the ConvNeXt stride), got {config.image_size}")
+  _require(config.num_epochs > 0, f"num_epochs must be positive, got {config.num_epochs}")
+  _require(0 <= config.optim.warmup_epochs < config.num_epochs,
+           f"optim.warmup_epochs ({config.optim.warmup_epochs}) must be in [0, num_epochs={config.num_epochs})")
+  _require(config.optim.schedule in optim.SCHEDULES,
+           f"optim.schedule must be one of {optim.SCHEDULES}, got {config.optim.schedule!r}")
+  _require(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
+  _require(config.loss.relation in RELATION_LOSSES,
+           f"loss.relation must be one of {RELATION_LOSSES}, got {config.loss.relation!r}")
+  for name in ("momentum_weak", "momentum_style"):
+    _require(0.0 <= config[name] <= 1.0, f"{name} must be in [0, 1], got {config[name]}")
+  weights = {term: config.loss_weights[term] for term in LOSS_TERMS}
+  _require(all(w >= 0 for w in weights.values()), f"loss_weights must be non-negative, got {weights}")
+  _require(any(w > 0 for w in weights.values()), "at least one of loss_weights must be positive")
+  if not config.style_teacher:
+    _require(weights["rel_style"] == 0 and weights["gram_style"] == 0,
+             "style_teacher=False needs loss_weights.rel_style = loss_weights.gram_style = 0")
+  for view in ("student", "weak", "style"):
+    norm = config.views[view]
+    _require(len(norm.mean) == 3 and len(norm.std) == 3 and all(s > 0 for s in norm.std),
+             f"views.{view} needs 3 means and 3 positive stds, got mean={norm.mean} std={norm.std}")
+  _require(config.mesh.fsdp >= 1, f"mesh.fsdp must be at least 1, got {config.mesh.fsdp}")
+  return config
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """The activation dtype named by `config.model.dtype`."""
+  return DTYPES[config.model.dtype]
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Optimiser steps in one pass over `num_examples`, the last partial batch dropped."""
+  if num_examples < batch_size:
+    raise ConfigError(f"the dataset has {num_examples} training examples, fewer than one batch of {batch_size}")
+  return num_examples // batch_size
+
+
+def load(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Reads a config file as `--config=path --config.k=v ...` would, then validates it.
+
+  Args:
+    path: a configs/*.py file, optionally with `:argument` for its get_config.
+    overrides: strings "key=value", e.g. "batch_size=32" or "loss_weights.gram_weak=0".
+  """
+  argv = ["config_lib", f"--config={path}"] + [f"--config.{o}" for o in overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  return validate(flag_values.config)

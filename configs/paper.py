@@ -1,0 +1,84 @@
+"""Every published default of Luo et al. (2025): ConvNeXt-Base, 352 px, batch 16, 25 epochs.
+
+See METHOD.md. Keys are stable and overridable as `--config.key=value`.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The published code normalises the student and style views with these (CIFAR-100's) constants.
+STUDENT_STYLE_MEAN = (0.5071, 0.4867, 0.4408)
+STUDENT_STYLE_STD = (0.2675, 0.2565, 0.2761)
+
+
+def _normalisation(mean, std) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({"mean": mean, "std": std})
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "convnext_base"
+  config.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (parameters stay float32)
+  config.model.remat = False  # recompute each ConvNeXt block in the backward pass
+  config.model.drop_path_rate = 0.0
+  config.model.proj_hidden_dim = 2048
+  config.model.proj_dim = 128
+  # Backbone initialisation: a pretrained source for convnext.load_pretrained, a path, or 'random'.
+  config.init = "timm/convnext_base.fb_in22k_ft_in1k"
+
+  config.image_size = 352
+  config.batch_size = 16  # global, over all devices and hosts
+  config.num_epochs = 25
+
+  # Teachers. With equal momenta and share_teachers one parameter copy serves both teachers
+  # (they stay bit-identical); otherwise each keeps its own. style_teacher=False drops the
+  # style teacher, its view and its loss terms (ReSSL).
+  config.momentum_weak = 0.99
+  config.momentum_style = 0.99
+  config.style_teacher = True
+  config.share_teachers = True
+  config.queue_size = 4096  # K, a multiple of batch_size
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.relation = "ressl"  # 'ressl' (relation alignment) | 'info_nce' (MoCo)
+  config.loss.student_temp = 0.1
+  config.loss.teacher_temp = 0.04
+  config.loss.info_nce_temp = 0.2
+  # L = sum of weight * term; the paper's 0.5 * (sum of the four terms).
+  config.loss_weights = ml_collections.ConfigDict()
+  config.loss_weights.rel_weak = 0.5
+  config.loss_weights.rel_style = 0.5
+  config.loss_weights.gram_weak = 0.5
+  config.loss_weights.gram_style = 0.5
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.base_lr = 0.001
+  # lr = base_lr * batch_size / reference_batch_size; at the paper's batch 16 it changes nothing.
+  config.optim.linear_scaling = True
+  config.optim.reference_batch_size = 16
+  config.optim.schedule = "paper"  # 'paper' (with the jump to 0.1 * base after warm-up) | 'cosine'
+  config.optim.warmup_epochs = 5
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 5e-4
+
+  # Devices: the batch is split over all of them; parameters and optimiser state are sharded
+  # over `fsdp` of them (the largest dimension that divides, for arrays of at least
+  # fsdp_min_size elements), replicated when fsdp is 1.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.fsdp = 1
+  config.mesh.fsdp_min_size = 2**16
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "wikiart"
+  config.dataset.data_dir = config_dict.placeholder(str)
+
+  config.views = ml_collections.ConfigDict()
+  config.views.student = _normalisation(STUDENT_STYLE_MEAN, STUDENT_STYLE_STD)
+  config.views.weak = _normalisation(IMAGENET_MEAN, IMAGENET_STD)
+  config.views.style = _normalisation(STUDENT_STYLE_MEAN, STUDENT_STYLE_STD)
+  config.photometric_on_device = False
+  return config

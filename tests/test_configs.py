@@ -1,0 +1,88 @@
+"""Configs hold the published defaults, the ablations change only what they name, and bad
+values are refused when the config is read."""
+import pytest
+
+from artstyle_jax import config_lib
+
+CONFIGS = ("paper", "single_teacher", "no_gram", "info_nce", "distinct_momenta", "tiny")
+
+
+def _flat(config, prefix=""):
+  items = {}
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      items.update(_flat(value, f"{prefix}{key}."))
+    else:
+      items[prefix + key] = value
+  return items
+
+
+def _changes(name):
+  paper = _flat(config_lib.load("configs/paper.py"))
+  other = _flat(config_lib.load(f"configs/{name}.py"))
+  assert other.keys() == paper.keys()
+  return {k: other[k] for k in paper if other[k] != paper[k]}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_reads_and_validates(name):
+  config = config_lib.load(f"configs/{name}.py")
+  assert config.queue_size % config.batch_size == 0
+
+
+def test_paper_config_holds_the_published_defaults():
+  c = config_lib.load("configs/paper.py")
+  assert (c.model.name, c.model.drop_path_rate, c.model.proj_hidden_dim, c.model.proj_dim) == ("convnext_base", 0.0, 2048, 128)
+  assert (c.image_size, c.batch_size, c.num_epochs, c.queue_size) == (352, 16, 25, 4096)
+  assert (c.momentum_weak, c.momentum_style, c.style_teacher) == (0.99, 0.99, True)
+  assert (c.loss.relation, c.loss.student_temp, c.loss.teacher_temp) == ("ressl", 0.1, 0.04)
+  assert dict(c.loss_weights) == {"rel_weak": 0.5, "rel_style": 0.5, "gram_weak": 0.5, "gram_style": 0.5}
+  assert (c.optim.base_lr, c.optim.schedule, c.optim.warmup_epochs) == (0.001, "paper", 5)
+  assert (c.optim.momentum, c.optim.weight_decay) == (0.9, 5e-4)
+  assert tuple(c.views.student.mean) == tuple(c.views.style.mean) == (0.5071, 0.4867, 0.4408)
+  assert tuple(c.views.student.std) == tuple(c.views.style.std) == (0.2675, 0.2565, 0.2761)
+  assert (tuple(c.views.weak.mean), tuple(c.views.weak.std)) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+  assert c.model.dtype == "float32" and not c.model.remat
+
+
+def test_ablations_change_only_what_they_name():
+  assert _changes("single_teacher") == {
+      "style_teacher": False, "loss_weights.rel_weak": 1.0, "loss_weights.rel_style": 0.0,
+      "loss_weights.gram_weak": 0.0, "loss_weights.gram_style": 0.0}
+  assert _changes("no_gram") == {"loss_weights.gram_weak": 0.0, "loss_weights.gram_style": 0.0}
+  assert _changes("info_nce") == {"loss.relation": "info_nce"}
+  assert _changes("distinct_momenta") == {"momentum_style": 0.996}
+
+
+def test_stable_keys_are_overridable_from_the_command_line():
+  overrides = {
+      "model.name": "convnext_tiny", "image_size": 224, "batch_size": 32, "num_epochs": 10, "queue_size": 1024,
+      "momentum_weak": 0.98, "momentum_style": 0.97, "loss_weights.gram_style": 0.25, "dataset.name": "pandora18k",
+      "dataset.data_dir": "/data/tfds", "init": "random", "model.dtype": "bfloat16", "model.remat": True}
+  config = _flat(config_lib.load("configs/paper.py", [f"{k}={v}" for k, v in overrides.items()]))
+  assert {k: config[k] for k in overrides} == overrides
+
+
+def test_queue_not_a_multiple_of_the_global_batch_is_refused_when_read():
+  with pytest.raises(config_lib.ConfigError, match=r"queue_size \(K=4096\) must be a positive multiple of the global batch_size \(24\)"):
+    config_lib.load("configs/paper.py", ["batch_size=24"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.dtype=float16", "model.dtype must be one of"),
+    ("loss.relation=byol", "loss.relation must be one of"),
+    ("image_size=100", "multiple of 32"),
+    ("momentum_style=1.5", "momentum_style must be in"),
+    ("style_teacher=False", "style_teacher=False needs"),
+    ("optim.schedule=step", "optim.schedule must be one of"),
+    ("optim.warmup_epochs=25", "warmup_epochs"),
+])
+def test_unusable_values_are_refused_with_a_message(override, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.load("configs/paper.py", [override])
+
+
+def test_steps_per_epoch_drops_the_last_partial_batch():
+  assert config_lib.steps_per_epoch(1000, 16) == 62
+  with pytest.raises(config_lib.ConfigError, match="fewer than one batch"):
+    config_lib.steps_per_epoch(10, 16)
