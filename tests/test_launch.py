@@ -1,0 +1,378 @@
+"""The launch scripts (launch/tpu.sh, launch/gpu.sh): the exact commands --dry-run prints, the
+argument errors, and that a real run executes exactly the printed commands.
+
+Every run puts recording stand-ins for gcloud, git, mkdir and python3 first on PATH, so no test
+can reach Google Cloud or install anything; a dry run must leave the record empty.
+"""
+import os
+import pathlib
+import shlex
+import subprocess
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TPU = ROOT / "launch" / "tpu.sh"
+GPU = ROOT / "launch" / "gpu.sh"
+Q_ROOT = shlex.quote(str(ROOT))
+VM = ["--name=art-pod", "--zone=us-central2-b"]
+
+# Appends its program name and arguments (unit- and record-separated) to $LAUNCH_TEST_CALLS.
+RECORDER = """#!/usr/bin/env bash
+{ printf '%s' "${0##*/}"; printf '\\037%s' "$@"; printf '\\036'; } >> "$LAUNCH_TEST_CALLS"
+"""
+FAKED_PROGRAMS = ("gcloud", "git", "mkdir", "python3")
+
+
+class Launch:
+  """Runs a launch script with the recording stand-ins; returns its result and the calls."""
+
+  def __init__(self, tmp_path):
+    self.tmp_path = tmp_path
+    self.calls_file = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in FAKED_PROGRAMS:
+      write_executable(bin_dir / name, RECORDER)
+    self.env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                    LAUNCH_TEST_CALLS=str(self.calls_file))
+
+  def __call__(self, script, *args):
+    result = subprocess.run([str(script), *args], env=self.env, cwd=self.tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    calls = self.calls()
+    self.calls_file.unlink(missing_ok=True)
+    if "--dry-run" in args:
+      assert calls == [], f"--dry-run ran {calls}"
+    return result, calls
+
+  def calls(self):
+    if not self.calls_file.exists():
+      return []
+    records = self.calls_file.read_text().split("\036")[:-1]
+    return [record.split("\037") for record in records]
+
+  def dry_run(self, script, *args):
+    """The printed lines of a successful dry run."""
+    result, _ = self(script, *args, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout.splitlines()
+
+
+def write_executable(path, text):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+  path.chmod(0o755)
+
+
+@pytest.fixture
+def launch(tmp_path):
+  return Launch(tmp_path)
+
+
+def test_shell_quoting_is_pythons_shlex_quote_and_round_trips():
+  words = ["plain", "", "a b", "it's", "$HOME", "--x=(0.5, 0.5)", "tab\there", "new\nline",
+           "naïve", "*", "~/x", '"q"', "a'b'c", "-_@%+=:,./", "gs://b/runs/x"]
+  result = subprocess.run(
+      ["bash", "-c", f"source {Q_ROOT}/launch/lib.sh; shell_join \"$@\"", "_", *words],
+      capture_output=True, text=True, check=True, timeout=30)
+  assert result.stdout == shlex.join(words) + "\n"
+  assert shlex.split(result.stdout) == words
+
+
+def test_create_defaults_to_a_v4_32_slice_with_the_jax_runtime(launch):
+  assert launch.dry_run(TPU, "create", *VM) == [
+      "gcloud compute tpus tpu-vm create art-pod --zone=us-central2-b --accelerator-type=v4-32"
+      " --version=tpu-ubuntu2204-base"]
+
+
+@pytest.mark.parametrize("accelerator_type, runtime_version", [
+    ("v3-32", "tpu-ubuntu2204-base"),
+    ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+    ("v5p-64", "v2-alpha-tpuv5"),
+    ("v6e-8", "v2-alpha-tpuv6e"),
+])
+def test_create_picks_the_runtime_version_for_the_accelerator_type(
+    launch, accelerator_type, runtime_version):
+  assert launch.dry_run(TPU, "create", *VM, f"--accelerator-type={accelerator_type}") == [
+      f"gcloud compute tpus tpu-vm create art-pod --zone=us-central2-b"
+      f" --accelerator-type={accelerator_type} --version={runtime_version}"]
+
+
+def test_create_spot_vm_with_explicit_runtime_version_in_a_project(launch):
+  assert launch.dry_run(TPU, "create", "--name", "art-pod", "--zone", "europe-west4-a",
+                        "--accelerator-type", "v5p-32", "--runtime-version", "v2-alpha-tpuv5",
+                        "--spot", "--project", "my-project") == [
+      "gcloud compute tpus tpu-vm create art-pod --zone=europe-west4-a --accelerator-type=v5p-32"
+      " --version=v2-alpha-tpuv5 --spot --project=my-project"]
+
+
+def test_install_ships_the_committed_head_and_installs_jax_tpu_on_every_worker(launch):
+  assert launch.dry_run(TPU, "install", *VM) == [
+      f"mkdir -p {ROOT}/build",
+      f"git -C {ROOT} archive --format=tar.gz --prefix=artstyle-jax/"
+      f" --output={ROOT}/build/artstyle-jax.tar.gz HEAD",
+      f"gcloud compute tpus tpu-vm scp {ROOT}/build/artstyle-jax.tar.gz"
+      " art-pod:artstyle-jax.tar.gz --zone=us-central2-b --worker=all",
+      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command"
+      " 'set -e; sudo apt-get -qq -o DPkg::Lock::Timeout=600 update;"
+      " sudo apt-get -qq -o DPkg::Lock::Timeout=600 install -y python3-venv;"
+      " rm -rf artstyle-jax; tar -xzf artstyle-jax.tar.gz; python3 -m venv artstyle-venv;"
+      " artstyle-venv/bin/pip install -q --upgrade pip;"
+      " artstyle-venv/bin/pip install -q -e \"./artstyle-jax[tpu]\" gcsfs;"
+      " artstyle-venv/bin/python -c \"import jax; print(jax.process_index(),"
+      " jax.local_device_count(), jax.device_count())\"'"]
+
+
+def test_install_from_a_repository_clones_it_on_every_worker(launch):
+  assert launch.dry_run(TPU, "install", *VM, "--repo=https://example.com/me/artstyle-jax.git",
+                        "--ref=v0.1.0", "--project=my-project") == [
+      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command"
+      " 'set -e; sudo apt-get -qq -o DPkg::Lock::Timeout=600 update;"
+      " sudo apt-get -qq -o DPkg::Lock::Timeout=600 install -y python3-venv;"
+      " rm -rf artstyle-jax; git clone --quiet https://example.com/me/artstyle-jax.git"
+      " artstyle-jax; git -C artstyle-jax checkout --quiet v0.1.0;"
+      " python3 -m venv artstyle-venv; artstyle-venv/bin/pip install -q --upgrade pip;"
+      " artstyle-venv/bin/pip install -q -e \"./artstyle-jax[tpu]\" gcsfs;"
+      " artstyle-venv/bin/python -c \"import jax; print(jax.process_index(),"
+      " jax.local_device_count(), jax.device_count())\"' --project=my-project"]
+
+
+def background(job, job_args):
+  """The remote command that tpu.sh runs on every worker to start JOB in the background."""
+  return (
+      f"set -e; cd artstyle-jax; if kill -0 \"$(cat ../artstyle-{job}.pid 2>/dev/null)\""
+      f" 2>/dev/null; then echo \"$(hostname): {job} is already running\" >&2; exit 1; fi;"
+      f" nohup ../artstyle-venv/bin/python {job_args} >> ../artstyle-{job}.log 2>&1"
+      f" < /dev/null & echo $! > ../artstyle-{job}.pid;"
+      f" echo \"$(hostname): {job} started, log ~/artstyle-{job}.log\"")
+
+
+def test_train_starts_the_paper_config_on_all_workers_with_workdir_and_data_in_the_bucket(
+    launch):
+  [line] = launch.dry_run(TPU, "train", *VM, "--bucket=gs://my-bucket/")
+  assert line == (
+      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command '"
+      + background("train", "-m artstyle_jax.train --config=configs/paper.py"
+                   " --workdir=gs://my-bucket/runs/art-pod"
+                   " --config.dataset.data_dir=gs://my-bucket/tensorflow_datasets") + "'")
+
+
+def test_train_passes_workdir_data_dir_config_and_overrides_through_quoted(launch):
+  [line] = launch.dry_run(
+      TPU, "train", *VM, "--workdir", "gs://runs/exp1", "--data-dir", "gs://data/tfds",
+      "--config", "configs/tiny.py", "--config.batch_size=256",
+      "--config.views.student.mean=(0.5, 0.5, 0.5)", "--config.note=it's")
+  assert line == (
+      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command '"
+      + background("train", "-m artstyle_jax.train --config=configs/tiny.py"
+                   " --workdir=gs://runs/exp1 --config.dataset.data_dir=gs://data/tfds"
+                   " --config.batch_size=256"
+                   " '\"'\"'--config.views.student.mean=(0.5, 0.5, 0.5)'\"'\"'"
+                   " '\"'\"'--config.note=it'\"'\"'\"'\"'\"'\"'\"'\"'s'\"'\"'") + "'")
+  remote_command = shlex.split(line)[-1]
+  assert remote_command == background("train", shlex.join([
+      "-m", "artstyle_jax.train", "--config=configs/tiny.py", "--workdir=gs://runs/exp1",
+      "--config.dataset.data_dir=gs://data/tfds", "--config.batch_size=256",
+      "--config.views.student.mean=(0.5, 0.5, 0.5)", "--config.note=it's"]))
+
+
+def test_eval_starts_the_linear_probe_on_all_workers(launch):
+  assert launch.dry_run(TPU, "eval", *VM, "--bucket=my-bucket") == [
+      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command '"
+      + background("eval", "-m artstyle_jax.eval --workdir=gs://my-bucket/runs/art-pod") + "'"]
+  assert launch.dry_run(TPU, "eval", *VM, "--workdir=gs://runs/exp1", "--step=5000") == [
+      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command '"
+      + background("eval", "-m artstyle_jax.eval --workdir=gs://runs/exp1 --step=5000") + "'"]
+
+
+def test_logs_follows_the_train_log_of_worker_0_or_the_chosen_job_and_worker(launch):
+  assert launch.dry_run(TPU, "logs", *VM) == [
+      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=0"
+      " --command 'tail -n 100 -F artstyle-train.log'"]
+  assert launch.dry_run(TPU, "logs", *VM, "--job=eval", "--worker=3") == [
+      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=3"
+      " --command 'tail -n 100 -F artstyle-eval.log'"]
+
+
+def test_stop_kills_the_job_by_its_pid_file_on_all_workers(launch):
+  assert launch.dry_run(TPU, "stop", *VM) == [
+      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command"
+      " 'if kill \"$(cat artstyle-train.pid 2>/dev/null)\" 2>/dev/null;"
+      " then echo \"$(hostname): train stopped\";"
+      " else echo \"$(hostname): train was not running\"; fi; rm -f artstyle-train.pid'"]
+
+
+def test_delete_asks_gcloud_for_confirmation_unless_yes(launch):
+  assert launch.dry_run(TPU, "delete", *VM) == [
+      "gcloud compute tpus tpu-vm delete art-pod --zone=us-central2-b"]
+  assert launch.dry_run(TPU, "delete", *VM, "--yes") == [
+      "gcloud compute tpus tpu-vm delete art-pod --zone=us-central2-b --quiet"]
+
+
+def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(tmp_path):
+  """Plays a worker: the command tpu.sh sends over ssh, run by bash in the home directory."""
+  home = tmp_path / "home"
+  (home / "artstyle-jax").mkdir(parents=True)
+  write_executable(home / "artstyle-venv" / "bin" / "python",
+                   "#!/usr/bin/env bash\nprintf '%s\\n' \"$PWD\" \"$@\" > ../argv\n"
+                   "echo training\nexec sleep 60\n")
+  launch = Launch(tmp_path)
+  override = "--config.note=it's (1, 2)"
+  [train_line] = launch.dry_run(TPU, "train", *VM, "--bucket=my-bucket", override)
+  [stop_line] = launch.dry_run(TPU, "stop", *VM)
+
+  def on_worker(line):
+    return subprocess.run(["bash", "-c", shlex.split(line)[-1]], cwd=home, capture_output=True,
+                          text=True, timeout=30, env=dict(os.environ, HOME=str(home)))
+
+  started = on_worker(train_line)
+  assert started.returncode == 0, started.stderr
+  assert started.stdout.endswith(": train started, log ~/artstyle-train.log\n")
+  pid = int((home / "artstyle-train.pid").read_text())
+  try:
+    deadline = time.monotonic() + 10
+    while not (home / "argv").exists() and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert (home / "argv").read_text().splitlines() == [
+        str(home / "artstyle-jax"), "-m", "artstyle_jax.train", "--config=configs/paper.py",
+        "--workdir=gs://my-bucket/runs/art-pod",
+        "--config.dataset.data_dir=gs://my-bucket/tensorflow_datasets", override]
+    assert (home / "artstyle-train.log").read_text() == "training\n"
+
+    again = on_worker(train_line)
+    assert again.returncode == 1
+    assert again.stderr.endswith(": train is already running\n")
+    assert int((home / "artstyle-train.pid").read_text()) == pid
+  finally:
+    stopped = on_worker(stop_line)
+  assert stopped.stdout.endswith(": train stopped\n")
+  assert not (home / "artstyle-train.pid").exists()
+  assert on_worker(stop_line).stdout.endswith(": train was not running\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["create", "--zone=us-central2-b"], "--name is required (the TPU VM's name)"),
+    (["create", "--name=art-pod"], "--zone is required (e.g. us-central2-b)"),
+    (["create", "--name=Art_Pod", "--zone=z"], "--name 'Art_Pod' is not a valid TPU name"),
+    (["create", *VM, "--accelerator-type=v9-8"],
+     "no default runtime version for accelerator type 'v9-8'; pass --runtime-version"),
+    (["create", *VM, "--spot=yes"], "--spot takes no value"),
+    (["delete", "--name=art-pod", "--zone"], "--zone needs a value"),
+    (["delete", *VM, "--bucket=my-bucket"], "--bucket does not apply to 'delete'"),
+    (["install", *VM, "--ref=v1"], "--ref needs --repo"),
+    (["train", *VM], "--bucket or --workdir is required"),
+    (["train", *VM, "--workdir=gs://runs/x"], "--bucket or --data-dir is required"),
+    (["train", *VM, "--bucket=my-bucket", "--workdir=/tmp/run"],
+     "--workdir must be a gs:// path: the workers of a pod slice share no disk"),
+    (["train", *VM, "--bucket=my-bucket", "--data-dir=~/tensorflow_datasets"],
+     "--data-dir must be a gs:// path: the workers of a pod slice share no disk"),
+    (["train", *VM, "--bucket=My Bucket"], "--bucket 'My Bucket' is not a bucket name"),
+    (["train", *VM, "--bucket=my-bucket", "--config=/home/me/paper.py"],
+     "--config must be a path inside the repository (e.g. configs/paper.py)"),
+    (["train", *VM, "--bucket=my-bucket", "--config.batch_size"],
+     "write config overrides as --config.batch_size=VALUE"),
+    (["eval", *VM], "--bucket or --workdir is required"),
+    (["eval", *VM, "--bucket=my-bucket", "--step=latest"],
+     "--step must be a non-negative integer, not 'latest'"),
+    (["logs", *VM, "--worker=all"], "--worker must be a worker index (0, 1, ...), not 'all'"),
+    (["logs", *VM, "--job=bench"], "--job must be train or eval, not 'bench'"),
+    (["launch", *VM], "unknown command 'launch'"),
+    (["create", *VM, "--acelerator-type=v4-8"], "unknown flag '--acelerator-type=v4-8'"),
+])
+def test_tpu_argument_errors_exit_2_with_a_clear_message_before_running_anything(
+    launch, args, message):
+  result, calls = launch(TPU, *args)
+  assert result.returncode == 2
+  assert result.stdout == ""
+  assert message in result.stderr.splitlines()[0]
+  assert calls == []
+
+
+def test_tpu_without_a_command_prints_usage_and_fails(launch):
+  result, calls = launch(TPU)
+  assert result.returncode == 2
+  assert result.stderr.startswith("Usage: launch/tpu.sh COMMAND")
+  assert calls == []
+  help_text, _ = launch(TPU, "--help")
+  assert help_text.returncode == 0
+  for command in ("create", "install", "train", "eval", "logs", "stop", "delete"):
+    assert f"\n  {command} " in help_text.stdout
+
+
+def test_gpu_installs_jax_cuda_in_a_venv_checks_the_gpu_then_trains_and_evaluates(launch):
+  assert launch.dry_run(GPU) == [
+      f"python3 -m venv {ROOT}/.venv",
+      f"{ROOT}/.venv/bin/python -m pip install --upgrade pip",
+      f"{ROOT}/.venv/bin/python -m pip install -e '{ROOT}[cuda]'",
+      f"{ROOT}/.venv/bin/python -c 'import jax; print(jax.devices());"
+      " assert jax.default_backend() == \"gpu\", \"JAX sees no GPU\"'",
+      f"{ROOT}/.venv/bin/python -m artstyle_jax.train --config=configs/paper.py"
+      " --workdir=workdir/paper",
+      f"{ROOT}/.venv/bin/python -m artstyle_jax.eval --workdir=workdir/paper"]
+
+
+def test_gpu_passes_config_workdir_data_dir_and_overrides_through(launch):
+  assert launch.dry_run(
+      GPU, "--skip-install", "--venv=/opt/my venv/", "--config=configs/tiny.py",
+      "--data-dir", "/data/tfds", "--config.batch_size=64",
+      "--config.views.student.mean=(0.5, 0.5, 0.5)") == [
+      "'/opt/my venv/bin/python' -c 'import jax; print(jax.devices());"
+      " assert jax.default_backend() == \"gpu\", \"JAX sees no GPU\"'",
+      "'/opt/my venv/bin/python' -m artstyle_jax.train --config=configs/tiny.py"
+      " --workdir=workdir/tiny --config.dataset.data_dir=/data/tfds --config.batch_size=64"
+      " '--config.views.student.mean=(0.5, 0.5, 0.5)'",
+      "'/opt/my venv/bin/python' -m artstyle_jax.eval --workdir=workdir/tiny"]
+  assert launch.dry_run(GPU, "--skip-install", "--workdir=runs/a b")[-1] == (
+      f"{ROOT}/.venv/bin/python -m artstyle_jax.eval '--workdir=runs/a b'")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus"], "unknown flag '--bogus'"),
+    (["--workdir"], "--workdir needs a value"),
+    (["--config="], "--config needs a value"),
+    (["--config.batch_size"], "write config overrides as --config.batch_size=VALUE"),
+    (["--skip-install=yes"], "--skip-install takes no value"),
+    (["--skip-install", "--venv=/nonexistent/venv"],
+     "--skip-install, but /nonexistent/venv/bin/python does not exist"),
+])
+def test_gpu_argument_errors_exit_2_with_a_clear_message_before_running_anything(
+    launch, args, message):
+  result, calls = launch(GPU, *args)
+  assert result.returncode == 2
+  assert result.stdout == ""
+  assert message in result.stderr.splitlines()[0]
+  assert calls == []
+
+
+@pytest.mark.parametrize("args", [
+    ["create", *VM, "--accelerator-type=v6e-16", "--spot", "--project=p"],
+    ["install", *VM],
+    ["install", *VM, "--repo=https://example.com/r.git"],
+    ["train", *VM, "--bucket=my-bucket", "--config.note=it's"],
+    ["eval", *VM, "--bucket=my-bucket", "--step=10"],
+    ["logs", *VM, "--worker=1"],
+    ["stop", *VM, "--job=eval"],
+    ["delete", *VM, "--yes"],
+], ids=lambda args: args[0])
+def test_tpu_real_run_executes_exactly_the_dry_run_commands(launch, args):
+  printed = launch.dry_run(TPU, *args)
+  result, calls = launch(TPU, *args)
+  assert result.returncode == 0, result.stderr
+  assert calls == [shlex.split(line) for line in printed]
+  assert result.stderr.splitlines() == ["+ " + line for line in printed]
+
+
+def test_gpu_real_run_executes_exactly_the_dry_run_commands(launch, tmp_path):
+  venv = tmp_path / "venv"
+  write_executable(venv / "bin" / "python", RECORDER)
+  args = ["--venv", str(venv), "--data-dir=/data/tfds", "--config.seed=1"]
+  printed = launch.dry_run(GPU, *args)
+  result, calls = launch(GPU, *args)
+  assert result.returncode == 0, result.stderr
+  expected = [shlex.split(line) for line in printed]
+  for argv in expected:
+    argv[0] = os.path.basename(argv[0])
+  assert calls == expected
