@@ -1,0 +1,13 @@
+"""Art-style data: dataset builders, sources, synthetic data, views and the input pipeline.
+
+  images      robust reading of image files when a dataset is built (bad-data policy)
+  builders/   TFDS builders (WikiArt, Pandora18k, Flickr Style, class-per-folder trees)
+              writing ArrayRecord, without TensorFlow
+  sources     a built split as a random-access source for Grain, plus label names
+  synthetic   a procedural art-style dataset: the demo's and the tests' embedded data
+  views       the three training views and the evaluation transform
+  pipeline    the Grain input pipeline
+
+Submodules are imported explicitly; this package imports nothing, so that loading one
+part does not pay for the others (TFDS takes seconds to import).
+"""
