@@ -1,0 +1,75 @@
+"""TFDS builders of the art-style datasets; they write ArrayRecord and need no TensorFlow.
+
+  wikiart       WikiArt, 27 styles, ArtGAN train/val lists  (builders/wikiart.py)
+  pandora18k    Pandora18k, 18 styles, seeded split          (builders/pandora18k.py)
+  flickr_style  Flickr Style, 20 styles, train/test lists    (builders/flickr_style.py)
+  image_folder  any class-per-folder tree                    (builders/image_folder.py)
+
+Each module's docstring says where the data comes from and the layout it expects. Build:
+
+  builder = builders.build('wikiart', manual_dir='/data/wikiart_raw', data_dir='/data/tfds')
+
+or `python -m artstyle_jax.data.builders --dataset=wikiart --manual_dir=... --data_dir=...`,
+then read splits with `artstyle_jax.data.sources.open_split(dataset_name(builder), ...)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+import tensorflow_datasets as tfds
+
+from artstyle_jax.data import images
+from artstyle_jax.data.builders import base
+from artstyle_jax.data.builders.flickr_style import FlickrStyle
+from artstyle_jax.data.builders.image_folder import FolderConfig
+from artstyle_jax.data.builders.image_folder import ImageFolder
+from artstyle_jax.data.builders.pandora18k import Pandora18k
+from artstyle_jax.data.builders.wikiart import WikiArt
+
+BUILDERS: dict[str, type[base.ArtStyleBuilder]] = {
+    cls.name: cls for cls in (WikiArt, Pandora18k, FlickrStyle, ImageFolder)
+}
+REPORT_FILE = "build_report.json"
+
+
+def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
+          config: str | FolderConfig | None = None,
+          image_policy: images.ImagePolicy = images.ImagePolicy(),
+          num_workers: int | None = None) -> base.ArtStyleBuilder:
+  """Builds a dataset from its manual directory into data_dir (no-op if already built).
+
+  Args:
+    dataset: one of BUILDERS ('wikiart', 'pandora18k', 'flickr_style', 'image_folder').
+    manual_dir: the downloaded copy, laid out as the builder's module docstring says.
+    data_dir: TFDS data directory the ArrayRecord files go to.
+    config: for 'image_folder' and 'pandora18k', a FolderConfig (its name names the
+      dataset: image_folder/<name>) or the name of a predefined one; None: 'default'.
+    image_policy: how unusual images are treated (artstyle_jax.data.images).
+    num_workers: image decoding threads.
+
+  Returns:
+    The builder; `builder.build_report` maps each split to its SplitReport (empty when
+    the dataset was already built), also written to <dataset dir>/build_report.json.
+  """
+  if dataset not in BUILDERS:
+    raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
+  builder = BUILDERS[dataset](data_dir=os.fspath(data_dir), config=config,
+                              image_policy=image_policy, num_workers=num_workers)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  if builder.build_report:
+    report = {split: r.to_json() for split, r in builder.build_report.items()}
+    with open(os.path.join(os.fspath(builder.data_dir), REPORT_FILE), "w") as f:
+      json.dump(report, f, indent=1)
+  else:
+    logging.info("%s was already built in %s", dataset_name(builder), builder.data_dir)
+  return builder
+
+
+def dataset_name(builder: tfds.core.DatasetBuilder) -> str:
+  """The name that `sources.open_split` takes for this builder: 'name' or 'name/config'."""
+  if builder.builder_config is None:
+    return builder.name
+  return f"{builder.name}/{builder.builder_config.name}"
