@@ -26,7 +26,8 @@ Flags:
   --data-dir=DIR      TFDS data_dir; default the config's dataset.data_dir
   --config.KEY=VALUE  passed through to the trainer (any number)
   --venv=DIR          virtual environment; default $ROOT/.venv
-  --python=PYTHON     interpreter that creates the virtual environment; default python3
+  --python=PYTHON     Python 3.11 or newer, which makes the virtual environment;
+                      default python3
   --skip-install      use the virtual environment as it is
   --dry-run           print the commands, one per line and shell-quoted, and run nothing
   -h, --help          this help
@@ -80,7 +81,9 @@ main() {
 
   local venv_python="$venv/bin/python"
   if (( ! skip_install )); then
-    require_program "$python" "pass --python=PYTHON (Python 3.10 or newer)"
+    require_program "$python" "pass --python=PYTHON (Python 3.11 or newer)"
+    run "$python" -c \
+      'import sys; assert sys.version_info >= (3, 11), "JAX needs Python 3.11 or newer: pass --python"'
     run "$python" -m venv "$venv"
     run "$venv_python" -m pip install --upgrade pip
     run "$venv_python" -m pip install -e "${ROOT}[cuda]"

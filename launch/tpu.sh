@@ -33,6 +33,9 @@ Commands:
   install  install the project and jax[tpu] in ~/$REMOTE_VENV on every worker; ships this
            checkout's committed HEAD (git archive) unless --repo is given
              --repo=URL [--ref=REF]   git clone URL (and check out REF) on every worker instead
+             --python=PYTHON          the Ubuntu package (python3.N or python3) that makes the
+                                      virtual environment; default python3.11 (the images'
+                                      python3 is 3.10, older than JAX supports)
   train    start training in the background on all workers; log ~/artstyle-train.log
              --bucket=BUCKET          gs:// bucket for the defaults below
              --workdir=gs://...       checkpoints and metrics; default gs://BUCKET/runs/NAME
@@ -75,7 +78,7 @@ default_runtime_version() {
 allowed_flags() {
   case $1 in
     create) echo "--accelerator-type --runtime-version --spot" ;;
-    install) echo "--repo --ref" ;;
+    install) echo "--repo --ref --python" ;;
     train) echo "--bucket --workdir --data-dir --config --config.*" ;;
     eval) echo "--bucket --workdir --step" ;;
     logs) echo "--job --worker" ;;
@@ -120,7 +123,7 @@ main() {
   PROG="tpu.sh $cmd"
 
   local name="" zone="" accelerator_type=v4-32 runtime_version="" spot=0
-  local repo="" ref="" bucket="" workdir="" data_dir="" config=configs/paper.py step=""
+  local repo="" ref="" python=python3.11 bucket="" workdir="" data_dir="" config=configs/paper.py step=""
   local job=train worker=0 yes=0
   local -a overrides=() given=()
   local arg flag value
@@ -134,7 +137,7 @@ main() {
         [[ $arg == "$flag" ]] || die "$flag takes no value"
         ;;
       --name | --zone | --project | --accelerator-type | --runtime-version | --repo | --ref \
-        | --bucket | --workdir | --data-dir | --config | --step | --job | --worker)
+        | --python | --bucket | --workdir | --data-dir | --config | --step | --job | --worker)
         if [[ $arg == "$flag" ]]; then
           need_value "$flag" $#
           value=$1
@@ -164,6 +167,7 @@ main() {
       --runtime-version) runtime_version=$value ;;
       --repo) repo=$value ;;
       --ref) ref=$value ;;
+      --python) python=$value ;;
       --bucket) bucket=$value ;;
       --workdir) workdir=$value ;;
       --data-dir) data_dir=$value ;;
@@ -189,6 +193,7 @@ main() {
   [[ $worker =~ ^[0-9]+$ ]] || die "--worker must be a worker index (0, 1, ...), not '$worker'"
   [[ -z $step || $step =~ ^[0-9]+$ ]] || die "--step must be a non-negative integer, not '$step'"
   [[ -z $ref || -n $repo ]] || die "--ref needs --repo"
+  [[ $python =~ ^python3(\.[0-9]+)?$ ]] || die "--python must be python3 or python3.N, not '$python'"
 
   if [[ -n $bucket ]]; then
     bucket=${bucket#gs://}
@@ -226,7 +231,7 @@ main() {
       fi
       local apt="sudo apt-get -qq -o DPkg::Lock::Timeout=600"
       tpu_vm ssh "$name" "--zone=$zone" --worker=all --command \
-        "set -e; $apt update; $apt install -y python3-venv; $fetch; python3 -m venv $REMOTE_VENV; $REMOTE_VENV/bin/pip install -q --upgrade pip; $REMOTE_VENV/bin/pip install -q -e \"./${REMOTE_SRC}[tpu]\" gcsfs; $REMOTE_VENV/bin/python -c \"import jax; print(jax.process_index(), jax.local_device_count(), jax.device_count())\""
+        "set -e; $apt update; $apt install -y $python $python-venv; $fetch; $python -m venv $REMOTE_VENV; $REMOTE_VENV/bin/pip install -q --upgrade pip; $REMOTE_VENV/bin/pip install -q -e \"./${REMOTE_SRC}[tpu]\" gcsfs; $REMOTE_VENV/bin/python -c \"import jax; print(jax.process_index(), jax.local_device_count(), jax.device_count())\""
       ;;
     train | eval)
       [[ -n $workdir ]] || die "--bucket or --workdir is required"

@@ -109,7 +109,8 @@ def test_create_spot_vm_with_explicit_runtime_version_in_a_project(launch):
       " --version=v2-alpha-tpuv5 --spot --project=my-project"]
 
 
-def test_install_ships_the_committed_head_and_installs_jax_tpu_on_every_worker(launch):
+def test_install_ships_the_committed_head_and_installs_jax_tpu_with_python_3_11_on_every_worker(
+    launch):
   assert launch.dry_run(TPU, "install", *VM) == [
       f"mkdir -p {ROOT}/build",
       f"git -C {ROOT} archive --format=tar.gz --prefix=artstyle-jax/"
@@ -118,23 +119,23 @@ def test_install_ships_the_committed_head_and_installs_jax_tpu_on_every_worker(l
       " art-pod:artstyle-jax.tar.gz --zone=us-central2-b --worker=all",
       "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command"
       " 'set -e; sudo apt-get -qq -o DPkg::Lock::Timeout=600 update;"
-      " sudo apt-get -qq -o DPkg::Lock::Timeout=600 install -y python3-venv;"
-      " rm -rf artstyle-jax; tar -xzf artstyle-jax.tar.gz; python3 -m venv artstyle-venv;"
+      " sudo apt-get -qq -o DPkg::Lock::Timeout=600 install -y python3.11 python3.11-venv;"
+      " rm -rf artstyle-jax; tar -xzf artstyle-jax.tar.gz; python3.11 -m venv artstyle-venv;"
       " artstyle-venv/bin/pip install -q --upgrade pip;"
       " artstyle-venv/bin/pip install -q -e \"./artstyle-jax[tpu]\" gcsfs;"
       " artstyle-venv/bin/python -c \"import jax; print(jax.process_index(),"
       " jax.local_device_count(), jax.device_count())\"'"]
 
 
-def test_install_from_a_repository_clones_it_on_every_worker(launch):
+def test_install_from_a_repository_clones_it_on_every_worker_with_the_chosen_python(launch):
   assert launch.dry_run(TPU, "install", *VM, "--repo=https://example.com/me/artstyle-jax.git",
-                        "--ref=v0.1.0", "--project=my-project") == [
+                        "--ref=v0.1.0", "--python=python3.12", "--project=my-project") == [
       "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command"
       " 'set -e; sudo apt-get -qq -o DPkg::Lock::Timeout=600 update;"
-      " sudo apt-get -qq -o DPkg::Lock::Timeout=600 install -y python3-venv;"
+      " sudo apt-get -qq -o DPkg::Lock::Timeout=600 install -y python3.12 python3.12-venv;"
       " rm -rf artstyle-jax; git clone --quiet https://example.com/me/artstyle-jax.git"
       " artstyle-jax; git -C artstyle-jax checkout --quiet v0.1.0;"
-      " python3 -m venv artstyle-venv; artstyle-venv/bin/pip install -q --upgrade pip;"
+      " python3.12 -m venv artstyle-venv; artstyle-venv/bin/pip install -q --upgrade pip;"
       " artstyle-venv/bin/pip install -q -e \"./artstyle-jax[tpu]\" gcsfs;"
       " artstyle-venv/bin/python -c \"import jax; print(jax.process_index(),"
       " jax.local_device_count(), jax.device_count())\"' --project=my-project"]
@@ -263,6 +264,8 @@ def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(tmp_p
     (["delete", "--name=art-pod", "--zone"], "--zone needs a value"),
     (["delete", *VM, "--bucket=my-bucket"], "--bucket does not apply to 'delete'"),
     (["install", *VM, "--ref=v1"], "--ref needs --repo"),
+    (["install", *VM, "--python=/usr/bin/python3"],
+     "--python must be python3 or python3.N, not '/usr/bin/python3'"),
     (["train", *VM], "--bucket or --workdir is required"),
     (["train", *VM, "--workdir=gs://runs/x"], "--bucket or --data-dir is required"),
     (["train", *VM, "--bucket=my-bucket", "--workdir=/tmp/run"],
@@ -304,6 +307,8 @@ def test_tpu_without_a_command_prints_usage_and_fails(launch):
 
 def test_gpu_installs_jax_cuda_in_a_venv_checks_the_gpu_then_trains_and_evaluates(launch):
   assert launch.dry_run(GPU) == [
+      "python3 -c 'import sys; assert sys.version_info >= (3, 11),"
+      " \"JAX needs Python 3.11 or newer: pass --python\"'",
       f"python3 -m venv {ROOT}/.venv",
       f"{ROOT}/.venv/bin/python -m pip install --upgrade pip",
       f"{ROOT}/.venv/bin/python -m pip install -e '{ROOT}[cuda]'",
