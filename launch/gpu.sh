@@ -83,7 +83,7 @@ main() {
   if (( ! skip_install )); then
     require_program "$python" "pass --python=PYTHON (Python 3.11 or newer)"
     run "$python" -c \
-      'import sys; assert sys.version_info >= (3, 11), "JAX needs Python 3.11 or newer: pass --python"'
+      'import sys; assert sys.version_info >= (3, 11), "JAX needs Python 3.11+: pass --python"'
     run "$python" -m venv "$venv"
     run "$venv_python" -m pip install --upgrade pip
     run "$venv_python" -m pip install -e "${ROOT}[cuda]"

@@ -18,6 +18,9 @@ readonly REMOTE_SRC=artstyle-jax
 readonly REMOTE_VENV=artstyle-venv
 readonly ARCHIVE=artstyle-jax.tar.gz
 readonly LOCAL_ARCHIVE="$ROOT/build/$ARCHIVE"
+# Printed by every worker after installing: its process index, local and global device counts.
+readonly DEVICE_REPORT="import jax; print(jax.process_index(), jax.local_device_count(), \
+jax.device_count())"
 
 usage() {
   cat <<EOF
@@ -94,11 +97,26 @@ background_command() {
   local job=$1
   shift
   local log="../artstyle-$job.log" pid="../artstyle-$job.pid"
-  printf '%s' "set -e; cd $REMOTE_SRC; " \
-    "if kill -0 \"\$(cat $pid 2>/dev/null)\" 2>/dev/null; then " \
-    "echo \"\$(hostname): $job is already running\" >&2; exit 1; fi; " \
-    "nohup $(shell_join "$@") >> $log 2>&1 < /dev/null & echo \$! > $pid; " \
+  join_steps \
+    "set -e" \
+    "cd $REMOTE_SRC" \
+    "if kill -0 \"\$(cat $pid 2>/dev/null)\" 2>/dev/null" \
+    "then echo \"\$(hostname): $job is already running\" >&2" \
+    "exit 1" \
+    "fi" \
+    "nohup $(shell_join "$@") >> $log 2>&1 < /dev/null & echo \$! > $pid" \
     "echo \"\$(hostname): $job started, log ~/artstyle-$job.log\""
+}
+
+# Prints STEPS as one line of shell, separated by "; ".
+join_steps() {
+  local line=$1
+  shift
+  local step
+  for step in "$@"; do
+    line+="; $step"
+  done
+  printf '%s' "$line"
 }
 
 # Runs `gcloud compute tpus tpu-vm ARGS...`, in --project when one was given.
@@ -123,7 +141,8 @@ main() {
   PROG="tpu.sh $cmd"
 
   local name="" zone="" accelerator_type=v4-32 runtime_version="" spot=0
-  local repo="" ref="" python=python3.11 bucket="" workdir="" data_dir="" config=configs/paper.py step=""
+  local repo="" ref="" python=python3.11 bucket="" workdir="" data_dir=""
+  local config=configs/paper.py step=""
   local job=train worker=0 yes=0
   local -a overrides=() given=()
   local arg flag value
@@ -187,13 +206,15 @@ main() {
 
   [[ -n $name ]] || die "--name is required (the TPU VM's name)"
   [[ $name =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] \
-    || die "--name '$name' is not a valid TPU name (lowercase letters, digits and -, starting with a letter)"
+    || die "--name '$name' is not a valid TPU name" \
+      "(lowercase letters, digits and -, starting with a letter)"
   [[ -n $zone ]] || die "--zone is required (e.g. us-central2-b)"
   [[ $job == train || $job == eval ]] || die "--job must be train or eval, not '$job'"
   [[ $worker =~ ^[0-9]+$ ]] || die "--worker must be a worker index (0, 1, ...), not '$worker'"
   [[ -z $step || $step =~ ^[0-9]+$ ]] || die "--step must be a non-negative integer, not '$step'"
   [[ -z $ref || -n $repo ]] || die "--ref needs --repo"
-  [[ $python =~ ^python3(\.[0-9]+)?$ ]] || die "--python must be python3 or python3.N, not '$python'"
+  [[ $python =~ ^python3(\.[0-9]+)?$ ]] \
+    || die "--python must be python3 or python3.N, not '$python'"
 
   if [[ -n $bucket ]]; then
     bucket=${bucket#gs://}
@@ -230,8 +251,15 @@ main() {
         fetch="rm -rf $REMOTE_SRC; tar -xzf $ARCHIVE"
       fi
       local apt="sudo apt-get -qq -o DPkg::Lock::Timeout=600"
-      tpu_vm ssh "$name" "--zone=$zone" --worker=all --command \
-        "set -e; $apt update; $apt install -y $python $python-venv; $fetch; $python -m venv $REMOTE_VENV; $REMOTE_VENV/bin/pip install -q --upgrade pip; $REMOTE_VENV/bin/pip install -q -e \"./${REMOTE_SRC}[tpu]\" gcsfs; $REMOTE_VENV/bin/python -c \"import jax; print(jax.process_index(), jax.local_device_count(), jax.device_count())\""
+      tpu_vm ssh "$name" "--zone=$zone" --worker=all --command "$(join_steps \
+        "set -e" \
+        "$apt update" \
+        "$apt install -y $python $python-venv" \
+        "$fetch" \
+        "$python -m venv $REMOTE_VENV" \
+        "$REMOTE_VENV/bin/pip install -q --upgrade pip" \
+        "$REMOTE_VENV/bin/pip install -q -e \"./${REMOTE_SRC}[tpu]\" gcsfs" \
+        "$REMOTE_VENV/bin/python -c \"$DEVICE_REPORT\"")"
       ;;
     train | eval)
       [[ -n $workdir ]] || die "--bucket or --workdir is required"
@@ -258,8 +286,12 @@ main() {
         "tail -n 100 -F artstyle-$job.log"
       ;;
     stop)
-      tpu_vm ssh "$name" "--zone=$zone" --worker=all --command \
-        "if kill \"\$(cat artstyle-$job.pid 2>/dev/null)\" 2>/dev/null; then echo \"\$(hostname): $job stopped\"; else echo \"\$(hostname): $job was not running\"; fi; rm -f artstyle-$job.pid"
+      tpu_vm ssh "$name" "--zone=$zone" --worker=all --command "$(join_steps \
+        "if kill \"\$(cat artstyle-$job.pid 2>/dev/null)\" 2>/dev/null" \
+        "then echo \"\$(hostname): $job stopped\"" \
+        "else echo \"\$(hostname): $job was not running\"" \
+        "fi" \
+        "rm -f artstyle-$job.pid")"
       ;;
     delete)
       local -a delete=(delete "$name" "--zone=$zone")

@@ -308,7 +308,7 @@ def test_tpu_without_a_command_prints_usage_and_fails(launch):
 def test_gpu_installs_jax_cuda_in_a_venv_checks_the_gpu_then_trains_and_evaluates(launch):
   assert launch.dry_run(GPU) == [
       "python3 -c 'import sys; assert sys.version_info >= (3, 11),"
-      " \"JAX needs Python 3.11 or newer: pass --python\"'",
+      " \"JAX needs Python 3.11+: pass --python\"'",
       f"python3 -m venv {ROOT}/.venv",
       f"{ROOT}/.venv/bin/python -m pip install --upgrade pip",
       f"{ROOT}/.venv/bin/python -m pip install -e '{ROOT}[cuda]'",
