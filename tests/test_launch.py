@@ -218,8 +218,9 @@ def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(tmp_p
   home = tmp_path / "home"
   (home / "artstyle-jax").mkdir(parents=True)
   write_executable(home / "artstyle-venv" / "bin" / "python",
-                   "#!/usr/bin/env bash\nprintf '%s\\n' \"$PWD\" \"$@\" > ../argv\n"
-                   "echo training\nexec sleep 60\n")
+                   "#!/usr/bin/env bash\necho training\n"
+                   "printf '%s\\n' \"$PWD\" \"$@\" > ../argv.part\nmv ../argv.part ../argv\n"
+                   "exec sleep 60\n")
   launch = Launch(tmp_path)
   override = "--config.note=it's (1, 2)"
   [train_line] = launch.dry_run(TPU, "train", *VM, "--bucket=my-bucket", override)
