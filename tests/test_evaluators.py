@@ -1,0 +1,101 @@
+"""Evaluators: kNN, linear probes (fast and paper protocol), metrics and their report."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from artstyle_jax.evaluators import knn
+from artstyle_jax.evaluators import linear_probe
+from artstyle_jax.evaluators import metrics
+from artstyle_jax.evaluators import report
+
+
+def _clusters(rng: np.random.Generator, num_per_class: int, num_classes: int, channels: int,
+              spread: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+  """Features in well-separated clusters, one per class, with a common offset and channel scales."""
+  centres = rng.normal(size=(num_classes, channels))
+  labels = np.repeat(np.arange(num_classes), num_per_class)
+  features = centres[labels] + spread * rng.normal(size=(len(labels), channels))
+  return (features * rng.uniform(0.5, 3.0, size=channels) + 2.0).astype(np.float32), labels
+
+
+# --- metrics and report ---------------------------------------------------------------------
+
+def test_top_k_accuracy_counts_true_class_among_k_highest_scores():
+  scores = np.array([[0.1, 0.5, 0.4],   # true 1: top-1 hit
+                     [0.6, 0.3, 0.1],   # true 1: second
+                     [0.2, 0.3, 0.5]])  # true 0: third
+  labels = np.array([1, 1, 0])
+  assert metrics.top_k_accuracy(scores, labels, 1) == pytest.approx(1 / 3)
+  assert metrics.top_k_accuracy(scores, labels, 2) == pytest.approx(2 / 3)
+  assert metrics.top_k_accuracy(scores, labels, 3) == 1.0
+
+
+def test_top5_with_fewer_than_five_classes_is_top_k_over_all_classes():
+  scores = np.array([[0.9, 0.1, 0.0], [0.9, 0.1, 0.0]])
+  results = metrics.classification_results(scores, np.array([2, 1]))
+  assert results["top5"] == 1.0
+  assert results["top5_k"] == 3
+  assert results["top1"] == 0.0
+
+
+def test_tied_scores_count_as_the_argmax_class_in_top1_and_confusion_matrix():
+  scores = np.array([[0.5, 0.5], [0.5, 0.5]])
+  results = metrics.classification_results(scores, np.array([0, 1]))
+  assert results["top1"] == 0.5
+  assert results["confusion_matrix"] == [[1, 0], [1, 0]]
+
+
+def test_confusion_matrix_rows_are_true_classes_and_columns_predictions():
+  confusion = metrics.confusion_matrix(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2]), 3)
+  np.testing.assert_array_equal(confusion, [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+  np.testing.assert_allclose(metrics.per_class_accuracy(confusion), [0.5, 1.0, 2 / 3])
+
+
+def test_results_dict_is_strict_json_and_marks_classes_without_examples():
+  scores = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0], [0.0, 2.0, 1.0]])
+  results = metrics.classification_results(scores, np.array([0, 0, 2]), class_names=["a", "b", "c"])
+  decoded = json.loads(json.dumps(results, allow_nan=False))
+  assert decoded["per_class"] == [{"name": "a", "count": 2, "accuracy": 0.5},
+                                  {"name": "b", "count": 0, "accuracy": None},
+                                  {"name": "c", "count": 1, "accuracy": 0.0}]
+  assert decoded["mean_per_class_accuracy"] == 0.25
+  assert decoded["num_examples"] == 3 and decoded["num_classes"] == 3
+  assert decoded["confusion_matrix"] == [[1, 0, 1], [0, 0, 0], [0, 1, 0]]
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([0, 3]), r"\[0, 3\)"),
+    (np.array([0.0, 1.0]), "integers"),
+    (np.array([0]), r"\(examples,\)"),
+])
+def test_metrics_reject_bad_labels_with_a_clear_message(labels, message):
+  with pytest.raises(ValueError, match=message):
+    metrics.classification_results(np.zeros((2, 3)), labels)
+
+
+def test_table_lists_every_class_with_count_and_accuracy_then_overall_figures():
+  scores = np.eye(3)[[0, 1, 1, 2]]
+  results = metrics.classification_results(scores, np.array([0, 1, 2, 2]), ["Baroque", "Cubism", "Pop_Art"])
+  lines = report.format_table(results, title="linear probe").splitlines()
+  assert lines[0] == "linear probe"
+  rows = {line.split()[0]: line.split()[1:] for line in lines[3:6]}
+  assert rows == {"Baroque": ["1", "100.00%"], "Cubism": ["1", "100.00%"], "Pop_Art": ["2", "50.00%"]}
+  assert lines[-2].split() == ["top-1", "4", "75.00%"]
+  assert lines[-1].split() == ["top-3", "4", "100.00%"]
+
+
+def test_json_file_and_confusion_matrix_png_are_written_where_the_caller_says(tmp_path):
+  rng = np.random.default_rng(0)
+  results = metrics.classification_results(rng.normal(size=(40, 6)), rng.integers(0, 6, 40),
+                                           [f"style {i}" for i in range(6)])
+  report.write_json(results, str(tmp_path / "probe.json"))
+  report.plot_confusion_matrix(results, str(tmp_path / "probe_confusion.png"), title="probe")
+  assert json.loads((tmp_path / "probe.json").read_text()) == results
+  with Image.open(tmp_path / "probe_confusion.png") as image:
+    assert image.format == "PNG" and min(image.size) > 200
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.json", "probe_confusion.png"]
