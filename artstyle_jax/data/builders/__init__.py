@@ -55,8 +55,11 @@ def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
   """
   if dataset not in BUILDERS:
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
-  builder = BUILDERS[dataset](data_dir=os.fspath(data_dir), config=config,
-                              image_policy=image_policy, num_workers=num_workers)
+  builder_class = BUILDERS[dataset]
+  if isinstance(config, FolderConfig):
+    config = _predefined_name_or_config(builder_class, config)
+  builder = builder_class(data_dir=os.fspath(data_dir), config=config,
+                          image_policy=image_policy, num_workers=num_workers)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
   if builder.build_report:
@@ -73,3 +76,18 @@ def dataset_name(builder: tfds.core.DatasetBuilder) -> str:
   if builder.builder_config is None:
     return builder.name
   return f"{builder.name}/{builder.builder_config.name}"
+
+
+def _predefined_name_or_config(builder_class: type[base.ArtStyleBuilder],
+                               config: FolderConfig) -> str | FolderConfig:
+  """TFDS takes a predefined config only by name: pass the name when the settings agree."""
+  predefined = {c.name: c for c in builder_class.BUILDER_CONFIGS}.get(config.name)
+  if predefined is None:
+    return config
+  settings = lambda c: (c.seed, c.val_fraction, c.test_fraction)
+  if settings(predefined) != settings(config):
+    raise ValueError(
+        f"{builder_class.name} config {config.name!r} is predefined with (seed, val_fraction, "
+        f"test_fraction) = {settings(predefined)}, not {settings(config)}: give these "
+        "settings a config name of their own")
+  return config.name

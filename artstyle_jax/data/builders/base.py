@@ -106,7 +106,13 @@ class ArtStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise FileNotFoundError(
           f"{self.name}: manual directory {manual_dir} does not exist.\n"
           f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    names, splits = self._list_files(manual_dir)
+    names, listed = self._list_files(manual_dir)
+    splits = {split: files for split, files in listed.items() if files}
+    for split in listed.keys() - splits.keys():
+      logging.warning("%s: split %r lists no files; the dataset will not have it", self.name,
+                      split)
+    if not splits:
+      raise ValueError(f"{self.name}: no image files found under {manual_dir}")
     self.info.features["label"].names = names
     self.build_report = {split: SplitReport() for split in splits}
     return {split: self._generate_examples(split, files) for split, files in splits.items()}
@@ -129,6 +135,9 @@ class ArtStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       report.written += 1
       yield file.key, {"image": result.data, "label": file.label, "filename": file.key}
     logging.info("%s %s: %s", self.name, split, report.summary())
+    if report.written == 0:
+      raise ValueError(f"{self.name}: none of the {len(files)} files of the {split!r} split is "
+                       "a usable image (each skipped file has a log line above)")
 
 
 def _skip(report: SplitReport, split: str, key: str, reason: str) -> None:
