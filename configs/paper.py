@@ -75,6 +75,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "wikiart"
   config.dataset.data_dir = config_dict.placeholder(str)
+  config.dataset.train_split = "train"
+  config.dataset.eval_split = "test"  # held-out split of the kNN monitor
+  config.dataset.num_workers = 0  # Grain worker processes per host (0: threads in the trainer)
+  config.dataset.num_threads = 4
+
+  # The training program (train.py). num_steps 0 trains num_epochs epochs.
+  config.num_steps = 0
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.async_checkpointing = True
+  config.knn_every_steps = 0  # 0: no kNN monitor during training
+  config.knn_k = 20
 
   config.views = ml_collections.ConfigDict()
   config.views.student = _normalisation(STUDENT_STYLE_MEAN, STUDENT_STYLE_STD)
