@@ -99,3 +99,75 @@ def test_json_file_and_confusion_matrix_png_are_written_where_the_caller_says(tm
   with Image.open(tmp_path / "probe_confusion.png") as image:
     assert image.format == "PNG" and min(image.size) > 200
   assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.json", "probe_confusion.png"]
+
+
+# --- kNN --------------------------------------------------------------------------------------
+
+def _numpy_weighted_knn(bank, bank_labels, queries, num_classes, k, temperature):
+  """InstDisc/DINO weighted vote computed directly, in float64, normalised to sum 1."""
+  bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+  queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+  similarity = queries.astype(np.float64) @ bank.T.astype(np.float64)
+  nearest = np.argsort(-similarity, axis=1)[:, :k]
+  votes = np.zeros((len(queries), num_classes))
+  for q in range(len(queries)):
+    for j in nearest[q]:
+      votes[q, bank_labels[j]] += np.exp(similarity[q, j] / temperature)
+  return votes / votes.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("chunk_size", [8, 512])
+def test_knn_scores_equal_direct_numpy_weighted_vote_whatever_the_chunking(chunk_size):
+  rng = np.random.default_rng(0)
+  bank = rng.normal(size=(300, 16)).astype(np.float32)
+  bank_labels = rng.integers(0, 5, 300)
+  queries = rng.normal(size=(37, 16)).astype(np.float32)  # 37: not a multiple of the chunk
+  result = knn.knn_classify(bank, bank_labels, queries, num_classes=5, chunk_size=chunk_size)
+  expected = _numpy_weighted_knn(bank, bank_labels, queries, 5, k=20, temperature=0.07)
+  np.testing.assert_allclose(result.scores, expected, rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(result.predictions, np.argmax(expected, axis=1))
+  assert result.scores.shape == (37, 5) and result.predictions.dtype == jnp.int32
+
+
+def test_knn_with_a_large_temperature_is_a_plain_majority_vote_of_the_k_nearest():
+  rng = np.random.default_rng(1)
+  bank = rng.normal(size=(50, 8)).astype(np.float32)
+  bank_labels = rng.integers(0, 3, 50)
+  queries = rng.normal(size=(6, 8)).astype(np.float32)
+  result = knn.knn_classify(bank, bank_labels, queries, num_classes=3, k=5, temperature=1e6)
+  _, indices = knn.nearest_neighbours(bank, queries, k=5)
+  counts = np.stack([np.bincount(bank_labels[row], minlength=3) for row in np.asarray(indices)])
+  np.testing.assert_allclose(result.scores, counts / 5, atol=1e-5)
+
+
+def test_knn_classifies_separable_clusters_perfectly():
+  rng = np.random.default_rng(2)
+  features, labels = _clusters(rng, num_per_class=40, num_classes=4, channels=32)
+  order = rng.permutation(len(labels))
+  bank, queries = order[:100], order[100:]
+  result = knn.knn_classify(features[bank], labels[bank], features[queries], num_classes=4)
+  np.testing.assert_array_equal(result.predictions, labels[queries])
+  np.testing.assert_allclose(np.sum(result.scores, axis=1), 1.0, rtol=1e-6)
+
+
+def test_nearest_neighbours_are_sorted_by_cosine_and_ignore_feature_scale():
+  rng = np.random.default_rng(3)
+  bank = rng.normal(size=(30, 8)).astype(np.float32)
+  similarities, indices = knn.nearest_neighbours(bank, 7.0 * bank[:4], k=3, chunk_size=3)
+  np.testing.assert_array_equal(indices[:, 0], np.arange(4))
+  np.testing.assert_allclose(similarities[:, 0], 1.0, rtol=1e-6)
+  assert np.all(np.diff(np.asarray(similarities), axis=1) <= 0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(k=31), r"k must lie in \[1, bank size = 30\]"),
+    (dict(queries=np.zeros((2, 5), np.float32)), "8 feature channels but queries have 5"),
+    (dict(bank_labels=np.full(30, 3)), r"\[0, 3\)"),
+    (dict(temperature=0.0), "temperature must be > 0"),
+])
+def test_knn_rejects_bad_input_with_a_clear_message(kwargs, message):
+  args = dict(bank=np.ones((30, 8), np.float32), bank_labels=np.zeros(30, int),
+              queries=np.ones((2, 8), np.float32))
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=message):
+    knn.knn_classify(args.pop("bank"), args.pop("bank_labels"), args.pop("queries"), num_classes=3, **args)
