@@ -95,7 +95,8 @@ class PreparedImage:
     return self.converted_from is not None or self.downscaled_from is not None
 
 
-def prepare_image(source: str | os.PathLike | bytes, policy: ImagePolicy = ImagePolicy()) -> PreparedImage:
+def prepare_image(source: str | os.PathLike | bytes,
+                  policy: ImagePolicy = ImagePolicy()) -> PreparedImage:
   """Reads, checks and converts one image file (or its bytes) as the module docstring says.
 
   Raises:
