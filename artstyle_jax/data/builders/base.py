@@ -73,9 +73,14 @@ class ArtStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def __init__(self, *, image_policy: images.ImagePolicy = images.ImagePolicy(),
                num_workers: int | None = None, **kwargs):
-    """Args: image_policy: how unusual images are treated; num_workers: decoding threads
-    (default: the CPU count, at most 8); kwargs: tfds.core.DatasetBuilder's (data_dir,
-    config, version, file_format; file_format defaults to 'array_record')."""
+    """Creates the builder.
+
+    Args:
+      image_policy: how unusual images are treated (artstyle_jax.data.images).
+      num_workers: image decoding threads; default: the CPU count, at most 8.
+      **kwargs: tfds.core.DatasetBuilder's (data_dir, config, version, file_format);
+        file_format defaults to 'array_record'.
+    """
     kwargs.setdefault("file_format", "array_record")
     self.image_policy = image_policy
     self.num_workers = num_workers or min(8, os.cpu_count() or 1)
