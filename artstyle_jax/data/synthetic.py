@@ -38,6 +38,7 @@ import argparse
 import colorsys
 import functools
 import os
+import shutil
 import sys
 import time
 from typing import Callable, Sequence
@@ -382,9 +383,15 @@ def build_dataset(data_dir: str | os.PathLike, *, per_class: int, size: int, see
   name = f"synthetic_{size}px_{per_class}_{test_per_class}_{val_per_class}_seed{seed}"
   tree = os.path.join(os.fspath(data_dir), "synthetic_trees", name)
   if not os.path.isdir(tree):
-    write_tree(tree + ".partial", per_class=per_class, size=size, seed=seed,
+    partial = f"{tree}.partial-{os.getpid()}"
+    write_tree(partial, per_class=per_class, size=size, seed=seed,
                test_per_class=test_per_class, val_per_class=val_per_class)
-    os.replace(tree + ".partial", tree)
+    try:
+      os.rename(partial, tree)
+    except OSError:
+      if not os.path.isdir(tree):
+        raise
+      shutil.rmtree(partial)  # Another process wrote the same (byte-identical) tree first.
   builder = builders.build("image_folder", tree, data_dir,
                            config=builders.FolderConfig(name=name),
                            image_policy=images.ImagePolicy(min_side=size))
