@@ -26,8 +26,9 @@ Output: a class-per-folder tree that `builders.image_folder` reads,
   <out>/valid/<style>/...                     only with val_per_class > 0
 
 Every image is rendered from its own generator seeded by (seed, split, style, index), so
-the files are byte-identical for a seed, and an image does not depend on how many others
-are written. CLI:
+the files are byte-identical for a seed (given the same NumPy and Pillow builds: float
+rounding or the JPEG library may differ between them), and an image does not depend on
+how many others are written. CLI:
 
   python -m artstyle_jax.data.synthetic --out DIR --per-class N --size S [--seed K]
       [--test-per-class M] [--val-per-class V]
