@@ -1,0 +1,54 @@
+"""Pooled backbone features of a dataset split, the input of every evaluator (kNN, linear probe)."""
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from artstyle_jax import sharding
+from artstyle_jax.models import convnext
+
+FeatureFn = Callable[[Any, jax.Array], jax.Array]
+
+
+def make_feature_fn(backbone: nn.Module, mesh: jax.sharding.Mesh) -> FeatureFn:
+  """`feature_fn(backbone_params, images) -> (B, C)` float32 pooled features, jitted.
+
+  images: (B, S, S, 3) float32 normalised, sharded over the mesh's batch axes.
+  """
+  def features(params, images):
+    return convnext.pool(backbone.apply({"params": params}, images, train=False)[-1])
+
+  return jax.jit(features, out_shardings=sharding.batch_sharding(mesh))
+
+
+def extract(feature_fn: FeatureFn, backbone_params: Any, batches: Iterable[Mapping[str, np.ndarray]],
+            mesh: jax.sharding.Mesh, image_key: str = "image") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Features of every real example of an eval pass (`pipeline.eval_dataset`), on every process.
+
+  Args:
+    batches: this process's part of each batch, with `image_key`, 'label', 'index', 'mask'.
+
+  Returns:
+    (features (N, C) float32, labels (N,) int32, indices (N,) int64) of the N real examples,
+    ordered by their index in the source, the same arrays on every process.
+  """
+  features, labels, indices = [], [], []
+  for batch in batches:
+    local = {"image": batch[image_key], "label": batch["label"], "index": batch["index"], "mask": batch["mask"]}
+    arrays = sharding.shard_batch(local, mesh)
+    batch_features = feature_fn(backbone_params, arrays["image"])
+    gathered = multihost_utils.process_allgather(
+        {"features": batch_features, "label": arrays["label"], "index": arrays["index"], "mask": arrays["mask"]},
+        tiled=True)
+    mask = np.asarray(gathered["mask"], bool)
+    features.append(np.asarray(gathered["features"], np.float32)[mask])
+    labels.append(np.asarray(gathered["label"], np.int32)[mask])
+    indices.append(np.asarray(gathered["index"], np.int64)[mask])
+  if not features:
+    raise ValueError("no batches to extract features from")
+  features, labels, indices = np.concatenate(features), np.concatenate(labels), np.concatenate(indices)
+  order = np.argsort(indices, kind="stable")
+  return features[order], labels[order], indices[order]
