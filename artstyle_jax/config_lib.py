@@ -4,6 +4,8 @@ Programs define `config_flags.DEFINE_config_file("config")` and call `validate(F
 first; `load(path, overrides)` does both for code without absl flags (tests, notebooks).
 """
 from collections.abc import Sequence
+import importlib.util
+import pathlib
 
 from absl import flags
 import jax.numpy as jnp
@@ -69,6 +71,16 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   if num_examples < batch_size:
     raise ConfigError(f"the dataset has {num_examples} training examples, fewer than one batch of {batch_size}")
   return num_examples // batch_size
+
+
+def base_config(config_file: str, name: str) -> ml_collections.ConfigDict:
+  """`get_config()` of `<name>.py` in the directory of `config_file`, for configs derived from
+  another (`base_config(__file__, "paper")`); works whatever the working directory."""
+  path = pathlib.Path(config_file).with_name(f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"artstyle_jax_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def load(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

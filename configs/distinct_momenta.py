@@ -1,9 +1,9 @@
 """Ablation: teachers with different EMA momenta (two parameter copies)."""
-from configs import paper
+from artstyle_jax import config_lib
 
 
 def get_config():
-  config = paper.get_config()
+  config = config_lib.base_config(__file__, "paper")
   config.momentum_weak = 0.99
   config.momentum_style = 0.996
   return config

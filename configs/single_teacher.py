@@ -3,11 +3,11 @@
 No style teacher, no style view, no Gram terms. The relation term has weight 1 (ReSSL's loss,
 not halved) and the queue receives the weak teacher's keys only, B per step.
 """
-from configs import paper
+from artstyle_jax import config_lib
 
 
 def get_config():
-  config = paper.get_config()
+  config = config_lib.base_config(__file__, "paper")
   config.style_teacher = False
   config.loss_weights.rel_weak = 1.0
   config.loss_weights.rel_style = 0.0

@@ -1,9 +1,9 @@
 """A small, fast variant for tests and CPU runs: ConvNeXt-atto from scratch, 64 px, batch 8."""
-from configs import paper
+from artstyle_jax import config_lib
 
 
 def get_config():
-  config = paper.get_config()
+  config = config_lib.base_config(__file__, "paper")
   config.model.name = "convnext_atto"
   config.model.proj_hidden_dim = 512
   config.init = "random"

@@ -1,0 +1,168 @@
+"""Student and teacher forwards and the dual-teacher train step (METHOD.md, steps 1 to 7).
+
+Typical use (train.py, bench):
+
+  backbone, head = step.build_backbone(config), step.build_head(config)
+  optimizer, schedule = optim.create(config, steps_per_epoch)
+  mesh = sharding.create_mesh(config.mesh.fsdp)
+  state, shardings = step.create_state(rng, config, backbone, head, optimizer, mesh)
+  train_step = step.compile_train_step(
+      step.make_train_step(config, backbone, head, optimizer, schedule), shardings, mesh)
+  state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
+"""
+from collections.abc import Callable, Mapping
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+
+from artstyle_jax import config_lib
+from artstyle_jax import losses
+from artstyle_jax import sharding
+from artstyle_jax import state as state_lib
+from artstyle_jax.models import convnext
+from artstyle_jax.models import heads
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def build_backbone(config: ml_collections.ConfigDict) -> nn.Module:
+  """The ConvNeXt named by `config.model` (compute dtype, remat and drop-path from it)."""
+  return convnext.create(
+      config.model.name,
+      dtype=config_lib.compute_dtype(config),
+      remat=config.model.remat,
+      drop_path_rate=config.model.drop_path_rate,
+  )
+
+
+def build_head(config: ml_collections.ConfigDict) -> heads.ProjectionHead:
+  return heads.ProjectionHead(
+      hidden_dim=config.model.proj_hidden_dim, out_dim=config.model.proj_dim, dtype=config_lib.compute_dtype(config))
+
+
+def forward(
+    backbone: nn.Module,
+    head: nn.Module,
+    params: state_lib.Params,
+    images: jax.Array,
+    *,
+    train: bool = False,
+    rng: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """One network (student or teacher) on a batch of views.
+
+  Args:
+    params: {'backbone': ..., 'head': ...}.
+    images: (B, S, S, 3) float32, normalised.
+    train: stochastic layers (drop-path) active; `rng` required when the rate is positive.
+
+  Returns:
+    f: (B, S/32, S/32, C) last-stage feature map, in the compute dtype.
+    z: (B, D) float32 L2-normalised embedding of the pooled map.
+  """
+  rngs = None if rng is None else {"dropout": rng}
+  f = backbone.apply({"params": params["backbone"]}, images, train=train, rngs=rngs)[-1]
+  z = head.apply({"params": params["head"]}, convnext.pool(f))
+  return f, z
+
+
+def _relation_loss(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+  if config.loss.relation == "info_nce":
+    return functools.partial(losses.info_nce_loss, temperature=config.loss.info_nce_temp)
+  return functools.partial(
+      losses.relation_alignment_loss, student_temp=config.loss.student_temp, teacher_temp=config.loss.teacher_temp)
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    backbone: nn.Module,
+    head: nn.Module,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    preprocess: Callable[[Batch], Batch] | None = None,
+) -> Callable[[state_lib.TrainState, Batch], tuple[state_lib.TrainState, Metrics]]:
+  """`train_step(state, batch) -> (state, metrics)`, pure, for `jax.jit`.
+
+  The batch holds float32 views 'student', 'weak' and (with a style teacher) 'style', each
+  (B, S, S, 3), after `preprocess` (default identity) has run on it inside the step. Loss terms
+  are named rel_weak, rel_style, gram_weak, gram_style ('rel' is InfoNCE when
+  `config.loss.relation` is 'info_nce'); every term of a present teacher is computed and
+  reported, those of weight 0 carry no gradient. The style terms and the style view are absent
+  without a style teacher. Metrics: 'loss', the terms, 'lr' (this step's rate), 'grad_norm'
+  (global L2 norm of the loss gradient, before weight decay).
+  """
+  config_lib.validate(config)
+  momenta = state_lib.teacher_momenta(config)
+  weights = {term: float(config.loss_weights[term]) for term in config_lib.LOSS_TERMS}
+  views = ("weak", "style") if config.style_teacher else ("weak",)
+  relation_loss = _relation_loss(config)
+
+  def train_step(state: state_lib.TrainState, batch: Batch) -> tuple[state_lib.TrainState, Metrics]:
+    if preprocess is not None:
+      batch = preprocess(batch)
+    # 1. EMA of the teachers towards the student as it is at the start of the step.
+    teachers = {name: state_lib.ema_update(state.teachers[name], state.params, m) for name, m in momenta.items()}
+    # 2. Teacher forwards (outside the differentiated function: no gradient reaches them).
+    teacher_params = {"weak": teachers["weak"], "style": state_lib.style_teacher_params(teachers)}
+    targets = {view: forward(backbone, head, teacher_params[view], batch[view]) for view in views}
+    rng, dropout_rng = jax.random.split(state.rng)
+
+    # 3-5. Student forward and the weighted loss terms against each teacher.
+    def loss_fn(params):
+      f_s, z_s = forward(backbone, head, params, batch["student"], train=True, rng=dropout_rng)
+      terms = {}
+      for view, (f_t, z_t) in targets.items():
+        terms[f"rel_{view}"] = relation_loss(z_s, z_t, state.queue)
+        terms[f"gram_{view}"] = losses.gram_alignment_loss(f_s, f_t)
+      loss = sum(weights[term] * value for term, value in terms.items() if weights[term])
+      return loss, terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    # 6. Optimiser step on the student.
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # 7. Enqueue the teachers' keys of the global batch: z_w, then z_y.
+    queue, queue_ptr = state.queue, state.queue_ptr
+    for view in views:
+      queue, queue_ptr = state_lib.enqueue(queue, queue_ptr, targets[view][1])
+
+    new_state = state.replace(
+        step=state.step + 1, params=params, teachers=teachers, opt_state=opt_state,
+        queue=queue, queue_ptr=queue_ptr, rng=rng)
+    metrics = {"loss": loss, **terms, "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
+    return new_state, metrics
+
+  return train_step
+
+
+def create_state(
+    rng: jax.Array,
+    config: ml_collections.ConfigDict,
+    backbone: nn.Module,
+    head: nn.Module,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    backbone_params: Any = None,
+) -> tuple[state_lib.TrainState, state_lib.TrainState]:
+  """A fresh TrainState created directly with its shardings on `mesh`; returns (state, shardings)."""
+  create = functools.partial(state_lib.create, config=config, backbone=backbone, head=head, optimizer=optimizer)
+  abstract = jax.eval_shape(create, rng, backbone_params=backbone_params)
+  shardings = sharding.state_sharding(abstract, mesh, config.mesh.fsdp_min_size)
+  state = jax.jit(create, out_shardings=shardings)(rng, backbone_params=backbone_params)
+  return state, shardings
+
+
+def compile_train_step(train_step: Callable, state_shardings: state_lib.TrainState, mesh: jax.sharding.Mesh):
+  """`jax.jit` of a train step: batch over the mesh's devices, state as `state_shardings`,
+  metrics replicated, the input state's buffers donated."""
+  return jax.jit(
+      train_step,
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0,
+  )
