@@ -1,0 +1,120 @@
+"""Depthwise (per-channel) 2-D convolution, stride 1, 'SAME' padding, in two interchangeable forms.
+
+- 'conv': one `lax.conv_general_dilated` with `feature_group_count = C`. Fast on GPU and TPU,
+  whose convolution libraries have depthwise kernels; very slow on XLA:CPU.
+- 'shift': the sum over the k*k taps of shifted slices of the padded input times a per-channel
+  weight, which XLA:CPU fuses into one vectorised loop. Its gradient is written by hand
+  (`jax.custom_vjp`) so that the backward pass is made of the same kind of fused loops.
+
+Both compute `out[b, h, w, c] = sum_{i, j} x[b, h + i - p, w + j - p, c] * kernel[i, j, 0, c]`
+with `p = (k - 1) // 2` and zeros outside the image (cross-correlation, as torch and flax).
+"""
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Impl = Literal["auto", "conv", "shift"]
+
+
+def resolve_depthwise(impl: Impl) -> Literal["conv", "shift"]:
+  """Chooses the form for the current default backend when `impl` is 'auto'."""
+  if impl == "auto":
+    return "shift" if jax.default_backend() == "cpu" else "conv"
+  if impl not in ("conv", "shift"):
+    raise ValueError(f"depthwise must be 'auto', 'conv' or 'shift', got {impl!r}")
+  return impl
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: Impl = "auto") -> jax.Array:
+  """Depthwise convolution of an NHWC batch.
+
+  Args:
+    x: (B, H, W, C) input.
+    kernel: (k, k, 1, C) per-channel weights (flax's HWIO layout for a grouped conv), k odd.
+    impl: 'conv', 'shift', or 'auto' (pick by backend).
+
+  Returns:
+    (B, H, W, C), in the dtype of `x`; the 'shift' form accumulates in float32.
+  """
+  k = kernel.shape[0]
+  if kernel.ndim != 4 or kernel.shape[1] != k or kernel.shape[2] != 1 or k % 2 != 1:
+    raise ValueError(f"kernel must have shape (k, k, 1, C) with k odd, got {kernel.shape}")
+  if x.ndim != 4 or x.shape[-1] != kernel.shape[-1]:
+    raise ValueError(f"x must be (B, H, W, {kernel.shape[-1]}), got {x.shape}")
+  if resolve_depthwise(impl) == "conv":
+    pad = (k - 1) // 2
+    return lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+  return _shift_conv(x, kernel[:, :, 0, :].astype(x.dtype))
+
+
+def _pad_same(x: jax.Array, k: int) -> jax.Array:
+  pad = (k - 1) // 2
+  return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
+def _shift_forward(x: jax.Array, taps: jax.Array) -> jax.Array:
+  """sum_{i,j} pad(x)[:, i:i+H, j:j+W, :] * taps[i, j], accumulated in float32; taps (k, k, C)."""
+  k = taps.shape[0]
+  height, width = x.shape[1:3]
+  padded = _pad_same(x, k).astype(jnp.float32)
+  taps = taps.astype(jnp.float32)
+  out = None
+  for i in range(k):
+    for j in range(k):
+      term = padded[:, i:i + height, j:j + width, :] * taps[i, j]
+      out = term if out is None else out + term
+  return out.astype(x.dtype)
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+  return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _shift_kernel_grad(x: jax.Array, grad_out: jax.Array, k: int) -> jax.Array:
+  """d(loss)/d(taps) (k, k, C) in float32: sum_{b,h,w} pad(x)[b, h+i, w+j, c] * grad_out[b, h, w, c].
+
+  Each tap is one fused loop that multiplies the shifted input by the output gradient and
+  already sums groups of up to 8 images (explicit adds keep it a plain elementwise loop, which
+  XLA:CPU vectorises); only the much smaller partial sums go through a reduction.
+  """
+  batch, height, width, channels = grad_out.shape
+  group = _largest_divisor_at_most(batch, 8)
+  padded = _pad_same(x, k).astype(jnp.float32)
+  padded = padded.reshape((batch // group, group) + padded.shape[1:])
+  grad_out = grad_out.astype(jnp.float32).reshape((batch // group, group, height, width, channels))
+  rows = []
+  for i in range(k):
+    row = []
+    for j in range(k):
+      partial = None
+      for m in range(group):
+        term = padded[:, m, i:i + height, j:j + width, :] * grad_out[:, m]
+        partial = term if partial is None else partial + term
+      row.append(jnp.sum(partial, axis=(0, 1, 2)))
+    rows.append(jnp.stack(row))
+  return jnp.stack(rows)
+
+
+@jax.custom_vjp
+def _shift_conv(x: jax.Array, taps: jax.Array) -> jax.Array:
+  return _shift_forward(x, taps)
+
+
+def _shift_conv_fwd(x, taps):
+  return _shift_forward(x, taps), (x, taps)
+
+
+def _shift_conv_bwd(residuals, grad_out):
+  x, taps = residuals
+  k = taps.shape[0]
+  # The adjoint of a cross-correlation is the cross-correlation with the flipped kernel.
+  grad_x = _shift_forward(grad_out, taps[::-1, ::-1]).astype(x.dtype)
+  grad_taps = _shift_kernel_grad(x, grad_out, k).astype(taps.dtype)
+  return grad_x, grad_taps
+
+
+_shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
