@@ -48,6 +48,15 @@ def as_float(pixels):
   return pixels.astype(np.float32) / 255.0
 
 
+def planar(x):
+  """(H, W, 3) -> (3, H, W), the layout of the photometric ops."""
+  return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def interleaved(x):
+  return np.asarray(x).transpose(1, 2, 0)
+
+
 # --- sampling ---------------------------------------------------------------------------------
 
 
@@ -199,7 +208,7 @@ def test_brightness_contrast_saturation_match_pil_image_enhance(pixels, factor):
                                     (views.adjust_saturation, ImageEnhance.Color, 2)]:
     # PIL rounds to whole levels (and its contrast mean / saturation gray) on the way.
     reference = as_float(np.asarray(enhancer(image).enhance(factor)))
-    np.testing.assert_allclose(ours(x, factor), reference, atol=tolerance * LEVEL + 1e-6)
+    np.testing.assert_allclose(interleaved(ours(planar(x), factor)), reference, atol=tolerance * LEVEL + 1e-6)
 
 
 @pytest.mark.parametrize("shift", [-0.1, 0.03, 0.5])
@@ -209,18 +218,19 @@ def test_hue_matches_colorsys_hsv_rotation(pixels, shift):
   for index in np.ndindex(x.shape[:2]):
     h, s, v = colorsys.rgb_to_hsv(*x[index].astype(np.float64))
     expected[index] = colorsys.hsv_to_rgb((h + shift) % 1.0, s, v)
-  np.testing.assert_allclose(views.adjust_hue(x, shift), expected, atol=2e-6)
+  np.testing.assert_allclose(interleaved(views.adjust_hue(planar(x), shift)), expected, atol=2e-6)
 
 
 def test_hue_leaves_grays_and_a_full_turn_unchanged(pixels):
-  gray = np.repeat(as_float(pixels)[..., :1], 3, axis=-1)
+  gray = np.repeat(planar(as_float(pixels))[:1], 3, axis=0)
   np.testing.assert_allclose(views.adjust_hue(gray, 0.3), gray, atol=1e-7)
-  np.testing.assert_allclose(views.adjust_hue(as_float(pixels), 1.0), as_float(pixels), atol=2e-6)
+  x = planar(as_float(pixels))
+  np.testing.assert_allclose(views.adjust_hue(x, 1.0), x, atol=2e-6)
 
 
 def test_grayscale_matches_pil_luma_conversion(pixels):
   reference = as_float(np.asarray(Image.fromarray(pixels).convert("L")))
-  ours = views.grayscale(as_float(pixels))
+  ours = interleaved(views.grayscale(planar(as_float(pixels))))
   assert ours.shape == pixels.shape
   np.testing.assert_allclose(ours, np.repeat(reference[..., None], 3, axis=-1), atol=0.5 * LEVEL + 1e-6)
 
@@ -230,13 +240,13 @@ def test_blur_is_a_truncated_gaussian_with_replicated_edges(pixels, sigma):
   x = as_float(pixels)
   expected = ndimage.gaussian_filter(x.astype(np.float64), sigma=(sigma, sigma, 0), mode="nearest",
                                      truncate=views.BLUR_RADIUS / sigma)
-  np.testing.assert_allclose(views.gaussian_blur(x, sigma), expected, atol=1e-6)
+  np.testing.assert_allclose(interleaved(views.gaussian_blur(planar(x), sigma)), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
 def test_blur_agrees_with_the_references_pil_gaussian_blur_on_average(pixels, sigma):
   reference = as_float(np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(radius=sigma))))
-  difference = np.abs(views.gaussian_blur(as_float(pixels), sigma) - reference)
+  difference = np.abs(interleaved(views.gaussian_blur(planar(as_float(pixels)), sigma)) - reference)
   assert difference.mean() < 1.0 * LEVEL
 
 
@@ -246,9 +256,9 @@ def test_host_photometric_applies_ops_in_the_sampled_order(pixels):
   factors = np.array([1.3, 0.7, 1.2, 0.08], np.float32)
   params = views.ViewParams(crop=(0, 0, 1, 1), flip=False, jitter_apply=True, jitter_order=order,
                             jitter_factors=factors, gray=False, blur_sigma=0.0)
-  x = as_float(pixels)
-  expected = views.adjust_saturation(views.adjust_brightness(views.adjust_contrast(
-      views.adjust_hue(x, factors[3]), factors[1]), factors[0]), factors[2])
+  x = planar(as_float(pixels))
+  expected = interleaved(views.adjust_saturation(views.adjust_brightness(views.adjust_contrast(
+      views.adjust_hue(x, factors[3]), factors[1]), factors[0]), factors[2]))
   ours = views.host_photometric(pixels, params, spec) * np.float32(STUDENT_STD) + np.float32(STUDENT_MEAN)
   np.testing.assert_allclose(ours, expected, atol=1e-5)
 

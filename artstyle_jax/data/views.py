@@ -24,7 +24,8 @@ The work is split in two: decoding, cropping and resizing run on the host and gi
 the photometric ops run either on the host (`TrainViews` with `photometric_on_device=False`, float32
 normalised views out) or inside the jitted step (`device_photometric`), from per-image
 parameters that the host samples. The same sampled parameters give the same views either way
-(within float rounding), because the colour ops below are written once for NumPy and jax.numpy.
+(within float rounding), because the colour ops below are written once for NumPy and jax.numpy,
+on channels-first (..., 3, H, W) floats; views enter and leave as (H, W, 3).
 
 JPEG decoding uses DCT-domain downscaling (PIL `draft`) by 2, 4 or 8 when every crop of the image
 keeps at least DRAFT_MARGIN = 4 times the output resolution after it. This is an approximation:
@@ -239,8 +240,9 @@ def resized_crop(decoded: Image.Image, source_size: tuple[int, int], crop: tuple
 
 
 # ---------------------------------------------------------------------------------------------
-# Photometric ops on float RGB in [0, 1], (..., H, W, 3). Written once for NumPy (host, scalar
-# factors) and jax.numpy (device, factors of shape (B, 1, 1, 1)).
+# Photometric ops on float RGB in [0, 1], channels first: (..., 3, H, W). Written once for NumPy
+# (host, scalar factors) and jax.numpy (device, factors of shape (B, 1, 1, 1)). Channels first
+# keeps NumPy's inner loops over whole rows instead of over the three channels of a pixel.
 
 
 def _xp(x):
@@ -248,8 +250,8 @@ def _xp(x):
 
 
 def luma(x):
-  """(..., H, W, 1) ITU-R 601 luma."""
-  return x[..., 0:1] * LUMA_WEIGHTS[0] + x[..., 1:2] * LUMA_WEIGHTS[1] + x[..., 2:3] * LUMA_WEIGHTS[2]
+  """(..., 1, H, W) ITU-R 601 luma."""
+  return x[..., 0:1, :, :] * LUMA_WEIGHTS[0] + x[..., 1:2, :, :] * LUMA_WEIGHTS[1] + x[..., 2:3, :, :] * LUMA_WEIGHTS[2]
 
 
 def adjust_brightness(x, factor):
@@ -266,27 +268,33 @@ def adjust_saturation(x, factor):
   return _xp(x).clip((x - gray) * factor + gray, 0.0, 1.0)
 
 
+def _floor_mod6(x, xp):
+  return x - 6.0 * xp.floor(x * (1.0 / 6.0))
+
+
 def adjust_hue(x, shift):
   """Rotates the HSV hue by `shift` turns, keeping saturation and value."""
   xp = _xp(x)
-  r, g, b = x[..., 0:1], x[..., 1:2], x[..., 2:3]
-  maxc = x.max(axis=-1, keepdims=True)
-  minc = x.min(axis=-1, keepdims=True)
-  delta = maxc - minc
-  safe_delta = xp.where(delta > 0, delta, 1.0)
-  rc, gc, bc = (maxc - r) / safe_delta, (maxc - g) / safe_delta, (maxc - b) / safe_delta
+  r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
+  maxc = xp.maximum(xp.maximum(r, g), b)
+  delta = maxc - xp.minimum(xp.minimum(r, g), b)
+  inverse = 1.0 / xp.where(delta > 0, delta, 1.0)
   # Hue in sixths of a turn, with the branch order of colorsys/torchvision (red wins ties).
-  hue6 = xp.where(maxc == r, bc - gc, xp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-  hue6 = xp.mod(hue6 + 6.0 * shift, 6.0)
+  hue6 = xp.where(maxc == r, (g - b) * inverse, xp.where(maxc == g, 2.0 + (b - r) * inverse, 4.0 + (r - g) * inverse))
+  hue6 = _floor_mod6(hue6 + 6.0 * shift, xp)
   # HSV -> RGB as V - V S clip(min(k, 4 - k), 0, 1) with k = (n + H) mod 6, n = 5, 3, 1 for R, G, B.
-  k = xp.mod(xp.asarray([5.0, 3.0, 1.0], x.dtype) + hue6, 6.0)
-  return maxc - delta * xp.clip(xp.minimum(k, 4.0 - k), 0.0, 1.0)
+  channels = []
+  for n in (5.0, 3.0, 1.0):
+    k = hue6 + n
+    k = xp.where(k >= 6.0, k - 6.0, k)
+    channels.append(maxc - delta * xp.clip(xp.minimum(k, 4.0 - k), 0.0, 1.0))
+  return xp.concatenate(channels, axis=-3)
 
 
 def grayscale(x):
   """Luma in all three channels."""
   gray = luma(x)
-  return _xp(x).concatenate([gray, gray, gray], axis=-1)
+  return _xp(x).concatenate([gray, gray, gray], axis=-3)
 
 
 JITTER_FUNCTIONS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
@@ -300,19 +308,30 @@ def gaussian_kernel(sigma) -> np.ndarray:
 
 
 def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
-  """Host blur of one (H, W, 3) float32 image: separable Gaussian, edges replicated."""
+  """Host blur of one (3, H, W) float32 image: separable Gaussian, edges replicated."""
   kernel = gaussian_kernel(sigma)
-  x = ndimage.correlate1d(x, kernel, axis=0, mode="nearest")
-  return ndimage.correlate1d(x, kernel, axis=1, mode="nearest")
+  x = ndimage.correlate1d(x, kernel, axis=-2, mode="nearest")
+  return ndimage.correlate1d(x, kernel, axis=-1, mode="nearest")
+
+
+def to_planar(pixels: np.ndarray) -> np.ndarray:
+  """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]."""
+  return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) * np.float32(1.0 / 255.0)
+
+
+def _normalise_interleaved(pixels: np.ndarray, spec: ViewSpec) -> np.ndarray:
+  """(H, W, 3) uint8 -> normalised float32, computed on rows of W * 3 values."""
+  height, width, _ = pixels.shape
+  scale = np.tile(1.0 / (255.0 * np.asarray(spec.std, np.float32)), width)
+  offset = np.tile(-np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32), width)
+  return (pixels.reshape(height, width * 3) * scale + offset).reshape(height, width, 3)
 
 
 def host_photometric(pixels: np.ndarray, params: ViewParams, spec: ViewSpec) -> np.ndarray:
   """(S, S, 3) uint8 -> (S, S, 3) float32: jitter, grayscale, blur and normalisation on the host."""
-  mean = np.asarray(spec.mean, np.float32)
-  std = np.asarray(spec.std, np.float32)
   if not (params.jitter_apply or params.gray or params.blur_sigma > 0):
-    return pixels * (1.0 / (255.0 * std)) - mean / std
-  x = pixels * np.float32(1.0 / 255.0)
+    return _normalise_interleaved(pixels, spec)
+  x = to_planar(pixels)
   if params.jitter_apply:
     for i in params.jitter_order:
       if i in spec.jitter_ops:
@@ -321,7 +340,9 @@ def host_photometric(pixels: np.ndarray, params: ViewParams, spec: ViewSpec) -> 
     x = grayscale(x)
   if params.blur_sigma > 0:
     x = gaussian_blur(x, params.blur_sigma)
-  return (x - mean) / std
+  mean = np.asarray(spec.mean, np.float32)[:, None, None]
+  std = np.asarray(spec.std, np.float32)[:, None, None]
+  return ((x - mean) / std).transpose(1, 2, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,19 +388,19 @@ def _blur_matrices(sigma: jax.Array, size: int) -> jax.Array:
 
 
 def _device_blur(x: jax.Array, sigma: jax.Array) -> jax.Array:
-  """(B, H, W, 3) blurred with per-image sigma (B,) > 0: separable Gaussian, edges replicated.
+  """(B, 3, H, W) blurred with per-image sigma (B,) > 0: separable Gaussian, edges replicated.
 
   Two batched matrix products with banded operators: a small program for the compiler and
   matrix-unit work on accelerators (at full float32 precision).
   """
-  rows = _blur_matrices(sigma, x.shape[1])
-  columns = _blur_matrices(sigma, x.shape[2])
-  x = jnp.einsum("bij,bjwc->biwc", rows, x, precision=jax.lax.Precision.HIGHEST)
-  return jnp.einsum("bkw,bhwc->bhkc", columns, x, precision=jax.lax.Precision.HIGHEST)
+  rows = _blur_matrices(sigma, x.shape[-2])
+  columns = _blur_matrices(sigma, x.shape[-1])
+  x = jnp.einsum("bij,bcjw->bciw", rows, x, precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum("bkw,bchw->bchk", columns, x, precision=jax.lax.Precision.HIGHEST)
 
 
 def _device_view(pixels: jax.Array, batch: Mapping[str, jax.Array], view: str, spec: ViewSpec) -> jax.Array:
-  x = pixels.astype(jnp.float32) * (1.0 / 255.0)
+  x = jnp.moveaxis(pixels.astype(jnp.float32) * (1.0 / 255.0), -1, -3)
   if spec.jitter_ops:
     order = batch[f"{view}_jitter_order"]
     factors = batch[f"{view}_jitter_factors"]
@@ -400,9 +421,9 @@ def _device_view(pixels: jax.Array, batch: Mapping[str, jax.Array], view: str, s
     sigma = batch[f"{view}_blur_sigma"]
     blurred = _device_blur(x, jnp.where(sigma > 0, sigma, 1.0))
     x = jnp.where(_per_image(sigma > 0), blurred, x)
-  mean = jnp.asarray(spec.mean, jnp.float32)
-  std = jnp.asarray(spec.std, jnp.float32)
-  return (x - mean) / std
+  mean = jnp.asarray(spec.mean, jnp.float32)[:, None, None]
+  std = jnp.asarray(spec.std, jnp.float32)[:, None, None]
+  return jnp.moveaxis((x - mean) / std, -3, -1)
 
 
 def device_photometric(batch: Mapping[str, Any], config) -> dict[str, Any]:
@@ -539,6 +560,4 @@ class EvalView:
     sy = decoded.size[1] / resized[1]
     box = (left * sx, top * sy, (left + self.image_size) * sx, (top + self.image_size) * sy)
     pixels = np.asarray(decoded.resize((self.image_size, self.image_size), Image.BILINEAR, box=box))
-    mean = np.asarray(self.spec.mean, np.float32)
-    std = np.asarray(self.spec.std, np.float32)
-    return {"image": pixels * (1.0 / (255.0 * std)) - mean / std}
+    return {"image": _normalise_interleaved(pixels, self.spec)}
