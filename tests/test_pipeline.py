@@ -1,5 +1,6 @@
 """Grain pipelines: epoch shuffling, process sharding, determinism, resumption from Orbax, evaluation pass."""
 import io
+import json
 
 import grain
 import jax
@@ -9,6 +10,7 @@ import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
+from artstyle_jax.bench import data as bench_data
 from artstyle_jax.data import pipeline, views
 
 NUM_RECORDS = 23
@@ -169,3 +171,16 @@ def test_bad_sharding_and_too_small_sources_are_rejected(source, transform):
     pipeline.train_dataset(source[:3], transform, global_batch_size=4, seed=0, process_index=0, process_count=1)
   with pytest.raises(ValueError, match="process_index 2"):
     pipeline.eval_dataset(source, transform, global_batch_size=4, process_index=2, process_count=2)
+
+
+def test_data_benchmark_prints_its_figures_as_one_json_line_last(capsys):
+  assert bench_data.main(["data", "--image-size", "32", "--num-images", "4", "--batch-size", "2",
+                          "--repeats", "1"]) == 0
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  figures = json.loads(last)
+  assert figures["benchmark"] == "data" and figures["num_images"] == 4
+  for name in ("pil", "host", "split"):
+    assert figures[f"{name}_images_per_cpu_s"] > 0
+  assert figures["device_photometric_images_per_s"] > 0
+  assert figures["split_speedup_vs_pil"] == pytest.approx(
+      figures["split_images_per_cpu_s"] / figures["pil_images_per_cpu_s"], abs=0.01)
