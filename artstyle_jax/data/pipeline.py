@@ -39,6 +39,7 @@ _VIEW_STREAM = 1
 
 
 class RandomAccessSource(Protocol):
+  """What the pipelines read: a length and records {'image': bytes, 'label': int, ...} by index."""
 
   def __len__(self) -> int:
     ...
