@@ -1,0 +1,1 @@
+"""Command-line tools around training: importing checkpoints of the authors' PyTorch code."""

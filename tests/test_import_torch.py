@@ -1,0 +1,477 @@
+"""import_torch turns a checkpoint of the authors' PyTorch code into a workdir train/eval/predict use.
+
+The checkpoint is written here with torch exactly as the authors' code writes it: their model
+(student `net.net`, teachers `encoder_k.net` and `encoder_style.net` with timm features-only
+ConvNeXt keys, heads `head_q/k/style` with `linear` and `out`, buffers `queue` (D, K) and
+`queue_ptr`), a torch SGD over `model.parameters()` after one step, and the epoch. The student is
+the timm fixture (ConvNeXt depths (1, 1, 2, 1), dims (8, 16, 24, 32)), the teachers perturbed copies.
+"""
+import dataclasses
+import functools
+import pathlib
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+from safetensors.numpy import load_file
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from artstyle_jax import checkpoints
+from artstyle_jax import config_lib
+from artstyle_jax import optim
+from artstyle_jax import sharding
+from artstyle_jax import state as state_lib
+from artstyle_jax import step as step_lib
+from artstyle_jax.models import convnext
+from artstyle_jax.tools import import_torch
+
+REPO = pathlib.Path(__file__).parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+PAPER = str(REPO / "configs" / "paper.py")
+DEPTHS, DIMS = (1, 1, 2, 1), (8, 16, 24, 32)
+FIXTURE_SIZE = "convnext_test_fixture"
+HIDDEN, PROJ, QUEUE, PTR = 16, 8, 16, 8
+EPOCH, ITERS_PER_EPOCH = 3, 5
+# Batch 4 divides the queue of 16; 32 px is the smallest image size the config accepts.
+OVERRIDES = ("batch_size=4", "image_size=32")
+
+
+class LayerNorm2d(nn.LayerNorm):
+  """timm's LayerNorm2d: LayerNorm over the channels of an NCHW map."""
+
+  def forward(self, x):
+    return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps
+                        ).permute(0, 3, 1, 2)
+
+
+class Mlp(nn.Module):
+
+  def __init__(self, dim):
+    super().__init__()
+    self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+  def forward(self, x):
+    return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+
+  def __init__(self, dim):
+    super().__init__()
+    self.conv_dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+    self.norm = nn.LayerNorm(dim, eps=1e-6)
+    self.mlp = Mlp(dim)
+    self.gamma = nn.Parameter(torch.ones(dim))
+
+  def forward(self, x):
+    y = self.mlp(self.norm(self.conv_dw(x).permute(0, 2, 3, 1))) * self.gamma
+    return x + y.permute(0, 3, 1, 2)
+
+
+class Stage(nn.Module):
+
+  def __init__(self, in_dim, dim, depth):
+    super().__init__()
+    if in_dim != dim:
+      self.downsample = nn.Sequential(LayerNorm2d(in_dim, eps=1e-6), nn.Conv2d(in_dim, dim, 2, stride=2))
+    self.blocks = nn.Sequential(*[Block(dim) for _ in range(depth)])
+
+  def forward(self, x):
+    return self.blocks(self.downsample(x) if hasattr(self, "downsample") else x)
+
+
+class FeaturesOnlyConvNeXt(nn.Module):
+  """timm's ConvNeXt as `features_only=True` builds it: modules stem_0, stem_1, stages_0 ..."""
+
+  def __init__(self):
+    super().__init__()
+    self.stem_0 = nn.Conv2d(3, DIMS[0], 4, stride=4)
+    self.stem_1 = LayerNorm2d(DIMS[0], eps=1e-6)
+    for i, (depth, dim) in enumerate(zip(DEPTHS, DIMS)):
+      setattr(self, f"stages_{i}", Stage(DIMS[max(i - 1, 0)], dim, depth))
+
+  def forward(self, x):
+    x, features = self.stem_1(self.stem_0(x)), []
+    for i in range(len(DEPTHS)):
+      x = getattr(self, f"stages_{i}")(x)
+      features.append(x)
+    return features
+
+
+class Encoder(nn.Module):
+
+  def __init__(self):
+    super().__init__()
+    self.net = FeaturesOnlyConvNeXt()
+
+
+class MoCoHead(nn.Module):
+
+  def __init__(self):
+    super().__init__()
+    self.linear, self.out = nn.Linear(DIMS[-1], HIDDEN), nn.Linear(HIDDEN, PROJ)
+
+  def forward(self, x):
+    return F.normalize(self.out(F.relu(self.linear(x))), dim=1)
+
+
+class AuthorsModel(nn.Module):
+  """The published model's module names and buffers."""
+
+  def __init__(self):
+    super().__init__()
+    self.net, self.head_q = Encoder(), MoCoHead()
+    self.encoder_k, self.head_k = Encoder(), MoCoHead()
+    self.encoder_style, self.head_style = Encoder(), MoCoHead()
+    self.register_buffer("queue", F.normalize(torch.randn(PROJ, QUEUE), dim=0))
+    self.register_buffer("queue_ptr", torch.tensor([PTR], dtype=torch.long))
+
+
+def timm_features_only_state_dict():
+  """The timm fixture's backbone tensors under the features-only names (stem.0 -> stem_0, ...)."""
+  timm = load_file(FIXTURES / "timm_convnext_small_random.safetensors")
+  renamed = {}
+  for key, value in timm.items():
+    if key.startswith("head."):
+      continue
+    for module in ("stem", "stages"):
+      if key.startswith(module + "."):
+        key = key.replace(f"{module}.", f"{module}_", 1)
+    renamed[key] = torch.from_numpy(value)
+  return renamed
+
+
+def write_authors_checkpoint(path, *, identical_teachers=False, student_only_optimizer=False, transform=None):
+  """torch.saves {'model', 'optimizer', 'epoch'} as the authors' training loop does; returns the model
+  and the torch optimizer.
+
+  The optimizer makes one SGD step with learning rate 0: the student keeps the timm fixture's
+  weights, and every student tensor but head_q.out.bias (frozen for this step, as a tensor that
+  never received a gradient) gets its momentum buffer `grad + weight_decay * weight`.
+  """
+  torch.manual_seed(0)
+  model = AuthorsModel()
+  model.net.net.load_state_dict(timm_features_only_state_dict())
+  with torch.no_grad():
+    for seed, encoder in ((1, model.encoder_k), (2 - identical_teachers, model.encoder_style)):
+      generator = torch.Generator().manual_seed(seed)
+      for teacher, student in zip(encoder.net.parameters(), model.net.net.parameters()):
+        teacher.copy_(student + 0.01 * torch.randn(student.shape, generator=generator))
+    if identical_teachers:
+      model.head_style.load_state_dict(model.head_k.state_dict())
+  for module in (model.encoder_k, model.head_k, model.encoder_style, model.head_style):
+    module.requires_grad_(False)
+  model.head_q.out.bias.requires_grad_(False)
+  parameters = (list(model.net.parameters()) + list(model.head_q.parameters()) if student_only_optimizer
+                else model.parameters())
+  optimizer = torch.optim.SGD(parameters, lr=0.0, momentum=0.9, weight_decay=5e-4)
+  images = torch.from_numpy(np.load(FIXTURES / "timm_convnext_small_random_io.npz")["input_nchw"])
+  z = model.head_q(model.net.net(images)[-1].mean(dim=(2, 3)))
+  (z @ model.queue).logsumexp(dim=1).mean().backward()
+  optimizer.step()
+  checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": EPOCH}
+  if transform is not None:
+    checkpoint = transform(checkpoint)
+  torch.save(checkpoint, path)
+  return model, optimizer
+
+
+def expected_backbone(torch_state):
+  """Our ConvNeXt parameter tree for timm features-only tensors, written out here independently of
+  convnext.params_from_timm: conv (O, I, kh, kw) -> kernel (kh, kw, I, O), Linear (out, in) ->
+  kernel (in, out), LayerNorm weight -> scale."""
+  params = {}
+  for key, tensor in torch_state.items():
+    module, leaf = key.rsplit(".", 1)
+    for timm_name, name in (("stem_0", "stem_conv"), ("stem_1", "stem_norm"), ("downsample.0", "downsample_norm"),
+                            ("downsample.1", "downsample_conv"), ("mlp.", "")):
+      module = module.replace(timm_name, name)
+    module = re.sub(r"blocks\.(\d+)", r"blocks_\1", module)
+    value = tensor.detach().numpy()
+    if value.ndim == 4:
+      value, leaf = value.transpose(2, 3, 1, 0), "kernel"
+    elif value.ndim == 2:
+      value, leaf = value.T, "kernel"
+    elif leaf == "weight":
+      leaf = "scale"
+    node = params
+    for part in module.split("."):
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return params
+
+
+def expected_head(head):
+  return {layer: {"kernel": getattr(head, layer).weight.detach().numpy().T,
+                  "bias": getattr(head, layer).bias.detach().numpy()} for layer in ("linear", "out")}
+
+
+def expected_network(encoder, head):
+  return {"backbone": expected_backbone(encoder.net.state_dict()), "head": expected_head(head)}
+
+
+def assert_trees_equal(actual, expected):
+  assert jax.tree.structure(jax.tree.map(np.asarray, actual)) == jax.tree.structure(expected)
+  jax.tree.map(np.testing.assert_array_equal, actual, expected)
+
+
+def run_cli(*args):
+  """`python -m artstyle_jax.tools.import_torch ARGS` with the fixture's ConvNeXt size registered."""
+  program = (f"import runpy, sys; from artstyle_jax.models import convnext; "
+             f"convnext.SIZES[{FIXTURE_SIZE!r}] = ({DEPTHS}, {DIMS}); "
+             f"sys.argv = ['import_torch'] + sys.argv[1:]; "
+             f"runpy.run_module('artstyle_jax.tools.import_torch', run_name='__main__')")
+  return subprocess.run([sys.executable, "-c", program, *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fixture_size():
+  """Makes the fixture's ConvNeXt a named size, as convnext_atto ... convnext_xlarge are."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(convnext.SIZES, FIXTURE_SIZE, (DEPTHS, DIMS))
+    yield
+
+
+def paper_config(*overrides):
+  return config_lib.load(PAPER, OVERRIDES + overrides)
+
+
+class Imported:
+  """The authors' checkpoint imported by the command line, and its workdir restored."""
+
+  def __init__(self, root):
+    self.model, self.optimizer = write_authors_checkpoint(root / "authors.pth")
+    self.workdir = str(root / "workdir")
+    self.cli = run_cli(str(root / "authors.pth"), f"--workdir={self.workdir}", f"--iters_per_epoch={ITERS_PER_EPOCH}",
+                       *(f"--config.{o}" for o in OVERRIDES))
+    assert self.cli.returncode == 0, self.cli.stderr
+    self.config = checkpoints.load_config(self.workdir)
+    self.backbone, self.head = step_lib.build_backbone(self.config), step_lib.build_head(self.config)
+    self.optimizer_lib, self.schedule = optim.create(self.config, ITERS_PER_EPOCH)
+    self.mesh = sharding.create_mesh(devices=jax.devices()[:1])
+    create = functools.partial(state_lib.create, config=self.config, backbone=self.backbone, head=self.head,
+                               optimizer=self.optimizer_lib)
+    abstract = jax.eval_shape(create, jax.random.PRNGKey(1))
+    self.shardings = sharding.state_sharding(abstract, self.mesh, self.config.mesh.fsdp_min_size)
+    with checkpoints.manager(self.workdir, read_only=True) as mngr:
+      self.step = mngr.latest_step()
+      self.state, _ = checkpoints.restore(mngr, self.step, checkpoints.abstract_like(abstract, self.shardings))
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+  return Imported(tmp_path_factory.mktemp("import"))
+
+
+def test_the_torch_stand_in_computes_what_timm_computes():
+  """The test's features-only torch ConvNeXt, holding the timm fixture, gives timm's stage outputs."""
+  io = np.load(FIXTURES / "timm_convnext_small_random_io.npz")
+  model = FeaturesOnlyConvNeXt()
+  model.load_state_dict(timm_features_only_state_dict())
+  with torch.no_grad():
+    outputs = model(torch.from_numpy(io["input_nchw"]))
+  for stage, output in enumerate(outputs):
+    np.testing.assert_allclose(output.numpy(), io[f"stage{stage}"], rtol=1e-4, atol=1e-4)
+
+
+def test_cli_writes_config_and_one_state_checkpoint_at_epoch_times_iters(imported):
+  """The workdir holds config.json and one checkpoint, at step epoch * iters_per_epoch, with the
+  item 'state' only; the config is the paper's with what the checkpoint fixes."""
+  assert imported.step == EPOCH * ITERS_PER_EPOCH
+  assert sorted(p.name for p in (pathlib.Path(imported.workdir) / "checkpoints").iterdir()) == [str(imported.step)]
+  items = {p.name for p in (pathlib.Path(imported.workdir) / "checkpoints" / str(imported.step)).iterdir()
+           if p.is_dir()}
+  assert items == {"state"}
+  config = imported.config
+  assert (config.model.name, config.model.proj_hidden_dim, config.model.proj_dim) == (FIXTURE_SIZE, HIDDEN, PROJ)
+  assert (config.queue_size, config.batch_size, config.share_teachers) == (QUEUE, 4, False)
+  assert (config.optim.momentum, config.optim.weight_decay) == (0.9, 5e-4)
+  assert f"step {imported.step}" in imported.cli.stdout
+
+
+def test_student_teachers_and_queue_equal_the_torch_tensors(imported):
+  """Student <- net.net/head_q, teacher W <- encoder_k/head_k, teacher S <- encoder_style/head_style
+  (two copies: the teachers differ), tensors transposed to flax layouts; queue (D, K) -> (K, D)."""
+  model, state = imported.model, imported.state
+  assert_trees_equal(state.params, expected_network(model.net, model.head_q))
+  assert sorted(state.teachers) == ["style", "weak"]
+  assert_trees_equal(state.teachers["weak"], expected_network(model.encoder_k, model.head_k))
+  assert_trees_equal(state.teachers["style"], expected_network(model.encoder_style, model.head_style))
+  np.testing.assert_array_equal(state.queue, model.queue.numpy().T)
+  assert int(state.queue_ptr) == PTR and int(state.step) == EPOCH * ITERS_PER_EPOCH
+
+
+def test_momentum_buffers_become_the_trace_and_the_schedule_continues(imported):
+  """torch's SGD momentum buffers are the optax trace (zero for a tensor torch never stepped), and
+  the optimiser's step count is the imported step, so the learning rate continues from there."""
+  model, state = imported.model, imported.state
+  student = {"net.": model.net, "head_q.": model.head_q}
+  buffers = {}
+  for name, parameter in model.named_parameters():
+    if name.startswith(tuple(student)):
+      buffer = imported.optimizer.state.get(parameter, {}).get("momentum_buffer")
+      buffers[name] = torch.zeros_like(parameter) if buffer is None else buffer
+  assert not buffers["head_q.out.bias"].any() and buffers["head_q.out.weight"].any()
+  encoder_buffers = {k[len("net.net."):]: v for k, v in buffers.items() if k.startswith("net.net.")}
+  head_buffers = {k[len("head_q."):]: v.numpy() for k, v in buffers.items() if k.startswith("head_q.")}
+  trace = optax.tree_utils.tree_get(state.opt_state, "trace")
+  assert_trees_equal(trace["backbone"], expected_backbone(encoder_buffers))
+  assert_trees_equal(trace["head"], {layer: {"kernel": head_buffers[f"{layer}.weight"].T,
+                                             "bias": head_buffers[f"{layer}.bias"]} for layer in ("linear", "out")})
+  assert int(optax.tree_utils.tree_get(state.opt_state, "count")) == EPOCH * ITERS_PER_EPOCH
+
+
+def test_imported_student_reproduces_timm_stage_outputs(imported):
+  """The imported student backbone on the fixture's image gives timm's stored last-stage map."""
+  io = np.load(FIXTURES / "timm_convnext_small_random_io.npz")
+  images = np.transpose(io["input_nchw"], (0, 2, 3, 1))
+  features = jax.jit(imported.backbone.apply)({"params": imported.state.params["backbone"]}, images)
+  np.testing.assert_allclose(features[-1], np.transpose(io["stage3"], (0, 2, 3, 1)), rtol=1e-4, atol=1e-4)
+
+
+def test_training_continues_from_the_imported_state(imported):
+  """One train step runs from the restored state: it uses the schedule's rate at the imported step,
+  advances the step and the queue pointer (by the weak then the style keys), and the loss is finite."""
+  train_step = step_lib.compile_train_step(
+      step_lib.make_train_step(imported.config, imported.backbone, imported.head, imported.optimizer_lib,
+                               imported.schedule), imported.shardings, imported.mesh)
+  keys = jax.random.split(jax.random.PRNGKey(2), 3)
+  batch = {view: np.asarray(jax.random.normal(key, (4, 32, 32, 3))) for view, key in zip(("student", "weak", "style"), keys)}
+  state, metrics = train_step(imported.state, sharding.shard_batch(batch, imported.mesh))
+  assert np.isfinite(float(metrics["loss"]))
+  np.testing.assert_allclose(float(metrics["lr"]), float(imported.schedule(EPOCH * ITERS_PER_EPOCH)), rtol=1e-6)
+  assert int(state.step) == EPOCH * ITERS_PER_EPOCH + 1
+  assert int(state.queue_ptr) == (PTR + 2 * 4) % QUEUE
+
+
+def test_cli_refuses_a_workdir_that_holds_a_run(imported, tmp_path):
+  """Importing into a workdir with a run fails with one error line and exit 1, and changes nothing."""
+  workdir = pathlib.Path(imported.workdir)
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  result = run_cli(str(tmp_path / "any.pth"), f"--workdir={workdir}", "--step=0")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: {workdir} already holds a run")
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+
+
+def test_identical_teachers_import_as_one_shared_copy(tmp_path):
+  """Teachers W and S equal in the checkpoint: the state keeps one copy (share_teachers, equal momenta)."""
+  model, _ = write_authors_checkpoint(tmp_path / "authors.pth", identical_teachers=True)
+  config, state = import_torch.import_checkpoint(str(tmp_path / "authors.pth"), str(tmp_path / "workdir"),
+                                                 paper_config(), step=7)
+  assert config.share_teachers and list(state.teachers) == ["weak"]
+  assert_trees_equal(state.teachers["weak"], expected_network(model.encoder_style, model.head_style))
+  assert int(state.step) == 7
+
+
+def test_optimizer_over_the_student_parameters_alone_maps_the_same_buffers(tmp_path):
+  """An SGD given only the student's parameters numbers them differently; the buffers land alike."""
+  write_authors_checkpoint(tmp_path / "all.pth")
+  write_authors_checkpoint(tmp_path / "student.pth", student_only_optimizer=True)
+  every, student_only = import_torch.read(str(tmp_path / "all.pth")), import_torch.read(str(tmp_path / "student.pth"))
+  assert any(np.any(v) for v in every.momentum.backbone.values())
+  jax.tree.map(np.testing.assert_array_equal, dataclasses.asdict(student_only.momentum),
+               dataclasses.asdict(every.momentum))
+
+
+def _renamed(checkpoint, old, new):
+  checkpoint[new] = checkpoint.pop(old)
+  return checkpoint
+
+
+def _edit_model(checkpoint, drop=(), add=(), **replace):
+  model = checkpoint["model"]
+  for key in list(model):
+    if key.startswith(tuple(drop)):
+      del model[key]
+  for key in add:
+    model[key] = torch.zeros(3)
+  model.update(replace)
+  return checkpoint
+
+
+def _edit_optimizer(checkpoint, **group):
+  checkpoint["optimizer"]["param_groups"][0].update(group)
+  return checkpoint
+
+
+BAD_CHECKPOINTS = {
+    "state_dict_key": (lambda c: _renamed(c, "model", "state_dict"),
+                       r"missing model; unexpected state_dict"),
+    "bare_state_dict": (lambda c: c["model"],
+                        r"missing model, optimizer, epoch; unexpected encoder_k.*\(\d+ in all\)"),
+    "head_missing_and_classifier_added": (
+        lambda c: _edit_model(c, drop=["head_style.out.bias"], add=["net.fc.weight"]),
+        r"missing head_style\.out\.bias; unexpected model keys net\.fc\.weight"),
+    "teacher_lacks_a_block": (
+        lambda c: _edit_model(c, drop=["encoder_style.net.stages_2.blocks.1."]),
+        r"encoder_style\.net\.\* has keys the student lacks \(none\) and lacks keys the student has "
+        r"\(stages_2\.blocks\.1\.conv_dw\.bias"),
+    "queue_ptr_past_the_queue": (lambda c: _edit_model(c, queue_ptr=torch.tensor([QUEUE])),
+                                 rf"queue_ptr {QUEUE} is outside the queue of {QUEUE} keys"),
+    "queue_not_of_head_dim": (lambda c: _edit_model(c, queue=torch.zeros(PROJ + 1, QUEUE)),
+                              rf"queue has shape \({PROJ + 1}, {QUEUE}\), expected \(D, K\) with D={PROJ}"),
+    "epoch_not_an_integer": (lambda c: {**c, "epoch": 2.5}, r"'epoch' is 2\.5"),
+    "nesterov": (lambda c: _edit_optimizer(c, nesterov=True), r"no Nesterov"),
+    "optimizer_of_another_model": (lambda c: _edit_optimizer(c, params=list(range(5))),
+                                   r"the optimizer holds 5 parameters"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_CHECKPOINTS)
+def test_refuses_a_file_that_is_not_an_authors_checkpoint(name, tmp_path):
+  """Each defect is named in the error (what is missing or unexpected), before the workdir exists."""
+  transform, message = BAD_CHECKPOINTS[name]
+  write_authors_checkpoint(tmp_path / "bad.pth", transform=transform)
+  with pytest.raises(import_torch.CheckpointError, match=message):
+    import_torch.import_checkpoint(str(tmp_path / "bad.pth"), str(tmp_path / "workdir"), paper_config(), step=1)
+  assert not (tmp_path / "workdir").exists()
+
+
+def test_refuses_a_file_torch_cannot_read(tmp_path):
+  (tmp_path / "notes.pth").write_text("not a checkpoint")
+  with pytest.raises(import_torch.CheckpointError, match="is not a PyTorch checkpoint torch.load can read"):
+    import_torch.read(str(tmp_path / "notes.pth"))
+
+
+def test_overrides_that_contradict_the_checkpoint_are_refused_optimiser_ones_win(tmp_path):
+  """--config.model.proj_dim or share_teachers=True against two different teachers are errors;
+  an overridden optim.momentum is kept instead of the checkpoint's."""
+  write_authors_checkpoint(tmp_path / "authors.pth")
+  checkpoint = import_torch.read(str(tmp_path / "authors.pth"))
+  with pytest.raises(import_torch.CheckpointError, match=rf"--config\.model\.proj_dim=64 \(the checkpoint has {PROJ}\)"):
+    import_torch.checkpoint_config(checkpoint, paper_config("model.proj_dim=64"), ["model.proj_dim"])
+  with pytest.raises(import_torch.CheckpointError, match="its two teachers differ"):
+    import_torch.checkpoint_config(checkpoint, paper_config("share_teachers=True"), ["share_teachers"])
+  config = import_torch.checkpoint_config(checkpoint, paper_config("optim.momentum=0.8"), ["optim.momentum"])
+  assert (config.optim.momentum, config.optim.weight_decay, config.model.proj_dim) == (0.8, 5e-4, PROJ)
+
+
+def test_step_is_epoch_times_iters_per_epoch_or_given():
+  checkpoint = dataclasses.replace(_any_checkpoint(), epoch=EPOCH)
+  assert import_torch.import_step(checkpoint, iters_per_epoch=ITERS_PER_EPOCH) == EPOCH * ITERS_PER_EPOCH
+  assert import_torch.import_step(checkpoint, step=4) == 4
+  assert import_torch.import_step(dataclasses.replace(checkpoint, epoch=0)) == 0
+  with pytest.raises(import_torch.CheckpointError, match="give --iters_per_epoch"):
+    import_torch.import_step(checkpoint)
+  with pytest.raises(import_torch.CheckpointError, match="not both"):
+    import_torch.import_step(checkpoint, iters_per_epoch=ITERS_PER_EPOCH, step=4)
+
+
+def _any_checkpoint():
+  network = import_torch.TorchNetwork({}, {})
+  return import_torch.TorchCheckpoint(networks={"student": network}, momentum=network, queue=np.zeros((PROJ, QUEUE)),
+                                      queue_ptr=0, epoch=0, sgd_momentum=0.9, weight_decay=5e-4)
+
+
+def test_a_convnext_of_no_known_size_is_refused():
+  with pytest.raises(import_torch.CheckpointError, match=r"depths \(1, 1, 1, 1\).*convnext_atto.*convnext_xlarge"):
+    import_torch.model_name((1, 1, 1, 1), DIMS)
+  assert import_torch.model_name((3, 3, 27, 3), (128, 256, 512, 1024)) == "convnext_base"
