@@ -1,0 +1,523 @@
+"""Evaluation of a trained student: weighted kNN and a linear probe on its pooled features.
+
+  python -m artstyle_jax.eval --workdir=DIR [--step=N] [--mode=fast|paper] [--augmented_copies=N]
+      [--random_init] [--config.key=value ...]
+
+The student's backbone is restored from the workdir's checkpoint (the latest, or --step) and
+frozen. Pooled features of the training split (`config.dataset.train_split`, deterministic
+`views.EvalView`) are the kNN bank and the probe's training set; the test split
+(`config.dataset.eval_split`, the same view) is what both are scored on.
+
+- kNN: weighted votes of the `config.knn_k` most cosine-similar training images (`evaluators.knn`).
+- Linear probe, fast mode: the features above, plus `--augmented_copies` passes of the training
+  split through `views.ProbeTrainView` (RandomResizedCrop + flip, each copy its own draws),
+  standardised and fitted on device in one jitted scan, the weight decay chosen on a held-out
+  fifth of the training images (`linear_probe.select_weight_decay`, then `fit_fast`).
+- Linear probe, paper mode: METHOD.md's protocol (`linear_probe.fit_paper`): fresh
+  ProbeTrainView views every epoch, batch 16, 100 epochs, the final epoch's head. Each epoch is
+  a new shuffle of the training split with its last incomplete batch dropped (as training does).
+
+`--config.key=value` overrides the workdir's saved config.json, e.g. `dataset.data_dir` when the
+dataset moved, or `dataset.eval_split=validation`; keys that fix the model's shapes cannot change.
+`--random_init` evaluates the untrained backbone of `config.seed` (the student's initialisation
+when config.init is 'random') instead of a checkpoint, as a baseline.
+
+Outputs (process 0), in DIR/eval/ (DIR/eval/random_init/ with --random_init), each tagged with
+the checkpoint step inside:
+  knn.json, knn_confusion.png                 `metrics.classification_results` plus the settings
+  linear_<mode>.json, linear_<mode>_confusion.png
+  linear_head.npz                             the probe for predict (`HEAD_KEYS`)
+and the tables on stdout. A refused evaluation (no checkpoint, no such step, a missing dataset)
+exits 1 with one error line before anything is written.
+"""
+from collections.abc import Mapping
+import functools
+import io
+import itertools
+import math
+import os
+import sys
+import tempfile
+from typing import Any, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+from etils import epath
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+from ml_collections import config_flags
+import numpy as np
+import orbax.checkpoint as ocp
+
+from artstyle_jax import checkpoints
+from artstyle_jax import config_lib
+from artstyle_jax import features
+from artstyle_jax import sharding
+from artstyle_jax import step as step_lib
+from artstyle_jax.data import pipeline
+from artstyle_jax.data import sources
+from artstyle_jax.data import views
+from artstyle_jax.evaluators import knn
+from artstyle_jax.evaluators import linear_probe
+from artstyle_jax.evaluators import metrics
+from artstyle_jax.evaluators import report
+
+MODES = ("fast", "paper")
+PAPER_BATCH_SIZE = 16
+EVAL_DIR = "eval"
+RANDOM_INIT_DIR = "random_init"
+HEAD_FILE = "linear_head.npz"
+# Arrays of linear_head.npz: the head (kernel (C, K) float32, bias (K,) float32) for raw pooled
+# features, and what predict needs to make those features: the backbone's checkpoint step (-1 for
+# a random initialisation), the eval transform (image_size, crop_fraction, mean, std) and the
+# class names in label order.
+HEAD_KEYS = ("kernel", "bias", "class_names", "model_name", "step", "mode", "image_size", "crop_fraction",
+             "mean", "std")
+
+
+def eval_dir(workdir: str, random_init: bool = False) -> epath.Path:
+  """Where eval writes its results for a workdir."""
+  path = epath.Path(workdir) / EVAL_DIR
+  return path / RANDOM_INIT_DIR if random_init else path
+
+
+# ---------------------------------------------------------------------------------------------
+# The workdir: config, checkpoint step, backbone parameters.
+
+
+def _typed(value: Any) -> Any:
+  if isinstance(value, Mapping):
+    return ml_collections.ConfigDict({key: _typed(item) for key, item in value.items()})
+  if isinstance(value, list):
+    return tuple(_typed(item) for item in value)
+  if value is None:
+    return config_dict.placeholder(str)
+  return value
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The workdir's config.json as a ConfigDict that `--config.key=value` overrides can parse.
+
+  JSON keeps neither tuples nor the type of an unset value: lists become tuples again, and
+  None becomes an unset string (the one such key of a saved config is dataset.data_dir).
+  """
+  return _typed(checkpoints.load_config(workdir).to_dict())
+
+
+def checkpoint_step(workdir: str, step: Optional[int] = None) -> int:
+  """`step` when the workdir holds its checkpoint, the latest checkpoint's when step is None.
+
+  Raises:
+    WorkdirError: no checkpoint at all, or none of `step`.
+  """
+  steps = []
+  if (epath.Path(workdir) / checkpoints.CHECKPOINT_DIR).exists():
+    with checkpoints.manager(workdir, read_only=True) as mngr:
+      steps = sorted(mngr.all_steps())
+  if not steps:
+    raise checkpoints.WorkdirError(f"{workdir} holds no checkpoint: train first (python -m artstyle_jax.train) "
+                                   "or import one (python -m artstyle_jax.tools.import_torch)")
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise checkpoints.WorkdirError(f"{workdir} has no checkpoint of step {step}; it has steps {steps}")
+  return step
+
+
+def _init_backbone_fn(config: ml_collections.ConfigDict, backbone):
+  # The key state.create gives the student's backbone, so a random initialisation here is the
+  # student's first state when config.init is 'random'.
+  key = jax.random.split(jax.random.PRNGKey(config.seed), 4)[0]
+  images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  return lambda: backbone.init(key, images, train=False)["params"]
+
+
+def random_backbone_params(config: ml_collections.ConfigDict, backbone, mesh: jax.sharding.Mesh) -> Any:
+  """The backbone's random initialisation from config.seed, replicated over `mesh`."""
+  return jax.jit(_init_backbone_fn(config, backbone), out_shardings=sharding.replicated(mesh))()
+
+
+def restore_backbone(workdir: str, config: ml_collections.ConfigDict, step: Optional[int] = None,
+                     mesh: Optional[jax.sharding.Mesh] = None) -> tuple[Any, int]:
+  """The student's backbone parameters from a checkpoint, replicated over `mesh`.
+
+  Only that subtree of the saved TrainState is read (Orbax partial restore), so teachers and
+  optimiser state never take memory.
+
+  Returns:
+    (backbone params, the checkpoint's step).
+  Raises:
+    WorkdirError: no such checkpoint, or one whose student is not config.model's backbone.
+  """
+  step = checkpoint_step(workdir, step)
+  mesh = sharding.create_mesh() if mesh is None else mesh
+  replicated = sharding.replicated(mesh)
+  abstract = jax.eval_shape(_init_backbone_fn(config, step_lib.build_backbone(config)))
+  target = {"params": {"backbone": jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)}}
+  path = epath.Path(workdir) / checkpoints.CHECKPOINT_DIR / str(step) / "state"
+  try:
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+  except (ValueError, KeyError) as e:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise checkpoints.WorkdirError(f"the checkpoint of step {step} in {workdir} holds no {config.model.name} "
+                                   f"student backbone ({reason})") from e
+  return restored["params"]["backbone"], step
+
+
+def open_splits(config: ml_collections.ConfigDict) -> tuple[Any, Any, list[str]]:
+  """(training split, test split, class names) of config.dataset.
+
+  Raises:
+    ConfigError: dataset.data_dir unset, or a split the dataset lacks.
+    FileNotFoundError: no such directory, or the dataset was not built in it.
+  """
+  data_dir = config.dataset.data_dir
+  if not data_dir:
+    raise config_lib.ConfigError("dataset.data_dir is not set: pass --config.dataset.data_dir=DIR")
+  if not epath.Path(data_dir).exists():
+    raise FileNotFoundError(f"dataset.data_dir {data_dir} does not exist")
+  try:
+    train = sources.open_split(config.dataset.name, data_dir, config.dataset.train_split)
+    test = sources.open_split(config.dataset.name, data_dir, config.dataset.eval_split)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
+  return train, test, sources.label_names(config.dataset.name, data_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Features and probes.
+
+
+class AugmentedCopy:
+  """`transform` with draws of its own for copy `copy` of a split.
+
+  The eval pass gives a record the same Generator on every pass; this derives a new one from
+  it, the copy and the seed, so every (seed, copy, record) gets its own deterministic views.
+  """
+
+  def __init__(self, transform: pipeline.Transform, copy: int, seed: int):
+    self.transform = transform
+    self.copy = copy
+    self.seed = seed
+
+  def __call__(self, image_bytes: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    entropy = [self.seed, self.copy, *rng.integers(0, 2**32, size=4).tolist()]
+    return self.transform(image_bytes, np.random.default_rng(entropy))
+
+
+def extract_features(config: ml_collections.ConfigDict, feature_fn: features.FeatureFn, backbone_params: Any,
+                     source: Any, transform: pipeline.Transform, mesh: jax.sharding.Mesh,
+                     batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(features (N, C) float32, labels (N,) int32) of every record of `source`, in source order."""
+  batches = pipeline.eval_dataset(source, transform, global_batch_size=batch_size,
+                                  num_workers=config.dataset.num_workers, num_threads=config.dataset.num_threads)
+  feats, labels, _ = features.extract(feature_fn, backbone_params, batches, mesh)
+  return feats, labels
+
+
+def fit_fast_probe(train_features: np.ndarray, train_labels: np.ndarray, num_classes: int,
+                   seed: int) -> tuple[linear_probe.Head, dict[str, Any]]:
+  """Fast-mode head on (copies, N, C) features; returns (head, its settings for the results)."""
+  select_rng, fit_rng = jax.random.split(jax.random.PRNGKey(seed))
+  selection = linear_probe.select_weight_decay(train_features, train_labels, num_classes, rng=select_rng)
+  fit = linear_probe.fit_fast(train_features, train_labels, num_classes, weight_decay=selection.weight_decay,
+                              rng=fit_rng)
+  return fit.head, {
+      "weight_decay": selection.weight_decay,
+      "weight_decay_validation_top1": {f"{wd:g}": acc for wd, acc in selection.accuracies.items()},
+      "steps": linear_probe.FAST_STEPS,
+      "final_loss": float(fit.losses[-1]),
+  }
+
+
+def _probe_mesh(batch_size: int) -> jax.sharding.Mesh:
+  # On one process the probe's small batches run on as many devices as divide them.
+  if jax.process_count() == 1:
+    return sharding.create_mesh(devices=jax.devices()[:math.gcd(batch_size, jax.device_count())])
+  mesh = sharding.create_mesh()
+  if batch_size % mesh.size:
+    raise config_lib.ConfigError(f"the paper probe's batch of {batch_size} does not split over the "
+                                 f"{mesh.size} devices of this multi-process run")
+  return mesh
+
+
+def fit_paper_probe(config: ml_collections.ConfigDict, backbone, backbone_params: Any, train_source: Any,
+                    num_classes: int, *, epochs: int, batch_size: int) -> tuple[linear_probe.Head, dict[str, Any]]:
+  """Paper-mode head (METHOD.md "Linear evaluation"); returns (head, its settings for the results)."""
+  mesh = _probe_mesh(batch_size)
+  params = jax.device_put(backbone_params, sharding.replicated(mesh))
+  feature_fn = features.make_feature_fn(backbone, mesh)
+  mean, std = views.student_normalisation(config)
+  steps_per_epoch = pipeline.steps_per_epoch(len(train_source), batch_size)
+  stream = iter(pipeline.train_dataset(
+      train_source, views.ProbeTrainView(config.image_size, mean, std), global_batch_size=batch_size,
+      seed=config.seed, num_epochs=epochs, num_workers=config.dataset.num_workers,
+      num_threads=config.dataset.num_threads))
+
+  # Features and labels come back to every process whole: the head trains on each, identically.
+  def host_features(images):
+    return multihost_utils.process_allgather(feature_fn(params, images), tiled=True)
+
+  def make_train_batches(epoch):
+    del epoch  # The stream's epochs follow one another, each with its own shuffle and views.
+    for batch in itertools.islice(stream, steps_per_epoch):
+      arrays = sharding.shard_batch({"image": batch["image"], "label": batch["label"]}, mesh)
+      yield arrays["image"], np.asarray(multihost_utils.process_allgather(arrays["label"], tiled=True))
+
+  def log_epoch(epoch, head, loss):
+    del head
+    logging.info("paper probe: epoch %d/%d, mean training loss %.4f", epoch + 1, epochs, loss)
+
+  fit = linear_probe.fit_paper(host_features, make_train_batches, num_classes, steps_per_epoch,
+                               jax.random.PRNGKey(config.seed), epochs=epochs, on_epoch_end=log_epoch)
+  return fit.head, {"epochs": epochs, "batch_size": batch_size, "steps_per_epoch": steps_per_epoch,
+                    "learning_rate": linear_probe.PAPER_LEARNING_RATE,
+                    "final_epoch_loss": float(fit.epoch_losses[-1])}
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs.
+
+
+def head_arrays(head: linear_probe.Head, config: ml_collections.ConfigDict, class_names: list[str], mode: str,
+                step: Optional[int]) -> dict[str, np.ndarray]:
+  """The contents of linear_head.npz (`HEAD_KEYS`)."""
+  mean, std = views.student_normalisation(config)
+  return {
+      "kernel": np.asarray(head["kernel"], np.float32),
+      "bias": np.asarray(head["bias"], np.float32),
+      "class_names": np.asarray(class_names, np.str_),
+      "model_name": np.asarray(config.model.name),
+      "step": np.asarray(-1 if step is None else step, np.int64),
+      "mode": np.asarray(mode),
+      "image_size": np.asarray(config.image_size, np.int64),
+      "crop_fraction": np.asarray(views.EVAL_CROP_FRACTION, np.float64),
+      "mean": np.asarray(mean, np.float64),
+      "std": np.asarray(std, np.float64),
+  }
+
+
+def _publish(local: str, target: epath.Path) -> None:
+  """Copies a local file to `target` (local or remote) under a temporary name, then renames it,
+  so that a reader never sees a partial file."""
+  staged = target.with_name(target.name + ".tmp")
+  staged.write_bytes(epath.Path(local).read_bytes())
+  staged.replace(target)
+
+
+def write_outputs(out_dir: str | os.PathLike, results: Mapping[str, Mapping[str, Any]],
+                  head: Mapping[str, np.ndarray]) -> None:
+  """<method>.json and <method>_confusion.png per results entry, and linear_head.npz."""
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    for method, result in results.items():
+      report.write_json(result, os.path.join(tmp, f"{method}.json"))
+      report.plot_confusion_matrix(result, os.path.join(tmp, f"{method}_confusion.png"), title=_title(result))
+    buffer = io.BytesIO()
+    np.savez(buffer, **head)
+    with open(os.path.join(tmp, HEAD_FILE), "wb") as f:
+      f.write(buffer.getvalue())
+    for name in sorted(os.listdir(tmp)):
+      _publish(os.path.join(tmp, name), out / name)
+
+
+def _title(result: Mapping[str, Any]) -> str:
+  backbone = "random init" if result["step"] is None else f"step {result['step']}"
+  return f"{result['method']}: {result['model']} ({backbone}), {result['dataset']} {result['test_split']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, out_dir: str | os.PathLike, *,
+                      mode: str = "fast", augmented_copies: int = 0,
+                      paper_epochs: int = linear_probe.PAPER_EPOCHS, paper_batch_size: int = PAPER_BATCH_SIZE,
+                      batch_size: Optional[int] = None, step: Optional[int] = None,
+                      mesh: Optional[jax.sharding.Mesh] = None, verbose: bool = True) -> dict[str, dict[str, Any]]:
+  """kNN and linear probe of one backbone on config.dataset; writes `out_dir` (see module docstring).
+
+  Args:
+    config: the run's config (model, image_size, views.student, dataset, knn_k, seed).
+    backbone_params: the ConvNeXt's parameters; None for the random initialisation of config.seed.
+    out_dir: directory for the results (created; files in it of the same names are replaced).
+    mode: 'fast' or 'paper' linear probe.
+    augmented_copies: fast mode: ProbeTrainView passes over the training split added to its
+      EvalView features.
+    paper_epochs, paper_batch_size: paper mode's epochs (100) and batch (16).
+    batch_size: images per feature-extraction step, default config.batch_size.
+    step: the checkpoint step the parameters come from, recorded in the outputs.
+    mesh: devices of the extraction, default all.
+    verbose: print the tables (process 0).
+
+  Returns:
+    {'knn': results, 'linear': results}, each `metrics.classification_results` plus 'method'
+    ('knn', 'linear_fast' or 'linear_paper'), 'step', 'random_init', 'model', 'dataset',
+    'train_split', 'test_split', 'num_train', 'image_size' and the method's settings.
+  Raises:
+    ConfigError, FileNotFoundError: unusable options or dataset, before anything is written.
+  """
+  if mode not in MODES:
+    raise config_lib.ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+  if augmented_copies < 0 or (augmented_copies and mode != "fast"):
+    raise config_lib.ConfigError(f"augmented_copies must be >= 0 and only goes with mode 'fast', got "
+                                 f"{augmented_copies} with mode {mode!r}")
+  if paper_epochs < 1 or paper_batch_size < 1:
+    raise config_lib.ConfigError(f"paper_epochs and paper_batch_size must be >= 1, got {paper_epochs} and "
+                                 f"{paper_batch_size}")
+  mesh = sharding.create_mesh() if mesh is None else mesh
+  batch_size = config.batch_size if batch_size is None else batch_size
+  if batch_size < 1 or batch_size % mesh.size:
+    raise config_lib.ConfigError(f"the extraction batch of {batch_size} does not split over {mesh.size} devices")
+  train_source, test_source, class_names = open_splits(config)
+  num_classes = len(class_names)
+  if config.knn_k > len(train_source):
+    raise config_lib.ConfigError(f"knn_k={config.knn_k} exceeds the {len(train_source)} training images")
+  if mode == "paper" and len(train_source) < paper_batch_size:
+    raise config_lib.ConfigError(f"the {len(train_source)} training images do not fill one paper probe batch "
+                                 f"of {paper_batch_size}")
+
+  backbone = step_lib.build_backbone(config)
+  random_init = backbone_params is None
+  if random_init:
+    backbone_params = random_backbone_params(config, backbone, mesh)
+  feature_fn = features.make_feature_fn(backbone, mesh)
+  extract = functools.partial(extract_features, config, feature_fn, backbone_params, mesh=mesh,
+                              batch_size=batch_size)
+  mean, std = views.student_normalisation(config)
+  eval_view = views.EvalView(config.image_size, mean, std)
+  logging.info("extracting features of %s (%d images) and %s (%d images)", config.dataset.train_split,
+               len(train_source), config.dataset.eval_split, len(test_source))
+  train_features, train_labels = extract(train_source, eval_view)
+  test_features, test_labels = extract(test_source, eval_view)
+  common = {"step": step, "random_init": random_init, "model": config.model.name, "dataset": config.dataset.name,
+            "train_split": config.dataset.train_split, "test_split": config.dataset.eval_split,
+            "num_train": int(len(train_labels)), "image_size": int(config.image_size)}
+
+  knn_scores = knn.knn_classify(train_features, train_labels, test_features, num_classes, k=config.knn_k).scores
+  knn_results = {**metrics.classification_results(np.asarray(knn_scores), test_labels, class_names),
+                 "method": "knn", "k": int(config.knn_k), "temperature": knn.DEFAULT_TEMPERATURE, **common}
+
+  if mode == "fast":
+    copies = [train_features]
+    probe_view = views.ProbeTrainView(config.image_size, mean, std)
+    for copy in range(1, augmented_copies + 1):
+      logging.info("extracting augmented copy %d/%d of %s", copy, augmented_copies, config.dataset.train_split)
+      copies.append(extract(train_source, AugmentedCopy(probe_view, copy, config.seed))[0])
+    head, settings = fit_fast_probe(np.stack(copies), train_labels, num_classes, config.seed)
+    settings["augmented_copies"] = augmented_copies
+  else:
+    head, settings = fit_paper_probe(config, backbone, backbone_params, train_source, num_classes,
+                                     epochs=paper_epochs, batch_size=paper_batch_size)
+  linear_scores = linear_probe.apply_head(head, test_features)
+  linear_results = {**metrics.classification_results(np.asarray(linear_scores), test_labels, class_names),
+                    "method": f"linear_{mode}", **settings, **common}
+
+  results = {"knn": knn_results, "linear": linear_results}
+  if jax.process_index() == 0:
+    write_outputs(out_dir, {r["method"]: r for r in results.values()},
+                  head_arrays(head, config, class_names, mode, step))
+    if verbose:
+      for result in results.values():
+        print(report.format_table(result, title=_title(result)) + "\n", flush=True)
+  return results
+
+
+def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict, *, step: Optional[int] = None,
+                     random_init: bool = False, mesh: Optional[jax.sharding.Mesh] = None, **options) -> dict[str, dict[str, Any]]:
+  """Evaluates a workdir's checkpoint (the latest, or `step`), or with `random_init` the untrained
+  backbone, into `eval_dir(workdir, random_init)`; `options` as `evaluate_backbone`'s.
+
+  Raises:
+    WorkdirError, ConfigError, FileNotFoundError: before anything is written.
+  """
+  checkpoints.check_compatible(workdir, config)
+  config_lib.validate(config)
+  if not random_init:
+    step = checkpoint_step(workdir, step)
+  open_splits(config)  # A missing dataset is refused before the backbone is restored.
+  mesh = sharding.create_mesh() if mesh is None else mesh
+  params = None
+  if not random_init:
+    params, step = restore_backbone(workdir, config, step, mesh)
+    logging.info("restored the student backbone of step %d from %s", step, workdir)
+  return evaluate_backbone(config, params, eval_dir(workdir, random_init), step=None if random_init else step,
+                           mesh=mesh, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# The program.
+
+
+def _define_flags() -> None:
+  """The program's flags; defined only when it runs as a program, so that importing this module
+  does not claim flag names (workdir, step) that the other programs define too."""
+  flags.DEFINE_string("workdir", None, "Workdir of a training run (config.json and checkpoints/).")
+  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default the latest.")
+  flags.DEFINE_enum("mode", "fast", MODES, "Linear probe: 'fast' (features once, fitted on device) or "
+                    "'paper' (METHOD.md's protocol).")
+  flags.DEFINE_integer("augmented_copies", 0, "Fast mode: augmented passes over the training split.", lower_bound=0)
+  flags.DEFINE_bool("random_init", False, "Evaluate the random initialisation of config.seed instead of a "
+                    "checkpoint (results in DIR/eval/random_init/).")
+  flags.DEFINE_integer("paper_epochs", linear_probe.PAPER_EPOCHS, "Paper mode: epochs.", lower_bound=1)
+  flags.DEFINE_integer("paper_batch_size", PAPER_BATCH_SIZE, "Paper mode: batch size.", lower_bound=1)
+  flags.DEFINE_integer("batch_size", None, "Images per feature-extraction step; default config.batch_size.",
+                       lower_bound=1)
+
+
+def _fail(message: Any) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flags, then `--config.key=value` overrides of the saved config of --workdir.
+
+  The overridable config is only known once --workdir is, hence two passes.
+  """
+  try:
+    remaining = flags.FLAGS(argv, known_only=True)
+  except flags.Error as e:
+    _fail(e)
+  if not flags.FLAGS.workdir:
+    _fail("--workdir is required")
+  try:
+    config = saved_config(flags.FLAGS.workdir)
+  except checkpoints.WorkdirError as e:
+    _fail(e)
+  try:
+    config_flags.DEFINE_config_dict("config", config, "The workdir's saved config; override keys as "
+                                    "--config.key=value.", sys_argv=remaining)
+    return flags.FLAGS(remaining)
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+    _fail(f"bad --config override: {e}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+    jax.distributed.initialize()
+  logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.ERROR)
+  flag_values = flags.FLAGS
+  try:
+    evaluate_workdir(flag_values.workdir, flag_values.config, step=flag_values.step,
+                     random_init=flag_values.random_init, mode=flag_values.mode,
+                     augmented_copies=flag_values.augmented_copies, paper_epochs=flag_values.paper_epochs,
+                     paper_batch_size=flag_values.paper_batch_size, batch_size=flag_values.batch_size)
+  except (config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError) as e:
+    _fail(e)
+  logging.info("results written to %s", eval_dir(flag_values.workdir, flag_values.random_init))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main, flags_parser=parse_flags)
