@@ -188,6 +188,10 @@ def open_splits(config: ml_collections.ConfigDict) -> tuple[Any, Any, list[str]]
     test = sources.open_split(config.dataset.name, data_dir, config.dataset.eval_split)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"no built dataset {config.dataset.name!r} in {data_dir}: build it with "
+                            "`python -m artstyle_jax.data.builders`, or pass --config.dataset.name / "
+                            "--config.dataset.data_dir") from e
   return train, test, sources.label_names(config.dataset.name, data_dir)
 
 
@@ -493,12 +497,25 @@ def parse_flags(argv: list[str]) -> list[str]:
     config = saved_config(flags.FLAGS.workdir)
   except checkpoints.WorkdirError as e:
     _fail(e)
+  for arg in remaining[1:]:
+    if arg.startswith("--config."):
+      key = arg[len("--config."):].split("=", 1)[0]
+      if not _has_key(config, key):
+        _fail(f"unknown config key {key!r}: {flags.FLAGS.workdir}/{checkpoints.CONFIG_FILE} has no such key")
   try:
     config_flags.DEFINE_config_dict("config", config, "The workdir's saved config; override keys as "
                                     "--config.key=value.", sys_argv=remaining)
     return flags.FLAGS(remaining)
-  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
-    _fail(f"bad --config override: {e}")
+  except flags.Error as e:
+    _fail(e)
+
+
+def _has_key(config: ml_collections.ConfigDict, dotted: str) -> bool:
+  for part in dotted.split("."):
+    if not isinstance(config, ml_collections.ConfigDict) or part not in config:
+      return False
+    config = config[part]
+  return True
 
 
 def main(argv):
