@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 import dataclasses
 import functools
 import pathlib
+import shlex
 import sys
 from typing import Any
 
@@ -499,8 +500,30 @@ def main(argv):
   except (CheckpointError, config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  config_file = config_flags.get_config_filename(flag_values["config"])
   print(f"imported {argv[1]} into {flag_values.workdir}: {config.model.name}, step {int(state.step)}, "
-        f"teacher copies {' and '.join(state.teachers)}, queue {config.queue_size} x {config.model.proj_dim}")
+        f"teacher copies {' and '.join(state.teachers)}, queue {config.queue_size} x {config.model.proj_dim}\n"
+        f"continue training with: {continue_command(config_file, config, flag_values.workdir)}")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def continue_command(config_file: str, config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The train.py command line that continues the imported run: `config_file` with an override
+  for every key where the imported config differs from it."""
+  base = _flatten(config_lib.load(config_file).to_dict())
+  overrides = [f"--config.{key}={value}" for key, value in sorted(_flatten(config.to_dict()).items())
+               if base.get(key) != value]
+  return shlex.join(["python", "-m", "artstyle_jax.train", f"--config={config_file}", f"--workdir={workdir}",
+                     *overrides])
 
 
 if __name__ == "__main__":
