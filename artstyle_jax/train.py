@@ -9,6 +9,7 @@ SIGINT saves a checkpoint and exits 0; a non-finite loss stops the run (exit 1) 
 last good checkpoint.
 """
 import functools
+import logging as std_logging
 import os
 import signal
 import sys
@@ -209,11 +210,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return last_metrics
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops the INFO chatter of Orbax and Grain (dozens of lines per checkpoint); keeps warnings."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        f"{os.sep}{name}{os.sep}" in record.pathname for name in ("orbax", "grain"))
+
+
+def setup_logging() -> None:
+  """INFO from process 0, errors only from the others, libraries' INFO lines dropped."""
+  logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.ERROR)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialise_distributed()
-  logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.ERROR)
+  setup_logging()
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError, TrainingError) as e:
