@@ -28,6 +28,7 @@ from artstyle_jax import optim
 from artstyle_jax import sharding
 from artstyle_jax import state as state_lib
 from artstyle_jax import step as step_lib
+from artstyle_jax.data import sources
 from artstyle_jax.models import convnext
 from artstyle_jax.tools import import_torch
 
@@ -463,14 +464,23 @@ def test_overrides_that_contradict_the_checkpoint_are_refused_optimiser_ones_win
 
 
 def test_step_is_epoch_times_iters_per_epoch_or_given():
-  checkpoint = dataclasses.replace(_any_checkpoint(), epoch=EPOCH)
-  assert import_torch.import_step(checkpoint, iters_per_epoch=ITERS_PER_EPOCH) == EPOCH * ITERS_PER_EPOCH
-  assert import_torch.import_step(checkpoint, step=4) == 4
-  assert import_torch.import_step(dataclasses.replace(checkpoint, epoch=0)) == 0
-  with pytest.raises(import_torch.CheckpointError, match="give --iters_per_epoch"):
-    import_torch.import_step(checkpoint)
+  checkpoint, config = dataclasses.replace(_any_checkpoint(), epoch=EPOCH), paper_config()
+  assert import_torch.import_step(checkpoint, config, iters_per_epoch=ITERS_PER_EPOCH) == EPOCH * ITERS_PER_EPOCH
+  assert import_torch.import_step(checkpoint, config, step=4) == 4
+  assert import_torch.import_step(dataclasses.replace(checkpoint, epoch=0), config) == 0
+  with pytest.raises(import_torch.CheckpointError, match="give --config.dataset.data_dir .*, --iters_per_epoch or --step"):
+    import_torch.import_step(checkpoint, config)
   with pytest.raises(import_torch.CheckpointError, match="not both"):
-    import_torch.import_step(checkpoint, iters_per_epoch=ITERS_PER_EPOCH, step=4)
+    import_torch.import_step(checkpoint, config, iters_per_epoch=ITERS_PER_EPOCH, step=4)
+
+
+def test_iters_per_epoch_defaults_to_train_py_count_on_the_dataset(synthetic_data):
+  """With a dataset in the config, an epoch is the training split's size // batch_size."""
+  data_dir, name = synthetic_data
+  config = paper_config(f"dataset.name={name}", f"dataset.data_dir={data_dir}")
+  num_examples = len(sources.open_split(name, data_dir, config.dataset.train_split))
+  checkpoint = dataclasses.replace(_any_checkpoint(), epoch=EPOCH)
+  assert import_torch.import_step(checkpoint, config) == EPOCH * (num_examples // config.batch_size)
 
 
 def _any_checkpoint():

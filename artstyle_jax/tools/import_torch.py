@@ -25,8 +25,9 @@ that contradicts the checkpoint's shapes is refused. The teachers' momenta are t
 
 Step. 'epoch' counts the epochs the authors' run completed (their loop resumes at it), so the
 imported run stands at `epoch * iters_per_epoch`, iters_per_epoch being what train.py will count:
-the training split's size // batch_size. Pass it with --iters_per_epoch, or give the step itself
-with --step. The optimiser's step count in opt_state is set to the same step, so the learning
+the training split's size // batch_size, read from the config's dataset when
+--config.dataset.data_dir is given. Otherwise pass it with --iters_per_epoch, or give the step
+itself with --step. The optimiser's step count in opt_state is set to the same step, so the learning
 rate schedule continues where the authors' stopped (for the same batch size, epochs and warm-up).
 The drop-path PRNG key is `fold_in(PRNGKey(config.seed), step)`.
 """
@@ -53,6 +54,7 @@ from artstyle_jax import config_lib
 from artstyle_jax import optim
 from artstyle_jax import state as state_lib
 from artstyle_jax import step as step_lib
+from artstyle_jax.data import sources
 from artstyle_jax.models import convnext
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "paper.py"
@@ -109,22 +111,22 @@ class TorchCheckpoint:
   weight_decay: float
 
 
-def _is_tensor(value: Any) -> bool:
-  import torch  # pylint: disable=g-import-not-at-top
-  return isinstance(value, torch.Tensor)
-
-
-def _float32(tensor: Any) -> np.ndarray:
-  import torch  # pylint: disable=g-import-not-at-top
-  return tensor.detach().to(device="cpu", dtype=torch.float32).numpy()
-
-
-def _load(path: str) -> Any:
+def _torch():
+  """The torch module: only reading checkpoints needs it, so it is no dependency of artstyle_jax."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise CheckpointError("reading PyTorch checkpoints needs torch (the CPU build is enough): "
                           "pip install torch") from e
+  return torch
+
+
+def _float32(tensor: Any) -> np.ndarray:
+  return tensor.detach().to(device="cpu", dtype=_torch().float32).numpy()
+
+
+def _load(path: str) -> Any:
+  torch = _torch()
   if not epath.Path(path).exists():
     raise FileNotFoundError(f"no such checkpoint file: {path}")
   try:
@@ -144,15 +146,15 @@ def _describe(keys: Sequence[str], limit: int = 8) -> str:
 def _split_model(model: Mapping[str, Any]) -> tuple[dict[str, TorchNetwork], list[str]]:
   """The model state_dict split by network; problems (missing, unexpected, inconsistent keys)."""
   problems = []
-  non_tensors = [k for k, v in model.items() if not _is_tensor(v)]
+  non_tensors = [k for k, v in model.items() if not isinstance(v, _torch().Tensor)]
   if non_tensors:
     problems.append(f"'model' entries that are not tensors: {_describe(non_tensors)}")
   claimed = set(QUEUE_KEYS)
   networks = {}
   for name, (backbone_prefix, head_prefix) in NETWORK_PREFIXES.items():
     backbone = {k[len(backbone_prefix):]: v for k, v in model.items() if k.startswith(backbone_prefix)}
-    head = {k[len(head_prefix):]: v for k, v in model.items() if k[len(head_prefix):] in HEAD_KEYS
-            and k.startswith(head_prefix)}
+    head = {k[len(head_prefix):]: v for k, v in model.items()
+            if k.startswith(head_prefix) and k[len(head_prefix):] in HEAD_KEYS}
     claimed.update(backbone_prefix + k for k in backbone)
     claimed.update(head_prefix + k for k in head)
     if not backbone:
@@ -369,8 +371,22 @@ def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
   config[leaf] = value
 
 
-def import_step(checkpoint: TorchCheckpoint, *, iters_per_epoch: int | None = None, step: int | None = None) -> int:
-  """The imported state's step: `step` when given, else `epoch * iters_per_epoch` (0 at epoch 0)."""
+def train_steps_per_epoch(config: ml_collections.ConfigDict) -> int | None:
+  """Steps per epoch as train.py counts them (the training split's size // batch_size); None when
+  the config names no dataset directory."""
+  if not config.dataset.data_dir:
+    return None
+  try:
+    source = sources.open_split(config.dataset.name, config.dataset.data_dir, config.dataset.train_split)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
+  return config_lib.steps_per_epoch(len(source), config.batch_size)
+
+
+def import_step(checkpoint: TorchCheckpoint, config: ml_collections.ConfigDict, *,
+                iters_per_epoch: int | None = None, step: int | None = None) -> int:
+  """The imported state's step: `step` when given, else `epoch * iters_per_epoch` (0 at epoch 0),
+  iters_per_epoch defaulting to what train.py will count on the config's dataset."""
   if step is not None and iters_per_epoch is not None:
     raise CheckpointError("give either --step or --iters_per_epoch, not both")
   if step is not None:
@@ -380,8 +396,11 @@ def import_step(checkpoint: TorchCheckpoint, *, iters_per_epoch: int | None = No
   if checkpoint.epoch == 0:
     return 0
   if iters_per_epoch is None:
-    raise CheckpointError(f"the checkpoint is at epoch {checkpoint.epoch}; to know the step, give --iters_per_epoch "
-                          "(the training split's size // batch_size, as train.py counts it) or --step")
+    iters_per_epoch = train_steps_per_epoch(config)
+  if iters_per_epoch is None:
+    raise CheckpointError(f"the checkpoint is at epoch {checkpoint.epoch}; to know the step, give "
+                          "--config.dataset.data_dir (steps per epoch as train.py counts them), --iters_per_epoch "
+                          "or --step")
   if iters_per_epoch < 1:
     raise CheckpointError(f"--iters_per_epoch must be positive, got {iters_per_epoch}")
   return checkpoint.epoch * iters_per_epoch
@@ -432,8 +451,10 @@ def to_state(checkpoint: TorchCheckpoint, config: ml_collections.ConfigDict, ste
 def _check_fits(state: state_lib.TrainState, abstract: state_lib.TrainState) -> None:
   got = jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda x: (x.shape, x.dtype), state))
   want = jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda x: (x.shape, x.dtype), abstract))
+  def names(leaves):
+    return {jax.tree_util.keystr(path) for path, _ in leaves[0]}
+
   if jax.tree.structure(state) != jax.tree.structure(abstract):
-    names = lambda leaves: {jax.tree_util.keystr(path) for path, _ in leaves[0]}
     raise CheckpointError(f"the converted state's layout differs from the model's: it has "
                           f"{_describe(names(got) - names(want)) or 'nothing'} extra and lacks "
                           f"{_describe(names(want) - names(got)) or 'nothing'}")
@@ -469,9 +490,9 @@ def import_checkpoint(
   check_new_workdir(workdir)
   checkpoint = read(path)
   config = checkpoint_config(checkpoint, config, overridden)
-  step = import_step(checkpoint, iters_per_epoch=iters_per_epoch, step=step)
+  step = import_step(checkpoint, config, iters_per_epoch=iters_per_epoch, step=step)
   state = to_state(checkpoint, config, step)
-  check_new_workdir(workdir)
+  check_new_workdir(workdir)  # Again: a large conversion takes a while, and someone may have started a run.
   checkpoints.save_config(workdir, config)
   with checkpoints.manager(workdir) as mngr:
     checkpoints.save(mngr, step, state, force=True)
@@ -484,8 +505,8 @@ def _define_flags() -> None:
   does not claim flag names (config, workdir, step) that the other programs define too."""
   config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Config the imported run continues with.")
   flags.DEFINE_string("workdir", None, "New directory for the imported run.", required=True)
-  flags.DEFINE_integer("iters_per_epoch", None, "Steps per epoch of the authors' run: the step is "
-                       "epoch * iters_per_epoch.")
+  flags.DEFINE_integer("iters_per_epoch", None, "Steps per epoch: the step is epoch * iters_per_epoch. "
+                       "Default: counted on the config's dataset as train.py counts them.")
   flags.DEFINE_integer("step", None, "The imported state's step, instead of epoch * iters_per_epoch.")
 
 
