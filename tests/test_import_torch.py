@@ -248,7 +248,7 @@ class Imported:
   """The authors' checkpoint imported by the command line, and its workdir restored."""
 
   def __init__(self, root):
-    self.model, self.optimizer = write_authors_checkpoint(root / "authors.pth")
+    self.model, self.torch_optimizer = write_authors_checkpoint(root / "authors.pth")
     self.workdir = str(root / "workdir")
     self.cli = run_cli(str(root / "authors.pth"), f"--workdir={self.workdir}", f"--iters_per_epoch={ITERS_PER_EPOCH}",
                        *(f"--config.{o}" for o in OVERRIDES))
@@ -258,10 +258,10 @@ class Imported:
     # times faster than with the 'shift' form it picks to run fast; parameters are the same.
     self.backbone = convnext.create(self.config.model.name, depthwise="conv")
     self.head = step_lib.build_head(self.config)
-    self.optimizer_lib, self.schedule = optim.create(self.config, ITERS_PER_EPOCH)
+    self.optimizer, self.schedule = optim.create(self.config, ITERS_PER_EPOCH)
     self.mesh = sharding.create_mesh(devices=jax.devices()[:1])
     create = functools.partial(state_lib.create, config=self.config, backbone=self.backbone, head=self.head,
-                               optimizer=self.optimizer_lib)
+                               optimizer=self.optimizer)
     abstract = jax.eval_shape(create, jax.random.PRNGKey(1))
     self.shardings = sharding.state_sharding(abstract, self.mesh, self.config.mesh.fsdp_min_size)
     with checkpoints.manager(self.workdir, read_only=True) as mngr:
@@ -324,7 +324,7 @@ def test_momentum_buffers_become_the_trace_and_the_schedule_continues(imported):
   buffers = {}
   for name, parameter in model.named_parameters():
     if name.startswith(tuple(student)):
-      buffer = imported.optimizer.state.get(parameter, {}).get("momentum_buffer")
+      buffer = imported.torch_optimizer.state.get(parameter, {}).get("momentum_buffer")
       buffers[name] = torch.zeros_like(parameter) if buffer is None else buffer
   assert not buffers["head_q.out.bias"].any() and buffers["head_q.out.weight"].any()
   encoder_buffers = {k[len("net.net."):]: v for k, v in buffers.items() if k.startswith("net.net.")}
@@ -348,7 +348,7 @@ def test_training_continues_from_the_imported_state(imported):
   """One train step runs from the restored state: it uses the schedule's rate at the imported step,
   advances the step and the queue pointer (by the weak then the style keys), and the loss is finite."""
   train_step = step_lib.compile_train_step(
-      step_lib.make_train_step(imported.config, imported.backbone, imported.head, imported.optimizer_lib,
+      step_lib.make_train_step(imported.config, imported.backbone, imported.head, imported.optimizer,
                                imported.schedule), imported.shardings, imported.mesh)
   keys = jax.random.split(jax.random.PRNGKey(2), 3)
   batch = {view: np.asarray(jax.random.normal(key, (4, 32, 32, 3))) for view, key in zip(("student", "weak", "style"), keys)}
