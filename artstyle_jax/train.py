@@ -165,8 +165,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_iterator = iter(data)
 
   mngr = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpointing)
-  start_step = mngr.latest_step() or 0
-  if start_step:
+  start_step = mngr.latest_step()
+  if start_step is None:
+    start_step = 0
+  else:  # also a step-0 checkpoint, as tools.import_torch writes for an epoch-0 file
     state, data_iterator = checkpoints.restore(
         mngr, start_step, checkpoints.abstract_like(state, state_shardings), data_iterator)
     logging.info("Resumed from the checkpoint of step %d in %s", start_step, workdir)
