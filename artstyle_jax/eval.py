@@ -32,7 +32,6 @@ exits 1 with one error line before anything is written.
 """
 from collections.abc import Mapping
 import functools
-import io
 import itertools
 import math
 import os
@@ -216,6 +215,11 @@ class AugmentedCopy:
     return self.transform(image_bytes, np.random.default_rng(entropy))
 
 
+def extraction_batch_size(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+  """config.batch_size rounded up to a multiple of the mesh's devices (which may not be training's)."""
+  return -(-config.batch_size // mesh.size) * mesh.size
+
+
 def extract_features(config: ml_collections.ConfigDict, feature_fn: features.FeatureFn, backbone_params: Any,
                      source: Any, transform: pipeline.Transform, mesh: jax.sharding.Mesh,
                      batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -325,16 +329,16 @@ def write_outputs(out_dir: str | os.PathLike, results: Mapping[str, Mapping[str,
     for method, result in results.items():
       report.write_json(result, os.path.join(tmp, f"{method}.json"))
       report.plot_confusion_matrix(result, os.path.join(tmp, f"{method}_confusion.png"), title=_title(result))
-    buffer = io.BytesIO()
-    np.savez(buffer, **head)
-    with open(os.path.join(tmp, HEAD_FILE), "wb") as f:
-      f.write(buffer.getvalue())
+    np.savez(os.path.join(tmp, HEAD_FILE), **head)
     for name in sorted(os.listdir(tmp)):
       _publish(os.path.join(tmp, name), out / name)
 
 
 def _title(result: Mapping[str, Any]) -> str:
-  backbone = "random init" if result["step"] is None else f"step {result['step']}"
+  if result["random_init"]:
+    backbone = "random init"
+  else:
+    backbone = "trained" if result["step"] is None else f"step {result['step']}"
   return f"{result['method']}: {result['model']} ({backbone}), {result['dataset']} {result['test_split']}"
 
 
@@ -357,7 +361,8 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
     augmented_copies: fast mode: ProbeTrainView passes over the training split added to its
       EvalView features.
     paper_epochs, paper_batch_size: paper mode's epochs (100) and batch (16).
-    batch_size: images per feature-extraction step, default config.batch_size.
+    batch_size: images per feature-extraction step, a multiple of the mesh's devices; default
+      config.batch_size rounded up to one.
     step: the checkpoint step the parameters come from, recorded in the outputs.
     mesh: devices of the extraction, default all.
     verbose: print the tables (process 0).
@@ -378,7 +383,7 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
     raise config_lib.ConfigError(f"paper_epochs and paper_batch_size must be >= 1, got {paper_epochs} and "
                                  f"{paper_batch_size}")
   mesh = sharding.create_mesh() if mesh is None else mesh
-  batch_size = config.batch_size if batch_size is None else batch_size
+  batch_size = extraction_batch_size(config, mesh) if batch_size is None else batch_size
   if batch_size < 1 or batch_size % mesh.size:
     raise config_lib.ConfigError(f"the extraction batch of {batch_size} does not split over {mesh.size} devices")
   train_source, test_source, class_names = open_splits(config)
@@ -436,7 +441,8 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
 
 
 def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict, *, step: Optional[int] = None,
-                     random_init: bool = False, mesh: Optional[jax.sharding.Mesh] = None, **options) -> dict[str, dict[str, Any]]:
+                     random_init: bool = False, mesh: Optional[jax.sharding.Mesh] = None,
+                     **options) -> dict[str, dict[str, Any]]:
   """Evaluates a workdir's checkpoint (the latest, or `step`), or with `random_init` the untrained
   backbone, into `eval_dir(workdir, random_init)`; `options` as `evaluate_backbone`'s.
 
@@ -473,7 +479,8 @@ def _define_flags() -> None:
                     "checkpoint (results in DIR/eval/random_init/).")
   flags.DEFINE_integer("paper_epochs", linear_probe.PAPER_EPOCHS, "Paper mode: epochs.", lower_bound=1)
   flags.DEFINE_integer("paper_batch_size", PAPER_BATCH_SIZE, "Paper mode: batch size.", lower_bound=1)
-  flags.DEFINE_integer("batch_size", None, "Images per feature-extraction step; default config.batch_size.",
+  flags.DEFINE_integer("batch_size", None, "Images per feature-extraction step, a multiple of the device count; "
+                       "default config.batch_size rounded up to one.",
                        lower_bound=1)
 
 

@@ -89,15 +89,19 @@ def read_image(path: str) -> bytes:
 
 
 def gallery_files(gallery: str) -> list[str]:
-  """The image files under `gallery` (by extension, recursively), sorted.
+  """The image files under `gallery` (by extension, recursively, hidden ones left out), sorted.
 
   Raises:
     FileNotFoundError: `gallery` is not a directory, or holds no image file.
   """
   if not os.path.isdir(gallery):
     raise FileNotFoundError(f"gallery {gallery} is not a directory")
-  found = sorted(os.path.join(root, name) for root, _, names in os.walk(gallery) for name in names
-                 if name.lower().endswith(IMAGE_EXTENSIONS))
+  found = []
+  for root, dirs, names in os.walk(gallery):
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    found += [os.path.join(root, name) for name in names
+              if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")]
+  found.sort()
   if not found:
     raise FileNotFoundError(f"gallery {gallery} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
   return found
@@ -147,7 +151,8 @@ class Predictor:
   def embed(self, source: Any) -> np.ndarray:
     """(N, C) float32 pooled features of a source's records, in order."""
     return eval_lib.extract_features(self.config, self.feature_fn, self.backbone_params, source,
-                                     self.head.transform, self.mesh, self.config.batch_size)[0]
+                                     self.head.transform, self.mesh,
+                                     eval_lib.extraction_batch_size(self.config, self.mesh))[0]
 
   def styles(self, embeddings: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities (N, k) descending, class indices (N, k)) of the k most probable styles."""

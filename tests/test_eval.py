@@ -1,0 +1,223 @@
+"""The evaluation program: the checkpoint's student backbone restored, kNN and linear probes scored
+on the test split, results and the probe written to DIR/eval/, bad input refused in one line with
+the workdir untouched."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from artstyle_jax import checkpoints
+from artstyle_jax import config_lib
+from artstyle_jax import eval as eval_lib
+from artstyle_jax import features
+from artstyle_jax import optim
+from artstyle_jax import sharding
+from artstyle_jax import step as step_lib
+from artstyle_jax.data import sources
+from artstyle_jax.data import views
+from artstyle_jax.evaluators import linear_probe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = (1, 2)
+
+
+def tiny_config(data):
+  data_dir, name = data
+  return config_lib.load(os.path.join(REPO, "configs", "tiny.py"),
+                         [f"dataset.name={name}", f"dataset.data_dir={data_dir}"])
+
+
+def shifted(params, step):
+  """The backbone a checkpoint of `step` holds: the initialisation moved by 1e-3 * step."""
+  return jax.tree.map(lambda x: x + 1e-3 * step, params)
+
+
+def make_workdir(workdir, data, steps=STEPS):
+  """A workdir as training leaves it: config.json and, per step, the whole TrainState whose
+  student backbone is `shifted(initial backbone, step)`. Returns (config, initial backbone)."""
+  config = tiny_config(data)
+  backbone, head = step_lib.build_backbone(config), step_lib.build_head(config)
+  optimizer, _ = optim.create(config, 10)
+  state, _ = step_lib.create_state(jax.random.PRNGKey(config.seed), config, backbone, head, optimizer,
+                                   sharding.create_mesh())
+  checkpoints.save_config(str(workdir), config)
+  with checkpoints.manager(str(workdir)) as mngr:
+    for step in steps:
+      params = {**state.params, "backbone": shifted(state.params["backbone"], step)}
+      checkpoints.save(mngr, step, state.replace(step=state.step + step, params=params), force=True)
+    mngr.wait_until_finished()
+  return config, state.params["backbone"]
+
+
+def run_eval(workdir, *args):
+  return subprocess.run([sys.executable, "-m", "artstyle_jax.eval", f"--workdir={workdir}", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+
+
+def tree_files(root):
+  return {os.path.join(d, f): (os.path.getmtime(os.path.join(d, f)), os.path.getsize(os.path.join(d, f)))
+          for d, _, fs in os.walk(root) for f in fs}
+
+
+def assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def assert_sane_results(result, num_test, class_names):
+  assert result["num_examples"] == num_test
+  assert result["class_names"] == class_names
+  for key in ("top1", "top5", "mean_per_class_accuracy"):
+    assert 0.0 <= result[key] <= 1.0
+  assert result["top5"] >= result["top1"]
+  confusion = np.asarray(result["confusion_matrix"])
+  assert confusion.shape == (len(class_names), len(class_names))
+  assert confusion.sum() == num_test
+  assert result["top1"] == pytest.approx(np.trace(confusion) / num_test)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, synthetic_data):
+  path = tmp_path_factory.mktemp("eval") / "run"
+  config, initial = make_workdir(path, synthetic_data)
+  return path, config, initial
+
+
+@pytest.fixture(scope="module")
+def evaluated(workdir):
+  """The program run on the workdir: fast mode with one augmented copy."""
+  path, _, _ = workdir
+  return run_eval(path, "--augmented_copies=1")
+
+
+@pytest.fixture(scope="module")
+def dataset(synthetic_data):
+  data_dir, name = synthetic_data
+  return len(sources.open_split(name, data_dir, "test")), sources.label_names(name, data_dir)
+
+
+def test_restore_reads_the_student_backbone_of_the_latest_or_the_asked_step(workdir):
+  path, config, initial = workdir
+  params, step = eval_lib.restore_backbone(str(path), config)
+  assert step == 2
+  assert_trees_equal(params, shifted(initial, 2))
+  params, step = eval_lib.restore_backbone(str(path), config, step=1)
+  assert step == 1
+  assert_trees_equal(params, shifted(initial, 1))
+
+
+def test_random_init_is_the_students_initial_backbone(workdir):
+  """--random_init evaluates exactly the backbone a config.init='random' run starts from."""
+  _, config, initial = workdir
+  params = eval_lib.random_backbone_params(config, step_lib.build_backbone(config), sharding.create_mesh())
+  assert_trees_equal(params, initial)
+
+
+def test_fast_mode_writes_results_plots_and_the_head_of_the_checkpoint(workdir, evaluated, dataset):
+  path, _, _ = workdir
+  num_test, class_names = dataset
+  assert evaluated.returncode == 0, evaluated.stderr
+  out = path / "eval"
+  assert sorted(os.listdir(out)) == ["knn.json", "knn_confusion.png", "linear_fast.json",
+                                     "linear_fast_confusion.png", "linear_head.npz"]
+  for png in ("knn_confusion.png", "linear_fast_confusion.png"):
+    assert (out / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+  knn_result = json.loads((out / "knn.json").read_text())
+  linear_result = json.loads((out / "linear_fast.json").read_text())
+  for result in (knn_result, linear_result):
+    assert_sane_results(result, num_test, class_names)
+    assert result["step"] == 2 and result["random_init"] is False
+  assert knn_result["method"] == "knn" and knn_result["k"] == 20
+  assert linear_result["method"] == "linear_fast" and linear_result["augmented_copies"] == 1
+  assert linear_result["weight_decay"] in linear_probe.WEIGHT_DECAY_CANDIDATES
+  assert evaluated.stdout.count("top-1") == 2 and "linear_fast: convnext_atto (step 2)" in evaluated.stdout
+
+
+def test_saved_head_is_the_one_scored_and_carries_its_inputs(workdir, evaluated, synthetic_data):
+  """The head in linear_head.npz, on the step-2 backbone's test features, gives the reported top-1;
+  the file names the classes, the step and the transform predict must use."""
+  path, config, _ = workdir
+  assert evaluated.returncode == 0, evaluated.stderr
+  with np.load(path / "eval" / "linear_head.npz") as saved:
+    head = {key: saved[key] for key in eval_lib.HEAD_KEYS}
+  data_dir, name = synthetic_data
+  assert list(head["class_names"]) == sources.label_names(name, data_dir)
+  assert head["kernel"].shape == (320, 10) and head["bias"].shape == (10,)
+  assert int(head["step"]) == 2 and str(head["mode"]) == "fast" and str(head["model_name"]) == "convnext_atto"
+  assert int(head["image_size"]) == 64
+  np.testing.assert_allclose(head["mean"], config.views.student.mean)
+
+  mesh = sharding.create_mesh()
+  params, _ = eval_lib.restore_backbone(str(path), config, mesh=mesh)
+  feature_fn = features.make_feature_fn(step_lib.build_backbone(config), mesh)
+  transform = views.EvalView(64, config.views.student.mean, config.views.student.std)
+  test_features, test_labels = eval_lib.extract_features(
+      config, feature_fn, params, sources.open_split(name, data_dir, "test"), transform, mesh, 8)
+  logits = linear_probe.apply_head({"kernel": head["kernel"], "bias": head["bias"]}, test_features)
+  top1 = float(np.mean(np.argmax(np.asarray(logits), axis=1) == test_labels))
+  assert top1 == json.loads((path / "eval" / "linear_fast.json").read_text())["top1"]
+
+
+def test_paper_mode_of_a_random_init_goes_to_its_own_directory(workdir, evaluated, dataset):
+  """Paper protocol (1 epoch of batch 16 over the 80 training images) on the untrained backbone:
+  results in eval/random_init/, marked as such, the checkpoint's results left alone."""
+  path, config, _ = workdir
+  num_test, class_names = dataset
+  assert evaluated.returncode == 0, evaluated.stderr
+  before = tree_files(path / "eval")
+  results = eval_lib.evaluate_workdir(str(path), config, random_init=True, mode="paper", paper_epochs=1,
+                                      verbose=False)
+  assert tree_files(path / "eval") == {**before, **tree_files(path / "eval" / "random_init")}
+  assert sorted(os.listdir(path / "eval" / "random_init")) == [
+      "knn.json", "knn_confusion.png", "linear_head.npz", "linear_paper.json", "linear_paper_confusion.png"]
+  linear_result = results["linear"]
+  assert linear_result == json.loads((path / "eval" / "random_init" / "linear_paper.json").read_text())
+  assert_sane_results(linear_result, num_test, class_names)
+  assert linear_result["method"] == "linear_paper" and linear_result["random_init"] is True
+  assert linear_result["step"] is None
+  assert (linear_result["epochs"], linear_result["batch_size"], linear_result["steps_per_epoch"]) == (1, 16, 5)
+
+
+def test_bad_input_on_the_command_line_gives_one_error_line_and_leaves_the_workdir_untouched(workdir, evaluated):
+  """A dataset directory that is gone (given as a config override): exit 1, the reason in one line."""
+  path, _, _ = workdir
+  assert evaluated.returncode == 0, evaluated.stderr
+  before = tree_files(path)
+  result = run_eval(path, "--config.dataset.data_dir=/nonexistent/tfds")
+  assert result.returncode == 1
+  assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+      "error: dataset.data_dir /nonexistent/tfds does not exist"]
+  assert "Traceback" not in result.stderr and not result.stdout
+  assert tree_files(path) == before
+
+
+@pytest.mark.parametrize("case, error, message", [
+    ("no_checkpoint", checkpoints.WorkdirError, "holds no checkpoint"),
+    ("missing_step", checkpoints.WorkdirError, "has no checkpoint of step 7; it has steps [1, 2]"),
+    ("dataset_not_built", FileNotFoundError, "no built dataset 'image_folder/not_built'"),
+    ("missing_split", config_lib.ConfigError, "has no split 'validation'"),
+])
+def test_bad_input_is_refused_in_one_line_before_anything_is_written(tmp_path, workdir, evaluated, synthetic_data,
+                                                                      case, error, message):
+  path, config, _ = workdir
+  assert evaluated.returncode == 0, evaluated.stderr
+  step = 7 if case == "missing_step" else None
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    if case == "no_checkpoint":
+      path = tmp_path / "run"
+      checkpoints.save_config(str(path), config)
+    elif case == "dataset_not_built":
+      config.dataset.name = "image_folder/not_built"
+    elif case == "missing_split":
+      config.dataset.eval_split = "validation"
+  before = tree_files(path)
+  with pytest.raises(error) as raised:
+    eval_lib.evaluate_workdir(str(path), config, step=step)
+  assert message in str(raised.value) and "\n" not in str(raised.value)
+  assert tree_files(path) == before

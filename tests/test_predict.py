@@ -1,0 +1,139 @@
+"""The prediction program: top-k styles from eval's linear head, gallery ranking by style
+similarity, and one clear error line for a bad image or a workdir eval has not seen."""
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+from PIL import Image
+import pytest
+
+from artstyle_jax import checkpoints
+from artstyle_jax import eval as eval_lib
+from artstyle_jax import predict
+from artstyle_jax.data import images
+from artstyle_jax.data import sources
+import test_eval
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOP_K = 3
+
+
+def run_predict(workdir, *args):
+  return subprocess.run([sys.executable, "-m", "artstyle_jax.predict", f"--workdir={workdir}", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+
+
+def parse(stdout):
+  """{image path: {'style': [(probability, name)], 'match': [(similarity, path)]}} of predict's output."""
+  parsed, current = {}, None
+  for line in stdout.splitlines():
+    if not line.startswith("  "):
+      current = parsed.setdefault(line, {"style": [], "match": []})
+    else:
+      kind, value, name = line.split(maxsplit=2)
+      current[kind].append((float(value), name))
+  return parsed
+
+
+@pytest.fixture(scope="module")
+def evaluated_workdir(tmp_path_factory, synthetic_data):
+  """A workdir with a checkpoint of step 2 and the head of a fast-mode eval."""
+  path = tmp_path_factory.mktemp("predict") / "run"
+  config, _ = test_eval.make_workdir(path, synthetic_data, steps=(2,))
+  eval_lib.evaluate_workdir(str(path), config, verbose=False)
+  return path
+
+
+@pytest.fixture(scope="module")
+def image_paths(tmp_path_factory, synthetic_data):
+  """Query images (a test JPEG and a test image re-saved as RGBA PNG) and a gallery of training
+  images in nested folders holding an exact copy of the first query, beside files that are
+  skipped (a text file, a hidden '._' file)."""
+  data_dir, name = synthetic_data
+  root = tmp_path_factory.mktemp("images")
+  test = sources.open_split(name, data_dir, "test")
+  train = sources.open_split(name, data_dir, "train")
+  jpeg = root / "query.jpg"
+  jpeg.write_bytes(test[0]["image"])
+  png = root / "query.png"
+  Image.open(io.BytesIO(test[5]["image"])).convert("RGBA").save(png)
+  gallery = root / "gallery"
+  (gallery / "a" / "b").mkdir(parents=True)
+  for i in range(12):
+    (gallery / ("a" if i % 2 else "a/b") / f"train_{i}.jpg").write_bytes(train[i]["image"])
+  (gallery / "a" / "b" / "copy_of_query.jpg").write_bytes(test[0]["image"])
+  (gallery / "notes.txt").write_text("not an image file name")
+  (gallery / "a" / "._train_1.jpg").write_text("a hidden file (macOS metadata), not an image")
+  return [str(jpeg), str(png)], str(gallery)
+
+
+@pytest.fixture(scope="module")
+def predicted(evaluated_workdir, image_paths):
+  queries, gallery = image_paths
+  return run_predict(evaluated_workdir, f"--top_k={TOP_K}", f"--gallery={gallery}", "--num_matches=4", *queries)
+
+
+def test_prints_the_top_k_styles_per_image_most_probable_first(predicted, image_paths, synthetic_data):
+  assert predicted.returncode == 0, predicted.stderr
+  queries, _ = image_paths
+  parsed = parse(predicted.stdout)
+  assert list(parsed) == queries
+  data_dir, name = synthetic_data
+  class_names = sources.label_names(name, data_dir)
+  for query in queries:
+    styles = parsed[query]["style"]
+    probabilities = [p for p, _ in styles]
+    assert len(styles) == TOP_K
+    assert all(0.0 <= p <= 1.0 for p in probabilities) and sum(probabilities) <= 1.0 + 1e-3
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert len({name for _, name in styles}) == TOP_K and all(name in class_names for _, name in styles)
+
+
+def test_gallery_ranking_puts_an_exact_duplicate_of_the_query_first(predicted, image_paths):
+  assert predicted.returncode == 0, predicted.stderr
+  queries, gallery = image_paths
+  matches = parse(predicted.stdout)[queries[0]]["match"]
+  assert len(matches) == 4
+  assert matches[0] == (pytest.approx(1.0, abs=1e-4), os.path.join(gallery, "a", "b", "copy_of_query.jpg"))
+  similarities = [s for s, _ in matches]
+  assert similarities == sorted(similarities, reverse=True)
+  assert all(path.endswith(".jpg") for _, path in matches)
+
+
+def test_a_file_that_is_not_an_image_gives_one_error_line_naming_it(tmp_path, evaluated_workdir):
+  image = tmp_path / "page.jpg"
+  image.write_text("<html>404</html>")
+  before = test_eval.tree_files(evaluated_workdir), test_eval.tree_files(tmp_path)
+  result = run_predict(evaluated_workdir, str(image))
+  assert result.returncode == 1
+  assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+      f"error: {image}: not an image PIL can read"]
+  assert "Traceback" not in result.stderr and not result.stdout
+  assert (test_eval.tree_files(evaluated_workdir), test_eval.tree_files(tmp_path)) == before
+
+
+@pytest.mark.parametrize("case, error, message", [
+    ("missing_image", images.BadImageError, "missing.jpg: no such file"),
+    ("directory_as_image", images.BadImageError, ": not a file"),
+    ("missing_gallery", FileNotFoundError, "is not a directory"),
+    ("not_evaluated", checkpoints.WorkdirError, "run `python -m artstyle_jax.eval --workdir="),
+])
+def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, evaluated_workdir, image_paths, case, error,
+                                                                 message):
+  workdir, paths, gallery = evaluated_workdir, [image_paths[0][0]], None
+  if case == "missing_image":
+    paths.append(str(tmp_path / "missing.jpg"))
+  elif case == "directory_as_image":
+    paths.append(str(tmp_path))
+  elif case == "missing_gallery":
+    gallery = str(tmp_path / "gallery")
+  else:
+    workdir = tmp_path / "run"
+    shutil.copytree(evaluated_workdir, workdir, ignore=shutil.ignore_patterns(eval_lib.EVAL_DIR))
+  before = test_eval.tree_files(workdir), test_eval.tree_files(tmp_path)
+  with pytest.raises(error) as raised:
+    predict.predict(str(workdir), paths, gallery=gallery)
+  assert message in str(raised.value) and "\n" not in str(raised.value)
+  assert (test_eval.tree_files(workdir), test_eval.tree_files(tmp_path)) == before
