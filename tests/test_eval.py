@@ -37,8 +37,9 @@ def shifted(params, step):
 
 
 def make_workdir(workdir, data, steps=STEPS):
-  """A workdir as training leaves it: config.json and, per step, the whole TrainState whose
-  student backbone is `shifted(initial backbone, step)`. Returns (config, initial backbone)."""
+  """A workdir as training leaves it (less the data iterator, which eval does not read):
+  config.json and, per step, the whole TrainState whose student backbone is
+  `shifted(initial backbone, step)`. Returns (config, initial backbone)."""
   config = tiny_config(data)
   backbone, head = step_lib.build_backbone(config), step_lib.build_head(config)
   optimizer, _ = optim.create(config, 10)
