@@ -7,7 +7,7 @@ Typical use (train.py, bench):
   mesh = sharding.create_mesh(config.mesh.fsdp)
   state, shardings = step.create_state(rng, config, backbone, head, optimizer, mesh)
   train_step = step.compile_train_step(
-      step.make_train_step(config, backbone, head, optimizer, schedule), shardings, mesh)
+      step.make_train_step(config, backbone, head, optimizer, schedule, mesh=mesh), shardings, mesh)
   state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
 """
 from collections.abc import Callable, Mapping
@@ -85,6 +85,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     preprocess: Callable[[Batch], Batch] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[state_lib.TrainState, Batch], tuple[state_lib.TrainState, Metrics]]:
   """`train_step(state, batch) -> (state, metrics)`, pure, for `jax.jit`.
 
@@ -95,12 +96,20 @@ def make_train_step(
   reported, those of weight 0 carry no gradient. The style terms and the style view are absent
   without a style teacher. Metrics: 'loss', the terms, 'lr' (this step's rate), 'grad_norm'
   (global L2 norm of the loss gradient, before weight decay).
+
+  With a `mesh` whose `fsdp` axis is larger than 1, each network's parameters are gathered
+  (all-gathered from their FSDP shards) where it runs, so that activations stay split over the
+  batch alone; gradients return to the parameters' sharding through the step's out_shardings.
   """
   config_lib.validate(config)
   momenta = state_lib.teacher_momenta(config)
   weights = {term: float(config.loss_weights[term]) for term in config_lib.LOSS_TERMS}
   views = ("weak", "style") if config.style_teacher else ("weak",)
   relation_loss = _relation_loss(config)
+  gather = mesh is not None and mesh.shape[sharding.FSDP_AXIS] > 1
+
+  def gathered(params):
+    return jax.lax.with_sharding_constraint(params, sharding.replicated(mesh)) if gather else params
 
   def train_step(state: state_lib.TrainState, batch: Batch) -> tuple[state_lib.TrainState, Metrics]:
     if preprocess is not None:
@@ -109,12 +118,12 @@ def make_train_step(
     teachers = {name: state_lib.ema_update(state.teachers[name], state.params, m) for name, m in momenta.items()}
     # 2. Teacher forwards (outside the differentiated function: no gradient reaches them).
     teacher_params = {"weak": teachers["weak"], "style": state_lib.style_teacher_params(teachers)}
-    targets = {view: forward(backbone, head, teacher_params[view], batch[view]) for view in views}
+    targets = {view: forward(backbone, head, gathered(teacher_params[view]), batch[view]) for view in views}
     rng, dropout_rng = jax.random.split(state.rng)
 
     # 3-5. Student forward and the weighted loss terms against each teacher.
     def loss_fn(params):
-      f_s, z_s = forward(backbone, head, params, batch["student"], train=True, rng=dropout_rng)
+      f_s, z_s = forward(backbone, head, gathered(params), batch["student"], train=True, rng=dropout_rng)
       terms = {}
       for view, (f_t, z_t) in targets.items():
         terms[f"rel_{view}"] = relation_loss(z_s, z_t, state.queue)

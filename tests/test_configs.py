@@ -1,10 +1,14 @@
 """Configs hold the published defaults, the ablations change only what they name, and bad
 values are refused when the config is read."""
+import pathlib
+
 import pytest
 
 from artstyle_jax import config_lib
 
-CONFIGS = ("paper", "single_teacher", "no_gram", "info_nce", "distinct_momenta", "tiny")
+CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
+PAPER = str(CONFIGS / "paper.py")
+NAMES = ("paper", "single_teacher", "no_gram", "info_nce", "distinct_momenta", "tiny")
 
 
 def _flat(config, prefix=""):
@@ -18,20 +22,20 @@ def _flat(config, prefix=""):
 
 
 def _changes(name):
-  paper = _flat(config_lib.load("configs/paper.py"))
-  other = _flat(config_lib.load(f"configs/{name}.py"))
+  paper = _flat(config_lib.load(PAPER))
+  other = _flat(config_lib.load(str(CONFIGS / f"{name}.py")))
   assert other.keys() == paper.keys()
   return {k: other[k] for k in paper if other[k] != paper[k]}
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", NAMES)
 def test_every_config_reads_and_validates(name):
-  config = config_lib.load(f"configs/{name}.py")
+  config = config_lib.load(str(CONFIGS / f"{name}.py"))
   assert config.queue_size % config.batch_size == 0
 
 
 def test_paper_config_holds_the_published_defaults():
-  c = config_lib.load("configs/paper.py")
+  c = config_lib.load(PAPER)
   assert (c.model.name, c.model.drop_path_rate, c.model.proj_hidden_dim, c.model.proj_dim) == ("convnext_base", 0.0, 2048, 128)
   assert (c.image_size, c.batch_size, c.num_epochs, c.queue_size) == (352, 16, 25, 4096)
   assert (c.momentum_weak, c.momentum_style, c.style_teacher) == (0.99, 0.99, True)
@@ -59,13 +63,13 @@ def test_stable_keys_are_overridable_from_the_command_line():
       "model.name": "convnext_tiny", "image_size": 224, "batch_size": 32, "num_epochs": 10, "queue_size": 1024,
       "momentum_weak": 0.98, "momentum_style": 0.97, "loss_weights.gram_style": 0.25, "dataset.name": "pandora18k",
       "dataset.data_dir": "/data/tfds", "init": "random", "model.dtype": "bfloat16", "model.remat": True}
-  config = _flat(config_lib.load("configs/paper.py", [f"{k}={v}" for k, v in overrides.items()]))
+  config = _flat(config_lib.load(PAPER, [f"{k}={v}" for k, v in overrides.items()]))
   assert {k: config[k] for k in overrides} == overrides
 
 
 def test_queue_not_a_multiple_of_the_global_batch_is_refused_when_read():
   with pytest.raises(config_lib.ConfigError, match=r"queue_size \(K=4096\) must be a positive multiple of the global batch_size \(24\)"):
-    config_lib.load("configs/paper.py", ["batch_size=24"])
+    config_lib.load(PAPER, ["batch_size=24"])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -79,7 +83,7 @@ def test_queue_not_a_multiple_of_the_global_batch_is_refused_when_read():
 ])
 def test_unusable_values_are_refused_with_a_message(override, message):
   with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.load("configs/paper.py", [override])
+    config_lib.load(PAPER, [override])
 
 
 def test_steps_per_epoch_drops_the_last_partial_batch():

@@ -1,0 +1,272 @@
+"""Speed, FLOPs and memory of the compiled train step.
+
+  python -m artstyle_jax.bench step --config=configs/tiny.py [--config.key=value ...]
+      [--steps=10] [--warmup=2] [--memory_only] [--fit_memory_gib=16] [--peak_flops=F]
+
+Times the train step of the config (random initialisation, random float32 views, the batch over
+all devices) after warm-up, and prints, last, one JSON line: step_s, images_per_s,
+flops_per_step (XLA's cost analysis of the compiled step, all devices), achieved_flops_per_s,
+mfu (model FLOPs per second over the devices' peak: the dense bfloat16 peak of the accelerator
+from the table below, or on CPU a measured large float32 matmul), the device kind and the peak
+used, and XLA's memory analysis of the compiled step per device. With remat, the compiled step
+recomputes activations: `flops_per_step` counts that work (hfu), `model_flops_per_step` (from
+the same step lowered without remat) does not, and mfu uses the latter.
+
+--memory_only compiles from abstract shapes without allocating or running (any model size on
+any host). --fit_memory_gib=G searches, with that analysis, the largest per-device batch whose
+step fits in G GiB, per the compiler of the backend it runs on.
+"""
+from collections.abc import Sequence
+import functools
+import json
+import math
+import time
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+
+from artstyle_jax import config_lib
+from artstyle_jax import optim
+from artstyle_jax import sharding
+from artstyle_jax import state as state_lib
+from artstyle_jax import step
+
+# Dense bfloat16 peak FLOP/s of one JAX device (one chip), by `device_kind`.
+TPU_PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5": 459e12,  # v5p
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
+    "TPU v6e": 918e12,
+}
+# GPUs by a substring of `device_kind` (e.g. "NVIDIA H100 80GB HBM3"); the first match wins.
+GPU_PEAK_FLOPS = (
+    ("A100", 312e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+)
+_GIB = 2**30
+
+
+def peak_flops_per_device(device: jax.Device) -> float | None:
+  """Dense bfloat16 peak FLOP/s of an accelerator from the tables; None if unknown."""
+  kind = device.device_kind
+  if kind in TPU_PEAK_FLOPS:
+    return TPU_PEAK_FLOPS[kind]
+  for name, peak in GPU_PEAK_FLOPS:
+    if name.lower() in kind.lower():
+      return peak
+  return None
+
+
+def measured_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
+  """Best FLOP/s of a (size x size) @ (size x size) float32 matmul on the default device."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(x).block_until_ready()
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(x).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best
+
+
+def _memory(compiled) -> dict[str, int]:
+  """XLA's memory analysis of a compiled program, bytes per device."""
+  stats = compiled.memory_analysis()
+  memory = {
+      "argument_bytes": stats.argument_size_in_bytes,
+      "output_bytes": stats.output_size_in_bytes,
+      "alias_bytes": stats.alias_size_in_bytes,
+      "temp_bytes": stats.temp_size_in_bytes,
+  }
+  # Donated state buffers are reused for the output (aliased): count them once.
+  memory["peak_bytes"] = memory["argument_bytes"] + memory["output_bytes"] - memory["alias_bytes"] + memory["temp_bytes"]
+  return memory
+
+
+def _flops(analysis) -> float:
+  """FLOPs from a cost analysis (a dict, or a list of one dict in some JAX versions)."""
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis["flops"])
+
+
+class StepProgram:
+  """The config's train step on `mesh`, lowered from abstract shapes."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    self.config, self.mesh = config, mesh
+    sharding.check_batch_divides(config.batch_size, mesh)
+    backbone, head = step.build_backbone(config), step.build_head(config)
+    optimizer, schedule = optim.create(config, steps_per_epoch=1000)
+    self.create = functools.partial(
+        step.create_state, config=config, backbone=backbone, head=head, optimizer=optimizer, mesh=mesh)
+    abstract_state = jax.eval_shape(
+        functools.partial(state_lib.create, config=config, backbone=backbone, head=head, optimizer=optimizer),
+        jax.random.PRNGKey(0))
+    self.state_shardings = sharding.state_sharding(abstract_state, mesh, config.mesh.fsdp_min_size)
+    self.abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, self.state_shardings)
+    views = ("student", "weak", "style") if config.style_teacher else ("student", "weak")
+    shape = (config.batch_size, config.image_size, config.image_size, 3)
+    self.views = views
+    self.abstract_batch = {
+        v: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding.batch_sharding(mesh)) for v in views}
+    train_step = step.make_train_step(config, backbone, head, optimizer, schedule, mesh=mesh)
+    self.jitted = step.compile_train_step(train_step, self.state_shardings, mesh)
+
+  def lower(self):
+    return self.jitted.lower(self.abstract_state, self.abstract_batch)
+
+  def random_batch(self) -> dict[str, jax.Array]:
+    shape = (self.config.batch_size, self.config.image_size, self.config.image_size, 3)
+
+    @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(self.mesh))
+    def make(key):
+      keys = jax.random.split(key, len(self.views))
+      return {v: jax.random.normal(k, shape, jnp.float32) for v, k in zip(self.views, keys)}
+
+    return make(jax.random.PRNGKey(1))
+
+
+def _with_batch(config: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
+  """The config at another global batch; the queue grows to the next multiple of it if needed."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.batch_size = batch_size
+  config.queue_size = math.ceil(config.queue_size / batch_size) * batch_size
+  return config_lib.validate(config)
+
+
+def _model_flops(config: ml_collections.ConfigDict, mesh, compiled_flops: float) -> float:
+  """FLOPs of the step without rematerialisation (lowered, not compiled, when remat is on)."""
+  if not config.model.remat:
+    return compiled_flops
+  plain = ml_collections.ConfigDict(config.to_dict())
+  plain.model.remat = False
+  return _flops(StepProgram(plain, mesh).lower().cost_analysis())
+
+
+def fit_batch(config: ml_collections.ConfigDict, mesh, limit_bytes: float) -> dict:
+  """Largest per-device batch (a multiple of 8) whose compiled step fits `limit_bytes` per device.
+
+  Memory is close to affine in the batch: two compiles give the line, a third checks its
+  prediction, which is lowered by 8 until it fits.
+  """
+  devices = mesh.size
+  tried = {}
+
+  def peak(per_device: int) -> int:
+    if per_device not in tried:
+      program = StepProgram(_with_batch(config, per_device * devices), mesh)
+      tried[per_device] = _memory(program.lower().compile())["peak_bytes"]
+      print(f"per-device batch {per_device}: {tried[per_device] / _GIB:.2f} GiB", flush=True)
+    return tried[per_device]
+
+  low, high = 8, 16
+  slope = (peak(high) - peak(low)) / (high - low)
+  fixed = peak(low) - slope * low
+  guess = max(8, int((limit_bytes - fixed) / slope) // 8 * 8)
+  while guess > 8 and peak(guess) > limit_bytes:
+    guess -= 8
+  fits = peak(guess) <= limit_bytes
+  return {
+      "max_batch_per_device": guess if fits else 0,
+      "limit_gib": limit_bytes / _GIB,
+      "bytes_per_image": slope,
+      "fixed_bytes": fixed,
+      "peak_gib_by_batch": {str(b): p / _GIB for b, p in sorted(tried.items())},
+  }
+
+
+def _define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
+  config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py)",
+                                  flag_values=flag_values, sys_argv=list(argv))
+  flags.DEFINE_integer("steps", 10, "timed steps, after warm-up", flag_values=flag_values)
+  flags.DEFINE_integer("warmup", 2, "untimed steps after compiling", flag_values=flag_values)
+  flags.DEFINE_bool("memory_only", False, "compile from abstract shapes, report XLA's memory and FLOPs, "
+                    "do not run", flag_values=flag_values)
+  flags.DEFINE_float("fit_memory_gib", None, "find the largest per-device batch whose step fits this many "
+                     "GiB per device (implies --memory_only)", flag_values=flag_values)
+  flags.DEFINE_float("peak_flops", None, "peak FLOP/s of one device for mfu, instead of the built-in table",
+                     flag_values=flag_values)
+
+
+def main(argv: Sequence[str]) -> int:
+  flag_values = flags.FlagValues()
+  _define_flags(flag_values, argv)
+  flag_values(list(argv))
+  if flag_values.config is None:
+    raise SystemExit("--config is required, e.g. --config=configs/tiny.py")
+  config = config_lib.validate(flag_values.config)
+  mesh = sharding.create_mesh(config.mesh.fsdp)
+  device = jax.devices()[0]
+  result = {
+      "model": config.model.name, "image_size": config.image_size, "batch_size": config.batch_size,
+      "dtype": config.model.dtype, "remat": config.model.remat, "device_kind": device.device_kind,
+      "platform": device.platform, "num_devices": mesh.size,
+  }
+  print(f"{config.model.name} {config.image_size}px batch {config.batch_size} {config.model.dtype} "
+        f"remat={config.model.remat} on {mesh.size} x {device.device_kind}", flush=True)
+
+  if flag_values.fit_memory_gib:
+    result.update(fit_batch(config, mesh, flag_values.fit_memory_gib * _GIB))
+    print(json.dumps(result))
+    return 0
+
+  program = StepProgram(config, mesh)
+  start = time.perf_counter()
+  lowered = program.lower()
+  compiled = lowered.compile()
+  result["compile_s"] = time.perf_counter() - start
+  result["flops_per_step"] = _flops(compiled.cost_analysis()) * mesh.size
+  result["model_flops_per_step"] = _model_flops(config, mesh, result["flops_per_step"])
+  result["memory"] = _memory(compiled)
+  result["memory_peak_gib"] = result["memory"]["peak_bytes"] / _GIB
+  print(f"compiled in {result['compile_s']:.1f} s; {result['flops_per_step'] / 1e9:.2f} GFLOP per step; "
+        f"{result['memory_peak_gib']:.2f} GiB per device", flush=True)
+  if flag_values.memory_only:
+    print(json.dumps(result))
+    return 0
+
+  state, _ = program.create(jax.random.PRNGKey(0))
+  batch = program.random_batch()
+  for _ in range(flag_values.warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics if flag_values.warmup else state)
+  start = time.perf_counter()
+  for _ in range(flag_values.steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  step_s = (time.perf_counter() - start) / flag_values.steps
+
+  if flag_values.peak_flops:
+    peak, source = flag_values.peak_flops, "--peak_flops"
+  elif (peak := peak_flops_per_device(device)) is not None:
+    source = "table: dense bfloat16"
+  elif device.platform == "cpu":
+    peak, source = measured_matmul_flops(), "measured float32 matmul 2048^3"
+  else:
+    peak, source = math.nan, "unknown device: pass --peak_flops"
+  result.update({
+      "step_s": step_s,
+      "images_per_s": config.batch_size / step_s,
+      "achieved_flops_per_s": result["flops_per_step"] / step_s,
+      "peak_flops_per_s_per_device": peak,
+      "peak_source": source,
+      "mfu": result["model_flops_per_step"] / step_s / (peak * mesh.size),
+      "hfu": result["flops_per_step"] / step_s / (peak * mesh.size),
+      "loss": float(metrics["loss"]),
+  })
+  print(f"{step_s * 1e3:.1f} ms/step, {result['images_per_s']:.1f} images/s, mfu {result['mfu']:.3f} "
+        f"(peak {peak / 1e12:.2f} TFLOP/s per device, {source})", flush=True)
+  print(json.dumps(result))
+  return 0
