@@ -17,7 +17,7 @@ import pytest  # noqa: E402  (after the environment above is set)
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):
-  """A built synthetic art-style dataset: (data_dir, dataset name), 8 styles x 8 train and x 2
+  """A built synthetic art-style dataset: (data_dir, dataset name), 10 styles x 8 train and x 2
   test images of 64 px."""
   from artstyle_jax.data import synthetic
 
