@@ -4,11 +4,14 @@
   whose convolution libraries have depthwise kernels; very slow on XLA:CPU.
 - 'shift': the sum over the k*k taps of shifted slices of the padded input times a per-channel
   weight, which XLA:CPU fuses into one vectorised loop. Its gradient is written by hand
-  (`jax.custom_vjp`) so that the backward pass is made of the same kind of fused loops.
+  (`jax.custom_vjp`): the input gradient is the same fused loop with the flipped kernel, the
+  kernel gradient a cache-sized tiling of shifted-product reductions (autodiff of the shifts
+  and XLA's grouped-convolution gradient are both several times slower on CPU).
 
 Both compute `out[b, h, w, c] = sum_{i, j} x[b, h + i - p, w + j - p, c] * kernel[i, j, 0, c]`
 with `p = (k - 1) // 2` and zeros outside the image (cross-correlation, as torch and flax).
 """
+import functools
 from typing import Literal
 
 import jax
@@ -27,6 +30,9 @@ def resolve_depthwise(impl: Impl) -> Literal["conv", "shift"]:
   return impl
 
 
+# Jitted so that, called outside jit (e.g. an eager `module.init`), the k*k taps compile as one
+# program rather than op by op.
+@functools.partial(jax.jit, static_argnames="impl")
 def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: Impl = "auto") -> jax.Array:
   """Depthwise convolution of an NHWC batch.
 
@@ -60,7 +66,8 @@ def _shift_forward(x: jax.Array, taps: jax.Array) -> jax.Array:
   """sum_{i,j} pad(x)[:, i:i+H, j:j+W, :] * taps[i, j], accumulated in float32; taps (k, k, C)."""
   k = taps.shape[0]
   height, width = x.shape[1:3]
-  padded = _pad_same(x, k).astype(jnp.float32)
+  # Padding materialised on its own: fused into the taps it would become k*k bounds checks.
+  padded = lax.optimization_barrier(_pad_same(x, k).astype(jnp.float32))
   taps = taps.astype(jnp.float32)
   out = None
   for i in range(k):
@@ -70,33 +77,38 @@ def _shift_forward(x: jax.Array, taps: jax.Array) -> jax.Array:
   return out.astype(x.dtype)
 
 
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-  return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+# Elements of one (batch, rows, width, channels) tile of the kernel gradient: small enough that
+# the k*k passes over a tile hit the cache.
+_TILE_ELEMENTS = 300_000
 
 
 def _shift_kernel_grad(x: jax.Array, grad_out: jax.Array, k: int) -> jax.Array:
-  """d(loss)/d(taps) (k, k, C) in float32: sum_{b,h,w} pad(x)[b, h+i, w+j, c] * grad_out[b, h, w, c].
+  """d(loss)/d(taps), (k, k, C) float32: sum_{b,h,w} pad(x)[b, h+i, w+j, c] * grad_out[b, h, w, c].
 
-  Each tap is one fused loop that multiplies the shifted input by the output gradient and
-  already sums groups of up to 8 images (explicit adds keep it a plain elementwise loop, which
-  XLA:CPU vectorises); only the much smaller partial sums go through a reduction.
+  XLA:CPU reduces each shifted product well, but k*k reductions over the whole activation are
+  memory-bound and k*k*batch unrolled ones compile slowly. So: a loop over tiles of output rows
+  (all images: the batch axis stays whole, as it may be sharded), inside it a loop over kernel
+  rows i, and the k taps j of a row unrolled.
   """
   batch, height, width, channels = grad_out.shape
-  group = _largest_divisor_at_most(batch, 8)
+  rows = max(d for d in range(1, height + 1)
+             if height % d == 0 and (d == 1 or batch * d * width * channels <= _TILE_ELEMENTS))
   padded = _pad_same(x, k).astype(jnp.float32)
-  padded = padded.reshape((batch // group, group) + padded.shape[1:])
-  grad_out = grad_out.astype(jnp.float32).reshape((batch // group, group, height, width, channels))
-  rows = []
-  for i in range(k):
-    row = []
-    for j in range(k):
-      partial = None
-      for m in range(group):
-        term = padded[:, m, i:i + height, j:j + width, :] * grad_out[:, m]
-        partial = term if partial is None else partial + term
-      row.append(jnp.sum(partial, axis=(0, 1, 2)))
-    rows.append(jnp.stack(row))
-  return jnp.stack(rows)
+  grad_out = grad_out.astype(jnp.float32)
+
+  def tile(t, grad):
+    x_tile = lax.dynamic_slice_in_dim(padded, t * rows, rows + k - 1, axis=1)
+    g_tile = lax.dynamic_slice_in_dim(grad_out, t * rows, rows, axis=1)
+
+    def kernel_row(i, grad):
+      x_rows = lax.dynamic_slice_in_dim(x_tile, i, rows, axis=1)
+      row = jnp.stack([jnp.sum(x_rows[:, :, j:j + width, :] * g_tile, axis=(0, 1, 2))
+                       for j in range(k)])
+      return lax.dynamic_update_index_in_dim(grad, grad[i] + row, i, axis=0)
+
+    return lax.fori_loop(0, k, kernel_row, grad)
+
+  return lax.fori_loop(0, height // rows, tile, jnp.zeros((k, k, channels), jnp.float32))
 
 
 @jax.custom_vjp
