@@ -17,9 +17,11 @@ import re
 from typing import Any
 
 import flax.linen as nn
+import huggingface_hub
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file
 
 from artstyle_jax.models.depthwise import Impl, depthwise_conv, resolve_depthwise
 
@@ -59,6 +61,15 @@ def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
   keep = 1.0 - rate
   mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
   return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+def stochastic_depth_rates(depths: Sequence[int], rate: float) -> list[tuple[float, ...]]:
+  """Per-stage tuples of per-block drop-path rates, rising linearly from 0 (first block) to
+  `rate` (last block) over the whole network, as timm."""
+  total = sum(depths)
+  rates = [rate * n / max(total - 1, 1) for n in range(total)]
+  starts = np.cumsum((0,) + tuple(depths))
+  return [tuple(rates[start:stop]) for start, stop in zip(starts[:-1], starts[1:])]
 
 
 class DepthwiseConv(nn.Module):
@@ -160,18 +171,14 @@ class ConvNeXt(nn.Module):
       raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must be non-empty "
                        "and of equal length")
     resolve_depthwise(self.depthwise)
-    total = sum(self.depths)
-    rates = [self.drop_path_rate * n / max(total - 1, 1) for n in range(total)]
     self.stem_conv = nn.Conv(self.dims[0], (4, 4), strides=(4, 4), padding="VALID", dtype=self.dtype,
                              kernel_init=_dense_init)
     self.stem_norm = _layer_norm(None, jnp.float32)
-    stages = []
-    start = 0
-    for index, (depth, dim) in enumerate(zip(self.depths, self.dims)):
-      stages.append(Stage(dim, tuple(rates[start:start + depth]), downsample=index > 0,
-                          dtype=self.dtype, remat=self.remat, depthwise=self.depthwise))
-      start += depth
-    self.stages = stages
+    self.stages = [
+        Stage(dim, rates, downsample=index > 0, dtype=self.dtype, remat=self.remat,
+              depthwise=self.depthwise)
+        for index, (dim, rates) in enumerate(
+            zip(self.dims, stochastic_depth_rates(self.depths, self.drop_path_rate)))]
     if self.num_classes:
       self.head = ClassifierHead(self.num_classes, self.dtype)
 
@@ -412,8 +419,6 @@ def load_pretrained(source: str, **overrides) -> tuple[ConvNeXt, dict]:
     **overrides: module attributes other than the architecture (dtype, remat, drop_path_rate,
       depthwise).
   """
-  from safetensors.numpy import load_file
-
   path = _resolve_source(source)
   state_dict = load_file(path)
   if _is_hf_layout(state_dict):
@@ -435,15 +440,13 @@ def _resolve_source(source: str) -> str:
   if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
     raise FileNotFoundError(f"{source!r} is neither a local file or directory nor a hub id "
                             "like 'timm/convnext_base.fb_in22k_ft_in1k'")
-  import huggingface_hub
-
   try:
     return huggingface_hub.hf_hub_download(source, "model.safetensors")
   except Exception as error:  # Offline and not cached, no network, unknown repo, ...
     url = f"https://huggingface.co/{source}/resolve/main/model.safetensors"
     raise FileNotFoundError(
         f"cannot get model.safetensors of {source} from the Hugging Face hub or its cache "
-        f"({type(error).__name__}: {error}).\nFetch {url} on a machine with internet access and "
-        f"either put it into the hub cache there and copy the cache here (HF_HOME, now "
-        f"{huggingface_hub.constants.HF_HOME}), e.g. `hf download {source} model.safetensors`, "
-        f"or save it as DIR/model.safetensors and pass DIR or the file as the source.") from error
+        f"({type(error).__name__}: {error}).\nFetch {url} (on a machine with internet access) and "
+        f"save it as DIR/model.safetensors, then pass DIR or the file as the source; or run "
+        f"`hf download {source} model.safetensors` there and copy its Hugging Face cache to "
+        f"HF_HOME here (now {huggingface_hub.constants.HF_HOME}).") from error
