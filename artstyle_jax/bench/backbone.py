@@ -1,0 +1,141 @@
+"""Times the ConvNeXt backbone: ours (JAX, jitted) against transformers' PyTorch ConvNextModel.
+
+  python -m artstyle_jax.bench backbone [--model convnext_tiny] [--image-size 224] [--batch 8]
+      [--steps 5] [--warmup 2] [--dtype float32] [--depthwise auto] [--no-torch]
+
+Both run the same architecture on the same input size: the forward pass (inference: jitted
+apply / torch.no_grad in eval mode) and forward+backward (gradient of the sum of the last
+stage's output with respect to all parameters). Each figure is the median over `--steps` timed
+iterations after `--warmup` untimed ones (JAX: after compilation, with block_until_ready).
+Prints readable lines, then one JSON line with every figure.
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from artstyle_jax.models import convnext
+from artstyle_jax.models.depthwise import resolve_depthwise
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog=argv[0], description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", default="convnext_tiny", choices=sorted(convnext.SIZES))
+  parser.add_argument("--image-size", type=int, default=224)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--steps", type=int, default=5, help="timed iterations per measurement")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="compute dtype of ours (PyTorch always runs float32)")
+  parser.add_argument("--depthwise", default="auto", choices=("auto", "conv", "shift"))
+  parser.add_argument("--no-torch", action="store_true", help="time ours only")
+  args = parser.parse_args(argv[1:])
+  if args.steps < 1 or args.warmup < 0 or args.batch < 1:
+    parser.error("--steps and --batch must be >= 1 and --warmup >= 0")
+  return args
+
+
+def _median_seconds(run, steps: int, warmup: int) -> float:
+  for _ in range(warmup):
+    run()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _time_jax(args) -> dict:
+  module = convnext.create(args.model, dtype=jnp.dtype(args.dtype), depthwise=args.depthwise)
+  images = jax.random.normal(jax.random.key(0), (args.batch, args.image_size, args.image_size, 3))
+  params = jax.jit(module.init)(jax.random.key(1), images)
+
+  forward = jax.jit(lambda p, x: module.apply(p, x))
+
+  def loss(p, x):
+    return jnp.sum(module.apply(p, x, train=True)[-1])
+
+  train = jax.jit(jax.grad(loss))
+  start = time.perf_counter()
+  jax.block_until_ready(forward(params, images))
+  jax.block_until_ready(train(params, images))
+  compile_s = time.perf_counter() - start
+  forward_s = _median_seconds(lambda: jax.block_until_ready(forward(params, images)),
+                              args.steps, args.warmup)
+  train_s = _median_seconds(lambda: jax.block_until_ready(train(params, images)),
+                            args.steps, args.warmup)
+  return {"forward_s": forward_s, "forward_images_per_s": args.batch / forward_s,
+          "train_s": train_s, "train_images_per_s": args.batch / train_s,
+          "first_call_s": compile_s}
+
+
+def _available_cores() -> int:
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def _time_torch(args) -> dict:
+  import torch
+  import transformers
+
+  torch.set_num_threads(_available_cores())
+  depths, dims = convnext.SIZES[args.model]
+  config = transformers.ConvNextConfig(depths=list(depths), hidden_sizes=list(dims),
+                                       drop_path_rate=0.0)
+  model = transformers.ConvNextModel(config)
+  images = torch.from_numpy(
+      np.random.default_rng(0).standard_normal((args.batch, 3, args.image_size, args.image_size),
+                                               dtype=np.float32))
+  model.eval()
+
+  def forward():
+    with torch.no_grad():
+      model(images)
+
+  def train():
+    model.zero_grad(set_to_none=True)
+    model(images).last_hidden_state.sum().backward()
+
+  forward_s = _median_seconds(forward, args.steps, args.warmup)
+  model.train()
+  train_s = _median_seconds(train, args.steps, args.warmup)
+  return {"forward_s": forward_s, "forward_images_per_s": args.batch / forward_s,
+          "train_s": train_s, "train_images_per_s": args.batch / train_s,
+          "threads": torch.get_num_threads(), "version": torch.__version__}
+
+
+def main(argv: list[str]) -> int:
+  args = _parse(argv)
+  result = {"benchmark": "backbone", "model": args.model, "image_size": args.image_size,
+            "batch": args.batch, "steps": args.steps, "dtype": args.dtype,
+            "backend": jax.default_backend(), "depthwise": resolve_depthwise(args.depthwise),
+            "cores": _available_cores()}
+  print(f"{args.model} {args.image_size}px batch {args.batch}, {result['cores']} cores, "
+        f"JAX on {result['backend']} ({args.dtype}, depthwise={result['depthwise']})")
+  ours = _time_jax(args)
+  result["jax"] = ours
+  print(f"  jax    forward {ours['forward_s']:.4f} s/it ({ours['forward_images_per_s']:.1f} img/s)"
+        f"  forward+backward {ours['train_s']:.4f} s/it ({ours['train_images_per_s']:.1f} img/s)"
+        f"  first calls incl. compile {ours['first_call_s']:.1f} s")
+  if args.no_torch:
+    result["torch"] = None
+  else:
+    theirs = _time_torch(args)
+    result["torch"] = theirs
+    result["forward_speedup"] = theirs["forward_s"] / ours["forward_s"]
+    result["train_speedup"] = theirs["train_s"] / ours["train_s"]
+    print(f"  torch  forward {theirs['forward_s']:.4f} s/it ({theirs['forward_images_per_s']:.1f} "
+          f"img/s)  forward+backward {theirs['train_s']:.4f} s/it "
+          f"({theirs['train_images_per_s']:.1f} img/s)  {theirs['threads']} threads")
+    print(f"  speed-up of ours over PyTorch (>1 is faster): forward "
+          f"{result['forward_speedup']:.2f}x, forward+backward {result['train_speedup']:.2f}x")
+  print(json.dumps(result))
+  return 0
