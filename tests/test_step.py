@@ -1,4 +1,8 @@
-"""The train step does METHOD.md steps 1-7 in order, on a tiny ConvNeXt (32 px, batch 4)."""
+"""The train step does METHOD.md steps 1-7 in order.
+
+On a two-stage ConvNeXt with one block per stage (32 px views give 4x4 last maps), batch 4: the
+step is the same for any backbone depth, and a small one compiles quickly.
+"""
 import functools
 import pathlib
 
@@ -28,8 +32,8 @@ def tiny_config(*overrides, base="tiny"):
 
 
 def tiny_backbone(config):
-  # The grouped-convolution form compiles fastest on CPU, and at 8-32 channels it also runs fast.
-  return convnext.ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), dtype=config_lib.compute_dtype(config),
+  # The grouped-convolution form compiles fastest on CPU, and at 8-16 channels it also runs fast.
+  return convnext.ConvNeXt(depths=(1, 1), dims=(8, 16), dtype=config_lib.compute_dtype(config),
                            remat=config.model.remat, depthwise="conv")
 
 
@@ -249,7 +253,7 @@ def test_preprocess_runs_inside_the_step_before_the_forwards():
   """A step on uint8 views with `preprocess` equals a step on the views it makes."""
   _, (metrics,) = remat_with_preprocess_one_step()
   _, (reference,) = paper_setup().run([_to_float(uint8_batch())])
-  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5), metrics, reference)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), metrics, reference)
 
 
 def test_remat_changes_nothing():
