@@ -13,6 +13,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from artstyle_jax import optim
+from artstyle_jax.models import convnext
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RELATION_LOSSES = ("ressl", "info_nce")
@@ -42,6 +43,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f"optim.warmup_epochs ({config.optim.warmup_epochs}) must be in [0, num_epochs={config.num_epochs})")
   _require(config.optim.schedule in optim.SCHEDULES,
            f"optim.schedule must be one of {optim.SCHEDULES}, got {config.optim.schedule!r}")
+  _require(config.model.name in convnext.SIZES,
+           f"model.name must be one of {tuple(convnext.SIZES)}, got {config.model.name!r}")
   _require(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
   _require(config.loss.relation in RELATION_LOSSES,
            f"loss.relation must be one of {RELATION_LOSSES}, got {config.loss.relation!r}")

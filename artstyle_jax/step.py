@@ -31,12 +31,13 @@ Metrics = dict[str, jax.Array]
 
 
 def build_backbone(config: ml_collections.ConfigDict) -> nn.Module:
-  """The ConvNeXt named by `config.model` (compute dtype, remat and drop-path from it)."""
+  """The ConvNeXt named by `config.model` (compute dtype, remat, drop-path, depthwise form)."""
   return convnext.create(
       config.model.name,
       dtype=config_lib.compute_dtype(config),
       remat=config.model.remat,
       drop_path_rate=config.model.drop_path_rate,
+      depthwise=config.model.depthwise,
   )
 
 

@@ -74,6 +74,7 @@ def test_queue_not_a_multiple_of_the_global_batch_is_refused_when_read():
 
 @pytest.mark.parametrize("override, message", [
     ("model.dtype=float16", "model.dtype must be one of"),
+    ("model.name=resnet50", "model.name must be one of"),
     ("loss.relation=byol", "loss.relation must be one of"),
     ("image_size=100", "multiple of 32"),
     ("momentum_style=1.5", "momentum_style must be in"),
