@@ -47,13 +47,56 @@ def batch_cosine_similarity(u: jax.Array, v: jax.Array, eps: float = 1e-8) -> ja
   return jnp.sum(_unit(u.astype(jnp.float32), eps) * _unit(v.astype(jnp.float32), eps))
 
 
+def _centred_gram_cosines(f_s: jax.Array, f_t: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
+  """cos(A_c, gram(f_s)) and cos(A_c, gram(f_t)) from the (B, C, C) Gram matrices."""
+  a = gram_matrix((f_s + f_t) / 2)
+  a_centred = a - jnp.mean(a, axis=(1, 2), keepdims=True)
+  return (batch_cosine_similarity(a_centred, gram_matrix(f_s), eps),
+          batch_cosine_similarity(a_centred, gram_matrix(f_t), eps))
+
+
+def _centred_gram_cosines_by_positions(f_s: jax.Array, f_t: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
+  """The same two cosines through (B, hw, hw) products of positions, for maps with hw < C.
+
+  Per image, with X the (hw, C) rows of (f_s + f_t) / 2, m their channel means, X' = X - m 1^T
+  (rows centred) and v = X'^T m, exactly `A - mean(A) = X'^T X' + v 1^T + 1 v^T`, hence for
+  any (hw, C) map Y:
+    <A_c, Y^T Y> = ||X' Y^T||^2 + 2 (Y v) . (Y 1),  ||A_c||^2 = ||X' X'^T||^2 + 2 C ||v||^2,
+    ||Y^T Y|| = ||Y Y^T||   (Frobenius norms, each summed over the batch).
+  No term cancels another (float32 keeps its precision) and nothing of size C x C is formed:
+  memory and FLOPs scale with hw^2 instead of C^2 (121 against 1024^2 for ConvNeXt-B at 352 px).
+  """
+  b, h, w, c = f_s.shape
+  y_s, y_t = f_s.reshape(b, h * w, c), f_t.reshape(b, h * w, c)
+  x = (y_s + y_t) / 2
+  means = jnp.mean(x, axis=-1)
+  x_centred = x - means[..., None]
+  v = jnp.einsum("bpc,bp->bc", x_centred, means, precision=_PRECISION)
+
+  def squared_norm_of_products(u, y):
+    k = jnp.einsum("bpc,bqc->bpq", u, y, precision=_PRECISION)
+    return jnp.sum(jnp.square(k))
+
+  norm_a = jnp.sqrt(squared_norm_of_products(x_centred, x_centred) + 2 * c * jnp.sum(jnp.square(v)))
+
+  def cosine(y):
+    y_v = jnp.einsum("bpc,bc->bp", y, v, precision=_PRECISION)
+    inner = squared_norm_of_products(x_centred, y) + 2 * jnp.sum(y_v * jnp.sum(y, axis=-1))
+    norm_y = jnp.sqrt(squared_norm_of_products(y, y))
+    return inner / (jnp.maximum(norm_a, eps) * jnp.maximum(norm_y, eps))
+
+  return cosine(y_s), cosine(y_t)
+
+
 def gram_alignment_loss(f_student: jax.Array, f_teacher: jax.Array, eps: float = 1e-8) -> jax.Array:
   """Gram alignment between student and teacher feature maps (METHOD.md step 4).
 
   `A = gram((f_s + f_t) / 2)`, centred per sample by the mean of its C*C entries, then
   `0.5 * (1 - cos(A_c, gram(f_s))) + 0.5 * (1 - cos(A_c, gram(f_t)))` with the cosine over the
-  whole batch. The gradient flows through `f_student` everywhere it appears (also inside `A`);
-  the caller passes teacher maps that carry no gradient.
+  whole batch (norms clamped at `eps` as torch's `cosine_similarity`). The gradient flows
+  through `f_student` everywhere it appears (also inside `A`); the caller passes teacher maps
+  that carry no gradient. When the map has fewer positions than channels (h * w < C) the
+  cosines are computed through products of positions, which is exact and much cheaper.
 
   Args:
     f_student: (B, h, w, C) last-stage map of the student.
@@ -62,14 +105,14 @@ def gram_alignment_loss(f_student: jax.Array, f_teacher: jax.Array, eps: float =
   Returns:
     Scalar float32 in [0, 2].
   """
-  if f_student.shape != f_teacher.shape:
-    raise ValueError(f"student map {f_student.shape} and teacher map {f_teacher.shape} differ in shape")
+  if f_student.shape != f_teacher.shape or f_student.ndim != 4:
+    raise ValueError(f"student map {f_student.shape} and teacher map {f_teacher.shape} differ in shape "
+                     "or are not (B, h, w, C)")
   f_s = f_student.astype(jnp.float32)
   f_t = f_teacher.astype(jnp.float32)
-  a = gram_matrix((f_s + f_t) / 2)
-  a_centred = a - jnp.mean(a, axis=(1, 2), keepdims=True)
-  cos_student = batch_cosine_similarity(a_centred, gram_matrix(f_s), eps)
-  cos_teacher = batch_cosine_similarity(a_centred, gram_matrix(f_t), eps)
+  _, h, w, c = f_s.shape
+  cosines = _centred_gram_cosines_by_positions if h * w < c else _centred_gram_cosines
+  cos_student, cos_teacher = cosines(f_s, f_t, eps)
   return 0.5 * (1 - cos_student) + 0.5 * (1 - cos_teacher)
 
 

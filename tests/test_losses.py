@@ -46,10 +46,17 @@ def _numpy_info_nce(z_s, z_t, queue, t):
   return -np.mean(_numpy_log_softmax(logits)[:, 0])
 
 
-@pytest.fixture
-def maps():
+# Maps with more positions than channels, and with fewer (the loss then takes products of
+# positions); the second with an offset, as real feature maps have.
+MAP_SHAPES = {"positions_ge_channels": ((4, 3, 5, 8), 0.0), "positions_lt_channels": ((4, 2, 3, 16), 1.0)}
+
+
+@pytest.fixture(params=sorted(MAP_SHAPES))
+def maps(request):
+  shape, offset = MAP_SHAPES[request.param]
   rng = np.random.default_rng(0)
-  return rng.normal(size=(4, 3, 5, 8)).astype(np.float32), rng.normal(size=(4, 3, 5, 8)).astype(np.float32)
+  f_s = rng.normal(size=shape) + offset
+  return f_s.astype(np.float32), (f_s + rng.normal(size=shape)).astype(np.float32)
 
 
 @pytest.fixture
@@ -75,7 +82,7 @@ def test_gram_alignment_loss_matches_formula(maps):
 def test_gram_alignment_loss_is_one_cosine_over_the_whole_batch(maps):
   """Not a mean of per-image cosines: the loss of a batch differs from the mean over its images."""
   f_s, f_t = maps
-  f_s = f_s * np.arange(1, 5, dtype=np.float32)[:, None, None, None]
+  f_s = f_s * np.arange(1, 5, dtype=np.float32)[:, None, None, None] ** 2
   whole = float(losses.gram_alignment_loss(jnp.asarray(f_s), jnp.asarray(f_t)))
   per_image = np.mean([_numpy_gram_loss(f_s[i:i + 1].astype(np.float64), f_t[i:i + 1].astype(np.float64)) for i in range(4)])
   np.testing.assert_allclose(whole, _numpy_gram_loss(f_s.astype(np.float64), f_t.astype(np.float64)), rtol=RTOL)
@@ -87,7 +94,7 @@ def test_gram_alignment_gradient_flows_through_the_student_inside_the_average(ma
   f_s, f_t = maps
   grad = np.asarray(jax.grad(losses.gram_alignment_loss)(jnp.asarray(f_s), jnp.asarray(f_t)))
   f_s64, f_t64 = f_s.astype(np.float64), f_t.astype(np.float64)
-  for index in [(0, 0, 0, 0), (1, 2, 4, 7), (3, 1, 2, 5)]:
+  for index in [(0, 0, 0, 0), (1, 1, 2, 7), (3, 1, 2, 5)]:
     step = np.zeros_like(f_s64)
     step[index] = 1e-4
     numeric = (_numpy_gram_loss(f_s64 + step, f_t64) - _numpy_gram_loss(f_s64 - step, f_t64)) / 2e-4
@@ -141,3 +148,5 @@ def test_losses_refuse_mismatched_shapes(embeddings, maps):
     losses.relation_alignment_loss(jnp.asarray(z_s), jnp.asarray(z_t), jnp.asarray(queue[:, :8]))
   with pytest.raises(ValueError, match="differ in shape"):
     losses.gram_alignment_loss(jnp.asarray(maps[0]), jnp.asarray(maps[1][:2]))
+  with pytest.raises(ValueError, match="differ in shape"):
+    losses.gram_alignment_loss(jnp.asarray(maps[0][0]), jnp.asarray(maps[1][0]))
