@@ -88,6 +88,12 @@ def test_bad_configuration_or_input_is_rejected():
     jax.eval_shape(convnext.ConvNeXt(**TINY, depthwise="fft").init, jax.random.key(0), image)
 
 
+def test_gelu_is_the_exact_erf_gelu():
+  x = jnp.linspace(-12.0, 12.0, 4001)
+  np.testing.assert_allclose(convnext.gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
+  assert convnext.gelu(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
 def test_auto_depthwise_is_shift_on_cpu():
   assert jax.default_backend() == "cpu"
   assert resolve_depthwise("auto") == "shift"

@@ -51,6 +51,15 @@ def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
                       use_fast_variance=False, name=name)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU in torch's form, x/2 * (1 + erf(x/sqrt(2))).
+
+  Same function as `jax.nn.gelu(approximate=False)`, which uses erfc for accuracy far in the
+  negative tail (irrelevant here); this erf form is about 1.3x faster on XLA:CPU.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))
+
+
 def pool(feature_map: jax.Array) -> jax.Array:
   """Global average over height and width: (B, h, w, C) -> (B, C) float32."""
   return jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
@@ -99,7 +108,7 @@ class Block(nn.Module):
     y = DepthwiseConv(self.dim, self.dtype, self.depthwise, name="conv_dw")(x)
     y = _layer_norm("norm", self.dtype)(y)
     y = nn.Dense(4 * self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc1")(y)
-    y = nn.gelu(y, approximate=False)
+    y = gelu(y)
     y = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc2")(y)
     gamma = self.param("gamma", nn.initializers.constant(LAYER_SCALE_INIT), (self.dim,), jnp.float32)
     y = y * gamma.astype(self.dtype)
