@@ -18,7 +18,11 @@ times over). With remat the step recomputes activations: `flops_per_step` includ
 
 --memory_only compiles from abstract shapes without allocating or running (any model size on
 any host). --fit_memory_gib=G searches, with that analysis, the largest per-device batch whose
-step fits in G GiB, per the compiler of the backend it runs on.
+step fits in G GiB, per the compiler of the backend it runs on; it also gives an estimate that
+does not depend on the backend's scheduler: the train state, gradients and updates, plus per
+image what the student's backward keeps from its forward (the residuals of its VJP). XLA:CPU's
+schedule does not realise the saving of remat (its memory analysis of a rematerialised step is
+no smaller), so on CPU the estimate is the figure to read for remat.
 """
 from collections.abc import Sequence
 import functools
@@ -191,6 +195,37 @@ def fit_batch(config: ml_collections.ConfigDict, mesh, limit_bytes: float) -> di
   }
 
 
+def _tree_bytes(tree) -> int:
+  return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def residual_estimate(config: ml_collections.ConfigDict, limit_bytes: float) -> dict:
+  """Largest batch per device (replicated parameters) from the state's size and the student's
+  VJP residuals per image (from abstract batches of 1 and 2 images; nothing is compiled)."""
+  backbone, head = step.build_backbone(config), step.build_head(config)
+  optimizer, _ = optim.create(config, steps_per_epoch=1000)
+  state = jax.eval_shape(
+      functools.partial(state_lib.create, config=config, backbone=backbone, head=head, optimizer=optimizer),
+      jax.random.PRNGKey(0))
+
+  def student_loss(params, images):
+    f, z = step.forward(backbone, head, params, images, train=True, rng=jax.random.PRNGKey(0))
+    return jnp.sum(f) + jnp.sum(z)
+
+  def residual_bytes(batch_size):
+    images = jax.ShapeDtypeStruct((batch_size, config.image_size, config.image_size, 3), jnp.float32)
+    return _tree_bytes(jax.eval_shape(lambda p, x: jax.vjp(student_loss, p, x)[1], state.params, images))
+
+  per_image = residual_bytes(2) - residual_bytes(1)
+  # State (student, teachers, optimiser), plus the gradients and the updates of the student.
+  fixed = _tree_bytes(state) + 2 * _tree_bytes(state.params)
+  return {
+      "residual_bytes_per_image": per_image,
+      "state_and_update_bytes": fixed,
+      "max_batch_per_device": max(0, int((limit_bytes - fixed) // per_image)),
+  }
+
+
 def _define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py)",
                                   flag_values=flag_values, sys_argv=list(argv))
@@ -222,7 +257,10 @@ def main(argv: Sequence[str]) -> int:
         f"remat={config.model.remat} on {mesh.size} x {device.device_kind}", flush=True)
 
   if flag_values.fit_memory_gib:
-    result.update(fit_batch(config, mesh, flag_values.fit_memory_gib * _GIB))
+    limit = flag_values.fit_memory_gib * _GIB
+    result["residual_estimate"] = residual_estimate(config, limit)
+    print(f"estimate from residuals: {result['residual_estimate']}", flush=True)
+    result["xla_memory_analysis"] = fit_batch(config, mesh, limit)
     print(json.dumps(result))
     return 0
 
