@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
+import orbax.checkpoint as ocp
 
 from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
@@ -79,6 +80,17 @@ def initialise_distributed() -> None:
                                process_id=_PROCESS_ID.value)
   elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
     jax.distributed.initialize()
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+  """Returns once every process has called it with `name`; at once on a single process.
+
+  Processes compile at their own pace (on CPU, JAX's persistent compilation cache serves process 0
+  only), and CPU collectives (gloo) give up on a peer that has not joined within 30 s. So after a
+  long compile, processes meet here, at a barrier of the coordination service (no collective),
+  before their next collective.
+  """
+  ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
 
 
 def load_backbone_params(config: ml_collections.ConfigDict, backbone: Any) -> Any:
@@ -164,6 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       num_workers=config.dataset.num_workers, num_threads=config.dataset.num_threads)
   data_iterator = iter(data)
 
+  wait_for_all_processes("state_created")  # the manager's first barrier is a collective
   mngr = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpointing)
   start_step = mngr.latest_step()
   if start_step is None:
@@ -186,7 +199,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   pending = None  # (step, metrics on device) of the step before: read one step late to keep the device busy
   try:
     for step in range(start_step + 1, total_steps + 1):
-      state, metrics = train_step(state, sharding.shard_batch(next(data_iterator), mesh))
+      batch = sharding.shard_batch(next(data_iterator), mesh)
+      if step == start_step + 1:
+        train_step = train_step.lower(state, batch).compile()
+        wait_for_all_processes("train_step_compiled")
+      state, metrics = train_step(state, batch)
       if pending is not None:
         check_finite(pending[0], jax.device_get(pending[1]), workdir)
       pending = (step, metrics)
