@@ -1,0 +1,117 @@
+"""The README's demo program, shortened: data, pretraining, both evaluations and the comparison
+written and printed; a finished demo is not retrained; a config it cannot run is refused in one
+line before anything is written."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Two steps on 20 training images of 32 px: the whole program in a minute of CPU.
+SHORT = ("--config.synthetic.per_class=2", "--config.synthetic.test_per_class=1", "--config.synthetic.size=32",
+         "--config.image_size=32", "--config.num_steps=2", "--config.knn_k=4", "--config.async_checkpointing=False")
+
+
+def run_demo(workdir, *overrides):
+  return subprocess.run([sys.executable, "-m", "artstyle_jax.demo", f"--workdir={workdir}", *overrides], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+  """(workdir, completed process) of one shortened demo."""
+  workdir = tmp_path_factory.mktemp("demo")
+  return workdir, run_demo(workdir, *SHORT)
+
+
+def test_demo_writes_both_evaluations_and_their_margin(demo_run):
+  """demo_results.json: top-1/top-5 of the fast linear probe and the kNN for the pretrained
+  backbone (at the run's last step) and its random initialisation, their differences as the
+  margin, the dataset's sizes; eval.py's files beside it for both backbones."""
+  workdir, result = demo_run
+  assert result.returncode == 0, result.stderr
+  with open(workdir / "demo_results.json") as f:
+    results = json.load(f)
+  assert results["pretrained"]["step"] == 2 and results["random_init"]["step"] is None
+  assert results["pretrain_steps"] == 2 and results["model"] == "convnext_atto" and results["image_size"] == 32
+  for key in ("linear_top1", "linear_top5", "knn_top1", "knn_top5"):
+    for backbone in ("pretrained", "random_init"):
+      assert 0.0 <= results[backbone][key] <= 1.0
+    assert results["margin"][key] == pytest.approx(results["pretrained"][key] - results["random_init"][key])
+  assert {k: results["dataset"][k] for k in ("num_train", "num_test", "num_classes")} == {
+      "num_train": 20, "num_test": 10, "num_classes": 10}
+  assert results["dataset"]["name"].startswith("image_folder/synthetic_32px_2_1_")
+  assert set(results["seconds"]) == {"data", "pretrain", "evaluate", "total"}
+
+  pretrain = workdir / "pretrain"
+  assert (pretrain / "checkpoints" / "2").is_dir() and (pretrain / "config.json").is_file()
+  for eval_dir, backbone in ((pretrain / "eval", "pretrained"), (pretrain / "eval" / "random_init", "random_init")):
+    assert results[backbone]["results_dir"] == str(eval_dir)
+    for name in ("knn.json", "knn_confusion.png", "linear_fast.json", "linear_fast_confusion.png",
+                 "linear_head.npz"):
+      assert (eval_dir / name).is_file(), name
+    with open(eval_dir / "linear_fast.json") as f:
+      assert json.load(f)["top1"] == results[backbone]["linear_top1"]
+
+
+def test_demo_prints_the_comparison_side_by_side(demo_run):
+  """One row per backbone with both top-1 figures in percent, then the margin in points."""
+  workdir, result = demo_run
+  with open(workdir / "demo_results.json") as f:
+    results = json.load(f)
+  lines = result.stdout.splitlines()
+  header = next(i for i, line in enumerate(lines) if "linear probe top-1" in line and "kNN top-1" in line)
+  random_row, pretrained_row, margin_row = lines[header + 1:header + 4]
+  for row, backbone in ((random_row, "random_init"), (pretrained_row, "pretrained")):
+    assert row.split()[-2:] == [f"{100 * results[backbone][k]:.1f}%" for k in ("linear_top1", "knn_top1")]
+  assert random_row.startswith("random initialisation") and pretrained_row.startswith("pretrained (step 2)")
+  assert margin_row.split()[-2:] == [f"{100 * results['margin'][k]:+.1f}" for k in ("linear_top1", "knn_top1")]
+
+
+def test_running_the_demo_again_reuses_the_finished_pretraining(demo_run):
+  """A second run on the same workdir trains no step and rebuilds no data: it only evaluates, and
+  gets the same figures."""
+  workdir, _ = demo_run
+  with open(workdir / "demo_results.json") as f:
+    first = json.load(f)
+  checkpoint = workdir / "pretrain" / "checkpoints" / "2"
+  checkpoint_time = os.path.getmtime(checkpoint)
+  result = run_demo(workdir, *SHORT)
+  assert result.returncode == 0, result.stderr
+  assert "step 1/2" not in result.stdout + result.stderr
+  assert os.path.getmtime(checkpoint) == checkpoint_time
+  with open(workdir / "demo_results.json") as f:
+    second = json.load(f)
+  for backbone in ("pretrained", "random_init"):
+    assert second[backbone] == first[backbone]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.no_such_key=1", "unknown config key 'no_such_key'"),
+    ("--config.init=timm/convnext_atto.d2_in1k", "random initialisation"),
+    ("--config.knn_k=50", "knn_k=50"),
+])
+def test_a_config_the_demo_cannot_run_is_refused_in_one_line(tmp_path, override, message):
+  """An unknown key, a pretrained init, more kNN neighbours than training images: exit 1, one
+  error line that names the problem, nothing written."""
+  workdir = tmp_path / "demo"
+  result = run_demo(workdir, *SHORT, override)
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and message in errors[0], result.stderr
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()
+
+
+def test_a_workdir_pretrained_with_another_config_is_refused_untouched(demo_run):
+  """Going on from checkpoints of another config (here more steps) would make a run neither config
+  describes: refused, naming the key, the workdir unchanged."""
+  workdir, _ = demo_run
+  before = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(workdir) for f in fs}
+  result = run_demo(workdir, *SHORT, "--config.num_steps=4")
+  assert result.returncode == 1
+  assert "another config" in result.stderr and "num_steps: 2 there, 4 here" in result.stderr
+  after = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(workdir) for f in fs}
+  assert after == before
