@@ -169,7 +169,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   del backbone_params
   preprocess = functools.partial(views.device_photometric, config=config) if config.photometric_on_device else None
   train_step = step_lib.compile_train_step(
-      step_lib.make_train_step(config, backbone, head, optimizer, schedule, preprocess), state_shardings, mesh)
+      step_lib.make_train_step(config, backbone, head, optimizer, schedule, preprocess, mesh=mesh), state_shardings,
+      mesh)
 
   data = pipeline.train_dataset(
       train_source, views.TrainViews(config), global_batch_size=config.batch_size, seed=config.seed,
