@@ -244,6 +244,17 @@ def setup_logging() -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag or an unknown config key as one error line (exit 1)."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    reason = str(e).strip("\"'")
+    print(f"error: bad command line: {reason} (unknown flag or config key, or a value of the wrong type)",
+          file=sys.stderr)
+    sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -258,4 +269,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
