@@ -1,5 +1,6 @@
 """bench memory: XLA's memory analysis of the compiled train step and the largest batch it allows."""
 import json
+import types
 
 from jax.experimental import topologies
 import pytest
@@ -43,3 +44,11 @@ def test_topology_without_libtpu_is_refused_with_the_install_command(monkeypatch
   monkeypatch.setattr(topologies, "get_topology_desc", no_tpu_support)
   with pytest.raises(SystemExit, match=r"needs libtpu \(pip install 'jax\[tpu\]'\)"):
     memory.main(["memory", "--config=configs/tiny.py", "--topology=v5e:2x2"])
+
+
+def test_more_devices_than_the_topology_has_are_refused_before_compiling(monkeypatch):
+  """--num_devices picks the first chips of --topology: outside [1, chips] is an error naming the range."""
+  four_chips = types.SimpleNamespace(devices=[object()] * 4)
+  monkeypatch.setattr(topologies, "get_topology_desc", lambda **kwargs: four_chips)
+  with pytest.raises(SystemExit, match=r"--num_devices must be in \[1, 4\] for v5e:2x2"):
+    memory.main(["memory", "--config=configs/tiny.py", "--topology=v5e:2x2", "--num_devices=5"])

@@ -1,7 +1,7 @@
 """XLA's memory analysis of the train step, compiled for a Cloud TPU without one, or for this host.
 
   python -m artstyle_jax.bench memory --config=configs/paper.py [--config.key=value ...]
-      [--topology=v5e:2x2] [--batch_sizes=8,32] [--limit_gib=16]
+      [--topology=v5e:2x2 [--num_devices=1]] [--batch_sizes=8,32] [--limit_gib=16]
 
 Compiles (never runs) the config's train step at each per-device batch size and prints XLA's
 memory analysis per device: arguments + outputs - donated (aliased) buffers + temporaries.
@@ -9,10 +9,13 @@ Memory is affine in the batch, so a line through the figures gives the bytes per
 fixed bytes (train state, gradients, updates) and the largest per-device batch within
 --limit_gib. JSON line last.
 
---topology compiles for every device of a Cloud TPU topology (`jax.experimental.topologies`,
-names as 'v4:2x2x1', 'v5e:2x2', 'v5p:2x2x1', 'v6e:2x2'), deviceless: it needs libtpu
-(`pip install 'jax[tpu]'`) but no TPU, so it runs on a CPU host, and the figures are those of
-the TPU compiler (fusion, layouts and scheduling of the accelerator, where remat's saving shows).
+--topology compiles for the first --num_devices chips of a Cloud TPU topology
+(`jax.experimental.topologies`, names as 'v4:2x2x1', 'v5e:2x2', 'v5p:2x2x1', 'v6e:2x2'),
+deviceless: it needs libtpu (`pip install 'jax[tpu]'`) but no TPU, so it runs on a CPU host, and
+the figures are those of the TPU compiler (fusion, layouts and scheduling of the accelerator,
+where remat's saving shows). With mesh.fsdp 1 (replicated parameters) the memory per device
+hardly depends on the number of devices, and one device compiles fastest (ConvNeXt-Base takes
+10-20 minutes per batch size on a 2-core host).
 Without it the step is compiled for the local backend; XLA:CPU's figures differ from an
 accelerator's (its schedule keeps the activations that remat would free).
 """
@@ -91,6 +94,8 @@ def _define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
                                   flag_values=flag_values, sys_argv=list(argv))
   flags.DEFINE_string("topology", None, "Cloud TPU topology to compile for without a TPU (needs libtpu), "
                       "e.g. v5e:2x2; default: the local devices", flag_values=flag_values)
+  flags.DEFINE_integer("num_devices", 1, "with --topology: compile for this many of its devices",
+                       flag_values=flag_values)
   flags.DEFINE_list("batch_sizes", ["8", "32"], "per-device batch sizes to compile", flag_values=flag_values)
   flags.DEFINE_float("limit_gib", 16.0, "memory per device for the largest batch", flag_values=flag_values)
 
@@ -107,6 +112,9 @@ def main(argv: Sequence[str]) -> int:
   config = ml_collections.ConfigDict(flag_values.config.to_dict())
   if flag_values.topology:
     devices = topology_devices(flag_values.topology)
+    if not 1 <= flag_values.num_devices <= len(devices):
+      raise SystemExit(f"--num_devices must be in [1, {len(devices)}] for {flag_values.topology}")
+    devices = devices[:flag_values.num_devices]
     if config.model.depthwise == "auto":
       config.model.depthwise = "conv"  # what 'auto' picks on a TPU; here it would follow this CPU host
   else:
