@@ -86,6 +86,15 @@ def base_config(config_file: str, name: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
+def has_key(config: ml_collections.ConfigDict, dotted: str) -> bool:
+  """Whether `config` has the (possibly nested, 'a.b.c') key that `--config.a.b.c=v` would set."""
+  for part in dotted.split("."):
+    if not isinstance(config, ml_collections.ConfigDict) or part not in config:
+      return False
+    config = config[part]
+  return True
+
+
 def load(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Reads a config file as `--config=path --config.k=v ...` would, then validates it.
 

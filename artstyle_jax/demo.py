@@ -244,14 +244,6 @@ def _fail(message: Any) -> None:
   sys.exit(1)
 
 
-def _has_key(config: ml_collections.ConfigDict, dotted: str) -> bool:
-  for part in dotted.split("."):
-    if not isinstance(config, ml_collections.ConfigDict) or part not in config:
-      return False
-    config = config[part]
-  return True
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """Defines the flags and parses argv; a flag, config file or key that cannot apply is one error
   line and exit status 1.
@@ -265,7 +257,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   config = config_lib.base_config(config_file, pathlib.Path(config_file).stem)
   for arg in argv[1:]:
     key = arg[len("--config."):].split("=", 1)[0] if arg.startswith("--config.") else None
-    if key is not None and not _has_key(config, key):
+    if key is not None and not config_lib.has_key(config, key):
       _fail(f"unknown config key {key!r}: {config_file} has no such key")
   try:
     _define_flags(argv)

@@ -507,7 +507,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   for arg in remaining[1:]:
     if arg.startswith("--config."):
       key = arg[len("--config."):].split("=", 1)[0]
-      if not _has_key(config, key):
+      if not config_lib.has_key(config, key):
         _fail(f"unknown config key {key!r}: {flags.FLAGS.workdir}/{checkpoints.CONFIG_FILE} has no such key")
   try:
     config_flags.DEFINE_config_dict("config", config, "The workdir's saved config; override keys as "
@@ -515,14 +515,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(remaining)
   except flags.Error as e:
     _fail(e)
-
-
-def _has_key(config: ml_collections.ConfigDict, dotted: str) -> bool:
-  for part in dotted.split("."):
-    if not isinstance(config, ml_collections.ConfigDict) or part not in config:
-      return False
-    config = config[part]
-  return True
 
 
 def main(argv):

@@ -91,3 +91,13 @@ def test_steps_per_epoch_drops_the_last_partial_batch():
   assert config_lib.steps_per_epoch(1000, 16) == 62
   with pytest.raises(config_lib.ConfigError, match="fewer than one batch"):
     config_lib.steps_per_epoch(10, 16)
+
+
+def test_has_key_follows_dotted_paths_into_nested_configs():
+  """`--config.a.b=v` names an existing key exactly when has_key(config, 'a.b'); a path through a
+  leaf value is no key."""
+  config = config_lib.load(str(CONFIGS / "tiny.py"))
+  assert config_lib.has_key(config, "batch_size") and config_lib.has_key(config, "loss_weights.gram_weak")
+  assert not config_lib.has_key(config, "no_such_key")
+  assert not config_lib.has_key(config, "loss_weights.no_such_weight")
+  assert not config_lib.has_key(config, "batch_size.value")
