@@ -21,7 +21,6 @@ accelerator's (its schedule keeps the activations that remat would free).
 """
 from collections.abc import Sequence
 import json
-import math
 import os
 import time
 
@@ -31,7 +30,6 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from artstyle_jax import config_lib
 from artstyle_jax import sharding
 from artstyle_jax.bench import step as bench_step
 
@@ -47,28 +45,6 @@ def topology_devices(name: str) -> list:
     return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
   except RuntimeError as e:
     raise SystemExit(f"--topology={name} needs libtpu (pip install 'jax[tpu]'): {e}") from e
-
-
-def with_batch(config: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
-  """The config at another global batch; the queue grows to the next multiple of it if needed."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.batch_size = batch_size
-  config.queue_size = math.ceil(config.queue_size / batch_size) * batch_size
-  return config_lib.validate(config)
-
-
-def compiled_memory(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, int]:
-  """XLA's memory analysis of the config's train step compiled for `mesh`, bytes per device."""
-  stats = bench_step.StepProgram(config, mesh).lower().compile().memory_analysis()
-  memory = {
-      "argument_bytes": stats.argument_size_in_bytes,
-      "output_bytes": stats.output_size_in_bytes,
-      "alias_bytes": stats.alias_size_in_bytes,
-      "temp_bytes": stats.temp_size_in_bytes,
-  }
-  memory["peak_bytes"] = (memory["argument_bytes"] + memory["output_bytes"] - memory["alias_bytes"]
-                          + memory["temp_bytes"])
-  return memory
 
 
 def fit_line(peak_bytes_by_batch: dict[int, int], limit_bytes: float) -> dict:
@@ -130,7 +106,8 @@ def main(argv: Sequence[str]) -> int:
   peaks, memory_by_batch = {}, {}
   for per_device in batch_sizes:
     start = time.perf_counter()
-    memory = compiled_memory(with_batch(config, per_device * mesh.size), mesh)
+    program = bench_step.StepProgram(bench_step.with_batch(config, per_device * mesh.size), mesh)
+    memory = bench_step.memory_analysis(program.lower().compile())
     peaks[per_device] = memory["peak_bytes"]
     memory_by_batch[str(per_device)] = memory
     print(f"per-device batch {per_device}: {memory['peak_bytes'] / _GIB:.2f} GiB "

@@ -87,7 +87,7 @@ def measured_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
   return 2 * size**3 / best
 
 
-def _memory(compiled) -> dict[str, int]:
+def memory_analysis(compiled) -> dict[str, int]:
   """XLA's memory analysis of a compiled program, bytes per device."""
   stats = compiled.memory_analysis()
   memory = {
@@ -146,7 +146,7 @@ class StepProgram:
     return make(jax.random.PRNGKey(1))
 
 
-def _with_batch(config: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
+def with_batch(config: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
   """The config at another global batch; the queue grows to the next multiple of it if needed."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.batch_size = batch_size
@@ -174,8 +174,8 @@ def fit_batch(config: ml_collections.ConfigDict, mesh, limit_bytes: float) -> di
 
   def peak(per_device: int) -> int:
     if per_device not in tried:
-      program = StepProgram(_with_batch(config, per_device * devices), mesh)
-      tried[per_device] = _memory(program.lower().compile())["peak_bytes"]
+      program = StepProgram(with_batch(config, per_device * devices), mesh)
+      tried[per_device] = memory_analysis(program.lower().compile())["peak_bytes"]
       print(f"per-device batch {per_device}: {tried[per_device] / _GIB:.2f} GiB", flush=True)
     return tried[per_device]
 
@@ -272,7 +272,7 @@ def main(argv: Sequence[str]) -> int:
   result["flops_per_step"] = _flops(lowered.cost_analysis())
   result["model_flops_per_step"] = _model_flops(config, mesh, result["flops_per_step"])
   result["compiled_flops_per_step"] = _flops(compiled.cost_analysis()) * mesh.size
-  result["memory"] = _memory(compiled)
+  result["memory"] = memory_analysis(compiled)
   result["memory_peak_gib"] = result["memory"]["peak_bytes"] / _GIB
   print(f"compiled in {result['compile_s']:.1f} s; {result['flops_per_step'] / 1e9:.2f} GFLOP per step; "
         f"{result['memory_peak_gib']:.2f} GiB per device", flush=True)
