@@ -3,9 +3,10 @@
 Programs define `config_flags.DEFINE_config_file("config")` and call `validate(FLAGS.config)`
 first; `load(path, overrides)` does both for code without absl flags (tests, notebooks).
 """
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import importlib.util
 import pathlib
+from typing import Any
 
 from absl import flags
 import jax.numpy as jnp
@@ -93,6 +94,23 @@ def has_key(config: ml_collections.ConfigDict, dotted: str) -> bool:
       return False
     config = config[part]
   return True
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'a.b.c': leaf} of a nested mapping (a config's `to_dict()`), keys as `--config.a.b.c` names them."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
+  """The step a training run ends at: config.num_steps, or when 0, num_epochs epochs of
+  `num_examples` training examples."""
+  return config.num_steps or config.num_epochs * steps_per_epoch(num_examples, config.batch_size)
 
 
 def load(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

@@ -70,21 +70,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                                  f"synthetic.per_class={synth.per_class}")
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-  return flat
-
-
 def check_same_run(pretrain_dir: str, config: ml_collections.ConfigDict) -> None:
   """Raises WorkdirError when pretrain_dir holds checkpoints of a run with another config: going
   on from them would give a run that neither config describes. The dataset's name and directory
   are left out (the demo sets them; synthetic.* says which dataset it is)."""
   if checkpoints.latest_step(pretrain_dir) is None:
     return
-  saved = _flat(checkpoints.load_config(pretrain_dir).to_dict())
-  wanted = _flat(json.loads(config.to_json_best_effort()))
+  saved = config_lib.flatten(checkpoints.load_config(pretrain_dir).to_dict())
+  wanted = config_lib.flatten(json.loads(config.to_json_best_effort()))
   keys = sorted((saved.keys() | wanted.keys()) - {"dataset.name", "dataset.data_dir"})
   differing = [f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} here" for key in keys
                if saved.get(key) != wanted.get(key)]
@@ -108,7 +101,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, int]
   """Runs (or resumes, or finds finished) the pretraining in `workdir`; returns (its latest
   checkpoint's step, the step the run ends at)."""
   _, num_train = train.open_train_data(config)
-  total_steps = config.num_steps or config.num_epochs * config_lib.steps_per_epoch(num_train, config.batch_size)
+  total_steps = config_lib.total_steps(config, num_train)
   # train_and_evaluate turns SIGTERM and SIGINT into "checkpoint and stop" for good; the rest of
   # the demo has nothing to save, so it gets the usual handlers back.
   handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}

@@ -157,7 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpoints.check_compatible(workdir, config)
   train_source, num_examples = open_train_data(config)
   steps_per_epoch = config_lib.steps_per_epoch(num_examples, config.batch_size)
-  total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+  total_steps = config_lib.total_steps(config, num_examples)
 
   backbone, head = step_lib.build_backbone(config), step_lib.build_head(config)
   backbone_params = load_backbone_params(config, backbone)

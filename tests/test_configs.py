@@ -101,3 +101,18 @@ def test_has_key_follows_dotted_paths_into_nested_configs():
   assert not config_lib.has_key(config, "no_such_key")
   assert not config_lib.has_key(config, "loss_weights.no_such_weight")
   assert not config_lib.has_key(config, "batch_size.value")
+
+
+def test_flatten_names_every_leaf_as_its_override_would():
+  """Nested mappings become dotted keys; the leaves, lists among them, are kept as they are."""
+  flat = config_lib.flatten({"batch_size": 8, "loss": {"relation": "ressl", "temps": {"student": 0.1}},
+                             "views": {"mean": [0.5, 0.4]}})
+  assert flat == {"batch_size": 8, "loss.relation": "ressl", "loss.temps.student": 0.1, "views.mean": [0.5, 0.4]}
+
+
+def test_total_steps_is_num_steps_or_whole_epochs_of_full_batches():
+  """num_steps wins when set; otherwise num_epochs times the full batches of an epoch."""
+  config = config_lib.load(str(CONFIGS / "tiny.py"))  # batch 8, 2 epochs
+  assert config_lib.total_steps(config, num_examples=81) == 2 * 10
+  config.num_steps = 3
+  assert config_lib.total_steps(config, num_examples=81) == 3

@@ -527,21 +527,11 @@ def main(argv):
         f"continue training with: {continue_command(config_file, config, flag_values.workdir)}")
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[prefix + key] = value
-  return flat
-
-
 def continue_command(config_file: str, config: ml_collections.ConfigDict, workdir: str) -> str:
   """The train.py command line that continues the imported run: `config_file` with an override
   for every key where the imported config differs from it."""
-  base = _flatten(config_lib.load(config_file).to_dict())
-  overrides = [f"--config.{key}={value}" for key, value in sorted(_flatten(config.to_dict()).items())
+  base = config_lib.flatten(config_lib.load(config_file).to_dict())
+  overrides = [f"--config.{key}={value}" for key, value in sorted(config_lib.flatten(config.to_dict()).items())
                if base.get(key) != value]
   return shlex.join(["python", "-m", "artstyle_jax.train", f"--config={config_file}", f"--workdir={workdir}",
                      *overrides])
