@@ -1,0 +1,43 @@
+"""paths: what users type (relative, ~, gs://) becomes what the programs use (absolute, or the URL)."""
+import os
+
+from absl import flags
+import pytest
+
+from artstyle_jax import paths
+
+
+def test_relative_paths_resolve_against_the_current_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert paths.resolve("run") == str(tmp_path / "run")
+  assert paths.resolve("./a/../b/") == str(tmp_path / "b")
+  assert paths.resolve(tmp_path / "c") == str(tmp_path / "c")
+
+
+def test_home_is_expanded(monkeypatch, tmp_path):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  assert paths.resolve("~/data") == str(tmp_path / "data")
+
+
+@pytest.mark.parametrize("url", ["gs://bucket/run", "s3://b/x/y", "file:///tmp/x"])
+def test_urls_stay_as_they_are(url):
+  assert paths.is_url(url)
+  assert paths.resolve(url) == url
+
+
+def test_none_and_empty_stay_as_they_are():
+  assert paths.resolve(None) is None
+  assert paths.resolve("") == ""
+
+
+def test_path_flags_resolve_values_and_defaults(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  flag_values = flags.FlagValues()
+  workdir = paths.DEFINE_path("workdir", "default_dir", "a path", flag_values=flag_values)
+  entries = paths.DEFINE_multi_path("entry", None, "paths", flag_values=flag_values)
+  flag_values(["prog"])
+  assert workdir.value == str(tmp_path / "default_dir")
+  flag_values(["prog", "--workdir=run", "--entry=a", "--entry=gs://b/c"])
+  assert workdir.value == str(tmp_path / "run")
+  assert entries.value == [str(tmp_path / "a"), "gs://b/c"]
+  assert os.path.isabs(workdir.value)
