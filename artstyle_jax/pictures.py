@@ -40,6 +40,7 @@ CURVE_PANELS = (
 )
 CURVES_GRID = (2, 4)  # rows, columns of panels
 CURVES_INCHES = (16.0, 8.0)  # 1600 x 800 px
+FEW_POINTS = 20  # series of at most this many points are drawn with a marker at each
 EMBEDDING_INCHES = (10.0, 7.0)  # 1000 x 700 px
 MIN_EMBEDDING_POINTS = 3  # t-SNE's perplexity must stay below the number of points
 # A retrieval sheet's cell (one thumbnail and the text under it), and the band of its title.
@@ -147,12 +148,14 @@ def draw_curves(runs: Sequence[Run]) -> Figure:
       if key not in run.metrics:
         continue
       steps, values = run.metrics[key]
+      marker = "o" if key == "knn_top1" or len(steps) <= FEW_POINTS else None  # a lone point shows
       if key == "lr":
-        ax.plot(steps, values, color=colour, label=run.label, gid=f"{run.label}/{key}/raw")
+        ax.plot(steps, values, color=colour, label=run.label, gid=f"{run.label}/{key}/raw", marker=marker,
+                markersize=3)
       else:
         ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8, gid=f"{run.label}/{key}/raw")
         ax.plot(steps, smooth(values), color=colour, label=run.label, gid=f"{run.label}/{key}/smoothed",
-                marker="o" if key == "knn_top1" else None, markersize=3)
+                marker=marker, markersize=3)
       drawn = True
     if not drawn:
       ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
@@ -236,10 +239,11 @@ def draw_embedding(features: np.ndarray, labels: np.ndarray, class_names: Sequen
   coordinates = tsne_coordinates(features, seed)
   fig = _new_figure(EMBEDDING_INCHES)
   ax = fig.add_subplot()
+  point_size = float(np.clip(8000 / len(labels), 6, 40))  # in points^2: a few large dots, many small ones
   for index, (name, colour) in enumerate(zip(class_names, _class_colours(len(class_names)))):
     members = labels == index
     if members.any():
-      ax.scatter(coordinates[members, 0], coordinates[members, 1], s=12, color=colour, label=name,
+      ax.scatter(coordinates[members, 0], coordinates[members, 1], s=point_size, color=colour, label=name,
                  gid=f"class/{name}", alpha=0.8, linewidths=0)
   ax.set_xticks([])
   ax.set_yticks([])
@@ -283,12 +287,13 @@ def _thumbnail(path: str) -> np.ndarray:
     return np.asarray(image)
 
 
-def _short(name: str, width: int = 24) -> str:
+def shorten(name: str, width: int = 24) -> str:
+  """`name`, or its last `width` - 3 characters after "..." when it is longer."""
   return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
 def draw_retrieval_sheet(rows: Sequence[SheetRow], title: str, path: str | os.PathLike | None = None) -> Figure:
-  """One row per query: the query, its predicted styles under it, then its matches in order as
+  """Under `title` (two lines fit), one row per query: the query, its predicted styles under it, then its matches in order as
   thumbnails, each with its rank, similarity, file name and class; saved at `path` when given.
   Size `sheet_inches(len(rows), most matches of a row)` times DPI: 180 px per image across,
   260 px per row plus 60 down.
@@ -315,18 +320,18 @@ def draw_retrieval_sheet(rows: Sequence[SheetRow], title: str, path: str | os.Pa
     for spine in ax.spines.values():
       spine.set_color("black")
       spine.set_linewidth(2)
-    ax.set_title(_short(os.path.basename(row.query)), fontsize=7, fontweight="bold")
-    styles = "\n".join(f"{p:.3f}  {_short(name, 18)}" for p, name in row.styles)
+    ax.set_title(shorten(os.path.basename(row.query)), fontsize=7, fontweight="bold")
+    styles = "\n".join(f"{p:.3f}  {shorten(name, 18)}" for p, name in row.styles)
     ax.text(0.5, -0.04, styles, transform=ax.transAxes, ha="center", va="top", fontsize=7)
     for rank, match in enumerate(row.matches, start=1):
       ax = cell_axes(r, rank, f"match/{rank}/{match.path}")
       ax.imshow(_thumbnail(match.path))
       ax.set_title(f"#{rank}  similarity {match.similarity:.3f}", fontsize=7)
-      caption = _short(os.path.basename(match.path))
+      caption = shorten(os.path.basename(match.path))
       if match.class_name is not None:
-        caption += f"\nclass: {_short(match.class_name, 18)}"
+        caption += f"\nclass: {shorten(match.class_name, 18)}"
       ax.text(0.5, -0.04, caption, transform=ax.transAxes, ha="center", va="top", fontsize=7)
-  fig.suptitle(title, y=1.0 - 0.15 / height, va="top", fontsize=10)
+  fig.suptitle(title, y=1.0 - 0.1 / height, va="top", fontsize=9)
   if path is not None:
     save_png(fig, path)
   return fig

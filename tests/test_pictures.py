@@ -155,19 +155,6 @@ def test_embedding_map_places_the_features_classes_apart_one_colour_each(tmp_pat
   assert ax.get_title().startswith("convnext_atto (step 7), synthetic test")
 
 
-def test_eval_embedding_writes_the_map_beside_the_confusion_plots(tmp_path, synthetic_data):
-  """eval --embedding, from the user's directory with a relative workdir: embedding.png (1000 x
-  700 px) in DIR/eval beside the confusion plots."""
-  test_eval.make_workdir(tmp_path / "run", synthetic_data, steps=(2,))
-  result = subprocess.run([sys.executable, "-m", "artstyle_jax.eval", "--workdir=run", "--embedding"],
-                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO},
-                          timeout=600)
-  assert result.returncode == 0, result.stderr
-  out = tmp_path / "run" / "eval"
-  assert {"embedding.png", "knn_confusion.png", "linear_fast_confusion.png"} <= set(os.listdir(out))
-  assert png_size(out / "embedding.png") == (1000, 700)
-
-
 def write_images(root, names):
   """Small JPEGs of distinct colours at root/name; returns their paths."""
   paths = []
