@@ -47,6 +47,7 @@ MIN_EMBEDDING_POINTS = 3  # t-SNE's perplexity must stay below the number of poi
 SHEET_CELL_INCHES = (1.8, 2.6)
 SHEET_TITLE_INCHES = 0.6
 SHEET_THUMBNAIL_PX = 160
+SHEET_MIN_COLUMNS = 4  # a sheet is at least this many cells wide, so that its title fits
 
 # A series of one metric: (steps (T,) int64 ascending, values (T,) float64).
 Series = tuple[np.ndarray, np.ndarray]
@@ -274,9 +275,10 @@ class SheetRow(NamedTuple):
 
 
 def sheet_inches(num_rows: int, num_matches: int) -> tuple[float, float]:
-  """(width, height) of a retrieval sheet: a cell per image, a band for the title."""
+  """(width, height) of a retrieval sheet: a cell per image (at least `SHEET_MIN_COLUMNS` across),
+  a band for the title."""
   width, height = SHEET_CELL_INCHES
-  return width * (1 + num_matches), height * num_rows + SHEET_TITLE_INCHES
+  return width * max(1 + num_matches, SHEET_MIN_COLUMNS), height * num_rows + SHEET_TITLE_INCHES
 
 
 def _thumbnail(path: str) -> np.ndarray:
@@ -295,8 +297,8 @@ def shorten(name: str, width: int = 24) -> str:
 def draw_retrieval_sheet(rows: Sequence[SheetRow], title: str, path: str | os.PathLike | None = None) -> Figure:
   """Under `title` (two lines fit), one row per query: the query, its predicted styles under it, then its matches in order as
   thumbnails, each with its rank, similarity, file name and class; saved at `path` when given.
-  Size `sheet_inches(len(rows), most matches of a row)` times DPI: 180 px per image across,
-  260 px per row plus 60 down.
+  Size `sheet_inches(len(rows), most matches of a row)` times DPI: 180 px per image across (at
+  least 720), 260 px per row plus 60 down.
 
   Each thumbnail's axes has the gid 'query/<path>' or 'match/<rank>/<path>', rank from 1.
   """

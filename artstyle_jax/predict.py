@@ -224,7 +224,7 @@ def draw_sheet(predictor: Predictor, paths: Sequence[str], styles: tuple[np.ndar
   title = (f"{predictor.config.model.name} ({pictures.describe_step(predictor.head.step)}), trained on "
            f"{predictor.config.dataset.name}: styles by eval's linear head")
   if gallery is not None:
-    title += f"\nmatches: the {len(gallery_paths)} images under {pictures.shorten(gallery, 100)}"
+    title += f"\nmatches: the {len(gallery_paths)} images under {pictures.shorten(gallery, 80)}"
   pictures.draw_retrieval_sheet(rows, title, sheet)
 
 

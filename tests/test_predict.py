@@ -140,7 +140,7 @@ def test_sheet_flag_writes_the_png_relative_to_the_users_directory(tmp_path, eva
                           timeout=600)
   assert result.returncode == 0, result.stderr
   with Image.open(tmp_path / "sheet.png") as sheet:
-    assert sheet.format == "PNG" and sheet.size == (3 * 180, 260 + 60)
+    assert sheet.format == "PNG" and sheet.size == (4 * 180, 260 + 60)  # 3 images, 4 columns at least
 
 
 def test_a_file_that_is_not_an_image_gives_one_error_line_naming_it(tmp_path, evaluated_workdir):
