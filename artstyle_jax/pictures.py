@@ -6,7 +6,7 @@ dataset, and is saved as a PNG of `DPI` dots per inch, so that its size in pixel
 inches times `DPI`, as each drawing function states. The drawing functions return the Figure,
 whose artists keep what was drawn (lines, scatter offsets, images) for a reader or a test.
 """
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 import io
 import json
 import os
@@ -85,19 +85,21 @@ def read_metrics(path: str | os.PathLike) -> dict[str, Series]:
   """{metric: (steps, values)} of a metric_writer JSONL file, 'step' and 'time' left out.
 
   A resumed run logs again the steps between its last checkpoint and the point where it died:
-  the last record of a step wins. A line cut short (a run killed while writing it) is skipped.
+  the last record of a step wins. A line that is not a record of numbers with a step (one cut
+  short by a run killed while writing it) is skipped.
   """
   by_key: dict[str, dict[int, float]] = {}
   with epath.Path(path).open() as f:
     for line in f:
       try:
         record = json.loads(line)
-      except json.JSONDecodeError:
+        step = int(record.pop("step"))
+        record.pop("time", None)
+        values = {key: float(value) for key, value in record.items()}
+      except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         continue
-      step = int(record["step"])
-      for key, value in record.items():
-        if key not in ("step", "time"):
-          by_key.setdefault(key, {})[step] = float(value)
+      for key, value in values.items():
+        by_key.setdefault(key, {})[step] = value
   return {key: (np.array(sorted(values), np.int64), np.array([values[s] for s in sorted(values)], np.float64))
           for key, values in by_key.items()}
 
@@ -192,7 +194,8 @@ def refresh_curves(workdir: str) -> bool:
   try:
     write_curves([workdir], epath.Path(workdir) / CURVES_FILE)
   except Exception as e:  # noqa: BLE001  (whatever went wrong, training goes on)
-    logging.warning("could not draw %s in %s: %s: %s", CURVES_FILE, workdir, type(e).__name__, e)
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    logging.warning("could not draw %s in %s: %s: %s", CURVES_FILE, workdir, type(e).__name__, reason)
     return False
   return True
 

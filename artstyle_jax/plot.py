@@ -12,7 +12,6 @@ metrics.jsonl: one error line, exit 1, nothing written.
 import sys
 
 from absl import app
-from absl import flags
 from etils import epath
 
 from artstyle_jax import checkpoints

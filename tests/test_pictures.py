@@ -56,11 +56,13 @@ def lines_by_gid(fig):
 
 def test_curves_draw_every_logged_value_the_last_record_of_a_step_winning(tmp_path):
   """Each metric's raw line is metrics.jsonl's (step, value) pairs; a resumed run's steps logged
-  twice (here 21-25) show their second value; the smoothed line spans the same steps; the title
+  twice (here 21-25) show their second value, a line cut short is skipped; the smoothed line spans the same steps; the title
   names model, last step and dataset; 1600 x 800 px."""
   workdir = tmp_path / "run"
   workdir.mkdir()
   first = write_run(workdir, range(1, 26), knn_every=10)
+  with open(workdir / metric_writer.METRICS_FILE, "a") as f:
+    f.write('{"step": 26, "time": 0.0, "loss": 1.\n')  # cut short by a kill -9
   second = write_run(workdir, range(21, 41), knn_every=10, seed=1)
   fig = pictures.write_curves([str(workdir)], workdir / "curves.png")
   assert png_size(workdir / "curves.png") == (1600, 800)
