@@ -22,8 +22,8 @@ With --sheet, the same is drawn into OUT.png: a row per image, the image with it
 it, then its matches as thumbnails with their similarity and, when GALLERY is a class-per-folder
 tree, their class (the image's first folder under GALLERY).
 
-An image that cannot be read, a missing gallery, or a workdir that eval has not been run on:
-one error line, exit 1. Nothing is written.
+An image that cannot be read, a missing gallery, a --sheet in a directory that does not exist, or
+a workdir that eval has not been run on: one error line, exit 1. Nothing is written.
 """
 from collections.abc import Sequence
 import os
