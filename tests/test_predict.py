@@ -143,6 +143,13 @@ def test_sheet_flag_writes_the_png_relative_to_the_users_directory(tmp_path, eva
     assert sheet.format == "PNG" and sheet.size == (4 * 180, 260 + 60)  # 3 images, 4 columns at least
 
 
+def test_a_sheet_in_a_missing_directory_is_refused_before_the_model_loads(tmp_path, evaluated_workdir, image_paths):
+  before = test_eval.tree_files(tmp_path)
+  with pytest.raises(FileNotFoundError, match="the sheet's directory .* does not exist"):
+    predict.predict(str(evaluated_workdir), image_paths[0], sheet=str(tmp_path / "missing" / "sheet.png"))
+  assert test_eval.tree_files(tmp_path) == before
+
+
 def test_a_file_that_is_not_an_image_gives_one_error_line_naming_it(tmp_path, evaluated_workdir):
   image = tmp_path / "page.jpg"
   image.write_text("<html>404</html>")
