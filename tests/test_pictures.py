@@ -105,9 +105,8 @@ def test_plot_program_overlays_runs_and_refuses_a_workdir_without_metrics(tmp_pa
   assert result.stdout.strip() == str(tmp_path / "a" / "curves_compare.png")
   assert png_size(tmp_path / "a" / "curves_compare.png") == (1600, 800)
   runs = [pictures.run_from_workdir(str(tmp_path / name)) for name in ("a", "b")]
-  fig = pictures.draw_curves(runs)
-  assert {"a/loss/raw", "b/loss/raw", "a/knn_top1/raw"} <= set(lines_by_gid(fig)) and "b/knn_top1/raw" not in \
-      lines_by_gid(fig)
+  drawn = set(lines_by_gid(pictures.draw_curves(runs)))
+  assert {"a/loss/raw", "b/loss/raw", "a/knn_top1/raw"} <= drawn and "b/knn_top1/raw" not in drawn
 
   (tmp_path / "c").mkdir()
   checkpoints.save_config(str(tmp_path / "c"), test_eval.tiny_config(("/nowhere", "x")))
