@@ -13,7 +13,11 @@ On the CPU of a laptop, in minutes:
    initialisation it started from (same architecture, same seed) with the fast linear probe
    and the weighted kNN on the test split (`eval.evaluate_backbone`), into DIR/pretrain/eval
    and DIR/pretrain/eval/random_init as eval.py would (so predict.py works on DIR/pretrain);
-4. prints the two side by side and writes DIR/demo_results.json (`RESULTS_FILE`).
+4. prints the two side by side and writes DIR/demo_results.json (`RESULTS_FILE`);
+5. leaves the pictures (`pictures`): the training curves DIR/pretrain/curves.png (drawn by
+   training), a t-SNE map of the test features per backbone, embedding.png in each evaluation's
+   directory, and DIR/retrieval_sheet.png (`SHEET_FILE`): a test painting of each of a few styles,
+   its predicted styles and its closest training paintings (predict.py's --sheet).
 
 SIGTERM or SIGINT during pretraining saves a checkpoint and exits 0, as train.py does. Bad input
 (an unknown config key, a config the demo cannot run) exits 1 with one error line.
@@ -38,6 +42,8 @@ import tensorflow_datasets as tfds
 from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
 from artstyle_jax import eval as eval_lib
+from artstyle_jax import pictures
+from artstyle_jax import predict
 from artstyle_jax import train
 from artstyle_jax.data import synthetic
 from artstyle_jax.evaluators import report
@@ -46,6 +52,9 @@ DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo
 DATA_DIR = "data"
 PRETRAIN_DIR = "pretrain"
 RESULTS_FILE = "demo_results.json"
+SHEET_FILE = "retrieval_sheet.png"
+SHEET_QUERIES = 4  # test paintings on the retrieval sheet, each of another style
+SHEET_MATCHES = 5
 # The backbones compared, in the order printed.
 BACKBONES = ("random_init", "pretrained")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -113,6 +122,18 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, int]
   return checkpoints.latest_step(workdir), total_steps
 
 
+def write_sheet(config: ml_collections.ConfigDict, pretrain_dir: str, path: str) -> str:
+  """The retrieval sheet of the evaluated pretrained backbone (predict.py's --sheet) into `path`:
+  the first test painting of each of the first `SHEET_QUERIES` styles, the training paintings
+  as the gallery. Returns `path`."""
+  tree = epath.Path(config.dataset.data_dir) / "synthetic_trees" / config.dataset.name.split("/")[-1]
+  styles = sorted(p for p in (tree / "test").iterdir() if p.is_dir())[:SHEET_QUERIES]
+  queries = [str(sorted(style.glob("*.jpg"))[0]) for style in styles]
+  predict.predict(pretrain_dir, queries, top_k=3, gallery=str(tree / "train"), num_matches=SHEET_MATCHES,
+                  sheet=path)
+  return path
+
+
 def summary(results: dict[str, dict[str, Any]], out_dir: epath.Path) -> dict[str, Any]:
   """The figures of one backbone's `evaluate_backbone` results kept in demo_results.json."""
   linear, knn = results["linear"], results["knn"]
@@ -144,7 +165,12 @@ def closing_text(results: dict[str, Any], workdir: str) -> str:
            comparison_table(results),
            "",
            f"Results in {epath.Path(workdir) / RESULTS_FILE}; per-class tables and confusion plots in "
-           f"{results['pretrained']['results_dir']} and {results['random_init']['results_dir']}."]
+           f"{results['pretrained']['results_dir']} and {results['random_init']['results_dir']}.",
+           "Pictures:",
+           f"  training curves      {results['pictures']['curves']}",
+           f"  feature maps (t-SNE) {results['pictures']['embedding_pretrained']}",
+           f"                       {results['pictures']['embedding_random_init']}",
+           f"  retrieval sheet      {results['pictures']['retrieval_sheet']}"]
   if image is not None:
     lines += ["Styles of an image by the pretrained backbone's linear probe:",
               f"  python -m artstyle_jax.predict --workdir={epath.Path(workdir) / PRETRAIN_DIR} {image}"]
@@ -192,10 +218,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   params, step = eval_lib.restore_backbone(pretrain_dir, config, step)
   out_dirs = {"pretrained": eval_lib.eval_dir(pretrain_dir), "random_init": eval_lib.eval_dir(pretrain_dir, True)}
   evaluations = {
-      "pretrained": eval_lib.evaluate_backbone(config, params, out_dirs["pretrained"], step=step, verbose=False),
-      "random_init": eval_lib.evaluate_backbone(config, None, out_dirs["random_init"], verbose=False),
+      "pretrained": eval_lib.evaluate_backbone(config, params, out_dirs["pretrained"], step=step, verbose=False,
+                                               embedding=True),
+      "random_init": eval_lib.evaluate_backbone(config, None, out_dirs["random_init"], verbose=False,
+                                                embedding=True),
   }
   clock.lap("evaluate")
+  sheet = write_sheet(config, pretrain_dir, str(epath.Path(workdir) / SHEET_FILE))
+  clock.lap("sheet")
 
   pretrained_linear = evaluations["pretrained"]["linear"]
   results = {name: summary(evaluations[name], out_dirs[name]) for name in BACKBONES}
@@ -208,6 +238,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
                   "num_train": pretrained_linear["num_train"], "num_test": pretrained_linear["num_examples"],
                   "num_classes": pretrained_linear["num_classes"]},
       "pretrain_workdir": pretrain_dir,
+      "pictures": {"curves": str(epath.Path(pretrain_dir) / pictures.CURVES_FILE),
+                   **{f"embedding_{name}": str(out_dirs[name] / pictures.EMBEDDING_FILE) for name in BACKBONES},
+                   "retrieval_sheet": sheet},
       "pretrain_steps": total_steps,
       "seconds": clock.record(),
   })

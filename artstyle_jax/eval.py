@@ -1,7 +1,7 @@
 """Evaluation of a trained student: weighted kNN and a linear probe on its pooled features.
 
   python -m artstyle_jax.eval --workdir=DIR [--step=N] [--mode=fast|paper] [--augmented_copies=N]
-      [--random_init] [--config.key=value ...]
+      [--random_init] [--embedding] [--config.key=value ...]
 
 The student's backbone is restored from the workdir's checkpoint (the latest, or --step) and
 frozen. Pooled features of the training split (`config.dataset.train_split`, deterministic
@@ -27,6 +27,7 @@ the checkpoint step inside:
   knn.json, knn_confusion.png                 `metrics.classification_results` plus the settings
   linear_<mode>.json, linear_<mode>_confusion.png
   linear_head.npz                             the probe for predict (`HEAD_KEYS`)
+  embedding.png                               with --embedding: t-SNE map of the test features
 and the tables on stdout. A refused evaluation (no checkpoint, no such step, a missing dataset)
 exits 1 with one error line before anything is written.
 """
@@ -55,6 +56,7 @@ import orbax.checkpoint as ocp
 from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
 from artstyle_jax import features
+from artstyle_jax import pictures
 from artstyle_jax import sharding
 from artstyle_jax import step as step_lib
 from artstyle_jax.data import pipeline
@@ -350,7 +352,8 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
                       mode: str = "fast", augmented_copies: int = 0,
                       paper_epochs: int = linear_probe.PAPER_EPOCHS, paper_batch_size: int = PAPER_BATCH_SIZE,
                       batch_size: Optional[int] = None, step: Optional[int] = None,
-                      mesh: Optional[jax.sharding.Mesh] = None, verbose: bool = True) -> dict[str, dict[str, Any]]:
+                      mesh: Optional[jax.sharding.Mesh] = None, verbose: bool = True,
+                      embedding: bool = False) -> dict[str, dict[str, Any]]:
   """kNN and linear probe of one backbone on config.dataset; writes `out_dir` (see module docstring).
 
   Args:
@@ -366,6 +369,7 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
     step: the checkpoint step the parameters come from, recorded in the outputs.
     mesh: devices of the extraction, default all.
     verbose: print the tables (process 0).
+    embedding: also draw the t-SNE map of the test split's features, `pictures.EMBEDDING_FILE`.
 
   Returns:
     {'knn': results, 'linear': results}, each `metrics.classification_results` plus 'method'
@@ -393,6 +397,9 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
   if mode == "paper" and len(train_source) < paper_batch_size:
     raise config_lib.ConfigError(f"the {len(train_source)} training images do not fill one paper probe batch "
                                  f"of {paper_batch_size}")
+  if embedding and len(test_source) < pictures.MIN_EMBEDDING_POINTS:
+    raise config_lib.ConfigError(f"the {len(test_source)} test images are too few for an embedding map "
+                                 f"(at least {pictures.MIN_EMBEDDING_POINTS})")
 
   backbone = step_lib.build_backbone(config)
   random_init = backbone_params is None
@@ -434,6 +441,11 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
   if jax.process_index() == 0:
     write_outputs(out_dir, {r["method"]: r for r in results.values()},
                   head_arrays(head, config, class_names, mode, step))
+    if embedding:
+      title = (f"{config.model.name} ({pictures.describe_step(None if random_init else step)}), "
+               f"{config.dataset.name} {config.dataset.eval_split}")
+      pictures.draw_embedding(test_features, test_labels, class_names, title,
+                              epath.Path(out_dir) / pictures.EMBEDDING_FILE, seed=config.seed)
     if verbose:
       for result in results.values():
         print(report.format_table(result, title=_title(result)) + "\n", flush=True)
@@ -479,6 +491,8 @@ def _define_flags() -> None:
                     "checkpoint (results in DIR/eval/random_init/).")
   flags.DEFINE_integer("paper_epochs", linear_probe.PAPER_EPOCHS, "Paper mode: epochs.", lower_bound=1)
   flags.DEFINE_integer("paper_batch_size", PAPER_BATCH_SIZE, "Paper mode: batch size.", lower_bound=1)
+  flags.DEFINE_bool("embedding", False, f"Also draw the test split's features as a t-SNE map, "
+                    f"DIR/eval/{pictures.EMBEDDING_FILE}.")
   flags.DEFINE_integer("batch_size", None, "Images per feature-extraction step, a multiple of the device count; "
                        "default config.batch_size rounded up to one.",
                        lower_bound=1)
@@ -528,7 +542,8 @@ def main(argv):
     evaluate_workdir(flag_values.workdir, flag_values.config, step=flag_values.step,
                      random_init=flag_values.random_init, mode=flag_values.mode,
                      augmented_copies=flag_values.augmented_copies, paper_epochs=flag_values.paper_epochs,
-                     paper_batch_size=flag_values.paper_batch_size, batch_size=flag_values.batch_size)
+                     paper_batch_size=flag_values.paper_batch_size, batch_size=flag_values.batch_size,
+                     embedding=flag_values.embedding)
   except (config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError) as e:
     _fail(e)
   logging.info("results written to %s", eval_dir(flag_values.workdir, flag_values.random_init))

@@ -1,6 +1,7 @@
 """Art style of images, and the gallery images closest in style, with a trained student.
 
-  python -m artstyle_jax.predict --workdir=DIR [--top_k=5] [--gallery=GALLERY [--num_matches=5]] IMAGE...
+  python -m artstyle_jax.predict --workdir=DIR [--top_k=5] [--gallery=GALLERY [--num_matches=5]]
+      [--sheet=OUT.png] IMAGE...
 
 Styles come from the linear head that `python -m artstyle_jax.eval --workdir=DIR` saved
 (DIR/eval/linear_head.npz) on the student backbone of the checkpoint step that head was trained
@@ -17,8 +18,12 @@ Output on stdout, per image: its path, then one line per style, most probable fi
     style  0.8312  impressionism
     match  0.9731  GALLERY/some/painting.jpg
 
-An image that cannot be read, a missing gallery, or a workdir that eval has not been run on:
-one error line, exit 1. Nothing is written.
+With --sheet, the same is drawn into OUT.png: a row per image, the image with its styles under
+it, then its matches as thumbnails with their similarity and, when GALLERY is a class-per-folder
+tree, their class (the image's first folder under GALLERY).
+
+An image that cannot be read, a missing gallery, a --sheet in a directory that does not exist, or
+a workdir that eval has not been run on: one error line, exit 1. Nothing is written.
 """
 from collections.abc import Sequence
 import os
@@ -28,12 +33,15 @@ from typing import Any, NamedTuple
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 
 from artstyle_jax import checkpoints
 from artstyle_jax import eval as eval_lib
 from artstyle_jax import features
+from artstyle_jax import paths as paths_lib
+from artstyle_jax import pictures
 from artstyle_jax import sharding
 from artstyle_jax import step as step_lib
 from artstyle_jax.data import images
@@ -162,18 +170,22 @@ class Predictor:
 
 
 def predict(workdir: str, paths: Sequence[str], *, top_k: int = 5, gallery: str | None = None,
-            num_matches: int = 5) -> list[str]:
-  """The lines the program prints (see the module docstring).
+            num_matches: int = 5, sheet: str | None = None) -> list[str]:
+  """The lines the program prints (see the module docstring); with `sheet`, the same drawn as a
+  retrieval sheet (`pictures.draw_retrieval_sheet`) into that PNG.
 
   Raises:
     BadImageError: a query image cannot be read (checked before any model is loaded), or a
       gallery image.
-    WorkdirError, FileNotFoundError: no head, its checkpoint gone, no usable gallery.
+    WorkdirError, FileNotFoundError: no head, its checkpoint gone, no usable gallery, no directory
+      for the sheet.
   """
   if not paths:
     raise ValueError("give at least one image")
   if top_k < 1 or num_matches < 1:
     raise ValueError(f"top_k and num_matches must be >= 1, got {top_k} and {num_matches}")
+  if sheet is not None and not epath.Path(sheet).parent.is_dir():
+    raise FileNotFoundError(f"the sheet's directory {epath.Path(sheet).parent} does not exist")
   queries = [{"image": read_image(path), "label": 0} for path in paths]
   gallery_paths = gallery_files(gallery) if gallery is not None else []
   predictor = Predictor(workdir)
@@ -191,7 +203,29 @@ def predict(workdir: str, paths: Sequence[str], *, top_k: int = 5, gallery: str 
     lines += [f"  style  {p:.4f}  {predictor.head.class_names[c]}" for p, c in zip(probabilities[i], classes[i])]
     if matches is not None:
       lines += [f"  match  {s:.4f}  {gallery_paths[j]}" for s, j in zip(matches[0][i], matches[1][i])]
+  if sheet is not None:
+    draw_sheet(predictor, paths, (probabilities, classes), matches, gallery, gallery_paths, sheet)
   return lines
+
+
+def draw_sheet(predictor: Predictor, paths: Sequence[str], styles: tuple[np.ndarray, np.ndarray],
+               matches: tuple[np.ndarray, np.ndarray] | None, gallery: str | None, gallery_paths: list[str],
+               sheet: str) -> None:
+  """The retrieval sheet of `predict`'s results: (probabilities, classes) (N, k) of the styles and
+  (similarities, gallery indices) (N, m) of the matches, or None without a gallery."""
+  classes = pictures.folder_classes(gallery, gallery_paths) if gallery_paths else []
+  names = predictor.head.class_names
+  rows = []
+  for i, path in enumerate(paths):
+    row_matches = [] if matches is None else [
+        pictures.Match(float(s), gallery_paths[j], classes[j]) for s, j in zip(matches[0][i], matches[1][i])]
+    rows.append(pictures.SheetRow(path, [(float(p), names[c]) for p, c in zip(styles[0][i], styles[1][i])],
+                                  row_matches))
+  title = (f"{predictor.config.model.name} ({pictures.describe_step(predictor.head.step)}), trained on "
+           f"{predictor.config.dataset.name}: styles by eval's linear head")
+  if gallery is not None:
+    title += f"\nmatches: the {len(gallery_paths)} images under {pictures.shorten(gallery, 80)}"
+  pictures.draw_retrieval_sheet(rows, title, sheet)
 
 
 def _define_flags() -> None:
@@ -201,6 +235,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("top_k", 5, "Styles to print per image.", lower_bound=1)
   flags.DEFINE_string("gallery", None, "Directory of images to rank by style similarity to each image.")
   flags.DEFINE_integer("num_matches", 5, "Gallery images to print per image.", lower_bound=1)
+  paths_lib.DEFINE_path("sheet", None, "Also draw the styles and matches as a retrieval sheet into this PNG.")
 
 
 def main(argv):
@@ -210,7 +245,7 @@ def main(argv):
   flag_values = flags.FLAGS
   try:
     lines = predict(flag_values.workdir, argv[1:], top_k=flag_values.top_k, gallery=flag_values.gallery,
-                    num_matches=flag_values.num_matches)
+                    num_matches=flag_values.num_matches, sheet=flag_values.sheet)
   except (images.BadImageError, checkpoints.WorkdirError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -6,7 +6,8 @@ Runs on one process or many (`--coordinator_address`, `--num_processes`, `--proc
 CPU/GPU clusters; on Cloud TPU VMs `jax.distributed.initialize()` finds its peers by itself).
 Running again on a workdir resumes from its latest checkpoint, batch for batch. SIGTERM or
 SIGINT saves a checkpoint and exits 0; a non-finite loss stops the run (exit 1) and keeps the
-last good checkpoint.
+last good checkpoint. At every checkpoint, DIR/curves.png is redrawn from DIR/metrics.jsonl
+(`pictures.refresh_curves`).
 """
 import functools
 import logging as std_logging
@@ -31,6 +32,7 @@ from artstyle_jax import config_lib
 from artstyle_jax import features
 from artstyle_jax import metric_writer
 from artstyle_jax import optim
+from artstyle_jax import pictures
 from artstyle_jax import sharding
 from artstyle_jax import step as step_lib
 from artstyle_jax.data import pipeline
@@ -220,6 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step % config.checkpoint_every_steps == 0 or step == total_steps or stopping:
         check_finite(step, jax.device_get(metrics), workdir)
         checkpoints.save(mngr, step, state, data_iterator, force=True)
+        pictures.refresh_curves(workdir)
       if stopping:
         logging.warning("%s received: saved the checkpoint of step %d, exiting", stop.signal_name, step)
         break

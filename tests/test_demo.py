@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from PIL import Image
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +44,7 @@ def test_demo_writes_both_evaluations_and_their_margin(demo_run):
   assert {k: results["dataset"][k] for k in ("num_train", "num_test", "num_classes")} == {
       "num_train": 20, "num_test": 10, "num_classes": 10}
   assert results["dataset"]["name"].startswith("image_folder/synthetic_32px_2_1_")
-  assert set(results["seconds"]) == {"data", "pretrain", "evaluate", "total"}
+  assert set(results["seconds"]) == {"data", "pretrain", "evaluate", "sheet", "total"}
 
   pretrain = workdir / "pretrain"
   assert (pretrain / "checkpoints" / "2").is_dir() and (pretrain / "config.json").is_file()
@@ -68,6 +69,25 @@ def test_demo_prints_the_comparison_side_by_side(demo_run):
     assert row.split()[-2:] == [f"{100 * results[backbone][k]:.1f}%" for k in ("linear_top1", "knn_top1")]
   assert random_row.startswith("random initialisation") and pretrained_row.startswith("pretrained (step 2)")
   assert margin_row.split()[-2:] == [f"{100 * results['margin'][k]:+.1f}" for k in ("linear_top1", "knn_top1")]
+
+
+def test_demo_draws_the_curves_both_feature_maps_and_a_retrieval_sheet_and_names_them(demo_run):
+  """curves.png in the pretraining workdir, embedding.png beside each evaluation's confusion plots,
+  a retrieval sheet of 4 test paintings of 4 styles against the 20 training paintings (top 5
+  each): valid PNGs of their stated sizes, each named in the closing lines."""
+  workdir, result = demo_run
+  with open(workdir / "demo_results.json") as f:
+    drawn = json.load(f)["pictures"]
+  expected = {"curves": (workdir / "pretrain" / "curves.png", (1600, 800)),
+              "embedding_pretrained": (workdir / "pretrain" / "eval" / "embedding.png", (1000, 700)),
+              "embedding_random_init": (workdir / "pretrain" / "eval" / "random_init" / "embedding.png", (1000, 700)),
+              "retrieval_sheet": (workdir / "retrieval_sheet.png", (6 * 180, 4 * 260 + 60))}
+  assert drawn == {name: str(path) for name, (path, _) in expected.items()}
+  closing = result.stdout[result.stdout.index("Pictures:"):]
+  for path, size in expected.values():
+    with Image.open(path) as image:
+      assert image.format == "PNG" and image.size == size, path
+    assert str(path) in closing
 
 
 def test_running_the_demo_again_reuses_the_finished_pretraining(demo_run):

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from artstyle_jax import checkpoints
@@ -91,9 +92,9 @@ def workdir(tmp_path_factory, synthetic_data):
 
 @pytest.fixture(scope="module")
 def evaluated(workdir):
-  """The program run on the workdir: fast mode with one augmented copy."""
+  """The program run on the workdir: fast mode with one augmented copy, and the embedding map."""
   path, _, _ = workdir
-  return run_eval(path, "--augmented_copies=1")
+  return run_eval(path, "--augmented_copies=1", "--embedding")
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +125,12 @@ def test_fast_mode_writes_results_plots_and_the_head_of_the_checkpoint(workdir, 
   num_test, class_names = dataset
   assert evaluated.returncode == 0, evaluated.stderr
   out = path / "eval"
-  assert sorted(os.listdir(out)) == ["knn.json", "knn_confusion.png", "linear_fast.json",
+  assert sorted(os.listdir(out)) == ["embedding.png", "knn.json", "knn_confusion.png", "linear_fast.json",
                                      "linear_fast_confusion.png", "linear_head.npz"]
-  for png in ("knn_confusion.png", "linear_fast_confusion.png"):
+  for png in ("knn_confusion.png", "linear_fast_confusion.png", "embedding.png"):
     assert (out / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+  with Image.open(out / "embedding.png") as embedding:
+    assert embedding.size == (1000, 700)
   knn_result = json.loads((out / "knn.json").read_text())
   linear_result = json.loads((out / "linear_fast.json").read_text())
   for result in (knn_result, linear_result):

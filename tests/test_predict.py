@@ -11,6 +11,7 @@ import pytest
 
 from artstyle_jax import checkpoints
 from artstyle_jax import eval as eval_lib
+from artstyle_jax import pictures
 from artstyle_jax import predict
 from artstyle_jax.data import images
 from artstyle_jax.data import sources
@@ -100,6 +101,53 @@ def test_gallery_ranking_puts_an_exact_duplicate_of_the_query_first(predicted, i
   similarities = [s for s, _ in matches]
   assert similarities == sorted(similarities, reverse=True)
   assert all(path.endswith(".jpg") for _, path in matches)
+
+
+def test_sheet_draws_each_image_then_its_printed_matches_in_order(tmp_path, evaluated_workdir, image_paths,
+                                                                monkeypatch):
+  """The sheet shows what predict prints: per query, its thumbnail with the printed styles, then
+  the printed matches' thumbnails in rank order, each with its gallery class (first folder)."""
+  queries, gallery = image_paths
+  drawn = []
+
+  def keep_figure(*args, **kwargs):
+    drawn.append(draw(*args, **kwargs))
+    return drawn[-1]
+
+  draw = pictures.draw_retrieval_sheet
+  monkeypatch.setattr(pictures, "draw_retrieval_sheet", keep_figure)
+  lines = predict.predict(str(evaluated_workdir), queries, top_k=TOP_K, gallery=gallery, num_matches=4,
+                          sheet=str(tmp_path / "sheet.png"))
+  printed = parse("\n".join(lines))
+  expected = []
+  for query in queries:
+    expected += [f"query/{query}"] + [f"match/{rank}/{path}" for rank, (_, path) in
+                                      enumerate(printed[query]["match"], start=1)]
+  fig = drawn[0]
+  assert [ax.get_gid() for ax in fig.axes] == expected
+  assert all("class: a" in ax.texts[0].get_text() for ax in fig.axes if ax.get_gid().startswith("match/"))
+  query_text = fig.axes[0].texts[0].get_text()
+  assert [line.split()[-1] for line in query_text.splitlines()] == [name for _, name in printed[queries[0]]["style"]]
+  assert "convnext_atto (step 2" in fig.texts[0].get_text()
+  assert Image.open(tmp_path / "sheet.png").size == (5 * 180, 2 * 260 + 60)
+
+
+def test_sheet_flag_writes_the_png_relative_to_the_users_directory(tmp_path, evaluated_workdir, image_paths):
+  queries, gallery = image_paths
+  result = subprocess.run([sys.executable, "-m", "artstyle_jax.predict", f"--workdir={evaluated_workdir}",
+                           f"--gallery={gallery}", "--num_matches=2", "--sheet=sheet.png", queries[0]],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO},
+                          timeout=600)
+  assert result.returncode == 0, result.stderr
+  with Image.open(tmp_path / "sheet.png") as sheet:
+    assert sheet.format == "PNG" and sheet.size == (4 * 180, 260 + 60)  # 3 images, 4 columns at least
+
+
+def test_a_sheet_in_a_missing_directory_is_refused_before_the_model_loads(tmp_path, evaluated_workdir, image_paths):
+  before = test_eval.tree_files(tmp_path)
+  with pytest.raises(FileNotFoundError, match="the sheet's directory .* does not exist"):
+    predict.predict(str(evaluated_workdir), image_paths[0], sheet=str(tmp_path / "missing" / "sheet.png"))
+  assert test_eval.tree_files(tmp_path) == before
 
 
 def test_a_file_that_is_not_an_image_gives_one_error_line_naming_it(tmp_path, evaluated_workdir):
