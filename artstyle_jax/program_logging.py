@@ -1,0 +1,42 @@
+"""What the programs (train, eval, predict, demo) print: all of their own log lines, and of the
+libraries' only the warnings and errors that a user can act on.
+
+Libraries explain every step they take at INFO level (TFDS, Orbax, Grain: dozens of lines per
+checkpoint), and some warn about things that are as intended here: eval and predict open
+checkpoints read-only, a CPU run has no TPU. A failed background save is logged by Orbax, with
+its traceback, once per thread it passes through; `checkpoints.SaveError` says it in one line.
+"""
+import logging as std_logging
+import os
+import re
+
+from absl import logging
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# Messages of library warnings and errors that say nothing to a user of these programs.
+_NOISE = re.compile("|".join((
+    r"^Unable to initialize backend",  # jax: no TPU (or GPU) here, the CPU is used
+    r"^Given directory is read only",  # Orbax: a read-only CheckpointManager, as asked
+    r"read_only=True, setting save_interval_steps=0",  # the same
+    r"_SignalingThread\.run\(\) raised an exception",  # Orbax: a failed background save ...
+    r"Handler Commit operations or the Commit callback in background save thread",
+    r"Save Finalize thread \(save_finalize\) failed",  # ... which SaveError reports
+)))
+
+
+class _LibraryNoise(std_logging.Filter):
+  """Keeps this package's records; of the others, warnings and errors that are not `_NOISE`."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.pathname.startswith(_PACKAGE_DIR):
+      return True
+    return record.levelno >= std_logging.WARNING and not _NOISE.search(record.getMessage())
+
+
+def setup(verbosity: int) -> None:
+  """absl's verbosity (logging.INFO, .WARNING, ...) for this process, and the libraries' noise
+  dropped from what absl prints (Python logging included: absl's handler is the root's)."""
+  logging.set_verbosity(verbosity)
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryNoise) for f in handler.filters):
+    handler.addFilter(_LibraryNoise())
