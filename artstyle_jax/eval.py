@@ -534,7 +534,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
     jax.distributed.initialize()
-  program_logging.setup(logging.INFO if jax.process_index() == 0 else logging.ERROR)
+  program_logging.setup()
   flag_values = flags.FLAGS
   try:
     evaluate_workdir(flag_values.workdir, flag_values.config, step=flag_values.step,

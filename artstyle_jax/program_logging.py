@@ -11,6 +11,7 @@ import os
 import re
 
 from absl import logging
+import jax
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # Messages of library warnings and errors that say nothing to a user of these programs.
@@ -33,10 +34,16 @@ class _LibraryNoise(std_logging.Filter):
     return record.levelno >= std_logging.WARNING and not _NOISE.search(record.getMessage())
 
 
-def setup(verbosity: int) -> None:
-  """absl's verbosity (logging.INFO, .WARNING, ...) for this process, and the libraries' noise
-  dropped from what absl prints (Python logging included: absl's handler is the root's)."""
-  logging.set_verbosity(verbosity)
+def setup(verbosity: int | None = None) -> None:
+  """Drops the libraries' noise from what absl prints (Python logging included: absl's handler
+  is the root's), then sets absl's verbosity: `verbosity` (logging.INFO, .WARNING, ...), by
+  default INFO on process 0 and ERROR on the others.
+
+  The filter comes first: asking jax for the process index starts its backends, which log.
+  """
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _LibraryNoise) for f in handler.filters):
     handler.addFilter(_LibraryNoise())
+  if verbosity is None:
+    verbosity = logging.INFO if jax.process_index() == 0 else logging.ERROR
+  logging.set_verbosity(verbosity)

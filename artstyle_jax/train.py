@@ -232,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def setup_logging() -> None:
   """INFO from process 0, errors only from the others; libraries' chatter dropped."""
-  program_logging.setup(logging.INFO if jax.process_index() == 0 else logging.ERROR)
+  program_logging.setup()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
