@@ -2,7 +2,6 @@
 files, a failed save and bad input; relative paths as users type them."""
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -222,12 +221,12 @@ def test_a_save_that_cannot_write_stops_the_run_in_one_line_and_keeps_the_comple
   checkpoints 2 and 4 unchanged."""
   cwd = copy_of(relative_run[0], tmp_path)
   before = file_bytes(cwd / "run" / "checkpoints")
-
-  def limit_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
-  result = subprocess.run(relative_train_command(synthetic_data, "--config.num_steps=6"), cwd=cwd,
-                          capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
+  train_flags = relative_train_command(synthetic_data, "--config.num_steps=6")[3:]  # after -m artstyle_jax.train
+  limited = ("import resource, runpy, sys; "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
+             "sys.argv = ['train'] + sys.argv[1:]; runpy.run_module('artstyle_jax.train', run_name='__main__')")
+  result = subprocess.run([sys.executable, "-c", limited, *train_flags], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
   assert result.returncode == 1, result.stderr
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert errors == [f"error: saving checkpoint 6 in {cwd / 'run' / 'checkpoints'} failed: File too large; the last "
