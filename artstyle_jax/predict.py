@@ -211,8 +211,8 @@ def main(argv):
   program_logging.setup(logging.WARNING)
   flag_values = flags.FLAGS
   try:
-    lines = predict(flag_values.workdir, [paths.resolve(path) for path in argv[1:]], top_k=flag_values.top_k, gallery=flag_values.gallery,
-                    num_matches=flag_values.num_matches)
+    lines = predict(flag_values.workdir, [paths.resolve(image) for image in argv[1:]], top_k=flag_values.top_k,
+                    gallery=flag_values.gallery, num_matches=flag_values.num_matches)
   except (images.BadImageError, checkpoints.WorkdirError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

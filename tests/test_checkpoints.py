@@ -104,7 +104,8 @@ def test_a_damaged_step_asked_for_is_an_error_naming_it_and_stays_in_place(workd
 
 def test_a_checkpoint_of_another_model_is_not_taken_for_a_damaged_one(workdir):
   """Arrays of other shapes: WorkdirError 'does not fit', and every checkpoint stays."""
-  wrong = {"params": {"kernel": jax.ShapeDtypeStruct((3, 3), np.float32), "bias": jax.ShapeDtypeStruct((3,), np.float32)}}
+  wrong = {"params": {"kernel": jax.ShapeDtypeStruct((3, 3), np.float32),
+                      "bias": jax.ShapeDtypeStruct((3,), np.float32)}}
   with checkpoints.manager(str(workdir), read_only=True) as mngr:
     with pytest.raises(checkpoints.WorkdirError, match="does not fit this model") as e:
       checkpoints.restore_newest(mngr, lambda s: checkpoints.restore(mngr, s, abstract(wrong)))
