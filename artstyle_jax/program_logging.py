@@ -22,6 +22,7 @@ _NOISE = re.compile("|".join((
     r"^Unable to initialize backend",  # jax: no TPU (or GPU) here, the CPU is used
     r"^Given directory is read only",  # Orbax: a read-only CheckpointManager, as asked
     r"read_only=True, setting save_interval_steps=0",  # the same
+    r"^Using custom data configuration",  # TFDS: a builder config made in code, as data.builders makes them
     r"_SignalingThread\.run\(\) raised an exception",  # Orbax: a failed background save ...
     r"Handler Commit operations or the Commit callback in background save thread",
     r"Save Finalize thread \(save_finalize\) failed",  # ... which SaveError reports

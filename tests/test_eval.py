@@ -116,15 +116,16 @@ def test_restore_reads_the_student_backbone_of_the_latest_or_the_asked_step(work
 
 
 def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_one_before_is_restored(tmp_path, workdir):
-  """Checkpoint 2's array data truncated: the backbone of step 1, checkpoint 2 kept as
-  2.corrupt; asking for step 2 by name is an error naming it."""
+  """Checkpoint 2's array data truncated (every data file: eval reads the backbone alone): the
+  backbone of step 1, checkpoint 2 kept as 2.corrupt; asking for step 2 by name is an error
+  naming it."""
   path, config, initial = workdir
   copy = tmp_path / "run"
   shutil.copytree(path / "checkpoints", copy / "checkpoints")
   shutil.copy(path / checkpoints.CONFIG_FILE, copy)
-  data = [os.path.join(d, f) for d, _, fs in os.walk(copy / "checkpoints" / "2" / "state") for f in fs]
-  largest = max(data, key=os.path.getsize)
-  os.truncate(largest, os.path.getsize(largest) // 2)
+  for d, _, fs in os.walk(copy / "checkpoints" / "2" / "state" / "ocdbt.process_0" / "d"):
+    for f in fs:
+      os.truncate(os.path.join(d, f), os.path.getsize(os.path.join(d, f)) // 2)
   with pytest.raises(checkpoints.DamagedCheckpointError, match="checkpoint 2 in .* is damaged"):
     eval_lib.restore_backbone(str(copy), config, step=2)
   params, step = eval_lib.restore_backbone(str(copy), config)
