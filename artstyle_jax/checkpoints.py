@@ -9,11 +9,19 @@ Layout of a workdir:
   eval/                  evaluation results and the linear head (eval.py)
 
 Every program that writes to a workdir refuses one whose config describes another model
-(`check_compatible`), before it writes anything.
+(`check_compatible`), before it writes anything. Programs that read checkpoints go through
+`restore_newest`: a checkpoint whose files are damaged (truncated, missing, unparsable) is moved
+aside to checkpoints/<step>.corrupt, never deleted, and the one before it is used. A save that
+fails (disk full, no permission, a bucket that refuses writes) raises SaveError, whose message is
+the one line a program prints.
 """
+from collections.abc import Callable, Iterator
 import json
-from typing import Any
+import os
+import re
+from typing import Any, TypeVar
 
+from absl import logging
 import grain
 from etils import epath
 import jax
@@ -28,8 +36,31 @@ SHAPE_KEYS = ("model.name", "model.proj_hidden_dim", "model.proj_dim", "queue_si
               "share_teachers", "momentum_weak", "momentum_style")
 
 
+CORRUPT_SUFFIX = ".corrupt"
+# How TensorStore reports a file it cannot read back (truncated, missing, undecodable); Orbax
+# passes it on as the message of a ValueError, or of an Exception around one.
+_STORAGE_FAILURE = re.compile(r"\b(OUT_OF_RANGE|DATA_LOSS|FAILED_PRECONDITION|NOT_FOUND|UNKNOWN):")
+# TensorStore's note of the OS error under a failed write, e.g. "File too large [os_error_code='27']".
+_OS_ERROR_CODE = re.compile(r"os_error_code[=:]\s*'?(\d+)")
+_TMP_STEP = re.compile(r"(\d+)\.orbax-checkpoint-tmp")
+
+T = TypeVar("T")
+
+
 class WorkdirError(ValueError):
   """A workdir that cannot be used as asked (another model's checkpoints, nothing to restore)."""
+
+
+class DamagedCheckpointError(WorkdirError):
+  """A checkpoint whose files cannot be read back; `reason` is the storage's one-line account."""
+
+  def __init__(self, step: int, directory: Any, reason: str):
+    self.step, self.reason = step, reason
+    super().__init__(f"checkpoint {step} in {directory} is damaged ({reason})")
+
+
+class SaveError(RuntimeError):
+  """A checkpoint that could not be written; the message says which, why, and what is left."""
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -89,13 +120,84 @@ def latest_step(workdir: str) -> int | None:
     return mngr.latest_step()
 
 
+def _causes(error: BaseException) -> Iterator[BaseException]:
+  """`error` and the exceptions it was raised from or during, outermost first."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def damage_reason(error: BaseException) -> str | None:
+  """Why reading a checkpoint failed when its files are damaged; None for a failure of another
+  kind (a model that does not fit the checkpoint, a device out of memory)."""
+  for cause in _causes(error):
+    if isinstance(cause, (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError, EOFError)):
+      return f"{type(cause).__name__}: {_first_line(cause)}"
+    match = _STORAGE_FAILURE.search(str(cause))
+    if match:
+      return str(cause)[match.start():].strip().splitlines()[0]
+  return None
+
+
+def os_reason(error: BaseException) -> str:
+  """The operating system's words for why a write failed ("No space left on device"), else the
+  storage's own first line (a bucket's PERMISSION_DENIED, ...)."""
+  causes = list(_causes(error))
+  for cause in causes:
+    if isinstance(cause, OSError) and cause.errno:
+      return os.strerror(cause.errno)
+    match = _OS_ERROR_CODE.search(str(cause))
+    if match:
+      return os.strerror(int(match.group(1)))
+  return _first_line(causes[-1])
+
+
+def _save_error(mngr: ocp.CheckpointManager, error: BaseException) -> SaveError:
+  """SaveError for a save of `mngr` that raised `error`: the step (from Orbax's temporary
+  directory, when the error names it), the reason, and the newest checkpoint that is complete."""
+  match = next(filter(None, (_TMP_STEP.search(str(cause)) for cause in _causes(error))), None)
+  what = f"saving checkpoint {match.group(1)}" if match else "saving a checkpoint"
+  mngr.reload()
+  last = mngr.latest_step()
+  left = f"the last complete checkpoint is step {last}" if last is not None else "no checkpoint is complete"
+  return SaveError(f"{what} in {mngr.directory} failed: {os_reason(error)}; {left}, nothing complete was removed")
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any = None, *,
          force: bool = False) -> bool:
-  """Saves the state (and the data iterator when given) at `step`; True when a save started."""
+  """Saves the state (and the data iterator when given) at `step`; True when a save started.
+
+  Raises:
+    SaveError: this save, or an asynchronous one before it, failed.
+  """
   items = {"state": ocp.args.StandardSave(state)}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+  try:
+    return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+  except Exception as e:  # Orbax re-raises a background save's failure of any kind here.
+    raise _save_error(mngr, e) from e
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the asynchronous save in flight, then closes the manager.
+
+  Raises:
+    SaveError: that save failed.
+  """
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:  # As in `save`.
+    raise _save_error(mngr, e) from e
+  finally:
+    mngr.close()
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:
@@ -113,6 +215,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
   Returns:
     (state, data_iterator).
   Raises:
+    DamagedCheckpointError: the checkpoint's files cannot be read back.
     WorkdirError: the checkpoint's arrays do not fit `abstract_state`.
   """
   items = {"state": ocp.args.StandardRestore(abstract_state)}
@@ -120,6 +223,73 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
-  except (ValueError, KeyError) as e:
-    raise WorkdirError(f"checkpoint {step} in {mngr.directory} does not fit this model: {e}") from e
+  except Exception as e:  # TensorStore's read errors come as a bare Exception.
+    reason = damage_reason(e)
+    if reason is not None:
+      raise DamagedCheckpointError(step, mngr.directory, reason) from e
+    if isinstance(e, (ValueError, KeyError)):
+      raise WorkdirError(f"checkpoint {step} in {mngr.directory} does not fit this model: {e}") from e
+    raise
   return restored["state"], restored["data"] if "data" in items else data_iterator
+
+
+def restore_subtree(workdir: str, step: int, target: Any) -> Any:
+  """The part of checkpoint `step`'s state that `target` (a pytree of ShapeDtypeStructs with
+  shardings, e.g. {'params': {'backbone': ...}}) names; nothing else is read.
+
+  Raises:
+    DamagedCheckpointError: the checkpoint's files cannot be read back.
+    ValueError, KeyError: the checkpoint holds no such subtree, or one of other shapes.
+  """
+  directory = epath.Path(workdir) / CHECKPOINT_DIR
+  try:
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      return checkpointer.restore(directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+  except Exception as e:  # As in `restore`.
+    reason = damage_reason(e)
+    if reason is not None:
+      raise DamagedCheckpointError(step, directory, reason) from e
+    raise
+
+
+def move_aside(directory: Any, step: int) -> epath.Path:
+  """Renames checkpoint `step` in `directory` to <step>.corrupt (<step>.corrupt1, ... when taken),
+  where Orbax no longer sees it and nothing deletes it; returns the new path."""
+  source = epath.Path(directory) / str(step)
+  target, n = source.with_name(f"{step}{CORRUPT_SUFFIX}"), 0
+  while target.exists():
+    n += 1
+    target = source.with_name(f"{step}{CORRUPT_SUFFIX}{n}")
+  if jax.process_index() == 0:
+    source.rename(target)
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes(f"artstyle_jax_moved_aside_{step}")
+  return target
+
+
+def restore_newest(mngr: ocp.CheckpointManager, read: Callable[[int], T], step: int | None = None
+                   ) -> tuple[T, int] | None:
+  """(read(s), s) for the newest checkpoint s of `mngr` that reads back, or for `step` when one
+  is asked for; None when no checkpoint is left.
+
+  `read(s)` raises DamagedCheckpointError for a checkpoint it cannot read back (as `restore` and
+  `restore_subtree` do). Such a checkpoint met on the way is moved aside (`move_aside`) with one
+  warning line naming it and why, and the one before it is tried; a damaged `step` asked for is
+  the error, left where it is.
+  """
+  if step is not None:
+    return read(step), step
+  moved = False
+  try:
+    for candidate in sorted(mngr.all_steps(), reverse=True):
+      try:
+        return read(candidate), candidate
+      except DamagedCheckpointError as e:
+        logging.warning("%s: moved it aside to %s, trying the checkpoint before it", e,
+                        move_aside(mngr.directory, candidate))
+        moved = True
+    return None
+  finally:
+    if moved:
+      mngr.reload()

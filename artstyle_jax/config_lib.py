@@ -2,9 +2,12 @@
 
 Programs define `config_flags.DEFINE_config_file("config")` and call `validate(FLAGS.config)`
 first; `load(path, overrides)` does both for code without absl flags (tests, notebooks).
+`validate` also makes the config's paths absolute (`resolve_paths`), so that a config saved in
+a workdir means the same to a program started from any directory.
 """
 from collections.abc import Mapping, Sequence
 import importlib.util
+import os
 import pathlib
 from typing import Any
 
@@ -14,6 +17,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from artstyle_jax import optim
+from artstyle_jax import paths
 from artstyle_jax.models import convnext
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -30,8 +34,22 @@ def _require(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def resolve_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Makes `config`'s paths absolute against the current directory, in place; returns it.
+
+  dataset.data_dir always (gs:// stays), init when it names a local file or directory (not a
+  Hugging Face hub id such as 'timm/convnext_base.fb_in22k_ft_in1k', nor 'random').
+  """
+  config.dataset.data_dir = paths.resolve(config.dataset.data_dir)
+  if config.init != "random" and os.path.exists(os.path.expanduser(config.init)):
+    config.init = paths.resolve(config.init)
+  return config
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks a training config; returns it unchanged or raises ConfigError saying what is wrong."""
+  """Checks a training config and makes its paths absolute (`resolve_paths`); returns it, or
+  raises ConfigError saying what is wrong."""
+  resolve_paths(config)
   _require(config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}")
   _require(config.queue_size > 0 and config.queue_size % config.batch_size == 0,
            f"queue_size (K={config.queue_size}) must be a positive multiple of the global batch_size "

@@ -23,8 +23,6 @@ SIGTERM or SIGINT during pretraining saves a checkpoint and exits 0, as train.py
 (an unknown config key, a config the demo cannot run) exits 1 with one error line.
 """
 import json
-import logging as std_logging
-import os
 import pathlib
 import signal
 import sys
@@ -42,6 +40,7 @@ import tensorflow_datasets as tfds
 from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
 from artstyle_jax import eval as eval_lib
+from artstyle_jax import paths
 from artstyle_jax import pictures
 from artstyle_jax import predict
 from artstyle_jax import train
@@ -57,7 +56,6 @@ SHEET_QUERIES = 4  # test paintings on the retrieval sheet, each of another styl
 SHEET_MATCHES = 5
 # The backbones compared, in the order printed.
 BACKBONES = ("random_init", "pretrained")
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -248,21 +246,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   return results
 
 
-class _LibraryErrorsOnly(std_logging.Filter):
-  """Keeps this package's log records and only the errors of libraries (TFDS and Orbax explain
-  every step they take, which buries the demo's own lines)."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.ERROR or record.pathname.startswith(_PACKAGE_DIR)
-
-
 def _define_flags(argv: list[str]) -> None:
   """The program's flags, defined only when it runs as a program. They take over the names that
   importing train.py defines (config, workdir), which the demo passes to train itself."""
   config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Demo config (configs/demo.py); override keys as "
                                   "--config.key=value.", sys_argv=argv, allow_override=True)
-  flags.DEFINE_string("workdir", None, "Directory of the demo: data/, pretrain/ and demo_results.json.",
-                      allow_override=True)
+  paths.DEFINE_path("workdir", None, "Directory of the demo: data/, pretrain/ and demo_results.json.",
+                    allow_override=True)
 
 
 def _fail(message: Any) -> None:
@@ -298,13 +288,13 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_LibraryErrorsOnly())
   train.setup_logging()
   tfds.disable_progress_bar()
   workdir = flags.FLAGS.workdir
   try:
     results = run(flags.FLAGS.config, workdir)
-  except (config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError, train.TrainingError) as e:
+  except (config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError, train.TrainingError,
+          checkpoints.SaveError) as e:
     _fail(e)
   if results is None:
     print(f"pretraining stopped before its last step; run the same command again to resume it from "

@@ -51,12 +51,13 @@ import ml_collections
 from ml_collections import config_dict
 from ml_collections import config_flags
 import numpy as np
-import orbax.checkpoint as ocp
 
 from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
 from artstyle_jax import features
+from artstyle_jax import paths
 from artstyle_jax import pictures
+from artstyle_jax import program_logging
 from artstyle_jax import sharding
 from artstyle_jax import step as step_lib
 from artstyle_jax.data import pipeline
@@ -149,27 +150,38 @@ def restore_backbone(workdir: str, config: ml_collections.ConfigDict, step: Opti
   Only that subtree of the saved TrainState is read (Orbax partial restore), so teachers and
   optimiser state never take memory.
 
+  The latest checkpoint when `step` is None: a damaged one is moved aside, with a warning, for
+  the one before it (`checkpoints.restore_newest`).
+
   Returns:
     (backbone params, the checkpoint's step).
   Raises:
-    WorkdirError: no such checkpoint, or one whose student is not config.model's backbone.
+    WorkdirError: no such checkpoint, a damaged `step`, or one whose student is not
+      config.model's backbone.
   """
-  step = checkpoint_step(workdir, step)
+  checkpoint_step(workdir, step)
   mesh = sharding.create_mesh() if mesh is None else mesh
   replicated = sharding.replicated(mesh)
   abstract = jax.eval_shape(_init_backbone_fn(config, step_lib.build_backbone(config)))
   target = {"params": {"backbone": jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)}}
-  path = epath.Path(workdir) / checkpoints.CHECKPOINT_DIR / str(step) / "state"
-  try:
-    with ocp.PyTreeCheckpointer() as checkpointer:
-      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
-  except (ValueError, KeyError) as e:
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise checkpoints.WorkdirError(f"the checkpoint of step {step} in {workdir} holds no {config.model.name} "
-                                   f"student backbone ({reason})") from e
-  return restored["params"]["backbone"], step
+
+  def read(step: int) -> Any:
+    try:
+      return checkpoints.restore_subtree(workdir, step, target)["params"]["backbone"]
+    except checkpoints.WorkdirError:  # a damaged checkpoint, for restore_newest
+      raise
+    except (ValueError, KeyError) as e:
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise checkpoints.WorkdirError(f"the checkpoint of step {step} in {workdir} holds no {config.model.name} "
+                                     f"student backbone ({reason})") from e
+
+  with checkpoints.manager(workdir, read_only=True) as mngr:
+    restored = checkpoints.restore_newest(mngr, read, step)
+  if restored is None:
+    raise checkpoints.WorkdirError(f"{workdir} holds no checkpoint that reads back: each was damaged and moved "
+                                   f"aside to {checkpoints.CHECKPOINT_DIR}/<step>{checkpoints.CORRUPT_SUFFIX}")
+  return restored
 
 
 def open_splits(config: ml_collections.ConfigDict) -> tuple[Any, Any, list[str]]:
@@ -464,7 +476,7 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict, *, step: O
   checkpoints.check_compatible(workdir, config)
   config_lib.validate(config)
   if not random_init:
-    step = checkpoint_step(workdir, step)
+    checkpoint_step(workdir, step)
   open_splits(config)  # A missing dataset is refused before the backbone is restored.
   mesh = sharding.create_mesh() if mesh is None else mesh
   params = None
@@ -482,7 +494,7 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict, *, step: O
 def _define_flags() -> None:
   """The program's flags; defined only when it runs as a program, so that importing this module
   does not claim flag names (workdir, step) that the other programs define too."""
-  flags.DEFINE_string("workdir", None, "Workdir of a training run (config.json and checkpoints/).")
+  paths.DEFINE_path("workdir", None, "Workdir of a training run (config.json and checkpoints/).")
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default the latest.")
   flags.DEFINE_enum("mode", "fast", MODES, "Linear probe: 'fast' (features once, fitted on device) or "
                     "'paper' (METHOD.md's protocol).")
@@ -536,7 +548,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
     jax.distributed.initialize()
-  logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.ERROR)
+  program_logging.setup()
   flag_values = flags.FLAGS
   try:
     evaluate_workdir(flag_values.workdir, flag_values.config, step=flag_values.step,

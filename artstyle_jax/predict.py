@@ -42,6 +42,7 @@ from artstyle_jax import eval as eval_lib
 from artstyle_jax import features
 from artstyle_jax import paths as paths_lib
 from artstyle_jax import pictures
+from artstyle_jax import program_logging
 from artstyle_jax import sharding
 from artstyle_jax import step as step_lib
 from artstyle_jax.data import images
@@ -231,9 +232,9 @@ def draw_sheet(predictor: Predictor, paths: Sequence[str], styles: tuple[np.ndar
 def _define_flags() -> None:
   """The program's flags; defined only when it runs as a program, so that importing this module
   does not claim flag names (workdir) that the other programs define too."""
-  flags.DEFINE_string("workdir", None, "Workdir of a training run on which eval has been run.", required=True)
+  paths_lib.DEFINE_path("workdir", None, "Workdir of a training run on which eval has been run.", required=True)
   flags.DEFINE_integer("top_k", 5, "Styles to print per image.", lower_bound=1)
-  flags.DEFINE_string("gallery", None, "Directory of images to rank by style similarity to each image.")
+  paths_lib.DEFINE_path("gallery", None, "Directory of images to rank by style similarity to each image.")
   flags.DEFINE_integer("num_matches", 5, "Gallery images to print per image.", lower_bound=1)
   paths_lib.DEFINE_path("sheet", None, "Also draw the styles and matches as a retrieval sheet into this PNG.")
 
@@ -241,11 +242,11 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("give one or more image paths")
-  logging.set_verbosity(logging.WARNING)
+  program_logging.setup(logging.WARNING)
   flag_values = flags.FLAGS
   try:
-    lines = predict(flag_values.workdir, argv[1:], top_k=flag_values.top_k, gallery=flag_values.gallery,
-                    num_matches=flag_values.num_matches, sheet=flag_values.sheet)
+    lines = predict(flag_values.workdir, [paths_lib.resolve(image) for image in argv[1:]], top_k=flag_values.top_k,
+                    gallery=flag_values.gallery, num_matches=flag_values.num_matches, sheet=flag_values.sheet)
   except (images.BadImageError, checkpoints.WorkdirError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -10,7 +10,6 @@ last good checkpoint. At every checkpoint, DIR/curves.png is redrawn from DIR/me
 (`pictures.refresh_curves`).
 """
 import functools
-import logging as std_logging
 import os
 import signal
 import sys
@@ -32,7 +31,9 @@ from artstyle_jax import config_lib
 from artstyle_jax import features
 from artstyle_jax import metric_writer
 from artstyle_jax import optim
+from artstyle_jax import paths
 from artstyle_jax import pictures
+from artstyle_jax import program_logging
 from artstyle_jax import sharding
 from artstyle_jax import step as step_lib
 from artstyle_jax.data import pipeline
@@ -42,7 +43,7 @@ from artstyle_jax.evaluators import knn
 from artstyle_jax.models import convnext
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the saved config.")
+_WORKDIR = paths.DEFINE_path("workdir", None, "Directory for checkpoints, metrics and the saved config.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
                                    "outside Cloud TPU.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
@@ -154,6 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Raises:
     ConfigError, WorkdirError, FileNotFoundError: before anything is written to the workdir.
     TrainingError: a non-finite loss.
+    SaveError: a checkpoint could not be written.
   """
   config_lib.validate(config)
   checkpoints.check_compatible(workdir, config)
@@ -181,12 +183,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   wait_for_all_processes("state_created")  # the manager's first barrier is a collective
   mngr = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpointing)
-  start_step = mngr.latest_step()
-  if start_step is None:
-    start_step = 0
-  else:  # also a step-0 checkpoint, as tools.import_torch writes for an epoch-0 file
-    state, data_iterator = checkpoints.restore(
-        mngr, start_step, checkpoints.abstract_like(state, state_shardings), data_iterator)
+  abstract_state = checkpoints.abstract_like(state, state_shardings)
+  restored = checkpoints.restore_newest(mngr, lambda s: checkpoints.restore(mngr, s, abstract_state, data_iterator))
+  start_step = 0
+  if restored is not None:  # also a step-0 checkpoint, as tools.import_torch writes for an epoch-0 file
+    (state, data_iterator), start_step = restored
     logging.info("Resumed from the checkpoint of step %d in %s", start_step, workdir)
   checkpoints.save_config(workdir, config)
 
@@ -227,24 +228,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.warning("%s received: saved the checkpoint of step %d, exiting", stop.signal_name, step)
         break
   finally:
-    mngr.wait_until_finished()
-    mngr.close()
     writer.close()
+    checkpoints.finish(mngr)
   return last_metrics
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Drops the INFO chatter of Orbax and Grain (dozens of lines per checkpoint); keeps warnings."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-        f"{os.sep}{name}{os.sep}" in record.pathname for name in ("orbax", "grain"))
-
-
 def setup_logging() -> None:
-  """INFO from process 0, errors only from the others, libraries' INFO lines dropped."""
-  logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.ERROR)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  """INFO from process 0, errors only from the others; libraries' chatter dropped."""
+  program_logging.setup()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -265,7 +256,8 @@ def main(argv):
   setup_logging()
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError, TrainingError) as e:
+  except (config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError, TrainingError,
+          checkpoints.SaveError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 

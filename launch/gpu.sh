@@ -86,7 +86,7 @@ main() {
       'import sys; assert sys.version_info >= (3, 11), "JAX needs Python 3.11+: pass --python"'
     run "$python" -m venv "$venv"
     run "$venv_python" -m pip install --upgrade pip
-    run "$venv_python" -m pip install -e "${ROOT}[cuda]"
+    run "$venv_python" -m pip install -e "${ROOT}[cuda]" -c "$ROOT/launch/constraints.txt"
   elif (( ! DRY_RUN )) && [[ ! -x $venv_python ]]; then
     die "--skip-install, but $venv_python does not exist"
   fi

@@ -258,7 +258,7 @@ main() {
         "$fetch" \
         "$python -m venv $REMOTE_VENV" \
         "$REMOTE_VENV/bin/pip install -q --upgrade pip" \
-        "$REMOTE_VENV/bin/pip install -q -e \"./${REMOTE_SRC}[tpu]\" gcsfs" \
+        "$REMOTE_VENV/bin/pip install -q -e \"./${REMOTE_SRC}[tpu]\" gcsfs -c ${REMOTE_SRC}/launch/constraints.txt" \
         "$REMOTE_VENV/bin/python -c \"$DEVICE_REPORT\"")"
       ;;
     train | eval)

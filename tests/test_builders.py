@@ -279,13 +279,13 @@ def test_open_split_errors_name_what_is_missing(tmp_path):
 
 
 def test_builders_cli_builds_and_prints_the_dataset_name(tmp_path):
-  """`python -m artstyle_jax.data.builders` builds a folder tree and names the dataset."""
+  """`python -m artstyle_jax.data.builders`, run from tmp_path with relative directories, builds
+  a folder tree there and names the dataset."""
   write_style_tree(tmp_path / "manual", ["a", "b"], 3)
   result = subprocess.run(
       [sys.executable, "-m", "artstyle_jax.data.builders", "--dataset=image_folder",
-       "--config_name=cli", f"--manual_dir={tmp_path / 'manual'}",
-       f"--data_dir={tmp_path / 'tfds'}", "--test_fraction=0.34", "--min_side=8"],
-      capture_output=True, text=True, check=False)
+       "--config_name=cli", "--manual_dir=manual", "--data_dir=tfds", "--test_fraction=0.34", "--min_side=8"],
+      cwd=tmp_path, capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr
   assert "train: 4 examples written, 0 files skipped" in result.stdout
   assert "test: 2 examples written" in result.stdout

@@ -3,6 +3,7 @@ on the test split, results and the probe written to DIR/eval/, bad input refused
 the workdir untouched."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -55,8 +56,8 @@ def make_workdir(workdir, data, steps=STEPS):
   return config, state.params["backbone"]
 
 
-def run_eval(workdir, *args):
-  return subprocess.run([sys.executable, "-m", "artstyle_jax.eval", f"--workdir={workdir}", *args], cwd=REPO,
+def run_eval(workdir, *args, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", "artstyle_jax.eval", f"--workdir={workdir}", *args], cwd=cwd,
                         capture_output=True, text=True, timeout=600)
 
 
@@ -91,10 +92,13 @@ def workdir(tmp_path_factory, synthetic_data):
 
 
 @pytest.fixture(scope="module")
-def evaluated(workdir):
-  """The program run on the workdir: fast mode with one augmented copy, and the embedding map."""
+def evaluated(workdir, synthetic_data):
+  """The program run on the workdir as a user runs it, from the workdir's parent with relative
+  paths (the dataset's too, as an override): fast mode with one augmented copy, and the embedding map."""
   path, _, _ = workdir
-  return run_eval(path, "--augmented_copies=1", "--embedding")
+  data_dir = os.path.relpath(synthetic_data[0], path.parent)
+  return run_eval(path.name, "--augmented_copies=1", "--embedding", f"--config.dataset.data_dir={data_dir}",
+                  cwd=path.parent)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +115,25 @@ def test_restore_reads_the_student_backbone_of_the_latest_or_the_asked_step(work
   params, step = eval_lib.restore_backbone(str(path), config, step=1)
   assert step == 1
   assert_trees_equal(params, shifted(initial, 1))
+
+
+def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_one_before_is_restored(tmp_path, workdir):
+  """Checkpoint 2's array data truncated (every data file: eval reads the backbone alone): the
+  backbone of step 1, checkpoint 2 kept as 2.corrupt; asking for step 2 by name is an error
+  naming it."""
+  path, config, initial = workdir
+  copy = tmp_path / "run"
+  shutil.copytree(path / "checkpoints", copy / "checkpoints")
+  shutil.copy(path / checkpoints.CONFIG_FILE, copy)
+  for d, _, fs in os.walk(copy / "checkpoints" / "2" / "state" / "ocdbt.process_0" / "d"):
+    for f in fs:
+      os.truncate(os.path.join(d, f), os.path.getsize(os.path.join(d, f)) // 2)
+  with pytest.raises(checkpoints.DamagedCheckpointError, match="checkpoint 2 in .* is damaged"):
+    eval_lib.restore_backbone(str(copy), config, step=2)
+  params, step = eval_lib.restore_backbone(str(copy), config)
+  assert step == 1
+  assert_trees_equal(params, shifted(initial, 1))
+  assert sorted(os.listdir(copy / "checkpoints")) == ["1", "2.corrupt"]
 
 
 def test_random_init_is_the_students_initial_backbone(workdir):

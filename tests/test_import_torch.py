@@ -222,13 +222,14 @@ def assert_trees_equal(actual, expected):
   jax.tree.map(np.testing.assert_array_equal, actual, expected)
 
 
-def run_cli(*args):
-  """`python -m artstyle_jax.tools.import_torch ARGS` with the fixture's ConvNeXt size registered."""
+def run_cli(*args, cwd=REPO):
+  """`python -m artstyle_jax.tools.import_torch ARGS` run from `cwd`, with the fixture's ConvNeXt
+  size registered."""
   program = (f"import runpy, sys; from artstyle_jax.models import convnext; "
              f"convnext.SIZES[{FIXTURE_SIZE!r}] = ({DEPTHS}, {DIMS}); "
              f"sys.argv = ['import_torch'] + sys.argv[1:]; "
              f"runpy.run_module('artstyle_jax.tools.import_torch', run_name='__main__')")
-  return subprocess.run([sys.executable, "-c", program, *args], cwd=REPO, capture_output=True, text=True,
+  return subprocess.run([sys.executable, "-c", program, *args], cwd=cwd, capture_output=True, text=True,
                         timeout=300)
 
 
@@ -245,13 +246,14 @@ def paper_config(*overrides):
 
 
 class Imported:
-  """The authors' checkpoint imported by the command line, and its workdir restored."""
+  """The authors' checkpoint imported by the command line, run from the checkpoint's directory
+  with relative paths, and its workdir restored."""
 
   def __init__(self, root):
     self.model, self.torch_optimizer = write_authors_checkpoint(root / "authors.pth")
     self.workdir = str(root / "workdir")
-    self.cli = run_cli(str(root / "authors.pth"), f"--workdir={self.workdir}", f"--iters_per_epoch={ITERS_PER_EPOCH}",
-                       *(f"--config.{o}" for o in OVERRIDES))
+    self.cli = run_cli("authors.pth", "--workdir=workdir", f"--iters_per_epoch={ITERS_PER_EPOCH}",
+                       *(f"--config.{o}" for o in OVERRIDES), cwd=root)
     assert self.cli.returncode == 0, self.cli.stderr
     self.config = checkpoints.load_config(self.workdir)
     # XLA:CPU compiles a train step with the 'conv' form of the depthwise convolutions several

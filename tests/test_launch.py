@@ -122,7 +122,7 @@ def test_install_ships_the_committed_head_and_installs_jax_tpu_with_python_3_11_
       " sudo apt-get -qq -o DPkg::Lock::Timeout=600 install -y python3.11 python3.11-venv;"
       " rm -rf artstyle-jax; tar -xzf artstyle-jax.tar.gz; python3.11 -m venv artstyle-venv;"
       " artstyle-venv/bin/pip install -q --upgrade pip;"
-      " artstyle-venv/bin/pip install -q -e \"./artstyle-jax[tpu]\" gcsfs;"
+      " artstyle-venv/bin/pip install -q -e \"./artstyle-jax[tpu]\" gcsfs -c artstyle-jax/launch/constraints.txt;"
       " artstyle-venv/bin/python -c \"import jax; print(jax.process_index(),"
       " jax.local_device_count(), jax.device_count())\"'"]
 
@@ -136,7 +136,7 @@ def test_install_from_a_repository_clones_it_on_every_worker_with_the_chosen_pyt
       " rm -rf artstyle-jax; git clone --quiet https://example.com/me/artstyle-jax.git"
       " artstyle-jax; git -C artstyle-jax checkout --quiet v0.1.0;"
       " python3.12 -m venv artstyle-venv; artstyle-venv/bin/pip install -q --upgrade pip;"
-      " artstyle-venv/bin/pip install -q -e \"./artstyle-jax[tpu]\" gcsfs;"
+      " artstyle-venv/bin/pip install -q -e \"./artstyle-jax[tpu]\" gcsfs -c artstyle-jax/launch/constraints.txt;"
       " artstyle-venv/bin/python -c \"import jax; print(jax.process_index(),"
       " jax.local_device_count(), jax.device_count())\"' --project=my-project"]
 
@@ -312,7 +312,7 @@ def test_gpu_installs_jax_cuda_in_a_venv_checks_the_gpu_then_trains_and_evaluate
       " \"JAX needs Python 3.11+: pass --python\"'",
       f"python3 -m venv {ROOT}/.venv",
       f"{ROOT}/.venv/bin/python -m pip install --upgrade pip",
-      f"{ROOT}/.venv/bin/python -m pip install -e '{ROOT}[cuda]'",
+      f"{ROOT}/.venv/bin/python -m pip install -e '{ROOT}[cuda]' -c {ROOT}/launch/constraints.txt",
       f"{ROOT}/.venv/bin/python -c 'import jax; print(jax.devices());"
       " assert jax.default_backend() == \"gpu\", \"JAX sees no GPU\"'",
       f"{ROOT}/.venv/bin/python -m artstyle_jax.train --config=configs/paper.py"

@@ -4,6 +4,7 @@ import os
 from absl import flags
 import pytest
 
+from artstyle_jax import config_lib
 from artstyle_jax import paths
 
 
@@ -41,3 +42,16 @@ def test_path_flags_resolve_values_and_defaults(tmp_path, monkeypatch):
   assert workdir.value == str(tmp_path / "run")
   assert entries.value == [str(tmp_path / "a"), "gs://b/c"]
   assert os.path.isabs(workdir.value)
+
+
+def test_config_paths_resolve_where_the_config_is_validated(tmp_path, monkeypatch):
+  """dataset.data_dir and an init naming a local file become absolute in validate (and so in the
+  config.json a run saves); a Hugging Face hub id, 'random' and gs:// stay as they are."""
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "weights.safetensors").write_bytes(b"")
+  tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py")
+  config = config_lib.load(tiny, ["dataset.data_dir=tfds", "init=weights.safetensors"])
+  assert (config.dataset.data_dir, config.init) == (str(tmp_path / "tfds"), str(tmp_path / "weights.safetensors"))
+  for init, data_dir in (("timm/convnext_atto.d2_in1k", "gs://bucket/tfds"), ("random", "gs://bucket/tfds")):
+    config = config_lib.load(tiny, [f"dataset.data_dir={data_dir}", f"init={init}"])
+    assert (config.dataset.data_dir, config.init) == (data_dir, init)

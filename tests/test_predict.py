@@ -1,5 +1,6 @@
 """The prediction program: top-k styles from eval's linear head, gallery ranking by style
 similarity, and one clear error line for a bad image or a workdir eval has not seen."""
+import functools
 import io
 import os
 import shutil
@@ -21,8 +22,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOP_K = 3
 
 
-def run_predict(workdir, *args):
-  return subprocess.run([sys.executable, "-m", "artstyle_jax.predict", f"--workdir={workdir}", *args], cwd=REPO,
+def run_predict(workdir, *args, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", "artstyle_jax.predict", f"--workdir={workdir}", *args], cwd=cwd,
                         capture_output=True, text=True, timeout=600)
 
 
@@ -71,9 +72,14 @@ def image_paths(tmp_path_factory, synthetic_data):
 
 
 @pytest.fixture(scope="module")
-def predicted(evaluated_workdir, image_paths):
+def predicted(tmp_path_factory, evaluated_workdir, image_paths):
+  """The program run as a user runs it, from a directory above the workdir and the images, every
+  path relative to it; it prints the images' absolute paths."""
   queries, gallery = image_paths
-  return run_predict(evaluated_workdir, f"--top_k={TOP_K}", f"--gallery={gallery}", "--num_matches=4", *queries)
+  cwd = tmp_path_factory.getbasetemp()
+  relative = functools.partial(os.path.relpath, start=cwd)
+  return run_predict(relative(evaluated_workdir), f"--top_k={TOP_K}", f"--gallery={relative(gallery)}",
+                     "--num_matches=4", *map(relative, queries), cwd=cwd)
 
 
 def test_prints_the_top_k_styles_per_image_most_probable_first(predicted, image_paths, synthetic_data):

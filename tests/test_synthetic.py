@@ -77,10 +77,11 @@ def test_an_image_does_not_depend_on_how_many_are_written(tmp_path):
 
 
 def test_cli_writes_the_same_tree_as_the_function(tmp_path):
+  """The program, run from tmp_path with --out relative to it, writes the tree write_tree writes."""
   result = subprocess.run(
-      [sys.executable, "-m", "artstyle_jax.data.synthetic", "--out", str(tmp_path / "cli"),
+      [sys.executable, "-m", "artstyle_jax.data.synthetic", "--out", "cli",
        "--per-class", "2", "--size", "32", "--seed", "3"],
-      capture_output=True, text=True, check=False)
+      cwd=tmp_path, capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr
   n = len(synthetic.STYLES)
   assert f"({3 * n} images, {n} styles, 32 px)" in result.stdout

@@ -48,6 +48,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from artstyle_jax import paths
 from artstyle_jax.data import images
 
 JPEG_QUALITY = 90
@@ -403,7 +404,7 @@ def main(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m artstyle_jax.data.synthetic",
       description="Write the procedural art-style dataset as a class-per-folder tree.")
-  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument("--out", required=True, type=paths.resolve, help="output directory")
   parser.add_argument("--per-class", "--per_class", type=int, required=True,
                       help="training images per style")
   parser.add_argument("--size", type=int, required=True, help="image side in pixels")

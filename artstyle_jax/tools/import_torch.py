@@ -52,6 +52,7 @@ import optax
 from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
 from artstyle_jax import optim
+from artstyle_jax import paths
 from artstyle_jax import state as state_lib
 from artstyle_jax import step as step_lib
 from artstyle_jax.data import sources
@@ -504,7 +505,7 @@ def _define_flags() -> None:
   """The program's flags; defined only when it runs as a program, so that importing the converter
   does not claim flag names (config, workdir, step) that the other programs define too."""
   config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Config the imported run continues with.")
-  flags.DEFINE_string("workdir", None, "New directory for the imported run.", required=True)
+  paths.DEFINE_path("workdir", None, "New directory for the imported run.", required=True)
   flags.DEFINE_integer("iters_per_epoch", None, "Steps per epoch: the step is epoch * iters_per_epoch. "
                        "Default: counted on the config's dataset as train.py counts them.")
   flags.DEFINE_integer("step", None, "The imported state's step, instead of epoch * iters_per_epoch.")
@@ -516,7 +517,7 @@ def main(argv):
   flag_values = flags.FLAGS
   overridden = tuple(config_flags.get_override_values(flag_values["config"]))
   try:
-    config, state = import_checkpoint(argv[1], flag_values.workdir, flag_values.config, overridden,
+    config, state = import_checkpoint(paths.resolve(argv[1]), flag_values.workdir, flag_values.config, overridden,
                                       iters_per_epoch=flag_values.iters_per_epoch, step=flag_values.step)
   except (CheckpointError, config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
