@@ -124,6 +124,12 @@ def _from_file(path: str, dtype: Any, depthwise: str) -> tuple[nn.Module, Any]:
   return _from_torch_file(path, dtype, depthwise)
 
 
+def canonical_source(source: str) -> str:
+  """`source` as it loads from any working directory: a local path made absolute, others as given."""
+  local = paths.resolve(source)
+  return local if os.path.exists(local) else source
+
+
 def load_backbone(source: str, *, seed: int = 0, dtype: Any = jnp.float32,
                   depthwise: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
   """(module, {'params': ...}) of the backbone `source` names (see the module docstring).
