@@ -498,9 +498,10 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
 
 def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict, *, step: Optional[int] = None,
                      random_init: bool = False, mesh: Optional[jax.sharding.Mesh] = None,
-                     **options) -> dict[str, dict[str, Any]]:
+                     out_dir: Optional[str | os.PathLike] = None, **options) -> dict[str, dict[str, Any]]:
   """Evaluates a workdir's checkpoint (the latest, or `step`), or with `random_init` the untrained
-  backbone, into `eval_dir(workdir, random_init)`; `options` as `evaluate_backbone`'s.
+  backbone, into `out_dir` (default `eval_dir(workdir, random_init)`); `options` as
+  `evaluate_backbone`'s.
 
   Raises:
     WorkdirError, ConfigError, FileNotFoundError: before anything is written.
@@ -515,8 +516,8 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict, *, step: O
   if not random_init:
     params, step = restore_backbone(workdir, config, step, mesh)
     logging.info("restored the student backbone of step %d from %s", step, workdir)
-  return evaluate_backbone(config, params, eval_dir(workdir, random_init), step=None if random_init else step,
-                           mesh=mesh, **options)
+  out_dir = eval_dir(workdir, random_init) if out_dir is None else out_dir
+  return evaluate_backbone(config, params, out_dir, step=None if random_init else step, mesh=mesh, **options)
 
 
 def weights_config(config: ml_collections.ConfigDict, backbone: nn.Module,
@@ -536,15 +537,16 @@ def weights_config(config: ml_collections.ConfigDict, backbone: nn.Module,
 def evaluate_weights(source: str, config: ml_collections.ConfigDict, out_dir: str | os.PathLike, *,
                      overridden: tuple[str, ...] = (), mesh: Optional[jax.sharding.Mesh] = None,
                      **options) -> dict[str, dict[str, Any]]:
-  """Evaluates the backbone `source` names (`models.load_backbone`) into `out_dir`, which also
-  gets the config used (config.json); `options` as `evaluate_backbone`'s.
+  """Evaluates the backbone `source` names (`models.load_backbone`; 'random' alone is
+  random:<config.model.name>) into `out_dir`, which also gets the config used (config.json);
+  `options` as `evaluate_backbone`'s.
 
   Raises:
     ConfigError, FileNotFoundError, BackboneError: before anything is written.
   """
   config_lib.validate(config)
   open_splits(config)  # A missing dataset is refused before the backbone is loaded.
-  source = models.backbones.canonical_source(source)
+  source = models.RANDOM_PREFIX + config.model.name if source == "random" else models.backbones.canonical_source(source)
   backbone, variables = models.load_backbone(source, seed=config.seed, dtype=config_lib.compute_dtype(config),
                                              depthwise=config.model.depthwise)
   config = weights_config(config, backbone, overridden)

@@ -33,6 +33,7 @@ from artstyle_jax.models import resnet
 RANDOM_PREFIX = "random:"
 MODEL_NAMES = tuple(convnext.SIZES) + tuple(resnet.SIZES)
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+_FILE_EXTENSIONS = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors")  # a path, never a hub id
 
 
 class BackboneError(ValueError):
@@ -156,7 +157,7 @@ def load_backbone(source: str, *, seed: int = 0, dtype: Any = jnp.float32,
   try:
     if os.path.exists(local):
       module, params = _from_file(local, dtype, depthwise)
-    elif _HUB_ID.fullmatch(source) and not source.startswith((".", "~")):
+    elif _HUB_ID.fullmatch(source) and not source.startswith((".", "~")) and not source.endswith(_FILE_EXTENSIONS):
       module, params = _from_safetensors(convnext._resolve_source(source), dtype, depthwise)  # pylint: disable=protected-access
     else:
       raise FileNotFoundError(f"{source}: no such file or directory, and not a hub id like "
