@@ -152,7 +152,7 @@ def checkpoint_step(workdir: str, step: Optional[int] = None) -> int:
 def _init_backbone_fn(config: ml_collections.ConfigDict, backbone):
   # The key state.create gives the student's backbone, so a random initialisation here is the
   # student's first state when config.init is 'random'.
-  key = jax.random.split(jax.random.PRNGKey(config.seed), 4)[0]
+  key = models.backbones.random_init_key(config.seed)
   images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
   return lambda: backbone.init(key, images, train=False)["params"]
 
