@@ -10,12 +10,13 @@ function of its parameters. The running statistics are parameters here (`FrozenB
 `ResNet.__call__` maps an NHWC image batch to the four stage outputs (layer1 ... layer4), as
 `ConvNeXt` does; `features.pooled` averages the last one.
 
-`torch_load` + `tensors_of` read a checkpoint file, and `from_state_dict` the formats the public models use, recognised by their keys:
+`torch_load` and `tensors_of` read a checkpoint file; `from_state_dict` takes the layouts the
+public checkpoints use, recognised by their keys:
 
   torchvision    conv1.weight, bn1.*, layer1.0.conv1.weight, ... [fc.*]   (Barlow Twins, VICReg,
                                                                            DINO, BYOL/SimCLR
                                                                            conversions, timm)
-  moco           [state_dict] module.encoder_q.<torchvision key>          (MoCo v1/v2, v3 r50)
+  moco           [state_dict] module.encoder_q.<torchvision key>          (MoCo v1/v2)        
   mmselfsup      state_dict: backbone.<torchvision key>, neck.*, head.*    (MMSelfSup/MMPretrain)
   module         module.<torchvision key>, module.projection_head.*,       (SwAV, DeepCluster-v2)
                  module.prototypes.*
