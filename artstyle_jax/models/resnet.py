@@ -16,7 +16,7 @@ public checkpoints use, recognised by their keys:
   torchvision    conv1.weight, bn1.*, layer1.0.conv1.weight, ... [fc.*]   (Barlow Twins, VICReg,
                                                                            DINO, BYOL/SimCLR
                                                                            conversions, timm)
-  moco           [state_dict] module.encoder_q.<torchvision key>          (MoCo v1/v2)        
+  moco           [state_dict] module.encoder_q.<torchvision key>          (MoCo v1/v2)
   mmselfsup      state_dict: backbone.<torchvision key>, neck.*, head.*    (MMSelfSup/MMPretrain)
   module         module.<torchvision key>, module.projection_head.*,       (SwAV, DeepCluster-v2)
                  module.prototypes.*
