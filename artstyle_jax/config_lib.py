@@ -143,3 +143,20 @@ def load(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
   flag_values(argv)
   return validate(flag_values.config)
+
+
+def override(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  """A copy of `config` with overrides "key=value" applied as `--config.key=value` would be.
+
+  Raises:
+    ConfigError: a key the config lacks, or a value of the wrong type.
+  """
+  argv = ["config_lib"] + [f"--config.{o}" for o in overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_dict("config", config.copy_and_resolve_references(), flag_values=flag_values,
+                                  sys_argv=argv)
+  try:
+    flag_values(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    raise ConfigError(str(e).strip().splitlines()[0]) from e
+  return flag_values.config

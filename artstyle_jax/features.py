@@ -13,13 +13,19 @@ from artstyle_jax.models import convnext
 FeatureFn = Callable[[Any, jax.Array], jax.Array]
 
 
+def pooled(module: nn.Module, variables: Mapping[str, Any], images: jax.Array) -> jax.Array:
+  """(B, C) float32 global average of the last stage's map of a backbone (ConvNeXt or ResNet,
+  as `models.load_backbone` returns them) on (B, H, W, 3) float32 normalised images."""
+  return convnext.pool(module.apply(variables, images, train=False)[-1])
+
+
 def make_feature_fn(backbone: nn.Module, mesh: jax.sharding.Mesh) -> FeatureFn:
   """`feature_fn(backbone_params, images) -> (B, C)` float32 pooled features, jitted.
 
   images: (B, S, S, 3) float32 normalised, sharded over the mesh's batch axes.
   """
   def features(params, images):
-    return convnext.pool(backbone.apply({"params": params}, images, train=False)[-1])
+    return pooled(backbone, {"params": params}, images)
 
   return jax.jit(features, out_shardings=sharding.batch_sharding(mesh))
 

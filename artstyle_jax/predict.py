@@ -9,7 +9,9 @@ on, each image prepared as the dataset builders prepare a file (`images.prepare_
 mode to 8-bit RGB) and then as eval's test images (`views.EvalView` with the head's size and
 normalisation). With --gallery, every image file under GALLERY (recursively, by extension) is
 embedded the same way and ranked by the cosine similarity of its pooled student features to
-each query's (`knn.nearest_neighbours`).
+each query's (`knn.nearest_neighbours`). A head that `eval --weights=SOURCE --workdir=DIR` trained
+is applied on that external backbone (`models.load_backbone(SOURCE)`, with the config eval saved
+in DIR/eval/config.json).
 
 Output on stdout, per image: its path, then one line per style, most probable first, and with
 --gallery one line per match, most similar first:
@@ -38,8 +40,10 @@ import jax
 import numpy as np
 
 from artstyle_jax import checkpoints
+from artstyle_jax import config_lib
 from artstyle_jax import eval as eval_lib
 from artstyle_jax import features
+from artstyle_jax import models
 from artstyle_jax import paths as paths_lib
 from artstyle_jax import pictures
 from artstyle_jax import program_logging
@@ -60,6 +64,8 @@ class Head(NamedTuple):
   model_name: str
   step: int  # checkpoint step of the backbone; -1: the random initialisation of config.seed
   transform: views.EvalView
+  weights: str  # the --weights source of an external backbone (`models.load_backbone`); '' for a workdir's
+  seed: int  # the seed of a random initialisation
 
 
 def load_head(workdir: str) -> Head:
@@ -73,12 +79,17 @@ def load_head(workdir: str) -> Head:
     raise checkpoints.WorkdirError(f"{workdir} has no linear head ({path}): run "
                                    f"`python -m artstyle_jax.eval --workdir={workdir}` first")
   with path.open("rb") as f, np.load(f, allow_pickle=False) as saved:
+    missing = [key for key in eval_lib.HEAD_KEYS if key not in saved]
+    if missing:
+      raise checkpoints.WorkdirError(f"{path} lacks {', '.join(missing)} (an older eval wrote it): run "
+                                     f"`python -m artstyle_jax.eval --workdir={workdir}` again")
     arrays = {key: saved[key] for key in eval_lib.HEAD_KEYS}
   transform = views.EvalView(int(arrays["image_size"]), tuple(arrays["mean"]), tuple(arrays["std"]),
                              crop_fraction=float(arrays["crop_fraction"]))
   return Head(params={"kernel": arrays["kernel"], "bias": arrays["bias"]},
               class_names=[str(name) for name in arrays["class_names"]], model_name=str(arrays["model_name"]),
-              step=int(arrays["step"]), transform=transform)
+              step=int(arrays["step"]), transform=transform, weights=str(arrays["weights"]),
+              seed=int(arrays["seed"]))
 
 
 def read_image(path: str) -> bytes:
@@ -140,12 +151,15 @@ class Predictor:
       WorkdirError: no head (eval not run), or its checkpoint is gone.
     """
     self.head = load_head(workdir)
+    self.mesh = sharding.create_mesh() if mesh is None else mesh
+    if self.head.weights:
+      self._load_weights(workdir)
+      return
     self.config = checkpoints.load_config(workdir)
     if self.head.model_name != self.config.model.name:
       raise checkpoints.WorkdirError(f"the head in {eval_lib.eval_dir(workdir)} was trained on "
                                      f"{self.head.model_name}, but {workdir} holds {self.config.model.name}: "
                                      f"run `python -m artstyle_jax.eval --workdir={workdir}` again")
-    self.mesh = sharding.create_mesh() if mesh is None else mesh
     backbone = step_lib.build_backbone(self.config)
     if self.head.step < 0:
       self.backbone_params = eval_lib.random_backbone_params(self.config, backbone, self.mesh)
@@ -155,6 +169,19 @@ class Predictor:
       except checkpoints.WorkdirError as e:
         raise checkpoints.WorkdirError(f"{e}: the head was trained on step {self.head.step}; run "
                                        f"`python -m artstyle_jax.eval --workdir={workdir}` again") from e
+    self.feature_fn = features.make_feature_fn(backbone, self.mesh)
+
+  def _load_weights(self, workdir: str) -> None:
+    """The external backbone eval --weights evaluated into `workdir`, with the config it used."""
+    self.config = checkpoints.load_config(str(eval_lib.eval_dir(workdir)))
+    try:
+      backbone, variables = models.load_backbone(self.head.weights, seed=self.head.seed,
+                                                 dtype=config_lib.compute_dtype(self.config),
+                                                 depthwise=self.config.model.depthwise)
+    except (models.BackboneError, FileNotFoundError) as e:
+      raise checkpoints.WorkdirError(f"the head in {eval_lib.eval_dir(workdir)} was trained on "
+                                     f"{self.head.weights}, which no longer loads: {e}") from e
+    self.backbone_params = jax.device_put(variables["params"], sharding.replicated(self.mesh))
     self.feature_fn = features.make_feature_fn(backbone, self.mesh)
 
   def embed(self, source: Any) -> np.ndarray:

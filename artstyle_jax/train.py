@@ -30,6 +30,7 @@ from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
 from artstyle_jax import features
 from artstyle_jax import metric_writer
+from artstyle_jax import models
 from artstyle_jax import optim
 from artstyle_jax import paths
 from artstyle_jax import pictures
@@ -97,15 +98,21 @@ def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
 
 
 def load_backbone_params(config: ml_collections.ConfigDict, backbone: Any) -> Any:
-  """The student backbone's initial parameters from `config.init`; None for 'random'."""
+  """The student backbone's initial parameters from `config.init` (`models.load_backbone`); None
+  for 'random'."""
   if config.init == "random":
     return None
-  module, params = convnext.load_pretrained(config.init)
+  try:
+    module, variables = models.load_backbone(config.init)
+  except models.BackboneError as e:
+    raise config_lib.ConfigError(f"init: {e}") from e
+  if not isinstance(module, convnext.ConvNeXt):
+    raise config_lib.ConfigError(f"init {config.init!r} is a {models.model_name(module)}; the student is a ConvNeXt")
   if (tuple(module.depths), tuple(module.dims)) != (tuple(backbone.depths), tuple(backbone.dims)):
     raise config_lib.ConfigError(
         f"init {config.init!r} is a ConvNeXt with depths {tuple(module.depths)}, dims {tuple(module.dims)}, "
         f"but model.name={config.model.name!r} has depths {tuple(backbone.depths)}, dims {tuple(backbone.dims)}")
-  return params
+  return variables["params"]
 
 
 def open_train_data(config: ml_collections.ConfigDict):

@@ -1,8 +1,10 @@
-"""Times the ConvNeXt backbone: ours (JAX, jitted) against transformers' PyTorch ConvNextModel.
+"""Times a backbone: ours (JAX, jitted) against the same network in PyTorch.
 
-  python -m artstyle_jax.bench backbone [--model convnext_tiny] [--image-size 224] [--batch 8]
+  python -m artstyle_jax.bench backbone [--model convnext_tiny|resnet50|...] [--image-size 224] [--batch 8]
       [--steps 5] [--warmup 2] [--dtype float32] [--depthwise auto] [--no-torch]
 
+ConvNeXt is timed against transformers' ConvNextModel, ResNet-50 against the plain-torch
+torchvision ResNet-50 of `bench/torch_resnet.py` (BatchNorm in eval mode, as ours is frozen).
 Both run the same architecture on the same input size: the forward pass (inference: jitted
 apply / torch.no_grad in eval mode) and forward+backward (gradient of the sum of the last
 stage's output with respect to all parameters). Each figure is the median over `--steps` timed
@@ -20,13 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from artstyle_jax.models import convnext
+from artstyle_jax.models import resnet
 from artstyle_jax.models.depthwise import resolve_depthwise
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog=argv[0], description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", default="convnext_tiny", choices=sorted(convnext.SIZES))
+  parser.add_argument("--model", default="convnext_tiny", choices=sorted(convnext.SIZES) + sorted(resnet.SIZES))
   parser.add_argument("--image-size", type=int, default=224)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--steps", type=int, default=5, help="timed iterations per measurement")
@@ -53,7 +56,10 @@ def _median_seconds(run, steps: int, warmup: int) -> float:
 
 
 def _time_jax(args) -> dict:
-  module = convnext.create(args.model, dtype=jnp.dtype(args.dtype), depthwise=args.depthwise)
+  if args.model in resnet.SIZES:
+    module = resnet.create(args.model, dtype=jnp.dtype(args.dtype))
+  else:
+    module = convnext.create(args.model, dtype=jnp.dtype(args.dtype), depthwise=args.depthwise)
   images = jax.random.normal(jax.random.key(0), (args.batch, args.image_size, args.image_size, 3))
   params = jax.jit(module.init)(jax.random.key(1), images)
 
@@ -84,13 +90,23 @@ def _available_cores() -> int:
 
 def _time_torch(args) -> dict:
   import torch
-  import transformers
 
   torch.set_num_threads(_available_cores())
-  depths, dims = convnext.SIZES[args.model]
-  config = transformers.ConvNextConfig(depths=list(depths), hidden_sizes=list(dims),
-                                       drop_path_rate=0.0)
-  model = transformers.ConvNextModel(config)
+  if args.model in resnet.SIZES:
+    from artstyle_jax.bench import torch_resnet
+    model = torch_resnet.ResNet(resnet.SIZES[args.model])
+
+    def last_stage(images):
+      return model(images)[-1]
+  else:
+    import transformers
+    depths, dims = convnext.SIZES[args.model]
+    config = transformers.ConvNextConfig(depths=list(depths), hidden_sizes=list(dims),
+                                         drop_path_rate=0.0)
+    model = transformers.ConvNextModel(config)
+
+    def last_stage(images):
+      return model(images).last_hidden_state
   images = torch.from_numpy(
       np.random.default_rng(0).standard_normal((args.batch, 3, args.image_size, args.image_size),
                                                dtype=np.float32))
@@ -102,10 +118,11 @@ def _time_torch(args) -> dict:
 
   def train():
     model.zero_grad(set_to_none=True)
-    model(images).last_hidden_state.sum().backward()
+    last_stage(images).sum().backward()
 
   forward_s = _median_seconds(forward, args.steps, args.warmup)
-  model.train()
+  if args.model not in resnet.SIZES:  # A ResNet's BatchNorm stays in eval mode, frozen as ours.
+    model.train()
   train_s = _median_seconds(train, args.steps, args.warmup)
   return {"forward_s": forward_s, "forward_images_per_s": args.batch / forward_s,
           "train_s": train_s, "train_images_per_s": args.batch / train_s,

@@ -254,9 +254,11 @@ def select_weight_decay(features, labels, num_classes: int, *,
   return WeightDecaySelection(weight_decay=candidates[best], accuracies=dict(zip(candidates, accuracies)))
 
 
-def init_paper_head(rng: jax.Array, num_features: int, num_classes: int) -> Head:
-  """Linear(C -> K) as the published linear evaluation initialises it: N(0, 0.01) weights, zero bias."""
-  return {"kernel": PAPER_INIT_STDDEV * jax.random.normal(rng, (num_features, num_classes), jnp.float32),
+def init_paper_head(rng: jax.Array, num_features: int, num_classes: int,
+                    stddev: float = PAPER_INIT_STDDEV) -> Head:
+  """Linear(C -> K) as the published linear evaluation initialises it: N(0, stddev) weights
+  (0.01), zero bias."""
+  return {"kernel": stddev * jax.random.normal(rng, (num_features, num_classes), jnp.float32),
           "bias": jnp.zeros((num_classes,), jnp.float32)}
 
 
@@ -266,10 +268,12 @@ def paper_learning_rate(base_learning_rate: float, total_steps: int) -> optax.Sc
   return optax.cosine_decay_schedule(base_learning_rate, total_steps)
 
 
-def paper_optimizer(base_learning_rate: float, total_steps: int,
-                    momentum: float = PAPER_MOMENTUM) -> optax.GradientTransformation:
-  """SGD with Nesterov momentum, no weight decay, on the cosine schedule above."""
-  return optax.sgd(paper_learning_rate(base_learning_rate, total_steps), momentum=momentum, nesterov=True)
+def paper_optimizer(base_learning_rate: float, total_steps: int, momentum: float = PAPER_MOMENTUM,
+                    weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """SGD with Nesterov momentum on the cosine schedule above; weight decay (0 in the paper) added
+  to the gradient before the momentum, as torch.optim.SGD does."""
+  sgd = optax.sgd(paper_learning_rate(base_learning_rate, total_steps), momentum=momentum, nesterov=True)
+  return optax.chain(optax.add_decayed_weights(weight_decay), sgd) if weight_decay else sgd
 
 
 class PaperProbeResult(NamedTuple):
@@ -281,7 +285,8 @@ def fit_paper(feature_fn: Callable[..., jax.Array],
               make_train_batches: Callable[[int], Iterable[tuple]],
               num_classes: int, steps_per_epoch: int, rng: jax.Array, *,
               epochs: int = PAPER_EPOCHS, learning_rate: float = PAPER_LEARNING_RATE,
-              momentum: float = PAPER_MOMENTUM,
+              momentum: float = PAPER_MOMENTUM, weight_decay: float = 0.0,
+              init_stddev: float = PAPER_INIT_STDDEV,
               on_epoch_end: Optional[Callable[[int, Head, float], None]] = None) -> PaperProbeResult:
   """Trains a linear probe with the published protocol, on fresh augmented views every epoch.
 
@@ -297,6 +302,8 @@ def fit_paper(feature_fn: Callable[..., jax.Array],
     epochs: 100 in the paper.
     learning_rate: base learning rate, 0.001 in the paper.
     momentum: Nesterov momentum, 0.9 in the paper.
+    weight_decay: L2 coefficient added to the gradient, 0 in the paper.
+    init_stddev: standard deviation of the initial weights, 0.01 in the paper.
     on_epoch_end: called as on_epoch_end(epoch, head, mean_loss) after every epoch (e.g. to
       log test accuracy; the reported figure is still the final head's).
 
@@ -305,7 +312,7 @@ def fit_paper(feature_fn: Callable[..., jax.Array],
   """
   if steps_per_epoch < 1 or epochs < 1:
     raise ValueError(f"steps_per_epoch and epochs must be >= 1; got {steps_per_epoch} and {epochs}.")
-  tx = paper_optimizer(learning_rate, epochs * steps_per_epoch, momentum)
+  tx = paper_optimizer(learning_rate, epochs * steps_per_epoch, momentum, weight_decay)
 
   @jax.jit
   def train_step(head, opt_state, features, labels):
@@ -328,7 +335,7 @@ def fit_paper(feature_fn: Callable[..., jax.Array],
       if features.ndim != 2 or features.shape[0] != labels.shape[0]:
         raise ValueError(f"feature_fn must return ({labels.shape[0]}, C) features; got shape {features.shape}.")
       if head is None:
-        head = init_paper_head(rng, features.shape[1], num_classes)
+        head = init_paper_head(rng, features.shape[1], num_classes, init_stddev)
         opt_state = tx.init(head)
       head, opt_state, loss = train_step(head, opt_state, features, jnp.asarray(labels, jnp.int32))
       loss_sum = loss_sum + loss

@@ -1,0 +1,170 @@
+"""A frozen backbone from a source a user names: one loader for eval, predict, compare and train's init.
+
+  load_backbone(source) -> (module, variables), `module.apply(variables, images)` -> stage maps
+
+Sources:
+  random:MODEL             the random initialisation of MODEL (convnext_atto ... convnext_xlarge,
+                           resnet50, resnet101, resnet152) from `seed`; for ConvNeXt the one
+                           training's state gives its student for that seed
+  ORG/NAME                 a Hugging Face hub id of a timm or transformers ConvNeXt, or of a
+                           timm ResNet (e.g. timm/convnext_base.fb_in22k_ft_in1k)
+  FILE.safetensors, DIR    the same weights saved locally (DIR holding model.safetensors)
+  FILE.pth / .pt / .tar    torch.save output: an authors' checkpoint ({'model', 'optimizer',
+                           'epoch'}: its student backbone, `net.net.*`), or a ResNet state dict in
+                           one of `resnet`'s formats (torchvision, MoCo, MMSelfSup, SwAV)
+
+Local paths are taken relative to the working directory (`paths.resolve`). Both families map NHWC
+float32 normalised images to their list of stage outputs; `features.pooled` averages the last.
+"""
+import functools
+import os
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from artstyle_jax import paths
+from artstyle_jax.models import convnext
+from artstyle_jax.models import resnet
+
+RANDOM_PREFIX = "random:"
+MODEL_NAMES = tuple(convnext.SIZES) + tuple(resnet.SIZES)
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+_FILE_EXTENSIONS = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors")  # a path, never a hub id
+
+
+class BackboneError(ValueError):
+  """A source that names no backbone this package can load; the message says why, in one line."""
+
+
+def random_init_key(seed: int) -> jax.Array:
+  """The key a training state of `seed` initialises its student's backbone with (`state.create`)."""
+  return jax.random.split(jax.random.PRNGKey(seed), 4)[0]
+
+
+def create(name: str, *, dtype: Any = jnp.float32, depthwise: str = "auto") -> nn.Module:
+  """An untrained backbone by name (`MODEL_NAMES`)."""
+  if name in convnext.SIZES:
+    return convnext.create(name, dtype=dtype, depthwise=depthwise)
+  if name in resnet.SIZES:
+    return resnet.create(name, dtype=dtype)
+  raise BackboneError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(module: nn.Module, key: jax.Array) -> Any:
+  return module.init(key, jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)["params"]
+
+
+def init_params(module: nn.Module, seed: int) -> Any:
+  """The random parameters of `module` for `seed` (see `random_init_key`)."""
+  return _init(module, random_init_key(seed))
+
+
+def _features_only(module: nn.Module, params: Any) -> tuple[nn.Module, Any]:
+  """A ConvNeXt without the classifier head a timm file may carry (a backbone is features only)."""
+  if isinstance(module, convnext.ConvNeXt) and module.num_classes:
+    return module.clone(num_classes=0), {k: v for k, v in params.items() if k != "head"}
+  return module, params
+
+
+def model_name(module: nn.Module) -> str:
+  """'resnet50', 'convnext_base', ...: the size of a module `load_backbone` returns."""
+  if isinstance(module, resnet.ResNet):
+    return module.name_of_size
+  for name, (depths, dims) in convnext.SIZES.items():
+    if (tuple(depths), tuple(dims)) == (tuple(module.depths), tuple(module.dims)):
+      return name
+  return f"convnext(depths={tuple(module.depths)}, dims={tuple(module.dims)})"
+
+
+def num_parameters(variables: Any) -> int:
+  """Learned parameters of a backbone's variables (BatchNorm running statistics are not counted,
+  as torch does not count its buffers)."""
+  leaves = jax.tree_util.tree_leaves_with_path(variables["params"])
+  return int(sum(np.size(leaf) for path, leaf in leaves if path[-1].key not in ("mean", "var")))
+
+
+def _from_safetensors(path: str, dtype: Any, depthwise: str) -> tuple[nn.Module, Any]:
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  with safe_open(path, framework="numpy") as f:
+    keys = list(f.keys())
+  if resnet.is_resnet_state_dict(keys):
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    _, module, params = resnet.from_state_dict(load_file(path), dtype=dtype)
+    return module, params
+  return convnext.load_pretrained(path, dtype=dtype, depthwise=depthwise)
+
+
+def _is_authors_checkpoint(loaded: Any) -> bool:
+  model = loaded.get("model") if isinstance(loaded, dict) else None
+  return isinstance(model, dict) and any(str(k).startswith("net.net.") for k in model)
+
+
+def _from_torch_file(path: str, dtype: Any, depthwise: str) -> tuple[nn.Module, Any]:
+  loaded = resnet.torch_load(path)
+  if _is_authors_checkpoint(loaded):
+    from artstyle_jax.tools import import_torch  # pylint: disable=g-import-not-at-top  (it imports step)
+    student = import_torch.read(path).networks["student"]
+    return convnext.from_timm(student.backbone, dtype=dtype, depthwise=depthwise)
+  _, module, params = resnet.from_state_dict(resnet.tensors_of(loaded, path), dtype=dtype)
+  return module, params
+
+
+def _from_file(path: str, dtype: Any, depthwise: str) -> tuple[nn.Module, Any]:
+  if os.path.isdir(path):
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(weights):
+      raise FileNotFoundError(f"directory {path} has no model.safetensors")
+    return _from_safetensors(weights, dtype, depthwise)
+  if path.endswith(".safetensors"):
+    return _from_safetensors(path, dtype, depthwise)
+  return _from_torch_file(path, dtype, depthwise)
+
+
+def canonical_source(source: str) -> str:
+  """`source` as it loads from any working directory: a local path made absolute, others as given."""
+  local = paths.resolve(source)
+  return local if os.path.exists(local) else source
+
+
+def load_backbone(source: str, *, seed: int = 0, dtype: Any = jnp.float32,
+                  depthwise: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
+  """(module, {'params': ...}) of the backbone `source` names (see the module docstring).
+
+  Args:
+    source: 'random:MODEL', a hub id, or a local file or directory.
+    seed: the seed of a random initialisation.
+    dtype: compute dtype of the module (parameters are float32).
+    depthwise: ConvNeXt's depthwise convolution form ('auto', 'conv', 'shift').
+
+  Raises:
+    FileNotFoundError: a path that does not exist, or a hub id neither downloadable nor cached.
+    BackboneError: anything else that is no loadable backbone (unknown format or model, keys
+      that do not fit), naming the source.
+  """
+  if source == "random" or source.startswith(RANDOM_PREFIX):
+    name = source[len(RANDOM_PREFIX):]
+    if not name:
+      raise BackboneError(f"a random backbone needs a model: {RANDOM_PREFIX}MODEL, MODEL one of "
+                          f"{', '.join(MODEL_NAMES)}")
+    module = create(name, dtype=dtype, depthwise=depthwise)
+    return module, {"params": init_params(module, seed)}
+  local = paths.resolve(source)
+  try:
+    if os.path.exists(local):
+      module, params = _from_file(local, dtype, depthwise)
+    elif _HUB_ID.fullmatch(source) and not source.startswith((".", "~")) and not source.endswith(_FILE_EXTENSIONS):
+      module, params = _from_safetensors(convnext._resolve_source(source), dtype, depthwise)  # pylint: disable=protected-access
+    else:
+      raise FileNotFoundError(f"{source}: no such file or directory, and not a hub id like "
+                              "timm/convnext_base.fb_in22k_ft_in1k")
+  except FileNotFoundError:
+    raise
+  except ValueError as e:
+    raise BackboneError(f"{source}: {e}") from e
+  module, params = _features_only(module, params)
+  return module, {"params": params}

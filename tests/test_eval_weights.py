@@ -1,0 +1,96 @@
+"""eval --weights: an external backbone evaluated with no training run (kNN, the probes, the paper's
+baseline protocol), normalised for its family, its head usable by predict; bad input refused in one
+line with nothing written."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from artstyle_jax import checkpoints
+from artstyle_jax import config_lib
+from artstyle_jax import eval as eval_lib
+from artstyle_jax import predict
+from artstyle_jax import step as step_lib
+from artstyle_jax.models import resnet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data, *overrides):
+  data_dir, name = data
+  return config_lib.load(os.path.join(REPO, "configs", "tiny.py"),
+                         [f"dataset.name={name}", f"dataset.data_dir={data_dir}", "knn_k=5", *overrides])
+
+
+def run_eval(cwd, *args):
+  return subprocess.run([sys.executable, "-m", "artstyle_jax.eval", *args], cwd=cwd, capture_output=True, text=True,
+                        timeout=600, env={**os.environ, "PYTHONPATH": REPO})
+
+
+def test_a_resnet_is_normalised_with_imagenet_constants_unless_they_are_overridden(synthetic_data):
+  config = tiny_config(synthetic_data)
+  resnet50, atto = resnet.create("resnet50"), step_lib.build_backbone(config)
+  assert eval_lib.weights_config(config, resnet50).views.student.mean == eval_lib.IMAGENET_MEAN
+  assert eval_lib.weights_config(config, resnet50).views.student.std == eval_lib.IMAGENET_STD
+  assert eval_lib.weights_config(config, atto).views.student == config.views.student
+  kept = eval_lib.weights_config(config, resnet50, overridden=("views.student.mean",))
+  assert kept.views.student.mean == config.views.student.mean and kept.views.student.std == eval_lib.IMAGENET_STD
+
+
+def test_probe_options_are_the_papers_or_the_baselines_each_replaceable():
+  assert eval_lib.probe_options("paper") == {"learning_rate": 0.001, "momentum": 0.9, "weight_decay": 0.0,
+                                             "init_stddev": 0.01}
+  assert eval_lib.probe_options("baseline")["learning_rate"] == 0.3
+  assert eval_lib.probe_options("baseline", momentum=0.5, weight_decay=1e-4) == {
+      "learning_rate": 0.3, "momentum": 0.5, "weight_decay": 1e-4, "init_stddev": 0.01}
+
+
+def test_baseline_mode_trains_the_head_with_the_baseline_protocol(tmp_path, synthetic_data):
+  config = tiny_config(synthetic_data)
+  results = eval_lib.evaluate_weights("random:convnext_atto", config, tmp_path / "out", mode="baseline",
+                                      paper_epochs=2, verbose=False)
+  saved = json.loads((tmp_path / "out" / "linear_baseline.json").read_text())
+  assert saved["method"] == "linear_baseline" and saved["learning_rate"] == 0.3 and saved["epochs"] == 2
+  assert saved["top1"] == results["linear"]["top1"] and saved["weights"] == "random:convnext_atto"
+  assert saved["random_init"] and saved["model"] == "convnext_atto"
+  assert checkpoints.load_config(str(tmp_path / "out")).knn_k == 5
+
+
+@pytest.fixture(scope="module")
+def evaluated_weights(tmp_path_factory, synthetic_data):
+  """eval --weights=random:convnext_atto from a fresh directory, relative paths: (cwd, process)."""
+  cwd = tmp_path_factory.mktemp("weights")
+  data_dir, name = synthetic_data
+  process = run_eval(cwd, "--weights=random:convnext_atto", "--workdir=out", f"--config.dataset.name={name}",
+                     f"--config.dataset.data_dir={os.path.relpath(data_dir, cwd)}", "--config.image_size=64",
+                     "--config.knn_k=5", "--config.batch_size=8")
+  return cwd, process
+
+
+def test_the_program_writes_results_the_config_and_a_head_predict_applies(evaluated_weights, synthetic_data):
+  cwd, process = evaluated_weights
+  assert process.returncode == 0, process.stderr[-3000:]
+  out = cwd / "out" / "eval"
+  assert {"knn.json", "linear_fast.json", "linear_head.npz", "config.json"} <= set(os.listdir(out))
+  assert json.loads((out / "knn.json").read_text())["weights"] == "random:convnext_atto"
+  query = sorted(pathlib.Path(synthetic_data[0]).rglob("*.jpg"))[0]
+  lines = predict.predict(str(cwd / "out"), [str(query)], top_k=3)
+  assert lines[0] == str(query) and len(lines) == 4 and all(line.startswith("  style  ") for line in lines[1:])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weights=random:convnext_atto", "--random_init"], "--random_init and --step belong to a training run"),
+    (["--weights=random:convnext_atto", "--config.no_such_key=1"], "unknown config key 'no_such_key'"),
+    (["--weights=random:vgg16"], "unknown model 'vgg16'"),
+    (["--weights=nowhere/resnet50.pth"], "nowhere/resnet50.pth: no such file or directory"),
+])
+def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, synthetic_data, args, message):
+  data_dir, name = synthetic_data
+  process = run_eval(tmp_path, *args, "--workdir=out", f"--config.dataset.name={name}",
+                     f"--config.dataset.data_dir={data_dir}")
+  errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+  assert process.returncode == 1 and len(errors) == 1 and message in errors[0], process.stderr[-2000:]
+  assert "Traceback" not in process.stderr and not (tmp_path / "out").exists()
