@@ -2,7 +2,7 @@
 
   python -m artstyle_jax.compare --entry=NAME=SOURCE_OR_WORKDIR [--entry=...] --workdir=OUT
       [--mode=fast|paper|baseline] [--config=configs/paper.py] [--config.key=value ...]
-      [--paper_epochs=N --paper_batch_size=N --probe_learning_rate=LR ...] [--batch_size=N]
+      [--paper_epochs=N --paper_batch_size=N --probe_learning_rate=LR ...] [--batch_size=N] [--embedding]
 
 Each entry is evaluated as `eval` would (weighted kNN and the --mode linear probe, on the
 config's dataset) and becomes one row of the table:
@@ -17,7 +17,8 @@ config's dataset) and becomes one row of the table:
 
 Outputs in OUT: comparison.json (every row, with its error if it failed), comparison.md (the
 table: method, backbone, parameters, kNN top-1, linear top-1 / top-5, mean per-class accuracy),
-comparison.png (bar chart of the top-1 figures), and entries/NAME/ with each entry's eval outputs.
+comparison.png (bar chart of the top-1 figures), and entries/NAME/ with each entry's eval outputs
+(with --embedding, its t-SNE map of the test split's features too: entries/NAME/embedding.png).
 One progress line per entry; an entry that fails is reported (a line on stderr, a row that says
 why) and the others go on. Exit status 1 when an entry failed, or when the command is refused
 (one error line, nothing written).
@@ -45,6 +46,8 @@ from artstyle_jax import config_lib
 from artstyle_jax import eval as eval_lib
 from artstyle_jax import models
 from artstyle_jax import paths
+from artstyle_jax import pictures
+from artstyle_jax import program_logging
 from artstyle_jax import sharding
 
 RESULTS_FILE = "comparison.json"
@@ -88,10 +91,7 @@ def entry_config(entry: Entry, config: ml_collections.ConfigDict, overrides: Seq
   backbone source; a workdir's saved config with the same `overrides` for a workdir."""
   if not entry.is_workdir:
     return config
-  saved = config_lib.override(eval_lib.saved_config(entry.source), overrides)
-  with saved.unlocked():
-    saved.dataset.data_dir = paths.resolve(saved.dataset.data_dir)
-  return saved
+  return config_lib.override(eval_lib.saved_config(entry.source), overrides)
 
 
 def evaluate_entry(entry: Entry, config: ml_collections.ConfigDict, overrides: Sequence[str], out_dir: epath.Path,
@@ -182,7 +182,7 @@ def compare(entries: Sequence[Entry], config: ml_collections.ConfigDict, workdir
     config: the --config file with `overrides` applied (backbone sources use it).
     overrides: the "key=value" overrides, applied to the workdirs' saved configs too.
     mode: the linear probe, 'fast', 'paper' or 'baseline'.
-    options: `eval.evaluate_backbone`'s (batch_size, paper_epochs, paper_batch_size, probe).
+    options: `eval.evaluate_backbone`'s (batch_size, paper_epochs, paper_batch_size, probe, embedding).
 
   Returns:
     What comparison.json holds: dataset, test_split, mode and one `row` per entry.
@@ -230,6 +230,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("batch_size", None, "Images per feature-extraction step; default config.batch_size rounded "
                        "up to a multiple of the device count.", lower_bound=1)
   eval_lib.define_probe_flags()
+  flags.DEFINE_bool("embedding", False, "Also draw each entry's t-SNE map of the test split's features, "
+                    f"entries/NAME/{pictures.EMBEDDING_FILE}.")
   config_flags.DEFINE_config_file("config", str(eval_lib.WEIGHTS_CONFIG), "Config of the backbone sources "
                                   "(dataset, image size, normalisation); --config.key=value overrides apply to "
                                   "the workdirs' saved configs too.")
@@ -250,18 +252,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.ERROR)
+  program_logging.setup()
   flag_values = flags.FLAGS
   if not flag_values.workdir:
     _fail("--workdir is required")
   overrides = [arg[len("--config."):] for arg in sys.argv[1:] if arg.startswith("--config.")]
-  config = flag_values.config
-  with config.unlocked():
-    config.dataset.data_dir = paths.resolve(config.dataset.data_dir)
   try:
     entries = parse_entries(flag_values.entry)
-    comparison = compare(entries, config, flag_values.workdir, overrides=overrides, mode=flag_values.mode,
-                         batch_size=flag_values.batch_size, **eval_lib.probe_flag_options(flag_values))
+    comparison = compare(entries, flag_values.config, flag_values.workdir, overrides=overrides,
+                         mode=flag_values.mode, batch_size=flag_values.batch_size, embedding=flag_values.embedding,
+                         **eval_lib.probe_flag_options(flag_values))
   except (config_lib.ConfigError, FileNotFoundError) as e:
     _fail(e)
   print(format_table(comparison), end="")

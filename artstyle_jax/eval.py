@@ -666,9 +666,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     argv = flags.FLAGS(remaining)
   except flags.Error as e:
     _fail(e)
-  if flags.FLAGS.weights:
-    with flags.FLAGS.config.unlocked():
-      flags.FLAGS.config.dataset.data_dir = paths.resolve(flags.FLAGS.config.dataset.data_dir)
   return argv
 
 

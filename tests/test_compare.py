@@ -27,7 +27,8 @@ def run_compare(cwd, *args):
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory, synthetic_data):
-  """compare run from a fresh directory with relative paths: (its directory, the process)."""
+  """compare run from a fresh directory with relative paths, the maps asked for too: (its directory,
+  the process)."""
   cwd = tmp_path_factory.mktemp("compare")
   test_eval.make_workdir(cwd / "ours", synthetic_data)
   torch.manual_seed(0)
@@ -36,7 +37,7 @@ def compared(tmp_path_factory, synthetic_data):
              cwd / "moco_v2_200ep_pretrain.pth.tar")
   data_dir, name = synthetic_data
   process = run_compare(cwd, "--entry=ours=ours", "--entry=moco_v2=moco_v2_200ep_pretrain.pth.tar",
-                        "--entry=missing=nowhere/moco.pth", "--entry=random=random", "--workdir=cmp",
+                        "--entry=missing=nowhere/moco.pth", "--entry=random=random", "--workdir=cmp", "--embedding",
                         f"--config={REPO}/configs/tiny.py", f"--config.dataset.name={name}",
                         f"--config.dataset.data_dir={os.path.relpath(data_dir, cwd)}", "--config.knn_k=5")
   return cwd, process
@@ -79,6 +80,14 @@ def test_the_table_and_the_chart_show_every_row(compared):
   assert table in process.stdout
   chart = np.asarray(Image.open(cwd / "cmp" / "comparison.png"))
   assert chart.ndim == 3 and chart.shape[0] > 200 and chart.std() > 0
+
+
+def test_every_evaluated_entry_has_its_feature_map(compared):
+  cwd, _ = compared
+  for name in ("ours", "moco_v2", "random"):
+    with Image.open(cwd / "cmp" / "entries" / name / "embedding.png") as image:
+      assert (image.format, image.size) == ("PNG", (1000, 700))
+  assert not (cwd / "cmp" / "entries" / "missing" / "embedding.png").exists()
 
 
 def test_a_bad_command_is_refused_in_one_line_and_writes_nothing(tmp_path, synthetic_data):
