@@ -25,7 +25,7 @@ image what the student's backward keeps from its forward (the residuals of its V
 schedule does not realise the saving of remat (its memory analysis of a rematerialised step is
 no smaller), so on CPU the estimate is the figure to read for remat.
 """
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import functools
 import json
 import math
@@ -230,6 +230,18 @@ def residual_estimate(config: ml_collections.ConfigDict, limit_bytes: float) -> 
   }
 
 
+def interleaved_medians(runs: dict[str, Callable[[], float]], steps: int, warmup: int) -> dict[str, float]:
+  """Median seconds of each run over `steps` rounds after `warmup` untimed ones; a round calls
+  every run once, in order, so all see the same machine load. A run returns its own seconds."""
+  times = {name: [] for name in runs}
+  for round_index in range(warmup + steps):
+    for name, run in runs.items():
+      seconds = run()
+      if round_index >= warmup:
+        times[name].append(seconds)
+  return {name: statistics.median(values) for name, values in times.items()}
+
+
 class _TimedTorchStep:
   """The PyTorch reference step on `batch` (the same views as ours, NCHW); a call runs one step
   and returns its seconds."""
@@ -313,20 +325,22 @@ def main(argv: Sequence[str]) -> int:
   state, _ = program.create(jax.random.PRNGKey(0))
   batch = program.random_batch()
   reference = _TimedTorchStep(config, batch) if flag_values.torch else None
-  ours_s, theirs_s = [], []
-  for index in range(flag_values.warmup + flag_values.steps):
+  last = {}
+
+  def ours() -> float:
     start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    ours_s.append(time.perf_counter() - start)
-    if reference is not None:
-      theirs_s.append(reference())
-  step_s = statistics.median(ours_s[flag_values.warmup:])
+    last["state"], last["metrics"] = compiled(last.pop("state", state), batch)
+    jax.block_until_ready(last["metrics"])
+    return time.perf_counter() - start
+
+  runs = {"ours": ours} if reference is None else {"ours": ours, "torch": reference}
+  medians = interleaved_medians(runs, flag_values.steps, flag_values.warmup)
+  metrics = last["metrics"]
+  step_s = medians["ours"]
   if reference is not None:
-    torch_s = statistics.median(theirs_s[flag_values.warmup:])
-    result["torch"] = {"step_s": torch_s, "images_per_s": config.batch_size / torch_s,
+    result["torch"] = {"step_s": medians["torch"], "images_per_s": config.batch_size / medians["torch"],
                        "threads": reference.threads, "version": reference.version}
-    result["speedup"] = torch_s / step_s
+    result["speedup"] = medians["torch"] / step_s
 
   if flag_values.peak_flops:
     peak, source = flag_values.peak_flops, "--peak_flops"

@@ -28,7 +28,8 @@ class _Network(torch.nn.Module):
   def __init__(self, depths, dims, drop_path_rate: float, hidden_dim: int, out_dim: int):
     super().__init__()
     self.backbone = transformers.ConvNextModel(transformers.ConvNextConfig(
-        depths=list(depths), hidden_sizes=list(dims), drop_path_rate=drop_path_rate))
+        num_stages=len(depths), depths=list(depths), hidden_sizes=list(dims),
+        drop_path_rate=drop_path_rate))
     self.linear = torch.nn.Linear(dims[-1], hidden_dim)
     self.out = torch.nn.Linear(hidden_dim, out_dim)
 
@@ -65,11 +66,13 @@ def info_nce_loss(z_s, z_t, queue, temperature: float):
 class TorchStep:
   """One training step of `config` in PyTorch; call it with a batch of NCHW float32 views."""
 
-  def __init__(self, config: ml_collections.ConfigDict, seed: int = 0):
+  def __init__(self, config: ml_collections.ConfigDict, seed: int = 0, depths=None, dims=None):
+    """The networks are `config.model.name`'s size, or `depths` and `dims` when given."""
     if config.model.dtype != "float32":
       raise ValueError(f"the PyTorch reference step runs float32 only, not {config.model.dtype}")
     torch.manual_seed(seed)
-    depths, dims = convnext.SIZES[config.model.name]
+    if depths is None or dims is None:
+      depths, dims = convnext.SIZES[config.model.name]
     self.config = config
     self.student = _Network(depths, dims, config.model.drop_path_rate, config.model.proj_hidden_dim,
                             config.model.proj_dim)
