@@ -291,7 +291,7 @@ def main(argv: Sequence[str]) -> int:
   mesh = sharding.create_mesh(config.mesh.fsdp)
   device = jax.devices()[0]
   result = {
-      "model": config.model.name, "image_size": config.image_size, "batch_size": config.batch_size,
+      "benchmark": "step", "model": config.model.name, "image_size": config.image_size, "batch_size": config.batch_size,
       "dtype": config.model.dtype, "remat": config.model.remat, "device_kind": device.device_kind,
       "platform": device.platform, "num_devices": mesh.size,
   }
