@@ -128,7 +128,7 @@ class TorchStep:
     for keys in self._keys:
       self.queue[self.queue_ptr:self.queue_ptr + len(keys)] = keys
       self.queue_ptr = (self.queue_ptr + len(keys)) % len(self.queue)
-    return float(loss)
+    return float(loss.detach())
 
   def params_for_jax(self) -> dict:
     """The student's weights as our {'backbone': ..., 'head': ...} parameter tree (numpy)."""
