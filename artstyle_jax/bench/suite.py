@@ -2,9 +2,10 @@
 
 On a CPU host: the backbone against PyTorch (ConvNeXt-atto 128 px batch 16, ConvNeXt-tiny 224 px
 batch 8, and tiny with the grouped-convolution depthwise form), the train step against the
-PyTorch step (tiny.py; ConvNeXt-atto 128 px batch 16) and the input pipeline; about 6 minutes on
-2 idle cores. On a GPU or TPU: the paper step (ConvNeXt-Base, 352 px, batch 16) in bfloat16 with
-and without remat (images/s, MFU, peak memory) and the bfloat16 backbone at that size.
+PyTorch step (tiny.py; ConvNeXt-atto 128 px batch 16) and the input pipeline; an estimated 4 to 6
+minutes on 2 idle cores. On a GPU or TPU: the paper step (ConvNeXt-Base, 352 px, batch 16) in
+bfloat16 with and without remat (images/s, MFU, peak memory) and the bfloat16 backbone at that
+size.
 
 Each entry runs as its own process (`python -m artstyle_jax.bench NAME ARGS`), so none inherits
 another's compiled programs or memory. Prints one JSON line per entry (the benchmark's own JSON
