@@ -285,6 +285,8 @@ def main(argv: Sequence[str]) -> int:
   if flag_values.config is None:
     raise SystemExit("--config is required, e.g. --config=configs/tiny.py")
   config = config_lib.validate(flag_values.config)
+  if flag_values.steps < 1 or flag_values.warmup < 0:
+    raise SystemExit(f"--steps must be >= 1 and --warmup >= 0, got {flag_values.steps} and {flag_values.warmup}")
   if flag_values.torch and (config.model.dtype != "float32" or config.model.remat):
     raise SystemExit("--torch compares float32 steps without remat: set --config.model.dtype=float32 "
                      "--config.model.remat=False")
@@ -325,17 +327,17 @@ def main(argv: Sequence[str]) -> int:
   state, _ = program.create(jax.random.PRNGKey(0))
   batch = program.random_batch()
   reference = _TimedTorchStep(config, batch) if flag_values.torch else None
-  last = {}
+  carry = {"state": state}
 
   def ours() -> float:
     start = time.perf_counter()
-    last["state"], last["metrics"] = compiled(last.pop("state", state), batch)
-    jax.block_until_ready(last["metrics"])
+    carry["state"], carry["metrics"] = compiled(carry["state"], batch)
+    jax.block_until_ready(carry["metrics"])
     return time.perf_counter() - start
 
   runs = {"ours": ours} if reference is None else {"ours": ours, "torch": reference}
   medians = interleaved_medians(runs, flag_values.steps, flag_values.warmup)
-  metrics = last["metrics"]
+  metrics = carry["metrics"]
   step_s = medians["ours"]
   if reference is not None:
     result["torch"] = {"step_s": medians["torch"], "images_per_s": config.batch_size / medians["torch"],
