@@ -88,7 +88,7 @@ class TorchStep:
         momentum=config.optim.momentum, weight_decay=config.optim.weight_decay)
     self.student.train()
     for teacher, _ in self.teachers.values():
-      teacher.train()
+      teacher.eval()  # As ours: no drop-path in the teachers (ConvNeXt has no other stochastic layer).
 
   def _relation(self, z_s, z_t):
     loss = self.config.loss
