@@ -5,7 +5,7 @@ Each benchmark prints human-readable lines and, last, one JSON line with its fig
 import importlib
 import sys
 
-BENCHMARKS = ("backbone", "step", "memory", "data")
+BENCHMARKS = ("backbone", "step", "memory", "data", "profile", "suite")
 
 
 def main(argv: list[str]) -> int:

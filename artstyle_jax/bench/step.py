@@ -1,10 +1,11 @@
 """Speed, FLOPs and memory of the compiled train step.
 
   python -m artstyle_jax.bench step --config=configs/tiny.py [--config.key=value ...]
-      [--steps=10] [--warmup=2] [--memory_only] [--fit_memory_gib=16] [--peak_flops=F]
+      [--steps=10] [--warmup=2] [--torch] [--memory_only] [--fit_memory_gib=16] [--peak_flops=F]
 
 Times the train step of the config (random initialisation, random float32 views, the batch over
-all devices) after warm-up, and prints, last, one JSON line: step_s, images_per_s,
+all devices) after warm-up: the median of `--steps` steps, each waited for. Prints, last, one
+JSON line: step_s, images_per_s,
 flops_per_step, achieved_flops_per_s, mfu (model FLOPs per second over the devices' peak: the
 dense bfloat16 peak of the accelerator from the table below, or on CPU a measured large float32
 matmul), the device kind and the peak used, and XLA's memory analysis of the compiled step per
@@ -24,10 +25,12 @@ image what the student's backward keeps from its forward (the residuals of its V
 schedule does not realise the saving of remat (its memory analysis of a rematerialised step is
 no smaller), so on CPU the estimate is the figure to read for remat.
 """
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import functools
 import json
 import math
+import os
+import statistics
 import time
 
 from absl import flags
@@ -35,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
+import numpy as np
 
 from artstyle_jax import config_lib
 from artstyle_jax import optim
@@ -226,11 +230,46 @@ def residual_estimate(config: ml_collections.ConfigDict, limit_bytes: float) -> 
   }
 
 
+def interleaved_medians(runs: dict[str, Callable[[], float]], steps: int, warmup: int) -> dict[str, float]:
+  """Median seconds of each run over `steps` rounds after `warmup` untimed ones; a round calls
+  every run once, in order, so all see the same machine load. A run returns its own seconds."""
+  times = {name: [] for name in runs}
+  for round_index in range(warmup + steps):
+    for name, run in runs.items():
+      seconds = run()
+      if round_index >= warmup:
+        times[name].append(seconds)
+  return {name: statistics.median(values) for name, values in times.items()}
+
+
+class _TimedTorchStep:
+  """The PyTorch reference step on `batch` (the same views as ours, NCHW); a call runs one step
+  and returns its seconds."""
+
+  def __init__(self, config: ml_collections.ConfigDict, batch: dict[str, jax.Array]):
+    import torch  # pylint: disable=import-outside-toplevel
+    from artstyle_jax.bench import torch_step  # pylint: disable=import-outside-toplevel
+
+    self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(self.threads)
+    self.version = torch.__version__
+    self.step = torch_step.TorchStep(config)
+    self.batch = {view: torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).copy())
+                  for view, images in batch.items()}
+
+  def __call__(self) -> float:
+    start = time.perf_counter()
+    self.step(self.batch)
+    return time.perf_counter() - start
+
+
 def _define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py)",
                                   flag_values=flag_values, sys_argv=list(argv))
   flags.DEFINE_integer("steps", 10, "timed steps, after warm-up", flag_values=flag_values)
   flags.DEFINE_integer("warmup", 2, "untimed steps after compiling", flag_values=flag_values)
+  flags.DEFINE_bool("torch", False, "also time the step in plain PyTorch, interleaved with ours",
+                    flag_values=flag_values)
   flags.DEFINE_bool("memory_only", False, "compile from abstract shapes, report XLA's memory and FLOPs, "
                     "do not run", flag_values=flag_values)
   flags.DEFINE_float("fit_memory_gib", None, "find the largest per-device batch whose step fits this many "
@@ -246,10 +285,15 @@ def main(argv: Sequence[str]) -> int:
   if flag_values.config is None:
     raise SystemExit("--config is required, e.g. --config=configs/tiny.py")
   config = config_lib.validate(flag_values.config)
+  if flag_values.steps < 1 or flag_values.warmup < 0:
+    raise SystemExit(f"--steps must be >= 1 and --warmup >= 0, got {flag_values.steps} and {flag_values.warmup}")
+  if flag_values.torch and (config.model.dtype != "float32" or config.model.remat):
+    raise SystemExit("--torch compares float32 steps without remat: set --config.model.dtype=float32 "
+                     "--config.model.remat=False")
   mesh = sharding.create_mesh(config.mesh.fsdp)
   device = jax.devices()[0]
   result = {
-      "model": config.model.name, "image_size": config.image_size, "batch_size": config.batch_size,
+      "benchmark": "step", "model": config.model.name, "image_size": config.image_size, "batch_size": config.batch_size,
       "dtype": config.model.dtype, "remat": config.model.remat, "device_kind": device.device_kind,
       "platform": device.platform, "num_devices": mesh.size,
   }
@@ -282,14 +326,23 @@ def main(argv: Sequence[str]) -> int:
 
   state, _ = program.create(jax.random.PRNGKey(0))
   batch = program.random_batch()
-  for _ in range(flag_values.warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics if flag_values.warmup else state)
-  start = time.perf_counter()
-  for _ in range(flag_values.steps):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
-  step_s = (time.perf_counter() - start) / flag_values.steps
+  reference = _TimedTorchStep(config, batch) if flag_values.torch else None
+  carry = {"state": state}
+
+  def ours() -> float:
+    start = time.perf_counter()
+    carry["state"], carry["metrics"] = compiled(carry["state"], batch)
+    jax.block_until_ready(carry["metrics"])
+    return time.perf_counter() - start
+
+  runs = {"ours": ours} if reference is None else {"ours": ours, "torch": reference}
+  medians = interleaved_medians(runs, flag_values.steps, flag_values.warmup)
+  metrics = carry["metrics"]
+  step_s = medians["ours"]
+  if reference is not None:
+    result["torch"] = {"step_s": medians["torch"], "images_per_s": config.batch_size / medians["torch"],
+                       "threads": reference.threads, "version": reference.version}
+    result["speedup"] = medians["torch"] / step_s
 
   if flag_values.peak_flops:
     peak, source = flag_values.peak_flops, "--peak_flops"
@@ -311,5 +364,8 @@ def main(argv: Sequence[str]) -> int:
   })
   print(f"{step_s * 1e3:.1f} ms/step, {result['images_per_s']:.1f} images/s, mfu {result['mfu']:.3f} "
         f"(peak {peak / 1e12:.2f} TFLOP/s per device, {source})", flush=True)
+  if reference is not None:
+    print(f"PyTorch {result['torch']['step_s'] * 1e3:.1f} ms/step ({reference.threads} threads): ours is "
+          f"{result['speedup']:.2f}x its speed", flush=True)
   print(json.dumps(result))
   return 0

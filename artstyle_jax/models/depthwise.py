@@ -82,7 +82,7 @@ def _shift_forward(x: jax.Array, taps: jax.Array) -> jax.Array:
 
 # Elements of one (batch, rows, width, channels) tile of the kernel gradient: small enough that
 # the k*k passes over a tile hit the cache.
-_TILE_ELEMENTS = 300_000
+_TILE_ELEMENTS = 30_000
 
 
 def _shift_kernel_grad(x: jax.Array, grad_out: jax.Array, k: int) -> jax.Array:
