@@ -38,6 +38,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                       help="compute dtype of ours (PyTorch always runs float32)")
   parser.add_argument("--depthwise", default="auto", choices=("auto", "conv", "shift"))
   parser.add_argument("--no-torch", action="store_true", help="time ours only")
+  parser.add_argument("--forward-only", action="store_true",
+                      help="time the forward alone (feature extraction, what the probes run)")
   args = parser.parse_args(argv[1:])
   if args.steps < 1 or args.warmup < 0 or args.batch < 1:
     parser.error("--steps and --batch must be >= 1 and --warmup >= 0")
@@ -71,14 +73,15 @@ def _time_jax(args) -> dict:
   train = jax.jit(jax.grad(loss))
   start = time.perf_counter()
   jax.block_until_ready(forward(params, images))
-  jax.block_until_ready(train(params, images))
+  if not args.forward_only:
+    jax.block_until_ready(train(params, images))
   compile_s = time.perf_counter() - start
   forward_s = _median_seconds(lambda: jax.block_until_ready(forward(params, images)),
                               args.steps, args.warmup)
-  train_s = _median_seconds(lambda: jax.block_until_ready(train(params, images)),
-                            args.steps, args.warmup)
+  train_s = None if args.forward_only else _median_seconds(lambda: jax.block_until_ready(train(params, images)),
+                                                           args.steps, args.warmup)
   return {"forward_s": forward_s, "forward_images_per_s": args.batch / forward_s,
-          "train_s": train_s, "train_images_per_s": args.batch / train_s,
+          "train_s": train_s, "train_images_per_s": train_s and args.batch / train_s,
           "first_call_s": compile_s}
 
 
@@ -123,10 +126,16 @@ def _time_torch(args) -> dict:
   forward_s = _median_seconds(forward, args.steps, args.warmup)
   if args.model not in resnet.SIZES:  # A ResNet's BatchNorm stays in eval mode, frozen as ours.
     model.train()
-  train_s = _median_seconds(train, args.steps, args.warmup)
+  train_s = None if args.forward_only else _median_seconds(train, args.steps, args.warmup)
   return {"forward_s": forward_s, "forward_images_per_s": args.batch / forward_s,
-          "train_s": train_s, "train_images_per_s": args.batch / train_s,
+          "train_s": train_s, "train_images_per_s": train_s and args.batch / train_s,
           "threads": torch.get_num_threads(), "version": torch.__version__}
+
+
+def _train_text(timings: dict) -> str:
+  if timings["train_s"] is None:
+    return ""
+  return f"  forward+backward {timings['train_s']:.4f} s/it ({timings['train_images_per_s']:.1f} img/s)"
 
 
 def main(argv: list[str]) -> int:
@@ -140,19 +149,17 @@ def main(argv: list[str]) -> int:
   ours = _time_jax(args)
   result["jax"] = ours
   print(f"  jax    forward {ours['forward_s']:.4f} s/it ({ours['forward_images_per_s']:.1f} img/s)"
-        f"  forward+backward {ours['train_s']:.4f} s/it ({ours['train_images_per_s']:.1f} img/s)"
-        f"  first calls incl. compile {ours['first_call_s']:.1f} s")
+        + _train_text(ours) + f"  first calls incl. compile {ours['first_call_s']:.1f} s")
   if args.no_torch:
     result["torch"] = None
   else:
     theirs = _time_torch(args)
     result["torch"] = theirs
     result["forward_speedup"] = theirs["forward_s"] / ours["forward_s"]
-    result["train_speedup"] = theirs["train_s"] / ours["train_s"]
+    result["train_speedup"] = None if args.forward_only else theirs["train_s"] / ours["train_s"]
     print(f"  torch  forward {theirs['forward_s']:.4f} s/it ({theirs['forward_images_per_s']:.1f} "
-          f"img/s)  forward+backward {theirs['train_s']:.4f} s/it "
-          f"({theirs['train_images_per_s']:.1f} img/s)  {theirs['threads']} threads")
-    print(f"  speed-up of ours over PyTorch (>1 is faster): forward "
-          f"{result['forward_speedup']:.2f}x, forward+backward {result['train_speedup']:.2f}x")
+          f"img/s)" + _train_text(theirs) + f"  {theirs['threads']} threads")
+    print(f"  speed-up of ours over PyTorch (>1 is faster): forward {result['forward_speedup']:.2f}x"
+          + ("" if args.forward_only else f", forward+backward {result['train_speedup']:.2f}x"))
   print(json.dumps(result))
   return 0

@@ -44,6 +44,8 @@ CPU_ENTRIES = (
     Entry("ConvNeXt-tiny 224 px b8, --depthwise=conv", "backbone",
           ("--model=convnext_tiny", "--image-size=224", "--batch=8", "--depthwise=conv", "--no-torch",
            "--steps=3", "--warmup=1")),
+    Entry("ResNet-50 224 px b8, forward", "backbone",
+          ("--model=resnet50", "--image-size=224", "--batch=8", "--forward-only", "--steps=3", "--warmup=1")),
     Entry("tiny.py (ConvNeXt-atto 64 px b8)", "step", (_TINY, "--steps=10", "--torch")),
     Entry("ConvNeXt-atto 128 px b16", "step", _ATTO_128 + ("--steps=5", "--warmup=1", "--torch")),
     Entry("three 352 px views per JPEG", "data", ()),
