@@ -16,6 +16,7 @@ import os
 import re
 from typing import Any
 
+from flax import traverse_util
 import flax.linen as nn
 import huggingface_hub
 import jax
@@ -376,13 +377,7 @@ def _convert(module: ConvNeXt, state_dict: Mapping[str, Any], patterns, ignored=
     if wrong_shape:
       lines.append(f"wrongly shaped ({len(wrong_shape)}): {'; '.join(wrong_shape)}")
     raise ValueError("\n".join(lines))
-  params: dict = {}
-  for path, leaf in filled.items():
-    node = params
-    for name in path[:-1]:
-      node = node.setdefault(name, {})
-    node[path[-1]] = jnp.asarray(leaf)
-  return params
+  return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(filled))
 
 
 def params_from_timm(module: ConvNeXt, state_dict: Mapping[str, Any]) -> dict:

@@ -28,6 +28,7 @@ import os
 import re
 from typing import Any
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -224,13 +225,7 @@ def params_from_torchvision(module: ResNet, state_dict: Mapping[str, np.ndarray]
     problems = [f"{what} ({len(keys)}): {_describe(keys)}" for what, keys in
                 (("unexpected", unknown), ("missing", missing), ("wrongly shaped", wrong_shape)) if keys]
     raise CheckpointError(f"the state dict does not fit {module.name_of_size}: " + "; ".join(problems))
-  params: dict = {}
-  for path, leaf in filled.items():
-    node = params
-    for name in path[:-1]:
-      node = node.setdefault(name, {})
-    node[path[-1]] = jnp.asarray(leaf)
-  return params
+  return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(filled))
 
 
 def _describe(keys: Sequence[str], limit: int = 6) -> str:
