@@ -249,7 +249,7 @@ def draw_sheet(predictor: Predictor, paths: Sequence[str], styles: tuple[np.ndar
         pictures.Match(float(s), gallery_paths[j], classes[j]) for s, j in zip(matches[0][i], matches[1][i])]
     rows.append(pictures.SheetRow(path, [(float(p), names[c]) for p, c in zip(styles[0][i], styles[1][i])],
                                   row_matches))
-  title = (f"{predictor.config.model.name} ({pictures.describe_step(predictor.head.step)}), trained on "
+  title = (f"{predictor.head.model_name} ({pictures.describe_step(predictor.head.step)}), trained on "
            f"{predictor.config.dataset.name}: styles by eval's linear head")
   if gallery is not None:
     title += f"\nmatches: the {len(gallery_paths)} images under {pictures.shorten(gallery, 80)}"
