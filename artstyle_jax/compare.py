@@ -44,6 +44,7 @@ from ml_collections import config_flags
 from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
 from artstyle_jax import eval as eval_lib
+from artstyle_jax import host_memory
 from artstyle_jax import models
 from artstyle_jax import paths
 from artstyle_jax import pictures
@@ -250,6 +251,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv):
+  host_memory.keep_freed_memory()  # Before JAX starts its backend.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   program_logging.setup()

@@ -70,6 +70,7 @@ import numpy as np
 from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
 from artstyle_jax import features
+from artstyle_jax import host_memory
 from artstyle_jax import models
 from artstyle_jax import paths
 from artstyle_jax import pictures
@@ -670,6 +671,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv):
+  host_memory.keep_freed_memory()  # Before JAX starts its backend.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):

@@ -43,6 +43,7 @@ from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
 from artstyle_jax import eval as eval_lib
 from artstyle_jax import features
+from artstyle_jax import host_memory
 from artstyle_jax import models
 from artstyle_jax import paths as paths_lib
 from artstyle_jax import pictures
@@ -267,6 +268,7 @@ def _define_flags() -> None:
 
 
 def main(argv):
+  host_memory.keep_freed_memory()  # Before JAX starts its backend.
   if len(argv) < 2:
     raise app.UsageError("give one or more image paths")
   program_logging.setup(logging.WARNING)

@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
 from artstyle_jax import features
+from artstyle_jax import host_memory
 from artstyle_jax import metric_writer
 from artstyle_jax import models
 from artstyle_jax import optim
@@ -257,6 +258,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv):
+  host_memory.keep_freed_memory()  # Before JAX starts its backend.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialise_distributed()

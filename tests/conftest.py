@@ -14,6 +14,10 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import pytest  # noqa: E402  (after the environment above is set)
 
+from artstyle_jax import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # As the programs do, before any test starts JAX's backend.
+
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):

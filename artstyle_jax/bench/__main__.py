@@ -5,10 +5,13 @@ Each benchmark prints human-readable lines and, last, one JSON line with its fig
 import importlib
 import sys
 
+from artstyle_jax import host_memory
+
 BENCHMARKS = ("backbone", "step", "memory", "data", "profile", "suite")
 
 
 def main(argv: list[str]) -> int:
+  host_memory.keep_freed_memory()  # Before JAX starts its backend.
   if len(argv) < 2 or argv[1] not in BENCHMARKS:
     print(f"usage: python -m artstyle_jax.bench {{{','.join(BENCHMARKS)}}} [flags...]", file=sys.stderr)
     return 2
