@@ -12,7 +12,9 @@ from artstyle_jax import host_memory
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A ConvNeXt block's forward and backward (16 x 32 x 32 x 40 activations: about 60 MB of
-# temporaries per call); prints the page faults per call after two warm-up calls.
+# temporaries per call); prints the median of the page faults of 9 calls after two warm-up calls.
+# (The median: on a loaded machine one call may still find the last call's buffers in use and
+# grow the heap once more.)
 _FAULTS_PER_CALL = textwrap.dedent("""
     import resource, sys
     from artstyle_jax import host_memory
@@ -25,10 +27,12 @@ _FAULTS_PER_CALL = textwrap.dedent("""
     grad = jax.jit(jax.grad(lambda p, x: jnp.sum(block.apply(p, x, train=True) ** 2), argnums=(0, 1)))
     for _ in range(2):
       jax.block_until_ready(grad(params, x))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    faults = []
+    for _ in range(9):
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       jax.block_until_ready(grad(params, x))
-    print(changed, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+      faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(changed, sorted(faults)[4])
 """)
 
 
@@ -48,7 +52,7 @@ def test_repeated_calls_of_a_cpu_program_fault_in_no_new_pages():
   _, default = faults_per_call("default")
   assert changed
   assert default > 5000, f"glibc's default gave only {default} faults per call: nothing to fix here?"
-  assert kept < 300, f"{kept} page faults per call with keep_freed_memory (default: {default})"
+  assert kept < 300, f"{kept} page faults per call (median) with keep_freed_memory (default: {default})"
 
 
 def test_a_users_own_malloc_tunables_are_left_alone(monkeypatch):

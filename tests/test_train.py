@@ -1,8 +1,7 @@
-"""The training program: checkpoints that survive kill -9, SIGTERM, non-finite losses, damaged
-files, a failed save and bad input; relative paths as users type them."""
+"""The training program: checkpoints that survive kill -9 and SIGTERM, non-finite losses, bad input,
+a workdir of another model. Relative paths, damaged checkpoints and failed saves: test_train_checkpoints.py."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -141,96 +140,3 @@ def test_workdir_of_another_model_size_is_refused_untouched(tmp_path, synthetic_
   assert result.returncode == 1
   assert "another model" in result.stderr and "convnext_femto" in result.stderr
   assert tree_files(workdir) == before
-
-
-def relative_train_command(data, *overrides):
-  """train.py as a user runs it from a directory holding the dataset as tfds/: relative paths,
-  asynchronous checkpoints every 2 steps."""
-  return [sys.executable, "-m", "artstyle_jax.train", f"--config={os.path.join(REPO, 'configs', 'tiny.py')}",
-          "--workdir=run", f"--config.dataset.name={data[1]}", "--config.dataset.data_dir=tfds",
-          "--config.async_checkpointing=True", "--config.checkpoint_every_steps=2", "--config.keep_checkpoints=3",
-          *overrides]
-
-
-def file_bytes(directory):
-  return {os.path.relpath(os.path.join(d, f), directory): open(os.path.join(d, f), "rb").read()
-          for d, _, fs in os.walk(directory) for f in fs}
-
-
-@pytest.fixture(scope="module")
-def relative_run(tmp_path_factory, synthetic_data):
-  """(cwd, result) of 4 steps of `relative_train_command` run from cwd: checkpoints 2 and 4."""
-  cwd = tmp_path_factory.mktemp("cwd")
-  os.symlink(synthetic_data[0], cwd / "tfds")
-  result = subprocess.run(relative_train_command(synthetic_data, "--config.num_steps=4"), cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr
-  return cwd, result
-
-
-def copy_of(run_dir, tmp_path):
-  """A copy of the fixture's cwd (its run/, its tfds link) for a test to change."""
-  cwd = tmp_path / "cwd"
-  shutil.copytree(run_dir, cwd, symlinks=True)
-  return cwd
-
-
-def test_relative_workdir_and_data_dir_work_from_the_current_directory(relative_run):
-  """--workdir=run and dataset.data_dir=tfds: the run, its asynchronous checkpoints and the
-  saved config land under the directory it started in, the config's data_dir absolute; no
-  library chatter on stderr."""
-  cwd, result = relative_run
-  assert checkpoint_steps(cwd / "run") == [2, 4]
-  with open(cwd / "run" / "config.json") as f:
-    assert json.load(f)["dataset"]["data_dir"] == str(cwd / "tfds")
-  for noise in ("Traceback", "read only", "orbax", "Load dataset info"):
-    assert noise not in result.stderr
-
-
-def test_a_damaged_latest_checkpoint_is_moved_aside_and_training_resumes_from_the_one_before(
-    relative_run, synthetic_data, tmp_path):
-  """A truncated file in checkpoint 4: one warning line naming step 4 and the reason, 4 moved
-  to 4.corrupt intact, the run resumes from 2 and reaches the same step-4 state as the
-  uninterrupted run did, bit for bit."""
-  cwd = copy_of(relative_run[0], tmp_path)
-  expected = restored_state(cwd / "run", 4)
-  data_files = [os.path.join(d, f) for d, _, fs in os.walk(cwd / "run" / "checkpoints" / "4" / "state") for f in fs]
-  largest = max(data_files, key=os.path.getsize)
-  os.truncate(largest, os.path.getsize(largest) // 2)
-  damaged = file_bytes(cwd / "run" / "checkpoints" / "4")
-
-  result = subprocess.run(relative_train_command(synthetic_data, "--config.num_steps=4"), cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr
-  warnings = [line for line in result.stderr.splitlines() if " is damaged (" in line]
-  assert len(warnings) == 1 and f"checkpoint 4 in {cwd / 'run' / 'checkpoints'} is damaged (" in warnings[0]
-  assert "4.corrupt" in warnings[0]
-  assert "Resumed from the checkpoint of step 2" in result.stderr
-  assert "Traceback" not in result.stderr
-  assert file_bytes(cwd / "run" / "checkpoints" / "4.corrupt") == damaged
-  got = restored_state(cwd / "run", 4)
-  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_a_save_that_cannot_write_stops_the_run_in_one_line_and_keeps_the_complete_checkpoints(
-    relative_run, synthetic_data, tmp_path):
-  """Files limited to 1 MB (RLIMIT_FSIZE: writes past it fail with 'File too large', as a full
-  disk fails with 'No space left on device'): resumed at 4, the save of step 6 fails; exit 1,
-  one error line with the step, the OS reason and the last complete checkpoint, no traceback,
-  checkpoints 2 and 4 unchanged."""
-  cwd = copy_of(relative_run[0], tmp_path)
-  before = file_bytes(cwd / "run" / "checkpoints")
-  train_flags = relative_train_command(synthetic_data, "--config.num_steps=6")[3:]  # after -m artstyle_jax.train
-  limited = ("import resource, runpy, sys; "
-             "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
-             "sys.argv = ['train'] + sys.argv[1:]; runpy.run_module('artstyle_jax.train', run_name='__main__')")
-  result = subprocess.run([sys.executable, "-c", limited, *train_flags], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
-  assert result.returncode == 1, result.stderr
-  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  assert errors == [f"error: saving checkpoint 6 in {cwd / 'run' / 'checkpoints'} failed: File too large; the last "
-                    "complete checkpoint is step 4, nothing complete was removed"], result.stderr
-  assert "Traceback" not in result.stderr
-  after = file_bytes(cwd / "run" / "checkpoints")
-  assert {path: after.get(path) for path in before} == before
