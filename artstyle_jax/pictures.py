@@ -25,6 +25,8 @@ from artstyle_jax import metric_writer
 
 DPI = 100
 CURVES_FILE = "curves.png"
+# Training redraws the curves at a checkpoint at most this often (seconds), and at its last step.
+CURVES_MIN_INTERVAL_S = 60.0
 EMBEDDING_FILE = "embedding.png"
 
 # (metrics.jsonl key, panel title) of the curves picture, in reading order.

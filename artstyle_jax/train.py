@@ -6,13 +6,14 @@ Runs on one process or many (`--coordinator_address`, `--num_processes`, `--proc
 CPU/GPU clusters; on Cloud TPU VMs `jax.distributed.initialize()` finds its peers by itself).
 Running again on a workdir resumes from its latest checkpoint, batch for batch. SIGTERM or
 SIGINT saves a checkpoint and exits 0; a non-finite loss stops the run (exit 1) and keeps the
-last good checkpoint. At every checkpoint, DIR/curves.png is redrawn from DIR/metrics.jsonl
-(`pictures.refresh_curves`).
+last good checkpoint. At the checkpoints, at most once a minute, and at the last step,
+DIR/curves.png is redrawn from DIR/metrics.jsonl (`pictures.refresh_curves`).
 """
 import functools
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from absl import app
@@ -209,6 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   stop.install()
   last_metrics: dict[str, float] = {}
   pending = None  # (step, metrics on device) of the step before: read one step late to keep the device busy
+  curves_drawn_at = None  # time.monotonic() of the last drawing of curves.png
   try:
     for step in range(start_step + 1, total_steps + 1):
       batch = sharding.shard_batch(next(data_iterator), mesh)
@@ -231,7 +233,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step % config.checkpoint_every_steps == 0 or step == total_steps or stopping:
         check_finite(step, jax.device_get(metrics), workdir)
         checkpoints.save(mngr, step, state, data_iterator, force=True)
-        pictures.refresh_curves(workdir)
+        if (step == total_steps or stopping or curves_drawn_at is None
+            or time.monotonic() - curves_drawn_at >= pictures.CURVES_MIN_INTERVAL_S):
+          pictures.refresh_curves(workdir)
+          curves_drawn_at = time.monotonic()
       if stopping:
         logging.warning("%s received: saved the checkpoint of step %d, exiting", stop.signal_name, step)
         break

@@ -2,6 +2,7 @@
 a workdir of another model. Relative paths, damaged checkpoints and failed saves: test_train_checkpoints.py."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,13 +47,19 @@ def tree_files(workdir):
   return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(workdir) for f in fs}
 
 
-def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, synthetic_data):
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, synthetic_data):
+  """The workdir of 6 uninterrupted steps, checkpoints 3 and 6 (tests copy it to change it)."""
+  workdir = tmp_path_factory.mktemp("straight") / "run"
+  result = run_train(workdir, synthetic_data, "--config.num_steps=6", "--config.checkpoint_every_steps=3")
+  assert result.returncode == 0, result.stderr
+  return workdir
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(straight_run, tmp_path, synthetic_data):
   """6 steps straight == 3 steps, kill -9, then a restart that resumes at step 3 and runs 3 more:
   every array of the train state identical, and the same loss at every step."""
-  straight = tmp_path / "straight"
-  result = run_train(straight, synthetic_data, "--config.num_steps=6", "--config.checkpoint_every_steps=3")
-  assert result.returncode == 0, result.stderr
-
+  straight = straight_run
   interrupted = tmp_path / "interrupted"
   process = subprocess.Popen(train_command(interrupted, synthetic_data, "--config.num_steps=6",
                                            "--config.checkpoint_every_steps=3"),
@@ -130,13 +137,13 @@ def test_bad_input_fails_with_one_clear_error_line(tmp_path, synthetic_data, ove
   assert not workdir.exists() or not any(workdir.iterdir())
 
 
-def test_workdir_of_another_model_size_is_refused_untouched(tmp_path, synthetic_data):
+def test_workdir_of_another_model_size_is_refused_untouched(straight_run, tmp_path, synthetic_data):
   """Training convnext_femto in a workdir holding convnext_atto checkpoints: refused, every file
   of the workdir unchanged."""
   workdir = tmp_path / "run"
-  assert run_train(workdir, synthetic_data, "--config.num_steps=2").returncode == 0
+  shutil.copytree(straight_run, workdir)
   before = tree_files(workdir)
-  result = run_train(workdir, synthetic_data, "--config.num_steps=4", "--config.model.name=convnext_femto")
+  result = run_train(workdir, synthetic_data, "--config.num_steps=8", "--config.model.name=convnext_femto")
   assert result.returncode == 1
   assert "another model" in result.stderr and "convnext_femto" in result.stderr
   assert tree_files(workdir) == before
