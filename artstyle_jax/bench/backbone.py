@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from artstyle_jax.models import convnext
+from artstyle_jax.models import cpu_kernels
 from artstyle_jax.models import resnet
 from artstyle_jax.models.depthwise import resolve_depthwise
 
@@ -138,11 +139,21 @@ def _train_text(timings: dict) -> str:
   return f"  forward+backward {timings['train_s']:.4f} s/it ({timings['train_images_per_s']:.1f} img/s)"
 
 
+def _depthwise_form(args) -> str:
+  """The depthwise convolution's form, e.g. 'shift, C++ kernel grad' ('' for a ResNet)."""
+  if args.model in resnet.SIZES:
+    return ""
+  form = resolve_depthwise(args.depthwise)
+  if form == "shift" and jax.default_backend() == "cpu":
+    form += ", C++ kernel grad" if cpu_kernels.available() else ", XLA kernel grad"
+  return form
+
+
 def main(argv: list[str]) -> int:
   args = _parse(argv)
   result = {"benchmark": "backbone", "model": args.model, "image_size": args.image_size,
             "batch": args.batch, "steps": args.steps, "dtype": args.dtype,
-            "backend": jax.default_backend(), "depthwise": resolve_depthwise(args.depthwise),
+            "backend": jax.default_backend(), "depthwise": _depthwise_form(args),
             "cores": _available_cores()}
   print(f"{args.model} {args.image_size}px batch {args.batch}, {result['cores']} cores, "
         f"JAX on {result['backend']} ({args.dtype}, depthwise={result['depthwise']})")
