@@ -165,7 +165,9 @@ def draw_curves(runs: Sequence[Run]) -> Figure:
     if not drawn:
       ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
     ax.grid(alpha=0.3)
-  fig.axes[0].legend(fontsize=8)
+  labelled = [ax for ax in fig.axes if ax.get_legend_handles_labels()[1]]
+  if labelled:  # nothing logged yet (a first checkpoint before the first log step): no legend
+    labelled[0].legend(fontsize=8)
   fig.suptitle("Training curves: " + "; ".join(f"{run.label} ({run.description})" for run in runs), wrap=True)
   fig.tight_layout()
   return fig

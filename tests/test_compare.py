@@ -18,11 +18,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_compare(cwd, *args):
-  # One CPU device: the entries' compilations for eight virtual ones would double the test's time.
-  xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                       if not f.startswith("--xla_force_host_platform_device_count"))
   return subprocess.run([sys.executable, "-m", "artstyle_jax.compare", *args], cwd=cwd, capture_output=True,
-                        text=True, timeout=600, env={**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": xla_flags})
+                        text=True, timeout=600, env={**os.environ, "PYTHONPATH": REPO})
 
 
 @pytest.fixture(scope="module")

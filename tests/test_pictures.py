@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -197,3 +198,19 @@ def test_gallery_classes_are_first_folders_of_a_class_per_folder_tree():
   assert pictures.folder_classes("/g", ["/g/cubism/a.jpg", "/g/baroque/x/b.jpg"]) == ["cubism", "baroque"]
   assert pictures.folder_classes("/g", ["/g/cubism/a.jpg", "/g/b.jpg"]) == [None, None]
 
+
+
+def test_curves_of_a_run_that_has_logged_nothing_yet_say_so_in_every_panel_without_a_warning(tmp_path):
+  """A first checkpoint before the first logged step: metrics.jsonl exists but is empty; every
+  panel says 'not logged', no legend is drawn and matplotlib warns of nothing (a warning would
+  be noise on the training's stderr)."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  checkpoints.save_config(str(workdir), test_eval.tiny_config(("/nowhere", "image_folder/synthetic")))
+  (workdir / metric_writer.METRICS_FILE).touch()
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    fig = pictures.write_curves([str(workdir)], workdir / "curves.png")
+  assert png_size(workdir / "curves.png") == (1600, 800)
+  assert all([t.get_text() for t in ax.texts] == ["not logged"] for ax in fig.axes)
+  assert all(ax.get_legend() is None for ax in fig.axes) and not lines_by_gid(fig)

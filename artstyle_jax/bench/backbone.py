@@ -1,7 +1,7 @@
 """Times a backbone: ours (JAX, jitted) against the same network in PyTorch.
 
   python -m artstyle_jax.bench backbone [--model convnext_tiny|resnet50|...] [--image-size 224] [--batch 8]
-      [--steps 5] [--warmup 2] [--dtype float32] [--depthwise auto] [--no-torch]
+      [--steps 5] [--warmup 2] [--dtype float32] [--depthwise auto] [--mlp-grad auto] [--no-torch]
 
 ConvNeXt is timed against transformers' ConvNextModel, ResNet-50 against the plain-torch
 torchvision ResNet-50 of `bench/torch_resnet.py` (BatchNorm in eval mode, as ours is frozen).
@@ -24,6 +24,7 @@ import numpy as np
 from artstyle_jax.models import convnext
 from artstyle_jax.models import cpu_kernels
 from artstyle_jax.models import resnet
+from artstyle_jax.models.block_mlp import resolve_mlp_grad
 from artstyle_jax.models.depthwise import resolve_depthwise
 
 
@@ -38,6 +39,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="compute dtype of ours (PyTorch always runs float32)")
   parser.add_argument("--depthwise", default="auto", choices=("auto", "conv", "shift"))
+  parser.add_argument("--mlp-grad", default="auto", choices=("auto", "autodiff", "manual"),
+                      help="gradient form of ConvNeXt blocks' pointwise part (models/block_mlp.py)")
   parser.add_argument("--no-torch", action="store_true", help="time ours only")
   parser.add_argument("--forward-only", action="store_true",
                       help="time the forward alone (feature extraction, what the probes run)")
@@ -62,7 +65,8 @@ def _time_jax(args) -> dict:
   if args.model in resnet.SIZES:
     module = resnet.create(args.model, dtype=jnp.dtype(args.dtype))
   else:
-    module = convnext.create(args.model, dtype=jnp.dtype(args.dtype), depthwise=args.depthwise)
+    module = convnext.create(args.model, dtype=jnp.dtype(args.dtype), depthwise=args.depthwise,
+                             mlp_grad=args.mlp_grad)
   images = jax.random.normal(jax.random.key(0), (args.batch, args.image_size, args.image_size, 3))
   params = jax.jit(module.init)(jax.random.key(1), images)
 
@@ -154,9 +158,11 @@ def main(argv: list[str]) -> int:
   result = {"benchmark": "backbone", "model": args.model, "image_size": args.image_size,
             "batch": args.batch, "steps": args.steps, "dtype": args.dtype,
             "backend": jax.default_backend(), "depthwise": _depthwise_form(args),
+            "mlp_grad": "" if args.model in resnet.SIZES else resolve_mlp_grad(args.mlp_grad, args.dtype),
             "cores": _available_cores()}
+  forms = "" if args.model in resnet.SIZES else f", depthwise={result['depthwise']}, mlp_grad={result['mlp_grad']}"
   print(f"{args.model} {args.image_size}px batch {args.batch}, {result['cores']} cores, "
-        f"JAX on {result['backend']} ({args.dtype}, depthwise={result['depthwise']})")
+        f"JAX on {result['backend']} ({args.dtype}{forms})")
   ours = _time_jax(args)
   result["jax"] = ours
   print(f"  jax    forward {ours['forward_s']:.4f} s/it ({ours['forward_images_per_s']:.1f} img/s)"

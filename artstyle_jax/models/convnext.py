@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file
 
+from artstyle_jax.models.block_mlp import LAYER_NORM_EPS, MlpGrad, MlpParams, gelu, pointwise_mlp, resolve_mlp_grad
 from artstyle_jax.models.depthwise import Impl, depthwise_conv, resolve_depthwise
 
 # timm's model sizes: name -> (depths, dims).
@@ -39,7 +40,6 @@ SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "convnext_xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048)),
 }
 
-LAYER_NORM_EPS = 1e-6
 LAYER_SCALE_INIT = 1e-6
 DW_KERNEL = 7
 
@@ -50,15 +50,6 @@ def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
   """LayerNorm over channels, eps 1e-6, statistics in float32 (two-pass variance), output `dtype`."""
   return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32,
                       use_fast_variance=False, name=name)
-
-
-def gelu(x: jax.Array) -> jax.Array:
-  """Exact GELU in torch's form, x/2 * (1 + erf(x/sqrt(2))).
-
-  Same function as `jax.nn.gelu(approximate=False)`, which uses erfc for accuracy far in the
-  negative tail (irrelevant here); this erf form is about 1.3x faster on XLA:CPU.
-  """
-  return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))
 
 
 def pool(feature_map: jax.Array) -> jax.Array:
@@ -96,23 +87,57 @@ class DepthwiseConv(nn.Module):
     return x + bias.astype(self.dtype)
 
 
+class _LayerNormParams(nn.Module):
+  """The parameters of `_layer_norm` (scale, bias), as it creates them, without applying it."""
+  features: int
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    return (self.param("scale", nn.initializers.ones, (self.features,), jnp.float32),
+            self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32))
+
+
+class _DenseParams(nn.Module):
+  """The parameters of this file's `nn.Dense` layers (kernel, bias), as it creates them."""
+  in_features: int
+  features: int
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    return (self.param("kernel", _dense_init, (self.in_features, self.features), jnp.float32),
+            self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32))
+
+
 class Block(nn.Module):
   """ConvNeXt block: dwconv 7x7 -> LayerNorm -> Linear 4C -> GELU -> Linear C -> layer scale
-  -> drop path -> residual. Input and output (B, H, W, C) float32."""
+  -> drop path -> residual. Input and output (B, H, W, C) float32.
+
+  `mlp_grad` picks how the pointwise part is differentiated ('auto', 'autodiff', 'manual'; see
+  `block_mlp`): the parameters and the outputs are the same either way.
+  """
   dim: int
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
   depthwise: Impl = "auto"
+  mlp_grad: MlpGrad = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     y = DepthwiseConv(self.dim, self.dtype, self.depthwise, name="conv_dw")(x)
-    y = _layer_norm("norm", self.dtype)(y)
-    y = nn.Dense(4 * self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc1")(y)
-    y = gelu(y)
-    y = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc2")(y)
-    gamma = self.param("gamma", nn.initializers.constant(LAYER_SCALE_INIT), (self.dim,), jnp.float32)
-    y = y * gamma.astype(self.dtype)
+    gamma_init = nn.initializers.constant(LAYER_SCALE_INIT)
+    if resolve_mlp_grad(self.mlp_grad, self.dtype) == "manual":
+      norm_scale, norm_bias = _LayerNormParams(self.dim, name="norm")()
+      fc1_kernel, fc1_bias = _DenseParams(self.dim, 4 * self.dim, name="fc1")()
+      fc2_kernel, fc2_bias = _DenseParams(4 * self.dim, self.dim, name="fc2")()
+      gamma = self.param("gamma", gamma_init, (self.dim,), jnp.float32)
+      y = pointwise_mlp(y, MlpParams(norm_scale, norm_bias, fc1_kernel, fc1_bias, fc2_kernel, fc2_bias, gamma))
+    else:
+      y = _layer_norm("norm", self.dtype)(y)
+      y = nn.Dense(4 * self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc1")(y)
+      y = gelu(y)
+      y = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc2")(y)
+      gamma = self.param("gamma", gamma_init, (self.dim,), jnp.float32)
+      y = y * gamma.astype(self.dtype)
     if train and self.drop_path_rate > 0.0:
       y = drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
     return x + y.astype(jnp.float32)
@@ -126,6 +151,7 @@ class Stage(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   depthwise: Impl = "auto"
+  mlp_grad: MlpGrad = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -136,7 +162,7 @@ class Stage(nn.Module):
       x = x.astype(jnp.float32)
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     for index, rate in enumerate(self.drop_path_rates):
-      x = block(self.dim, rate, self.dtype, self.depthwise, name=f"blocks_{index}")(x, train)
+      x = block(self.dim, rate, self.dtype, self.depthwise, self.mlp_grad, name=f"blocks_{index}")(x, train)
     return x
 
 
@@ -163,6 +189,8 @@ class ConvNeXt(nn.Module):
     dtype: compute dtype of convolutions and matmuls (params stay float32).
     remat: rematerialise each block in the backward pass (`nn.remat`), to save memory.
     depthwise: 7x7 depthwise convolution form, 'auto' (by backend), 'conv' or 'shift'.
+    mlp_grad: gradient form of the blocks' pointwise part, 'auto' (by backend and dtype),
+      'autodiff' or 'manual' (`block_mlp`).
     num_classes: size of the classifier head used by `classify`; 0 for none.
 
   `__call__(x, train=False)` maps (B, H, W, 3) to the list of the stage outputs
@@ -174,6 +202,7 @@ class ConvNeXt(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   depthwise: Impl = "auto"
+  mlp_grad: MlpGrad = "auto"
   num_classes: int = 0
 
   def setup(self):
@@ -181,12 +210,13 @@ class ConvNeXt(nn.Module):
       raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must be non-empty "
                        "and of equal length")
     resolve_depthwise(self.depthwise)
+    resolve_mlp_grad(self.mlp_grad, self.dtype)
     self.stem_conv = nn.Conv(self.dims[0], (4, 4), strides=(4, 4), padding="VALID", dtype=self.dtype,
                              kernel_init=_dense_init)
     self.stem_norm = _layer_norm(None, jnp.float32)
     self.stages = [
         Stage(dim, rates, downsample=index > 0, dtype=self.dtype, remat=self.remat,
-              depthwise=self.depthwise)
+              depthwise=self.depthwise, mlp_grad=self.mlp_grad)
         for index, (dim, rates) in enumerate(
             zip(self.dims, stochastic_depth_rates(self.depths, self.drop_path_rate)))]
     if self.num_classes:
@@ -215,7 +245,7 @@ class ConvNeXt(nn.Module):
 
 def create(name: str, **overrides) -> ConvNeXt:
   """ConvNeXt of one of timm's sizes ('convnext_atto' ... 'convnext_xlarge'); `overrides` sets
-  the other attributes (drop_path_rate, dtype, remat, depthwise, num_classes)."""
+  the other attributes (drop_path_rate, dtype, remat, depthwise, mlp_grad, num_classes)."""
   if name not in SIZES:
     raise ValueError(f"unknown ConvNeXt size {name!r}; known: {', '.join(SIZES)}")
   depths, dims = SIZES[name]

@@ -1,0 +1,131 @@
+"""The pointwise half of a ConvNeXt block, with its gradient written by hand for XLA:CPU.
+
+Per token (last axis C): LayerNorm (eps 1e-6, two-pass variance) -> Linear C->4C -> exact GELU
+-> Linear 4C->C -> layer scale, all float32, the same operations in the same order as flax's
+`nn.LayerNorm` and `nn.Dense` (convnext.Block's 'autodiff' form), so the outputs are equal.
+
+Gradient forms ('mlp_grad' of convnext.Block):
+- 'autodiff': flax's modules differentiated by JAX. Its forward writes out every intermediate
+  the backward reads (LayerNorm output, GELU output, second Linear's output); on XLA:CPU those
+  writes split the forward's fusions of LayerNorm and GELU into the matmuls, so the forward
+  inside a training step ran 1.7x slower than the inference forward.
+- 'manual' (`pointwise_mlp`, a `jax.custom_vjp`): the forward keeps only its input, each
+  token's mean and 1/std and the first Linear's output; the backward recomputes the rest from
+  them and gets the layer-scale gradient from the (4C, C) product it needs for the second
+  Linear anyway (sum_t g * (a W2 + b2) = sum_k W2 * (a^T g) + b2 * sum_t g). One block's
+  forward+backward at (16, 32, 32, 40): 88 -> 64 ms; gradients equal to autodiff's within 1e-6.
+'auto' is 'manual' on the CPU for float32 blocks, 'autodiff' elsewhere (GPU and TPU fuse either
+way, and bfloat16 blocks keep flax's casts).
+"""
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+MlpGrad = Literal["auto", "autodiff", "manual"]
+
+LAYER_NORM_EPS = 1e-6
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU in torch's form, x/2 * (1 + erf(x/sqrt(2))).
+
+  Same function as `jax.nn.gelu(approximate=False)`, which uses erfc for accuracy far in the
+  negative tail (irrelevant here); this erf form is about 1.3x faster on XLA:CPU.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT_HALF))
+
+
+def _gelu_derivative(x: jax.Array) -> jax.Array:
+  """d gelu / dx = Phi(x) + x phi(x)."""
+  return 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF)) + x * (_INV_SQRT_2PI * jnp.exp(-0.5 * x * x))
+
+
+def resolve_mlp_grad(impl: MlpGrad, dtype: Any) -> Literal["autodiff", "manual"]:
+  """The gradient form for the current default backend and the block's compute dtype."""
+  if impl not in ("auto", "autodiff", "manual"):
+    raise ValueError(f"mlp_grad must be 'auto', 'autodiff' or 'manual', got {impl!r}")
+  if impl == "manual" and jnp.dtype(dtype) != jnp.float32:
+    raise ValueError(f"mlp_grad='manual' computes in float32; the block's dtype is {jnp.dtype(dtype).name} "
+                     "(use 'auto' or 'autodiff')")
+  if impl == "auto":
+    return "manual" if jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32 else "autodiff"
+  return impl
+
+
+class MlpParams(NamedTuple):
+  """The block's pointwise parameters, float32: C channels, 4C hidden."""
+  norm_scale: jax.Array  # (C,)
+  norm_bias: jax.Array  # (C,)
+  fc1_kernel: jax.Array  # (C, 4C)
+  fc1_bias: jax.Array  # (4C,)
+  fc2_kernel: jax.Array  # (4C, C)
+  fc2_bias: jax.Array  # (C,)
+  gamma: jax.Array  # (C,) layer scale
+
+
+def _normalize(x: jax.Array, params: MlpParams) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """flax's LayerNorm: (output, mean, 1/std), the statistics (..., 1)."""
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  centred = x - mean
+  inv_std = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + LAYER_NORM_EPS)
+  return centred * (inv_std * params.norm_scale) + params.norm_bias, mean, inv_std
+
+
+# The named scopes are the flax layer names of the 'autodiff' form, so that profiles (bench
+# profile) attribute each op to its layer in both forms.
+def _forward(x: jax.Array, params: MlpParams):
+  with jax.named_scope("norm"):
+    normed, mean, inv_std = _normalize(x, params)
+  with jax.named_scope("fc1"):
+    hidden = normed @ params.fc1_kernel + params.fc1_bias
+  activation = gelu(hidden)
+  with jax.named_scope("fc2"):
+    out = (activation @ params.fc2_kernel + params.fc2_bias) * params.gamma
+  return out, (x, mean, inv_std, hidden, params)
+
+
+@jax.custom_vjp
+def pointwise_mlp(x: jax.Array, params: MlpParams) -> jax.Array:
+  """LayerNorm -> Linear 4C -> GELU -> Linear C -> layer scale of (..., C) float32 tokens;
+  returns (..., C) float32. Differentiated by `_pointwise_mlp_bwd`."""
+  return _forward(x, params)[0]
+
+
+def _pointwise_mlp_bwd(residuals, grad_out: jax.Array):
+  x, mean, inv_std, hidden, params = residuals
+  channels = x.shape[-1]
+  x = x.reshape(-1, channels)
+  grad_out = grad_out.reshape(-1, channels)
+  hidden = hidden.reshape(-1, hidden.shape[-1])
+  inv_std = inv_std.reshape(-1, 1)
+  activation = gelu(hidden)
+  with jax.named_scope("fc2"):
+    # (4C, C): the second Linear's kernel gradient before the layer scale, and the layer scale's.
+    product = activation.T @ grad_out
+    grad_out_sum = jnp.sum(grad_out, axis=0)
+    grad_fc2_kernel = product * params.gamma
+    grad_fc2_bias = grad_out_sum * params.gamma
+    grad_gamma = jnp.sum(params.fc2_kernel * product, axis=0) + params.fc2_bias * grad_out_sum
+    grad_activation = grad_out @ (params.fc2_kernel * params.gamma).T
+  grad_hidden = grad_activation * _gelu_derivative(hidden)
+  with jax.named_scope("norm"):
+    x_hat = (x - mean.reshape(-1, 1)) * inv_std
+  with jax.named_scope("fc1"):
+    grad_fc1_kernel = (x_hat * params.norm_scale + params.norm_bias).T @ grad_hidden
+    grad_fc1_bias = jnp.sum(grad_hidden, axis=0)
+    grad_normed = grad_hidden @ params.fc1_kernel.T
+  with jax.named_scope("norm"):
+    grad_norm_scale = jnp.sum(grad_normed * x_hat, axis=0)
+    grad_norm_bias = jnp.sum(grad_normed, axis=0)
+    grad_x_hat = grad_normed * params.norm_scale
+    grad_x = inv_std * (grad_x_hat - jnp.mean(grad_x_hat, axis=-1, keepdims=True)
+                        - x_hat * jnp.mean(grad_x_hat * x_hat, axis=-1, keepdims=True))
+  grads = MlpParams(grad_norm_scale, grad_norm_bias, grad_fc1_kernel, grad_fc1_bias, grad_fc2_kernel,
+                    grad_fc2_bias, grad_gamma)
+  return grad_x.reshape(residuals[0].shape), grads
+
+
+pointwise_mlp.defvjp(_forward, _pointwise_mlp_bwd)
