@@ -36,7 +36,8 @@ def compared(tmp_path_factory, synthetic_data):
   process = run_compare(cwd, "--entry=ours=ours", "--entry=moco_v2=moco_v2_200ep_pretrain.pth.tar",
                         "--entry=missing=nowhere/moco.pth", "--entry=random=random", "--workdir=cmp", "--embedding",
                         f"--config={REPO}/configs/tiny.py", f"--config.dataset.name={name}",
-                        f"--config.dataset.data_dir={os.path.relpath(data_dir, cwd)}", "--config.knn_k=5")
+                        f"--config.dataset.data_dir={os.path.relpath(data_dir, cwd)}", "--config.knn_k=5",
+                        f"--config.{test_eval.FAST_COMPILING}")
   return cwd, process
 
 

@@ -9,9 +9,12 @@ import sys
 from PIL import Image
 import pytest
 
+from test_train import FAST_COMPILING
+
 # Two steps on 20 training images of 32 px: the whole program in a minute of CPU.
 SHORT = ("--config.synthetic.per_class=2", "--config.synthetic.test_per_class=1", "--config.synthetic.size=32",
-         "--config.image_size=32", "--config.batch_size=8", "--config.num_steps=2", "--config.knn_k=4")
+         "--config.image_size=32", "--config.batch_size=8", "--config.num_steps=2", "--config.knn_k=4",
+         f"--config.{FAST_COMPILING}")
 
 
 def run_demo(workdir, *overrides):

@@ -22,6 +22,7 @@ from artstyle_jax import step as step_lib
 from artstyle_jax.data import sources
 from artstyle_jax.data import views
 from artstyle_jax.evaluators import linear_probe
+from test_train import FAST_COMPILING
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = (1, 2)
@@ -30,7 +31,7 @@ STEPS = (1, 2)
 def tiny_config(data):
   data_dir, name = data
   return config_lib.load(os.path.join(REPO, "configs", "tiny.py"),
-                         [f"dataset.name={name}", f"dataset.data_dir={data_dir}"])
+                         [f"dataset.name={name}", f"dataset.data_dir={data_dir}", FAST_COMPILING])
 
 
 def shifted(params, step):

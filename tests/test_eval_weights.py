@@ -15,6 +15,7 @@ from artstyle_jax import eval as eval_lib
 from artstyle_jax import predict
 from artstyle_jax import step as step_lib
 from artstyle_jax.models import resnet
+from test_train import FAST_COMPILING
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_config(data, *overrides):
   data_dir, name = data
   return config_lib.load(os.path.join(REPO, "configs", "tiny.py"),
-                         [f"dataset.name={name}", f"dataset.data_dir={data_dir}", "knn_k=5", *overrides])
+                         [f"dataset.name={name}", f"dataset.data_dir={data_dir}", "knn_k=5", FAST_COMPILING,
+                          *overrides])
 
 
 def run_eval(cwd, *args):

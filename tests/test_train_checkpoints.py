@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_train import REPO, checkpoint_steps, restored_state
+from test_train import FAST_COMPILING, REPO, checkpoint_steps, restored_state
 
 def relative_train_command(data, *overrides):
   """train.py as a user runs it from a directory holding the dataset as tfds/: relative paths,
@@ -19,7 +19,7 @@ def relative_train_command(data, *overrides):
   return [sys.executable, "-m", "artstyle_jax.train", f"--config={os.path.join(REPO, 'configs', 'tiny.py')}",
           "--workdir=run", f"--config.dataset.name={data[1]}", "--config.dataset.data_dir=tfds",
           "--config.async_checkpointing=True", "--config.checkpoint_every_steps=2", "--config.keep_checkpoints=3",
-          *overrides]
+          f"--config.{FAST_COMPILING}", *overrides]
 
 
 def file_bytes(directory):
