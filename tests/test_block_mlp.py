@@ -8,11 +8,7 @@ import pytest
 
 from artstyle_jax.models import block_mlp
 from artstyle_jax.models import convnext
-
-
-def _relative_error(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+from test_convnext import _relative_error
 
 
 def _perturbed(params, seed):
