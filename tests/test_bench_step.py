@@ -12,6 +12,7 @@ from artstyle_jax import optim
 from artstyle_jax import state as state_lib
 from artstyle_jax import step
 from artstyle_jax.bench import step as bench_step
+from artstyle_jax.bench import timing
 from artstyle_jax.bench import torch_step
 from artstyle_jax.models import convnext
 
@@ -65,7 +66,7 @@ def test_interleaved_timing_alternates_the_runs_and_takes_medians_after_warmup()
       return next(seconds[name])
     return timed
 
-  medians = bench_step.interleaved_medians({"ours": run("ours"), "torch": run("torch")}, steps=3, warmup=1)
+  medians = timing.interleaved_medians({"ours": run("ours"), "torch": run("torch")}, steps=3, warmup=1)
   assert calls == ["ours", "torch"] * 4
   assert medians == {"ours": 2.0, "torch": 5.0}
 

@@ -8,19 +8,20 @@ torchvision ResNet-50 of `bench/torch_resnet.py` (BatchNorm in eval mode, as our
 Both run the same architecture on the same input size: the forward pass (inference: jitted
 apply / torch.no_grad in eval mode) and forward+backward (gradient of the sum of the last
 stage's output with respect to all parameters). Each figure is the median over `--steps` timed
-iterations after `--warmup` untimed ones (JAX: after compilation, with block_until_ready).
+iterations after `--warmup` untimed ones (JAX: after compilation, with block_until_ready), ours
+and PyTorch's calls alternating, so that a ratio compares the two under the same machine load.
 Prints readable lines, then one JSON line with every figure.
 """
 import argparse
 import json
 import os
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from artstyle_jax.bench import timing
 from artstyle_jax.models import convnext
 from artstyle_jax.models import cpu_kernels
 from artstyle_jax.models import resnet
@@ -50,18 +51,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
   return args
 
 
-def _median_seconds(run, steps: int, warmup: int) -> float:
-  for _ in range(warmup):
-    run()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def _time_jax(args) -> dict:
+def _jax_runs(args) -> tuple[dict, dict]:
+  """Ours: ({'forward': run, 'train': run or None}, facts), each run timing one waited-for call
+  of the compiled program; the programs are compiled (and called once) here."""
   if args.model in resnet.SIZES:
     module = resnet.create(args.model, dtype=jnp.dtype(args.dtype))
   else:
@@ -80,14 +72,9 @@ def _time_jax(args) -> dict:
   jax.block_until_ready(forward(params, images))
   if not args.forward_only:
     jax.block_until_ready(train(params, images))
-  compile_s = time.perf_counter() - start
-  forward_s = _median_seconds(lambda: jax.block_until_ready(forward(params, images)),
-                              args.steps, args.warmup)
-  train_s = None if args.forward_only else _median_seconds(lambda: jax.block_until_ready(train(params, images)),
-                                                           args.steps, args.warmup)
-  return {"forward_s": forward_s, "forward_images_per_s": args.batch / forward_s,
-          "train_s": train_s, "train_images_per_s": train_s and args.batch / train_s,
-          "first_call_s": compile_s}
+  runs = {"forward": timing.timed(lambda: jax.block_until_ready(forward(params, images))),
+          "train": None if args.forward_only else timing.timed(lambda: jax.block_until_ready(train(params, images)))}
+  return runs, {"first_call_s": time.perf_counter() - start}
 
 
 def _available_cores() -> int:
@@ -96,7 +83,10 @@ def _available_cores() -> int:
   return os.cpu_count() or 1
 
 
-def _time_torch(args) -> dict:
+def _torch_runs(args) -> tuple[dict, dict]:
+  """PyTorch's: ({'forward': run, 'train': run or None}, facts). The forward runs the model in
+  eval mode under no_grad; forward+backward in train mode (a ResNet stays in eval mode: its
+  BatchNorm is frozen, as ours)."""
   import torch
 
   torch.set_num_threads(_available_cores())
@@ -118,23 +108,43 @@ def _time_torch(args) -> dict:
   images = torch.from_numpy(
       np.random.default_rng(0).standard_normal((args.batch, 3, args.image_size, args.image_size),
                                                dtype=np.float32))
-  model.eval()
+  train_mode = args.model not in resnet.SIZES
 
   def forward():
+    model.eval()
     with torch.no_grad():
       model(images)
 
   def train():
+    model.train(train_mode)
     model.zero_grad(set_to_none=True)
     last_stage(images).sum().backward()
 
-  forward_s = _median_seconds(forward, args.steps, args.warmup)
-  if args.model not in resnet.SIZES:  # A ResNet's BatchNorm stays in eval mode, frozen as ours.
-    model.train()
-  train_s = None if args.forward_only else _median_seconds(train, args.steps, args.warmup)
-  return {"forward_s": forward_s, "forward_images_per_s": args.batch / forward_s,
-          "train_s": train_s, "train_images_per_s": train_s and args.batch / train_s,
-          "threads": torch.get_num_threads(), "version": torch.__version__}
+  runs = {"forward": timing.timed(forward), "train": None if args.forward_only else timing.timed(train)}
+  return runs, {"threads": torch.get_num_threads(), "version": torch.__version__}
+
+
+def _time(args) -> tuple[dict, dict | None]:
+  """Median seconds of ours and PyTorch's (None with --no-torch) forward and forward+backward,
+  each pair interleaved call by call."""
+  ours_runs, ours = _jax_runs(args)
+  theirs_runs, theirs = (None, None) if args.no_torch else _torch_runs(args)
+  for kind in ("forward", "train"):
+    if ours_runs[kind] is None:
+      ours[f"{kind}_s"] = None
+      if theirs is not None:
+        theirs[f"{kind}_s"] = None
+      continue
+    runs = {"ours": ours_runs[kind]} if theirs is None else {"ours": ours_runs[kind], "torch": theirs_runs[kind]}
+    medians = timing.interleaved_medians(runs, args.steps, args.warmup)
+    ours[f"{kind}_s"] = medians["ours"]
+    if theirs is not None:
+      theirs[f"{kind}_s"] = medians["torch"]
+  for timings in (ours, theirs):
+    if timings is not None:
+      timings["forward_images_per_s"] = args.batch / timings["forward_s"]
+      timings["train_images_per_s"] = timings["train_s"] and args.batch / timings["train_s"]
+  return ours, theirs
 
 
 def _train_text(timings: dict) -> str:
@@ -163,14 +173,13 @@ def main(argv: list[str]) -> int:
   forms = "" if args.model in resnet.SIZES else f", depthwise={result['depthwise']}, mlp_grad={result['mlp_grad']}"
   print(f"{args.model} {args.image_size}px batch {args.batch}, {result['cores']} cores, "
         f"JAX on {result['backend']} ({args.dtype}{forms})")
-  ours = _time_jax(args)
+  ours, theirs = _time(args)
   result["jax"] = ours
   print(f"  jax    forward {ours['forward_s']:.4f} s/it ({ours['forward_images_per_s']:.1f} img/s)"
         + _train_text(ours) + f"  first calls incl. compile {ours['first_call_s']:.1f} s")
   if args.no_torch:
     result["torch"] = None
   else:
-    theirs = _time_torch(args)
     result["torch"] = theirs
     result["forward_speedup"] = theirs["forward_s"] / ours["forward_s"]
     result["train_speedup"] = None if args.forward_only else theirs["train_s"] / ours["train_s"]

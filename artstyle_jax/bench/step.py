@@ -30,7 +30,6 @@ import functools
 import json
 import math
 import os
-import statistics
 import time
 
 from absl import flags
@@ -45,6 +44,7 @@ from artstyle_jax import optim
 from artstyle_jax import sharding
 from artstyle_jax import state as state_lib
 from artstyle_jax import step
+from artstyle_jax.bench.timing import interleaved_medians
 
 # Dense bfloat16 peak FLOP/s of one JAX device (one chip), by `device_kind`.
 TPU_PEAK_FLOPS = {
@@ -228,18 +228,6 @@ def residual_estimate(config: ml_collections.ConfigDict, limit_bytes: float) -> 
       "state_and_update_bytes": fixed,
       "max_batch_per_device": max(0, int((limit_bytes - fixed) // per_image)),
   }
-
-
-def interleaved_medians(runs: dict[str, Callable[[], float]], steps: int, warmup: int) -> dict[str, float]:
-  """Median seconds of each run over `steps` rounds after `warmup` untimed ones; a round calls
-  every run once, in order, so all see the same machine load. A run returns its own seconds."""
-  times = {name: [] for name in runs}
-  for round_index in range(warmup + steps):
-    for name, run in runs.items():
-      seconds = run()
-      if round_index >= warmup:
-        times[name].append(seconds)
-  return {name: statistics.median(values) for name, values in times.items()}
 
 
 class _TimedTorchStep:
