@@ -1,6 +1,7 @@
 """The blocks' hand-written pointwise gradient ('manual') is a drop-in for autodiff ('autodiff'):
 the same parameters from the same seed, the same outputs, gradients within 1e-5, drop path
-included; 'auto' picks it on the CPU for float32 only."""
+included; 'auto' picks it on the CPU for float32 only. A 'manual' block of the 'shift' depthwise
+form runs its convolution and LayerNorm as one compiled kernel here, again a drop-in."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +72,52 @@ def test_auto_is_manual_on_the_cpu_for_float32_only_and_bad_choices_are_refused(
     block_mlp.resolve_mlp_grad("manual", jnp.bfloat16)
   with pytest.raises(ValueError, match="mlp_grad must be 'auto', 'autodiff' or 'manual', got 'fused'"):
     convnext.create("convnext_atto", mlp_grad="fused").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def _uses_the_fused_kernel(block, params, x) -> bool:
+  return "artstyle_depthwise_norm" in jax.jit(block.apply).lower(params, x).as_text()
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 40), (3, 5, 7, 24), (1, 3, 2, 19)])
+def test_fused_depthwise_and_norm_block_is_a_drop_in_for_the_plain_block(shape):
+  """The shift + manual block on the CPU (one C++ kernel for the convolution and LayerNorm) against
+  the grouped convolution + autodiff block: identical parameter trees, outputs and gradients of
+  every parameter and the input within 1e-5; maps smaller than the 7x7 kernel and channel counts
+  that are no multiple of the kernel's vector width included."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  fused = convnext.Block(shape[-1], depthwise="shift", mlp_grad="manual")
+  plain = convnext.Block(shape[-1], depthwise="conv", mlp_grad="autodiff")
+  params = fused.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, params, plain.init(jax.random.key(1), x))
+  moved = _perturbed(params, 2)
+  assert _uses_the_fused_kernel(fused, moved, x) and not _uses_the_fused_kernel(plain, moved, x)
+
+  def loss(block):
+    return lambda p, x: jnp.sum(jnp.sin(block.apply(p, x)) * jnp.arange(shape[-1]))
+
+  assert _relative_error(jax.jit(fused.apply)(moved, x), jax.jit(plain.apply)(moved, x)) <= 1e-6
+  grads = jax.jit(jax.grad(loss(fused), argnums=(0, 1)))(moved, x)
+  expected = jax.jit(jax.grad(loss(plain), argnums=(0, 1)))(moved, x)
+  for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(expected)):
+    assert _relative_error(got, want) <= 1e-5, jax.tree_util.keystr(path)
+
+
+def test_fused_block_gradient_holds_under_drop_path_and_remat():
+  """A rematerialised ConvNeXt stage of fused blocks whose second block drops samples: loss and
+  gradients within 1e-5 of the plain blocks' for the same dropout rng."""
+  x = jax.random.normal(jax.random.key(3), (4, 16, 16, 3))
+  models = {name: convnext.ConvNeXt(depths=(2,), dims=(16,), drop_path_rate=0.5, remat=True, depthwise=depthwise,
+                                    mlp_grad=mlp_grad)
+            for name, depthwise, mlp_grad in (("fused", "shift", "manual"), ("plain", "conv", "autodiff"))}
+  params = _perturbed(models["plain"].init(jax.random.key(4), x), 5)
+
+  def loss(name):
+    def f(p):
+      features = models[name].apply(p, x, train=True, rngs={"dropout": jax.random.key(6)})[-1]
+      return jnp.sum(jnp.tanh(features))
+    return f
+
+  results = {name: jax.jit(jax.value_and_grad(loss(name)))(params) for name in models}
+  assert _relative_error(results["fused"][0], results["plain"][0]) <= 1e-6
+  for got, want in zip(jax.tree.leaves(results["fused"][1]), jax.tree.leaves(results["plain"][1])):
+    assert _relative_error(got, want) <= 1e-5

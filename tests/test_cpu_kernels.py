@@ -1,5 +1,6 @@
-"""The compiled CPU kernel of the depthwise convolution's kernel gradient: the same function as
-XLA's form, built once per machine, and replaced by XLA's form where it cannot be built."""
+"""The compiled CPU kernels of the depthwise convolution (with and without the LayerNorm after
+it) and of its kernel gradient: the same functions as XLA's forms, the same bits on every call,
+built once per machine, and replaced by XLA's forms where they cannot be built."""
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from artstyle_jax.models import cpu_kernels
-from artstyle_jax.models.depthwise import _shift_kernel_grad
+from artstyle_jax.models.depthwise import _shift_forward, _shift_kernel_grad, depthwise_conv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,6 +32,67 @@ def test_compiled_kernel_gradient_equals_xlas_form(shape, k):
   xla = jax.jit(_shift_kernel_grad, static_argnums=2)(x, grad_out, k)
   assert compiled.shape == (k, k, shape[-1]) and compiled.dtype == jnp.float32
   assert _relative_error(compiled, xla) < 1e-5
+
+
+# Channels below, at and between the kernels' vector widths (8, 16), maps smaller than the kernel,
+# widths that are no multiple of the kernel's strip of outputs, k of 3, 5 and 7.
+CONV_CASES = [((2, 9, 12, 5), 7), ((3, 16, 16, 40), 7), ((1, 3, 5, 4), 7), ((2, 6, 7, 19), 3),
+              ((4, 8, 8, 40), 5), ((1, 1, 1, 3), 7), ((2, 13, 11, 24), 7)]
+
+
+def _conv_inputs(shape, k):
+  keys = jax.random.split(jax.random.key(0), 5)
+  channels = shape[-1]
+  return (jax.random.normal(keys[0], shape), jax.random.normal(keys[1], (k, k, channels)),
+          jax.random.normal(keys[2], (channels,)), jax.random.normal(keys[3], (channels,)),
+          jax.random.normal(keys[4], (channels,)))
+
+
+def _layer_norm(y, scale, shift, eps=1e-6):
+  """flax's LayerNorm (two-pass variance): (output, x_hat, 1/std)."""
+  centred = y - jnp.mean(y, axis=-1, keepdims=True)
+  inv_std = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+  return centred * (inv_std * scale) + shift, centred * inv_std, inv_std[..., 0]
+
+
+@pytest.mark.parametrize("shape, k", CONV_CASES)
+def test_compiled_convolution_and_its_layer_norm_equal_xlas_forms(shape, k):
+  """The convolution with bias, the LayerNorm of it, and the LayerNorm's residuals (x_hat, 1/std),
+  each within 1e-6 of XLA's shifted sums and flax's LayerNorm."""
+  x, taps, bias, scale, shift = _conv_inputs(shape, k)
+  y = jax.jit(_shift_forward)(x, taps) + bias
+  expected = _layer_norm(y, scale, shift)
+  assert _relative_error(jax.jit(cpu_kernels.depthwise_conv)(x, taps, bias), y) < 1e-6
+  normed = jax.jit(cpu_kernels.depthwise_norm, static_argnums=5)(x, taps, bias, scale, shift, 1e-6)
+  assert normed.shape == shape and _relative_error(normed, expected[0]) < 1e-6
+  residuals = jax.jit(cpu_kernels.depthwise_norm_residuals, static_argnums=5)(x, taps, bias, scale, shift, 1e-6)
+  assert [r.shape for r in residuals] == [shape, shape, shape[:3]]
+  for got, want in zip(residuals, expected):
+    assert _relative_error(got, want) < 1e-6
+
+
+def test_compiled_kernels_give_the_same_bits_on_every_call():
+  """Rows are split into chunks that either thread may run: the results must not depend on which."""
+  x, taps, bias, scale, shift = _conv_inputs((16, 32, 32, 40), 7)
+  norm = jax.jit(cpu_kernels.depthwise_norm, static_argnums=5)
+  kernel_grad = jax.jit(cpu_kernels.depthwise_kernel_grad, static_argnums=2)
+  first = norm(x, taps, bias, scale, shift, 1e-6), kernel_grad(x, x, 7)
+  for _ in range(5):
+    again = norm(x, taps, bias, scale, shift, 1e-6), kernel_grad(x, x, 7)
+    jax.tree.map(np.testing.assert_array_equal, again, first)
+
+
+def test_kernel_sizes_without_a_compiled_kernel_use_xlas_form():
+  """A 9x9 'shift' convolution (no C++ kernel) still equals the grouped convolution, value and gradient."""
+  x = jax.random.normal(jax.random.key(0), (2, 10, 11, 6))
+  kernel = jax.random.normal(jax.random.key(1), (9, 9, 1, 6))
+  assert 9 not in cpu_kernels.CONV_SIZES
+  with pytest.raises(jax.errors.JaxRuntimeError, match="kernel size must be 3, 5 or 7"):
+    cpu_kernels.depthwise_conv(x, kernel[:, :, 0], jnp.zeros(6)).block_until_ready()
+  shift, conv = (jax.jit(lambda k, impl=impl: depthwise_conv(x, k, impl))(kernel) for impl in ("shift", "conv"))
+  assert _relative_error(shift, conv) < 1e-5
+  grads = [jax.grad(lambda k, impl=impl: jnp.sum(jnp.sin(depthwise_conv(x, k, impl))))(kernel) for impl in ("shift", "conv")]
+  assert _relative_error(*grads) < 1e-5
 
 
 def test_bfloat16_inputs_are_summed_in_float32():
@@ -68,7 +130,7 @@ def test_the_kernel_is_built_once_per_machine_and_reused(tmp_path):
   available, error, _ = gradient_in_a_fresh_process(tmp_path)
   assert available and error < 1e-5
   libraries = [p for p in os.listdir(tmp_path) if p.endswith(".so")]
-  assert len(libraries) == 1 and libraries[0].startswith("depthwise_kernel_grad-")
+  assert len(libraries) == 1 and libraries[0].startswith("cpu_kernels-")
   built = os.path.getmtime(tmp_path / libraries[0])
   assert gradient_in_a_fresh_process(tmp_path)[0]
   assert os.listdir(tmp_path) == libraries and os.path.getmtime(tmp_path / libraries[0]) == built

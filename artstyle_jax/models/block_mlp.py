@@ -1,4 +1,4 @@
-"""The pointwise half of a ConvNeXt block, with its gradient written by hand for XLA:CPU.
+"""The ConvNeXt block's residual branch on the CPU, with its gradient written by hand for XLA:CPU.
 
 Per token (last axis C): LayerNorm (eps 1e-6, two-pass variance) -> Linear C->4C -> exact GELU
 -> Linear 4C->C -> layer scale, all float32, the same operations in the same order as flax's
@@ -16,11 +16,21 @@ Gradient forms ('mlp_grad' of convnext.Block):
   forward+backward at (16, 32, 32, 40): 88 -> 64 ms; gradients equal to autodiff's within 1e-6.
 'auto' is 'manual' on the CPU for float32 blocks, 'autodiff' elsewhere (GPU and TPU fuse either
 way, and bfloat16 blocks keep flax's casts).
+
+`depthwise_block` is the whole branch, depthwise convolution first, for a 'manual' block whose
+convolution is the 'shift' form where the compiled kernels run: the convolution and the
+LayerNorm are one C++ kernel (`cpu_kernels.depthwise_norm`), whose outputs go to the Linear
+layers without another pass (XLA:CPU otherwise fuses the LayerNorm into the first matmul's
+input, which its matmul then recomputes per tile). Its backward is `pointwise_mlp`'s, then the
+convolution's from the compiled kernels.
 """
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from artstyle_jax.models import cpu_kernels
+from artstyle_jax.models import depthwise
 
 MlpGrad = Literal["auto", "autodiff", "manual"]
 
@@ -75,15 +85,21 @@ def _normalize(x: jax.Array, params: MlpParams) -> tuple[jax.Array, jax.Array, j
 
 
 # The named scopes are the flax layer names of the 'autodiff' form, so that profiles (bench
-# profile) attribute each op to its layer in both forms.
-def _forward(x: jax.Array, params: MlpParams):
-  with jax.named_scope("norm"):
-    normed, mean, inv_std = _normalize(x, params)
+# profile) attribute each op to its layer in every form.
+def _mlp(normed: jax.Array, params: MlpParams) -> tuple[jax.Array, jax.Array]:
+  """Linear 4C -> GELU -> Linear C -> layer scale of normalised tokens: (output, first Linear's output)."""
   with jax.named_scope("fc1"):
     hidden = normed @ params.fc1_kernel + params.fc1_bias
   activation = gelu(hidden)
   with jax.named_scope("fc2"):
     out = (activation @ params.fc2_kernel + params.fc2_bias) * params.gamma
+  return out, hidden
+
+
+def _forward(x: jax.Array, params: MlpParams):
+  with jax.named_scope("norm"):
+    normed, mean, inv_std = _normalize(x, params)
+  out, hidden = _mlp(normed, params)
   return out, (x, mean, inv_std, hidden, params)
 
 
@@ -94,10 +110,12 @@ def pointwise_mlp(x: jax.Array, params: MlpParams) -> jax.Array:
   return _forward(x, params)[0]
 
 
-def _pointwise_mlp_bwd(residuals, grad_out: jax.Array):
-  x, mean, inv_std, hidden, params = residuals
-  channels = x.shape[-1]
-  x = x.reshape(-1, channels)
+def _backward(x_hat: jax.Array, inv_std: jax.Array, hidden: jax.Array, params: MlpParams,
+              grad_out: jax.Array) -> tuple[jax.Array, MlpParams]:
+  """Gradients of the LayerNorm's input and of the parameters, from the normalised input x_hat
+  (..., C), 1/std (..., 1), the first Linear's output (..., 4C) and the output's gradient."""
+  shape, channels = x_hat.shape, x_hat.shape[-1]
+  x_hat = x_hat.reshape(-1, channels)
   grad_out = grad_out.reshape(-1, channels)
   hidden = hidden.reshape(-1, hidden.shape[-1])
   inv_std = inv_std.reshape(-1, 1)
@@ -111,8 +129,6 @@ def _pointwise_mlp_bwd(residuals, grad_out: jax.Array):
     grad_gamma = jnp.sum(params.fc2_kernel * product, axis=0) + params.fc2_bias * grad_out_sum
     grad_activation = grad_out @ (params.fc2_kernel * params.gamma).T
   grad_hidden = grad_activation * _gelu_derivative(hidden)
-  with jax.named_scope("norm"):
-    x_hat = (x - mean.reshape(-1, 1)) * inv_std
   with jax.named_scope("fc1"):
     grad_fc1_kernel = (x_hat * params.norm_scale + params.norm_bias).T @ grad_hidden
     grad_fc1_bias = jnp.sum(grad_hidden, axis=0)
@@ -125,7 +141,52 @@ def _pointwise_mlp_bwd(residuals, grad_out: jax.Array):
                         - x_hat * jnp.mean(grad_x_hat * x_hat, axis=-1, keepdims=True))
   grads = MlpParams(grad_norm_scale, grad_norm_bias, grad_fc1_kernel, grad_fc1_bias, grad_fc2_kernel,
                     grad_fc2_bias, grad_gamma)
-  return grad_x.reshape(residuals[0].shape), grads
+  return grad_x.reshape(shape), grads
+
+
+def _pointwise_mlp_bwd(residuals, grad_out: jax.Array):
+  x, mean, inv_std, hidden, params = residuals
+  with jax.named_scope("norm"):
+    x_hat = (x - mean) * inv_std
+  return _backward(x_hat, inv_std, hidden, params, grad_out)
 
 
 pointwise_mlp.defvjp(_forward, _pointwise_mlp_bwd)
+
+
+def depthwise_block_available(k: int) -> bool:
+  """Whether `depthwise_block` can run here: the CPU, with the compiled kernels for k x k taps."""
+  return depthwise.compiled_kernels(k)
+
+
+@jax.custom_vjp
+def depthwise_block(x: jax.Array, taps: jax.Array, dw_bias: jax.Array, params: MlpParams) -> jax.Array:
+  """A ConvNeXt block's residual branch on the CPU: depthwise convolution (taps (k, k, C), bias
+  (C,)) -> LayerNorm -> Linear 4C -> GELU -> Linear C -> layer scale of (B, H, W, C) float32;
+  returns (B, H, W, C) float32. The convolution and the LayerNorm run as one compiled kernel
+  (`cpu_kernels.depthwise_norm`), the rest as `pointwise_mlp`. Needs `depthwise_block_available`."""
+  with jax.named_scope("conv_dw"):
+    normed = cpu_kernels.depthwise_norm(x, taps, dw_bias, params.norm_scale, params.norm_bias, LAYER_NORM_EPS)
+  return _mlp(normed, params)[0]
+
+
+def _depthwise_block_fwd(x, taps, dw_bias, params):
+  with jax.named_scope("conv_dw"):
+    normed, x_hat, inv_std = cpu_kernels.depthwise_norm_residuals(
+        x, taps, dw_bias, params.norm_scale, params.norm_bias, LAYER_NORM_EPS)
+  out, hidden = _mlp(normed, params)
+  return out, (x, taps, x_hat, inv_std[..., None], hidden, params)
+
+
+def _depthwise_block_bwd(residuals, grad_out: jax.Array):
+  x, taps, x_hat, inv_std, hidden, params = residuals
+  grad_y, grads = _backward(x_hat, inv_std, hidden, params, grad_out)
+  with jax.named_scope("conv_dw"):
+    # The adjoint of a cross-correlation is the cross-correlation with the flipped kernel.
+    grad_x = cpu_kernels.depthwise_conv(grad_y, taps[::-1, ::-1], jnp.zeros_like(grad_y[0, 0, 0]))
+    grad_taps = cpu_kernels.depthwise_kernel_grad(x, grad_y, taps.shape[0])
+    grad_dw_bias = jnp.sum(grad_y, axis=(0, 1, 2))
+  return grad_x, grad_taps, grad_dw_bias, grads
+
+
+depthwise_block.defvjp(_depthwise_block_fwd, _depthwise_block_bwd)

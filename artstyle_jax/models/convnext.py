@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file
 
-from artstyle_jax.models.block_mlp import LAYER_NORM_EPS, MlpGrad, MlpParams, gelu, pointwise_mlp, resolve_mlp_grad
+from artstyle_jax.models.block_mlp import (LAYER_NORM_EPS, MlpGrad, MlpParams, depthwise_block, depthwise_block_available,
+                                          gelu, pointwise_mlp, resolve_mlp_grad)
 from artstyle_jax.models.depthwise import Impl, depthwise_conv, resolve_depthwise
 
 # timm's model sizes: name -> (depths, dims).
@@ -87,6 +88,16 @@ class DepthwiseConv(nn.Module):
     return x + bias.astype(self.dtype)
 
 
+class _DepthwiseParams(nn.Module):
+  """The parameters of `DepthwiseConv` (kernel, bias), as it creates them, without applying it."""
+  features: int
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    return (self.param("kernel", _dense_init, (DW_KERNEL, DW_KERNEL, 1, self.features), jnp.float32),
+            self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32))
+
+
 class _LayerNormParams(nn.Module):
   """The parameters of `_layer_norm` (scale, bias), as it creates them, without applying it."""
   features: int
@@ -113,7 +124,9 @@ class Block(nn.Module):
   -> drop path -> residual. Input and output (B, H, W, C) float32.
 
   `mlp_grad` picks how the pointwise part is differentiated ('auto', 'autodiff', 'manual'; see
-  `block_mlp`): the parameters and the outputs are the same either way.
+  `block_mlp`): the parameters and the outputs are the same either way. A 'manual' block whose
+  depthwise form is 'shift', where the compiled CPU kernels run, computes its convolution and
+  LayerNorm as one kernel (`block_mlp.depthwise_block`).
   """
   dim: int
   drop_path_rate: float = 0.0
@@ -123,15 +136,17 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    y = DepthwiseConv(self.dim, self.dtype, self.depthwise, name="conv_dw")(x)
     gamma_init = nn.initializers.constant(LAYER_SCALE_INIT)
-    if resolve_mlp_grad(self.mlp_grad, self.dtype) == "manual":
-      norm_scale, norm_bias = _LayerNormParams(self.dim, name="norm")()
-      fc1_kernel, fc1_bias = _DenseParams(self.dim, 4 * self.dim, name="fc1")()
-      fc2_kernel, fc2_bias = _DenseParams(4 * self.dim, self.dim, name="fc2")()
-      gamma = self.param("gamma", gamma_init, (self.dim,), jnp.float32)
-      y = pointwise_mlp(y, MlpParams(norm_scale, norm_bias, fc1_kernel, fc1_bias, fc2_kernel, fc2_bias, gamma))
+    manual = resolve_mlp_grad(self.mlp_grad, self.dtype) == "manual"
+    if manual and resolve_depthwise(self.depthwise) == "shift" and depthwise_block_available(DW_KERNEL):
+      # The CPU's compiled kernels: the convolution and the LayerNorm in one (block_mlp).
+      dw_kernel, dw_bias = _DepthwiseParams(self.dim, name="conv_dw")()
+      y = depthwise_block(x, dw_kernel[:, :, 0, :], dw_bias, self._mlp_params(gamma_init))
+    elif manual:
+      y = DepthwiseConv(self.dim, self.dtype, self.depthwise, name="conv_dw")(x)
+      y = pointwise_mlp(y, self._mlp_params(gamma_init))
     else:
+      y = DepthwiseConv(self.dim, self.dtype, self.depthwise, name="conv_dw")(x)
       y = _layer_norm("norm", self.dtype)(y)
       y = nn.Dense(4 * self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc1")(y)
       y = gelu(y)
@@ -141,6 +156,14 @@ class Block(nn.Module):
     if train and self.drop_path_rate > 0.0:
       y = drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
     return x + y.astype(jnp.float32)
+
+  def _mlp_params(self, gamma_init) -> MlpParams:
+    """The pointwise part's parameters, created in the 'autodiff' form's order and names."""
+    norm_scale, norm_bias = _LayerNormParams(self.dim, name="norm")()
+    fc1_kernel, fc1_bias = _DenseParams(self.dim, 4 * self.dim, name="fc1")()
+    fc2_kernel, fc2_bias = _DenseParams(4 * self.dim, self.dim, name="fc2")()
+    gamma = self.param("gamma", gamma_init, (self.dim,), jnp.float32)
+    return MlpParams(norm_scale, norm_bias, fc1_kernel, fc1_bias, fc2_kernel, fc2_bias, gamma)
 
 
 class Stage(nn.Module):

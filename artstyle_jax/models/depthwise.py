@@ -2,12 +2,14 @@
 
 - 'conv': one `lax.conv_general_dilated` with `feature_group_count = C`. Fast on GPU and TPU,
   whose convolution libraries have depthwise kernels; very slow on XLA:CPU.
-- 'shift': the sum over the k*k taps of shifted slices of the padded input times a per-channel
-  weight, which XLA:CPU fuses into one vectorised loop. Its gradient is written by hand
-  (`jax.custom_vjp`): the input gradient is the same fused loop with the flipped kernel; the
-  kernel gradient, on the CPU, a compiled C++ kernel (`cpu_kernels`), else a cache-sized tiling
-  of shifted-product reductions (autodiff of the shifts and XLA's grouped-convolution gradient
-  are both several times slower on CPU, the tiling 5-12x slower than the C++ loop).
+- 'shift': the CPU form. On the CPU with the compiled kernels (`cpu_kernels`, k = 3, 5, 7), a
+  C++ loop; elsewhere the sum over the k*k taps of shifted slices of the padded input times a
+  per-channel weight, which XLA:CPU fuses into one vectorised loop (2 to 4x slower than the C++
+  loop). Its gradient is written by hand (`jax.custom_vjp`): the input gradient is the same
+  convolution with the flipped kernel; the kernel gradient, on the CPU, a C++ kernel, else a
+  cache-sized tiling of shifted-product reductions (autodiff of the shifts and XLA's
+  grouped-convolution gradient are both several times slower on CPU, the tiling 5-12x slower
+  than the C++ loop).
 
 Both compute `out[b, h, w, c] = sum_{i, j} x[b, h + i - p, w + j - p, c] * kernel[i, j, 0, c]`
 with `p = (k - 1) // 2` and zeros outside the image (cross-correlation, as torch and flax).
@@ -58,6 +60,11 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: Impl = "auto") -> jax.
         x, kernel.astype(x.dtype), window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
   return _shift_conv(x, kernel[:, :, 0, :].astype(x.dtype))
+
+
+def compiled_kernels(k: int) -> bool:
+  """Whether the 'shift' form of a k x k convolution runs as the compiled C++ kernels here."""
+  return jax.default_backend() == "cpu" and k in cpu_kernels.CONV_SIZES and cpu_kernels.available()
 
 
 def _pad_same(x: jax.Array, k: int) -> jax.Array:
@@ -117,20 +124,27 @@ def _shift_kernel_grad(x: jax.Array, grad_out: jax.Array, k: int) -> jax.Array:
   return lax.fori_loop(0, height // rows, tile, jnp.zeros((k, k, channels), jnp.float32))
 
 
-@jax.custom_vjp
-def _shift_conv(x: jax.Array, taps: jax.Array) -> jax.Array:
+def _convolve(x: jax.Array, taps: jax.Array) -> jax.Array:
+  """The 'shift' form's convolution, taps (k, k, C): the C++ kernel where it runs, else XLA's sum."""
+  if compiled_kernels(taps.shape[0]):
+    return cpu_kernels.depthwise_conv(x, taps, jnp.zeros(taps.shape[-1], jnp.float32)).astype(x.dtype)
   return _shift_forward(x, taps)
 
 
+@jax.custom_vjp
+def _shift_conv(x: jax.Array, taps: jax.Array) -> jax.Array:
+  return _convolve(x, taps)
+
+
 def _shift_conv_fwd(x, taps):
-  return _shift_forward(x, taps), (x, taps)
+  return _convolve(x, taps), (x, taps)
 
 
 def _shift_conv_bwd(residuals, grad_out):
   x, taps = residuals
   k = taps.shape[0]
   # The adjoint of a cross-correlation is the cross-correlation with the flipped kernel.
-  grad_x = _shift_forward(grad_out, taps[::-1, ::-1]).astype(x.dtype)
+  grad_x = _convolve(grad_out, taps[::-1, ::-1]).astype(x.dtype)
   if jax.default_backend() == "cpu" and cpu_kernels.available():
     grad_taps = cpu_kernels.depthwise_kernel_grad(x, grad_out, k)
   else:
