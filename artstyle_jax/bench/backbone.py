@@ -23,10 +23,9 @@ import numpy as np
 
 from artstyle_jax.bench import timing
 from artstyle_jax.models import convnext
-from artstyle_jax.models import cpu_kernels
+from artstyle_jax.models import depthwise
 from artstyle_jax.models import resnet
 from artstyle_jax.models.block_mlp import resolve_mlp_grad
-from artstyle_jax.models.depthwise import resolve_depthwise
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -154,12 +153,17 @@ def _train_text(timings: dict) -> str:
 
 
 def _depthwise_form(args) -> str:
-  """The depthwise convolution's form, e.g. 'shift, C++ kernel grad' ('' for a ResNet)."""
+  """The depthwise convolution's form, e.g. 'shift, C++, fused with LayerNorm' ('' for a ResNet)."""
   if args.model in resnet.SIZES:
     return ""
-  form = resolve_depthwise(args.depthwise)
+  form = depthwise.resolve_depthwise(args.depthwise)
   if form == "shift" and jax.default_backend() == "cpu":
-    form += ", C++ kernel grad" if cpu_kernels.available() else ", XLA kernel grad"
+    if not depthwise.compiled_kernels(convnext.DW_KERNEL):
+      form += ", XLA"
+    elif resolve_mlp_grad(args.mlp_grad, args.dtype) == "manual":
+      form += ", C++, fused with LayerNorm"
+    else:
+      form += ", C++"
   return form
 
 
