@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +70,22 @@ def test_compiled_convolution_and_its_layer_norm_equal_xlas_forms(shape, k):
   assert [r.shape for r in residuals] == [shape, shape, shape[:3]]
   for got, want in zip(residuals, expected):
     assert _relative_error(got, want) < 1e-6
+
+
+@pytest.mark.parametrize("shape", [(7, 40), (2, 3, 5, 19), (1, 1, 1, 1), (4, 6, 6, 96)])
+def test_compiled_layer_norm_equals_flaxs(shape):
+  """Any rank, channels not a multiple of the vector width, a single channel: output, x_hat and
+  1/std within 1e-6 of flax's two-pass LayerNorm."""
+  keys = jax.random.split(jax.random.key(3), 3)
+  x = 3.0 + 2.0 * jax.random.normal(keys[0], shape)
+  scale, shift = jax.random.normal(keys[1], shape[-1:]), jax.random.normal(keys[2], shape[-1:])
+  flax_norm = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False)
+  expected = flax_norm.apply({"params": {"scale": scale, "bias": shift}}, x)
+  assert _relative_error(jax.jit(cpu_kernels.layer_norm, static_argnums=3)(x, scale, shift, 1e-6), expected) < 1e-6
+  residuals = jax.jit(cpu_kernels.layer_norm_residuals, static_argnums=3)(x, scale, shift, 1e-6)
+  assert [r.shape for r in residuals] == [shape, shape, shape[:-1]]
+  for got, want in zip(residuals, _layer_norm(x, scale, shift)):
+    assert float(jnp.max(jnp.abs(got - want))) <= 1e-6 * max(1.0, float(jnp.max(jnp.abs(want))))
 
 
 def test_compiled_kernels_give_the_same_bits_on_every_call():

@@ -110,6 +110,18 @@ def pointwise_mlp(x: jax.Array, params: MlpParams) -> jax.Array:
   return _forward(x, params)[0]
 
 
+def _layer_norm_backward(x_hat: jax.Array, inv_std: jax.Array, scale: jax.Array,
+                         grad_normed: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """LayerNorm's gradients (input, scale, shift) from x_hat (T, C), 1/std (T, 1), scale (C,) and
+  the output's gradient (T, C)."""
+  grad_scale = jnp.sum(grad_normed * x_hat, axis=0)
+  grad_shift = jnp.sum(grad_normed, axis=0)
+  grad_x_hat = grad_normed * scale
+  grad_x = inv_std * (grad_x_hat - jnp.mean(grad_x_hat, axis=-1, keepdims=True)
+                      - x_hat * jnp.mean(grad_x_hat * x_hat, axis=-1, keepdims=True))
+  return grad_x, grad_scale, grad_shift
+
+
 def _backward(x_hat: jax.Array, inv_std: jax.Array, hidden: jax.Array, params: MlpParams,
               grad_out: jax.Array) -> tuple[jax.Array, MlpParams]:
   """Gradients of the LayerNorm's input and of the parameters, from the normalised input x_hat
@@ -134,11 +146,7 @@ def _backward(x_hat: jax.Array, inv_std: jax.Array, hidden: jax.Array, params: M
     grad_fc1_bias = jnp.sum(grad_hidden, axis=0)
     grad_normed = grad_hidden @ params.fc1_kernel.T
   with jax.named_scope("norm"):
-    grad_norm_scale = jnp.sum(grad_normed * x_hat, axis=0)
-    grad_norm_bias = jnp.sum(grad_normed, axis=0)
-    grad_x_hat = grad_normed * params.norm_scale
-    grad_x = inv_std * (grad_x_hat - jnp.mean(grad_x_hat, axis=-1, keepdims=True)
-                        - x_hat * jnp.mean(grad_x_hat * x_hat, axis=-1, keepdims=True))
+    grad_x, grad_norm_scale, grad_norm_bias = _layer_norm_backward(x_hat, inv_std, params.norm_scale, grad_normed)
   grads = MlpParams(grad_norm_scale, grad_norm_bias, grad_fc1_kernel, grad_fc1_bias, grad_fc2_kernel,
                     grad_fc2_bias, grad_gamma)
   return grad_x.reshape(shape), grads
@@ -190,3 +198,27 @@ def _depthwise_block_bwd(residuals, grad_out: jax.Array):
 
 
 depthwise_block.defvjp(_depthwise_block_fwd, _depthwise_block_bwd)
+
+
+@jax.custom_vjp
+def layer_norm(x: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
+  """flax's LayerNorm (eps 1e-6, two-pass variance) over the last axis of (..., C) float32 on the
+  CPU, as a compiled kernel (`cpu_kernels.layer_norm`); where `depthwise_block` runs, the
+  network's other LayerNorms (stem, downsampling) run as this."""
+  return cpu_kernels.layer_norm(x, scale, shift, LAYER_NORM_EPS)
+
+
+def _layer_norm_fwd(x, scale, shift):
+  normed, x_hat, inv_std = cpu_kernels.layer_norm_residuals(x, scale, shift, LAYER_NORM_EPS)
+  return normed, (x_hat, inv_std[..., None], scale)
+
+
+def _layer_norm_bwd(residuals, grad_out):
+  x_hat, inv_std, scale = residuals
+  channels = x_hat.shape[-1]
+  grad_x, grad_scale, grad_shift = _layer_norm_backward(
+      x_hat.reshape(-1, channels), inv_std.reshape(-1, 1), scale, grad_out.reshape(-1, channels))
+  return grad_x.reshape(x_hat.shape), grad_scale, grad_shift
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)

@@ -25,7 +25,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from artstyle_jax.models.block_mlp import (LAYER_NORM_EPS, MlpGrad, MlpParams, depthwise_block, depthwise_block_available,
-                                          gelu, pointwise_mlp, resolve_mlp_grad)
+                                          gelu, layer_norm, pointwise_mlp, resolve_mlp_grad)
 from artstyle_jax.models.depthwise import Impl, depthwise_conv, resolve_depthwise
 
 # timm's model sizes: name -> (depths, dims).
@@ -51,6 +51,30 @@ def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
   """LayerNorm over channels, eps 1e-6, statistics in float32 (two-pass variance), output `dtype`."""
   return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32,
                       use_fast_variance=False, name=name)
+
+
+class _CompiledLayerNorm(nn.Module):
+  """`_layer_norm` in float32 as the CPU's compiled kernel (`block_mlp.layer_norm`): the same
+  parameters, the same function."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+    return layer_norm(x.astype(jnp.float32), scale, bias)
+
+
+def compiled_cpu_forms(depthwise: Impl, mlp_grad: MlpGrad, dtype: Any) -> bool:
+  """Whether a network of these forms runs on the CPU's compiled kernels: blocks whose 'shift'
+  convolution and LayerNorm are one kernel ('manual' pointwise gradient, float32;
+  `block_mlp.depthwise_block`), and the stem's and downsampling layers' LayerNorms as kernels of
+  their own (`block_mlp.layer_norm`)."""
+  return (resolve_mlp_grad(mlp_grad, dtype) == "manual" and resolve_depthwise(depthwise) == "shift"
+          and depthwise_block_available(DW_KERNEL))
+
+
+def _norm(name: str | None, dtype: Any, compiled: bool) -> nn.Module:
+  return _CompiledLayerNorm(name=name) if compiled else _layer_norm(name, dtype)
 
 
 def pool(feature_map: jax.Array) -> jax.Array:
@@ -124,9 +148,9 @@ class Block(nn.Module):
   -> drop path -> residual. Input and output (B, H, W, C) float32.
 
   `mlp_grad` picks how the pointwise part is differentiated ('auto', 'autodiff', 'manual'; see
-  `block_mlp`): the parameters and the outputs are the same either way. A 'manual' block whose
-  depthwise form is 'shift', where the compiled CPU kernels run, computes its convolution and
-  LayerNorm as one kernel (`block_mlp.depthwise_block`).
+  `block_mlp`): the parameters and the outputs are the same either way. Where
+  `compiled_cpu_forms` holds, the block computes its convolution and LayerNorm as one kernel
+  (`block_mlp.depthwise_block`).
   """
   dim: int
   drop_path_rate: float = 0.0
@@ -137,12 +161,10 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     gamma_init = nn.initializers.constant(LAYER_SCALE_INIT)
-    manual = resolve_mlp_grad(self.mlp_grad, self.dtype) == "manual"
-    if manual and resolve_depthwise(self.depthwise) == "shift" and depthwise_block_available(DW_KERNEL):
-      # The CPU's compiled kernels: the convolution and the LayerNorm in one (block_mlp).
+    if compiled_cpu_forms(self.depthwise, self.mlp_grad, self.dtype):
       dw_kernel, dw_bias = _DepthwiseParams(self.dim, name="conv_dw")()
       y = depthwise_block(x, dw_kernel[:, :, 0, :], dw_bias, self._mlp_params(gamma_init))
-    elif manual:
+    elif resolve_mlp_grad(self.mlp_grad, self.dtype) == "manual":
       y = DepthwiseConv(self.dim, self.dtype, self.depthwise, name="conv_dw")(x)
       y = pointwise_mlp(y, self._mlp_params(gamma_init))
     else:
@@ -179,7 +201,7 @@ class Stage(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.downsample:
-      x = _layer_norm("downsample_norm", self.dtype)(x)
+      x = _norm("downsample_norm", self.dtype, compiled_cpu_forms(self.depthwise, self.mlp_grad, self.dtype))(x)
       x = nn.Conv(self.dim, (2, 2), strides=(2, 2), padding="VALID", dtype=self.dtype,
                   kernel_init=_dense_init, name="downsample_conv")(x)
       x = x.astype(jnp.float32)
@@ -236,7 +258,7 @@ class ConvNeXt(nn.Module):
     resolve_mlp_grad(self.mlp_grad, self.dtype)
     self.stem_conv = nn.Conv(self.dims[0], (4, 4), strides=(4, 4), padding="VALID", dtype=self.dtype,
                              kernel_init=_dense_init)
-    self.stem_norm = _layer_norm(None, jnp.float32)
+    self.stem_norm = _norm(None, jnp.float32, compiled_cpu_forms(self.depthwise, self.mlp_grad, self.dtype))
     self.stages = [
         Stage(dim, rates, downsample=index > 0, dtype=self.dtype, remat=self.remat,
               depthwise=self.depthwise, mlp_grad=self.mlp_grad)

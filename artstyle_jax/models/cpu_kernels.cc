@@ -10,6 +10,8 @@
 //   ArtstyleDepthwiseNormResiduals: normed, and for its gradient x_hat = (y - mean) * rsqrt(var + eps)
 //                            (B, H, W, C) and rsqrt(var + eps) (B, H, W)
 //   ArtstyleDepthwiseKernelGrad: grad[i, j, c] = sum_{b, h, w} x[b, h + i - p, w + j - p, c] grad_out[b, h, w, c]
+//   ArtstyleLayerNorm, ArtstyleLayerNormResiduals: the LayerNorm over the last axis of x (..., C)
+//                            alone, with the same outputs as the two above
 //
 // The convolutions (k = 3, 5 or 7) compute a strip of output columns at a time with the strip's
 // accumulators and one kernel row's taps in vector registers, from zero-padded copies of the k
@@ -299,6 +301,46 @@ ffi::Error DepthwiseNormResiduals(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return Convolve(pool, x, taps, bias, output, "depthwise norm");
 }
 
+ffi::Error LayerNormTokens(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& scale,
+                           const ffi::Buffer<ffi::F32>& shift, const NormOutput& output) {
+  const auto dims = x.dimensions();
+  if (dims.size() == 0 || scale.dimensions().size() != 1 || scale.dimensions()[0] != dims.back() ||
+      !SameDims(scale.dimensions(), shift.dimensions())) {
+    return ffi::Error::InvalidArgument("layer norm: expected x (..., C), scale and shift (C,)");
+  }
+  const int64_t channels = dims.back();
+  const int64_t tokens = channels == 0 ? 0 : x.element_count() / channels;
+  const int64_t chunks = Chunks(pool, tokens, tokens * channels * 8);
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    std::vector<float> scratch(channels);
+    for (int64_t token = tokens * chunk / chunks; token < tokens * (chunk + 1) / chunks; ++token) {
+      output(x.typed_data() + token * channels, token, channels, scratch.data());
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error LayerNorm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+                     ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> normed, float eps) {
+  if (!SameShape(x, normed)) return ffi::Error::InvalidArgument("layer norm: normed must have x's shape");
+  return LayerNormTokens(pool, x, scale, shift,
+                         NormOutput{scale.typed_data(), shift.typed_data(), eps, normed->typed_data(), nullptr, nullptr});
+}
+
+ffi::Error LayerNormResiduals(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+                              ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> normed,
+                              ffi::ResultBuffer<ffi::F32> x_hat, ffi::ResultBuffer<ffi::F32> inv_std, float eps) {
+  const auto dims = x.dimensions();
+  const auto inv_dims = inv_std->dimensions();
+  if (!SameShape(x, normed) || !SameShape(x, x_hat) || dims.size() == 0 || inv_dims.size() != dims.size() - 1 ||
+      !std::equal(inv_dims.begin(), inv_dims.end(), dims.begin())) {
+    return ffi::Error::InvalidArgument("layer norm: normed and x_hat must have x's shape, inv_std x's without C");
+  }
+  return LayerNormTokens(pool, x, scale, shift,
+                         NormOutput{scale.typed_data(), shift.typed_data(), eps, normed->typed_data(),
+                                    x_hat->typed_data(), inv_std->typed_data()});
+}
+
 // The kernel gradient's contribution of rows [row_begin, row_end) of the flattened (B * H) grid,
 // added to acc (k, k, C): per row, per tap, the sum over w runs in registers, 8 channels at a
 // time, over one row of x and one of grad_out that stay in the L1 cache.
@@ -410,3 +452,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ArtstyleDepthwiseKernelGrad, KernelGrad,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("k"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ArtstyleLayerNorm, LayerNorm,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ArtstyleLayerNormResiduals, LayerNormResiduals,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps"));

@@ -7,6 +7,10 @@ XLA's own code generation does poorly on the CPU: the ConvNeXt block's depthwise
 - `depthwise_norm` / `depthwise_norm_residuals`: the same convolution followed by the block's
   LayerNorm, computed on each strip while it is in the L1 cache; the second also returns what
   the LayerNorm's gradient needs (normalised input, 1/std).
+- `layer_norm` / `layer_norm_residuals`: the LayerNorm alone (the stem's and the downsampling
+  layers'). Its value to XLA:CPU is the boundary: XLA's YNNPACK fusion otherwise grows from a
+  LayerNorm's reductions back over the previous block's matmuls and forward into the next
+  convolution, one fused graph that runs several times slower than its parts.
 - `depthwise_kernel_grad`: the convolution's kernel gradient. XLA:CPU computes it as k*k shifted
   product-reductions, each a pass over the activations; the C++ loop makes one pass, keeping
   the k*k*C sums in the cache, 5 to 12x faster at ConvNeXt's shapes on 2 cores.
@@ -47,6 +51,8 @@ _TARGETS = {
     "artstyle_depthwise_norm": "ArtstyleDepthwiseNorm",
     "artstyle_depthwise_norm_residuals": "ArtstyleDepthwiseNormResiduals",
     "artstyle_depthwise_kernel_grad": "ArtstyleDepthwiseKernelGrad",
+    "artstyle_layer_norm": "ArtstyleLayerNorm",
+    "artstyle_layer_norm_residuals": "ArtstyleLayerNormResiduals",
 }
 # Kernel sizes the convolution kernels are compiled for.
 CONV_SIZES = (3, 5, 7)
@@ -86,8 +92,9 @@ def _build(compiler: str) -> str:
     result = subprocess.run([compiler, *_FLAGS, "-I", jax.ffi.include_dir(), _SOURCE, "-o", partial],
                             capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-      last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-      raise RuntimeError(f"{compiler} failed: {last}")
+      lines = result.stderr.strip().splitlines() or ["no output"]
+      first_error = next((line for line in lines if "error" in line), lines[-1])
+      raise RuntimeError(f"{compiler} failed: {first_error.strip()}")
     os.replace(partial, library)
   finally:
     if os.path.exists(partial):
@@ -146,6 +153,19 @@ def depthwise_norm_residuals(x: jax.Array, taps: jax.Array, bias: jax.Array, sca
   out = jax.ShapeDtypeStruct(x.shape, jnp.float32)
   return _call("artstyle_depthwise_norm_residuals", (out, out, jax.ShapeDtypeStruct(x.shape[:3], jnp.float32)),
                x, taps, bias, scale, shift, eps=np.float32(eps))
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, shift: jax.Array, eps: float) -> jax.Array:
+  """flax's LayerNorm over the last axis of x (..., C) (two-pass variance), float32."""
+  return _call("artstyle_layer_norm", jax.ShapeDtypeStruct(x.shape, jnp.float32), x, scale, shift, eps=np.float32(eps))
+
+
+def layer_norm_residuals(x: jax.Array, scale: jax.Array, shift: jax.Array,
+                         eps: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`layer_norm`'s output and what its gradient needs: (normed, x_hat (..., C), inv_std (...))."""
+  out = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+  return _call("artstyle_layer_norm_residuals", (out, out, jax.ShapeDtypeStruct(x.shape[:-1], jnp.float32)),
+               x, scale, shift, eps=np.float32(eps))
 
 
 def depthwise_kernel_grad(x: jax.Array, grad_out: jax.Array, k: int) -> jax.Array:
