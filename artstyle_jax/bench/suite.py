@@ -2,8 +2,8 @@
 
 On a CPU host: the backbone against PyTorch (ConvNeXt-atto 128 px batch 16, ConvNeXt-tiny 224 px
 batch 8, and tiny with the grouped-convolution depthwise form), the train step against the
-PyTorch step (tiny.py; ConvNeXt-atto 128 px batch 16) and the input pipeline; an estimated 4 to 6
-minutes on 2 idle cores. On a GPU or TPU: the paper step (ConvNeXt-Base, 352 px, batch 16) in
+PyTorch step (tiny.py; ConvNeXt-atto 128 px batch 16) and the input pipeline; 4 to 6 minutes on
+2 cores. On a GPU or TPU: the paper step (ConvNeXt-Base, 352 px, batch 16) in
 bfloat16 with and without remat (images/s, MFU, peak memory) and the bfloat16 backbone at that
 size.
 
@@ -39,7 +39,8 @@ _ATTO_128 = (_TINY, "--config.model.name=convnext_atto", "--config.image_size=12
              "--config.batch_size=16")
 
 CPU_ENTRIES = (
-    Entry("ConvNeXt-atto 128 px b16", "backbone", ("--model=convnext_atto", "--image-size=128", "--batch=16")),
+    Entry("ConvNeXt-atto 128 px b16", "backbone", ("--model=convnext_atto", "--image-size=128", "--batch=16",
+                                                   "--steps=10")),
     Entry("ConvNeXt-tiny 224 px b8", "backbone", ("--model=convnext_tiny", "--image-size=224", "--batch=8")),
     Entry("ConvNeXt-tiny 224 px b8, --depthwise=conv", "backbone",
           ("--model=convnext_tiny", "--image-size=224", "--batch=8", "--depthwise=conv", "--no-torch",
@@ -47,7 +48,7 @@ CPU_ENTRIES = (
     Entry("ResNet-50 224 px b8, forward", "backbone",
           ("--model=resnet50", "--image-size=224", "--batch=8", "--forward-only", "--steps=3", "--warmup=1")),
     Entry("tiny.py (ConvNeXt-atto 64 px b8)", "step", (_TINY, "--steps=10", "--torch")),
-    Entry("ConvNeXt-atto 128 px b16", "step", _ATTO_128 + ("--steps=5", "--warmup=1", "--torch")),
+    Entry("ConvNeXt-atto 128 px b16", "step", _ATTO_128 + ("--steps=10", "--warmup=2", "--torch")),
     Entry("three 352 px views per JPEG", "data", ()),
 )
 
