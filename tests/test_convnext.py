@@ -2,6 +2,7 @@
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,6 +118,27 @@ def test_shift_and_conv_depthwise_agree_in_value_and_gradient(shape):
   assert _relative_error(out_shift, out_conv) < 1e-5
   for shift, conv in zip(grads_shift, grads_conv):
     assert _relative_error(shift, conv) < 1e-5
+
+
+@pytest.mark.parametrize("patch, channels", [(4, 3), (2, 40)])
+def test_patchify_convolution_is_flaxs_strided_convolution_in_either_form(patch, channels):
+  """The stem's and the downsampling layers' convolution, as a matmul of patches (the CPU's form)
+  and as a convolution: nn.Conv's parameters from the same seed, its outputs within 1e-6 and its
+  gradients within 1e-5."""
+  x = jax.random.normal(jax.random.key(0), (2, 4 * patch, 3 * patch, channels))
+  reference = nn.Conv(24, (patch, patch), strides=(patch, patch), padding="VALID",
+                      kernel_init=nn.initializers.truncated_normal(0.02))
+  params = reference.init(jax.random.key(1), x)
+  bias = {"params": {**params["params"], "bias": jax.random.normal(jax.random.key(2), (24,))}}
+  loss = lambda module: jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))), argnums=(0, 1))
+  for as_matmul in (True, False):
+    module = convnext.PatchifyConv(24, patch, as_matmul=as_matmul)
+    jax.tree.map(np.testing.assert_array_equal, module.init(jax.random.key(1), x), params)
+    assert _relative_error(module.apply(bias, x), reference.apply(bias, x)) < 1e-6
+    for got, want in zip(jax.tree.leaves(loss(module)(bias, x)), jax.tree.leaves(loss(reference)(bias, x))):
+      assert _relative_error(got, want) < 1e-5
+  program = jax.jit(convnext.PatchifyConv(24, patch).apply).lower(bias, x).as_text()
+  assert "dot_general" in program and "convolution" not in program  # The CPU's form by default here.
 
 
 def test_bfloat16_compute_keeps_float32_params_and_stays_close_to_float32():
