@@ -22,7 +22,11 @@ convolution is the 'shift' form where the compiled kernels run: the convolution 
 LayerNorm are one C++ kernel (`cpu_kernels.depthwise_norm`), whose outputs go to the Linear
 layers without another pass (XLA:CPU otherwise fuses the LayerNorm into the first matmul's
 input, which its matmul then recomputes per tile). Its backward is `pointwise_mlp`'s, then the
-convolution's from the compiled kernels.
+convolution's from the compiled kernels. `layer_norm` is the LayerNorm alone as a compiled
+kernel, with the same hand-written gradient, for the stem and the downsampling layers of such a
+network: a custom call is a boundary that XLA:CPU's YNNPACK fusion does not grow across (it grew
+from those LayerNorms' reductions over whole blocks, into graphs several times slower than their
+parts).
 """
 from typing import Any, Literal, NamedTuple
 
