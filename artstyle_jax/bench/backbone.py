@@ -158,12 +158,10 @@ def _depthwise_form(args) -> str:
     return ""
   form = depthwise.resolve_depthwise(args.depthwise)
   if form == "shift" and jax.default_backend() == "cpu":
-    if not depthwise.compiled_kernels(convnext.DW_KERNEL):
-      form += ", XLA"
-    elif resolve_mlp_grad(args.mlp_grad, args.dtype) == "manual":
+    if convnext.compiled_cpu_forms(args.depthwise, args.mlp_grad, jnp.dtype(args.dtype)):
       form += ", C++, fused with LayerNorm"
     else:
-      form += ", C++"
+      form += ", C++" if depthwise.compiled_kernels(convnext.DW_KERNEL) else ", XLA"
   return form
 
 
