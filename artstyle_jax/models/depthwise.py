@@ -4,8 +4,8 @@
   whose convolution libraries have depthwise kernels; very slow on XLA:CPU.
 - 'shift': the CPU form. On the CPU with the compiled kernels (`cpu_kernels`, k = 3, 5, 7), a
   C++ loop; elsewhere the sum over the k*k taps of shifted slices of the padded input times a
-  per-channel weight, which XLA:CPU fuses into one vectorised loop (2 to 4x slower than the C++
-  loop). Its gradient is written by hand (`jax.custom_vjp`): the input gradient is the same
+  per-channel weight, which XLA:CPU fuses into one vectorised loop (1.2 to 2x slower than the
+  C++ loop). Its gradient is written by hand (`jax.custom_vjp`): the input gradient is the same
   convolution with the flipped kernel; the kernel gradient, on the CPU, a C++ kernel, else a
   cache-sized tiling of shifted-product reductions (autodiff of the shifts and XLA's
   grouped-convolution gradient are both several times slower on CPU, the tiling 5-12x slower
