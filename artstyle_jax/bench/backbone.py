@@ -51,8 +51,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _jax_runs(args) -> tuple[dict, dict]:
-  """Ours: ({'forward': run, 'train': run or None}, facts), each run timing one waited-for call
-  of the compiled program; the programs are compiled (and called once) here."""
+  """Ours: ({'forward': run, 'train': run}, facts), each run timing one waited-for call of the
+  compiled program; the programs are compiled (and called once; the train program not with
+  --forward-only) here."""
   if args.model in resnet.SIZES:
     module = resnet.create(args.model, dtype=jnp.dtype(args.dtype))
   else:
@@ -72,7 +73,7 @@ def _jax_runs(args) -> tuple[dict, dict]:
   if not args.forward_only:
     jax.block_until_ready(train(params, images))
   runs = {"forward": timing.timed(lambda: jax.block_until_ready(forward(params, images))),
-          "train": None if args.forward_only else timing.timed(lambda: jax.block_until_ready(train(params, images)))}
+          "train": timing.timed(lambda: jax.block_until_ready(train(params, images)))}
   return runs, {"first_call_s": time.perf_counter() - start}
 
 
@@ -83,7 +84,7 @@ def _available_cores() -> int:
 
 
 def _torch_runs(args) -> tuple[dict, dict]:
-  """PyTorch's: ({'forward': run, 'train': run or None}, facts). The forward runs the model in
+  """PyTorch's: ({'forward': run, 'train': run}, facts). The forward runs the model in
   eval mode under no_grad; forward+backward in train mode (a ResNet stays in eval mode: its
   BatchNorm is frozen, as ours)."""
   import torch
@@ -119,31 +120,27 @@ def _torch_runs(args) -> tuple[dict, dict]:
     model.zero_grad(set_to_none=True)
     last_stage(images).sum().backward()
 
-  runs = {"forward": timing.timed(forward), "train": None if args.forward_only else timing.timed(train)}
+  runs = {"forward": timing.timed(forward), "train": timing.timed(train)}
   return runs, {"threads": torch.get_num_threads(), "version": torch.__version__}
 
 
 def _time(args) -> tuple[dict, dict | None]:
   """Median seconds of ours and PyTorch's (None with --no-torch) forward and forward+backward,
   each pair interleaved call by call."""
-  ours_runs, ours = _jax_runs(args)
-  theirs_runs, theirs = (None, None) if args.no_torch else _torch_runs(args)
-  for kind in ("forward", "train"):
-    if ours_runs[kind] is None:
-      ours[f"{kind}_s"] = None
-      if theirs is not None:
-        theirs[f"{kind}_s"] = None
-      continue
-    runs = {"ours": ours_runs[kind]} if theirs is None else {"ours": ours_runs[kind], "torch": theirs_runs[kind]}
-    medians = timing.interleaved_medians(runs, args.steps, args.warmup)
-    ours[f"{kind}_s"] = medians["ours"]
-    if theirs is not None:
-      theirs[f"{kind}_s"] = medians["torch"]
-  for timings in (ours, theirs):
-    if timings is not None:
-      timings["forward_images_per_s"] = args.batch / timings["forward_s"]
-      timings["train_images_per_s"] = timings["train_s"] and args.batch / timings["train_s"]
-  return ours, theirs
+  sides = {"ours": _jax_runs(args)}
+  if not args.no_torch:
+    sides["torch"] = _torch_runs(args)
+  for _, timings in sides.values():
+    timings["train_s"] = None
+  for kind in ("forward",) if args.forward_only else ("forward", "train"):
+    medians = timing.interleaved_medians({side: runs[kind] for side, (runs, _) in sides.items()},
+                                         args.steps, args.warmup)
+    for side, (_, timings) in sides.items():
+      timings[f"{kind}_s"] = medians[side]
+  for _, timings in sides.values():
+    timings["forward_images_per_s"] = args.batch / timings["forward_s"]
+    timings["train_images_per_s"] = timings["train_s"] and args.batch / timings["train_s"]
+  return sides["ours"][1], sides["torch"][1] if "torch" in sides else None
 
 
 def _train_text(timings: dict) -> str:

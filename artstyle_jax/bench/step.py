@@ -44,7 +44,7 @@ from artstyle_jax import optim
 from artstyle_jax import sharding
 from artstyle_jax import state as state_lib
 from artstyle_jax import step
-from artstyle_jax.bench.timing import interleaved_medians
+from artstyle_jax.bench import timing
 
 # Dense bfloat16 peak FLOP/s of one JAX device (one chip), by `device_kind`.
 TPU_PEAK_FLOPS = {
@@ -230,9 +230,8 @@ def residual_estimate(config: ml_collections.ConfigDict, limit_bytes: float) -> 
   }
 
 
-class _TimedTorchStep:
-  """The PyTorch reference step on `batch` (the same views as ours, NCHW); a call runs one step
-  and returns its seconds."""
+class _TorchReference:
+  """The PyTorch reference step on `batch` (the same views as ours, NCHW); a call runs one step."""
 
   def __init__(self, config: ml_collections.ConfigDict, batch: dict[str, jax.Array]):
     import torch  # pylint: disable=import-outside-toplevel
@@ -245,10 +244,8 @@ class _TimedTorchStep:
     self.batch = {view: torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).copy())
                   for view, images in batch.items()}
 
-  def __call__(self) -> float:
-    start = time.perf_counter()
+  def __call__(self) -> None:
     self.step(self.batch)
-    return time.perf_counter() - start
 
 
 def _define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
@@ -314,17 +311,17 @@ def main(argv: Sequence[str]) -> int:
 
   state, _ = program.create(jax.random.PRNGKey(0))
   batch = program.random_batch()
-  reference = _TimedTorchStep(config, batch) if flag_values.torch else None
+  reference = _TorchReference(config, batch) if flag_values.torch else None
   carry = {"state": state}
 
-  def ours() -> float:
-    start = time.perf_counter()
+  def ours() -> None:
     carry["state"], carry["metrics"] = compiled(carry["state"], batch)
     jax.block_until_ready(carry["metrics"])
-    return time.perf_counter() - start
 
-  runs = {"ours": ours} if reference is None else {"ours": ours, "torch": reference}
-  medians = interleaved_medians(runs, flag_values.steps, flag_values.warmup)
+  runs = {"ours": timing.timed(ours)}
+  if reference is not None:
+    runs["torch"] = timing.timed(reference)
+  medians = timing.interleaved_medians(runs, flag_values.steps, flag_values.warmup)
   metrics = carry["metrics"]
   step_s = medians["ours"]
   if reference is not None:
