@@ -88,6 +88,19 @@ def test_compiled_layer_norm_equals_flaxs(shape):
     assert float(jnp.max(jnp.abs(got - want))) <= 1e-6 * max(1.0, float(jnp.max(jnp.abs(want))))
 
 
+def test_layer_norm_parameters_of_the_wrong_length_are_refused_by_every_kernel():
+  """A scale or shift that is not (C,) is an error naming the shapes, never a read past its end."""
+  x, taps, bias, scale, shift = _conv_inputs((2, 8, 8, 16), 7)
+  short = scale[:8]
+  calls = [lambda: cpu_kernels.depthwise_norm(x, taps, bias, short, shift, 1e-6),
+           lambda: cpu_kernels.depthwise_norm_residuals(x, taps, bias, scale, short, 1e-6)[0],
+           lambda: cpu_kernels.layer_norm(x, short, shift, 1e-6),
+           lambda: cpu_kernels.layer_norm_residuals(x, scale, short, 1e-6)[0]]
+  for call in calls:
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"scale and shift \(C,\)"):
+      call().block_until_ready()
+
+
 def test_compiled_kernels_give_the_same_bits_on_every_call():
   """Rows are split into chunks that either thread may run: the results must not depend on which."""
   x, taps, bias, scale, shift = _conv_inputs((16, 32, 32, 40), 7)

@@ -175,6 +175,20 @@ inline float Sum(const float* p, int64_t n) {
   return total;
 }
 
+// Sum of the squares of n floats, in the same order as Sum.
+inline float SumOfSquares(const float* p, int64_t n) {
+  V8 acc = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const V8 v = Load<V8>(p + c);
+    acc += v * v;
+  }
+  float total = 0.0f;
+  for (int l = 0; l < 8; ++l) total += acc[l];
+  for (; c < n; ++c) total += p[c] * p[c];
+  return total;
+}
+
 // What each output row's strips are turned into.
 struct ConvOutput {  // y itself.
   float* y;
@@ -194,18 +208,7 @@ struct NormOutput {  // normed, and optionally x_hat and 1/std.
   void operator()(const float* y, int64_t token, int64_t channels, float* centred) const {
     const float mean = Sum(y, channels) / static_cast<float>(channels);
     for (int64_t c = 0; c < channels; ++c) centred[c] = y[c] - mean;
-    float squares = 0.0f;
-    {
-      V8 acc = {};
-      int64_t c = 0;
-      for (; c + 8 <= channels; c += 8) {
-        const V8 v = Load<V8>(centred + c);
-        acc += v * v;
-      }
-      for (int l = 0; l < 8; ++l) squares += acc[l];
-      for (; c < channels; ++c) squares += centred[c] * centred[c];
-    }
-    const float inv = 1.0f / std::sqrt(squares / static_cast<float>(channels) + eps);
+    const float inv = 1.0f / std::sqrt(SumOfSquares(centred, channels) / static_cast<float>(channels) + eps);
     float* out = normed + token * channels;
     for (int64_t c = 0; c < channels; ++c) out[c] = centred[c] * (inv * scale[c]) + shift[c];
     if (x_hat != nullptr) {
@@ -272,6 +275,23 @@ bool SameShape(const ffi::Buffer<ffi::F32>& a, ffi::Result<ffi::Buffer<ffi::F32>
   return SameDims(a.dimensions(), b->dimensions());
 }
 
+// Whether x is (..., C) and scale and shift are (C,).
+bool NormParamsFit(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& scale,
+                   const ffi::Buffer<ffi::F32>& shift) {
+  const auto dims = x.dimensions();
+  return dims.size() > 0 && scale.dimensions().size() == 1 && scale.dimensions()[0] == dims.back() &&
+         SameDims(scale.dimensions(), shift.dimensions());
+}
+
+// Whether normed and x_hat have x's shape and inv_std x's without its last axis.
+bool ResidualsFit(const ffi::Buffer<ffi::F32>& x, ffi::Result<ffi::Buffer<ffi::F32>>& normed,
+                  ffi::Result<ffi::Buffer<ffi::F32>>& x_hat, ffi::Result<ffi::Buffer<ffi::F32>>& inv_std) {
+  const auto dims = x.dimensions();
+  const auto inv_dims = inv_std->dimensions();
+  return SameShape(x, normed) && SameShape(x, x_hat) && dims.size() > 0 && inv_dims.size() == dims.size() - 1 &&
+         std::equal(inv_dims.begin(), inv_dims.end(), dims.begin());
+}
+
 ffi::Error DepthwiseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> taps,
                          ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y) {
   if (!SameShape(x, y)) return ffi::Error::InvalidArgument("depthwise convolution: y must have x's shape");
@@ -281,7 +301,9 @@ ffi::Error DepthwiseConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
 ffi::Error DepthwiseNorm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> taps,
                          ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
                          ffi::ResultBuffer<ffi::F32> normed, float eps) {
-  if (!SameShape(x, normed)) return ffi::Error::InvalidArgument("depthwise norm: normed must have x's shape");
+  if (!SameShape(x, normed) || !NormParamsFit(x, scale, shift)) {
+    return ffi::Error::InvalidArgument("depthwise norm: normed must have x's shape, scale and shift (C,)");
+  }
   const NormOutput output{scale.typed_data(), shift.typed_data(), eps, normed->typed_data(), nullptr, nullptr};
   return Convolve(pool, x, taps, bias, output, "depthwise norm");
 }
@@ -291,11 +313,9 @@ ffi::Error DepthwiseNormResiduals(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                   ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> normed,
                                   ffi::ResultBuffer<ffi::F32> x_hat, ffi::ResultBuffer<ffi::F32> inv_std,
                                   float eps) {
-  const auto dims = x.dimensions();
-  const auto inv_dims = inv_std->dimensions();
-  if (!SameShape(x, normed) || !SameShape(x, x_hat) || inv_dims.size() != 3 ||
-      !std::equal(inv_dims.begin(), inv_dims.end(), dims.begin())) {
-    return ffi::Error::InvalidArgument("depthwise norm: normed and x_hat must have x's shape, inv_std (B, H, W)");
+  if (!ResidualsFit(x, normed, x_hat, inv_std) || !NormParamsFit(x, scale, shift)) {
+    return ffi::Error::InvalidArgument(
+        "depthwise norm: normed and x_hat must have x's shape, inv_std (B, H, W), scale and shift (C,)");
   }
   const NormOutput output{scale.typed_data(), shift.typed_data(), eps, normed->typed_data(), x_hat->typed_data(),
                           inv_std->typed_data()};
@@ -304,12 +324,10 @@ ffi::Error DepthwiseNormResiduals(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 
 ffi::Error LayerNormTokens(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& scale,
                            const ffi::Buffer<ffi::F32>& shift, const NormOutput& output) {
-  const auto dims = x.dimensions();
-  if (dims.size() == 0 || scale.dimensions().size() != 1 || scale.dimensions()[0] != dims.back() ||
-      !SameDims(scale.dimensions(), shift.dimensions())) {
+  if (!NormParamsFit(x, scale, shift)) {
     return ffi::Error::InvalidArgument("layer norm: expected x (..., C), scale and shift (C,)");
   }
-  const int64_t channels = dims.back();
+  const int64_t channels = x.dimensions().back();
   const int64_t tokens = channels == 0 ? 0 : x.element_count() / channels;
   const int64_t chunks = Chunks(pool, tokens, tokens * channels * 8);
   ParallelFor(pool, chunks, [&](int64_t chunk) {
@@ -331,10 +349,7 @@ ffi::Error LayerNorm(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
 ffi::Error LayerNormResiduals(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
                               ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> normed,
                               ffi::ResultBuffer<ffi::F32> x_hat, ffi::ResultBuffer<ffi::F32> inv_std, float eps) {
-  const auto dims = x.dimensions();
-  const auto inv_dims = inv_std->dimensions();
-  if (!SameShape(x, normed) || !SameShape(x, x_hat) || dims.size() == 0 || inv_dims.size() != dims.size() - 1 ||
-      !std::equal(inv_dims.begin(), inv_dims.end(), dims.begin())) {
+  if (!ResidualsFit(x, normed, x_hat, inv_std)) {
     return ffi::Error::InvalidArgument("layer norm: normed and x_hat must have x's shape, inv_std x's without C");
   }
   return LayerNormTokens(pool, x, scale, shift,
