@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.depthwise = "auto"
   config.model.proj_hidden_dim = 2048
   config.model.proj_dim = 128
-  # Backbone initialisation: a pretrained source for convnext.load_pretrained, a path, or 'random'.
+  # Backbone initialisation: a pretrained source for convnext_weights.load_pretrained, a path, or 'random'.
   config.init = "timm/convnext_base.fb_in22k_ft_in1k"
 
   config.image_size = 352

@@ -16,7 +16,9 @@ from artstyle_jax import models
 from artstyle_jax import train
 from artstyle_jax.bench import torch_resnet
 from artstyle_jax.models import convnext
+from artstyle_jax.models import convnext_weights
 from artstyle_jax.models import resnet
+from artstyle_jax.models import resnet_weights
 import test_import_torch
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -39,7 +41,7 @@ def torch_state(torch_model):
 @pytest.fixture(scope="module")
 def reference(torch_state):
   """Our (module, params) of the torch model, converted from its plain torchvision keys."""
-  _, module, params = resnet.from_state_dict({k: v.numpy() for k, v in torch_state.items()})
+  _, module, params = resnet_weights.from_state_dict({k: v.numpy() for k, v in torch_state.items()})
   return module, params
 
 
@@ -127,8 +129,8 @@ def test_a_checkpoint_that_does_not_fill_the_tree_is_refused_naming_the_keys(tor
   state["layer4.2.extra.weight"] = torch.zeros(3)
   path = tmp_path / "broken.pth"
   torch.save(state, path)
-  with pytest.raises(models.BackboneError, match=r"unexpected \(1\): layer4.2.extra.weight; "
-                                                 r"missing \(1\): layer4_2.bn3.var"):
+  with pytest.raises(models.BackboneError, match=r"unexpected keys \(1\): layer4.2.extra.weight; "
+                                                 r"missing parameters \(1\): layer4_2/bn3/var"):
     models.load_backbone(str(path))
 
 
@@ -156,7 +158,7 @@ def test_random_sources_name_their_model_and_follow_the_seed():
 def test_a_convnext_safetensors_file_is_what_load_pretrained_gives_less_the_classifier():
   path = str(FIXTURES / "timm_convnext_small_random.safetensors")
   module, variables = models.load_backbone(path)
-  timm_module, timm_params = convnext.load_pretrained(path)
+  timm_module, timm_params = convnext_weights.load_pretrained(path)
   assert isinstance(module, convnext.ConvNeXt) and module.num_classes == 0 and timm_module.num_classes
   assert_trees_equal(variables["params"], {k: v for k, v in timm_params.items() if k != "head"})
 
@@ -165,7 +167,7 @@ def test_an_authors_checkpoint_gives_its_student_backbone(tmp_path):
   path = tmp_path / "bgt-wikiart.pth"
   test_import_torch.write_authors_checkpoint(path)
   module, variables = models.load_backbone(str(path))
-  expected = convnext.load_pretrained(str(FIXTURES / "timm_convnext_small_random.safetensors"))[1]
+  expected = convnext_weights.load_pretrained(str(FIXTURES / "timm_convnext_small_random.safetensors"))[1]
   expected.pop("head")
   assert isinstance(module, convnext.ConvNeXt)
   assert_trees_equal(variables["params"], expected)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artstyle_jax.models import block_mlp
+from artstyle_jax.models.cpu import block_mlp
 from artstyle_jax.models import convnext
 from test_convnext import _relative_error
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from artstyle_jax.models import convnext
-from artstyle_jax.models.depthwise import depthwise_conv, resolve_depthwise
+from artstyle_jax.models.cpu.depthwise import depthwise_conv, resolve_depthwise
 
 TINY = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
 MINI = dict(depths=(1, 2), dims=(8, 16))  # Two stages: inputs in multiples of 8 px.

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artstyle_jax.models import cpu_kernels
-from artstyle_jax.models.depthwise import _shift_forward, _shift_kernel_grad, depthwise_conv
+from artstyle_jax.models.cpu import kernels as cpu_kernels
+from artstyle_jax.models.cpu.depthwise import _shift_forward, _shift_kernel_grad, depthwise_conv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,8 +136,8 @@ def test_bfloat16_inputs_are_summed_in_float32():
 # The gradient of a depthwise convolution in a fresh process, with the environment given.
 _GRADIENT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
-    from artstyle_jax.models import cpu_kernels
-    from artstyle_jax.models.depthwise import depthwise_conv
+    from artstyle_jax.models.cpu import kernels as cpu_kernels
+    from artstyle_jax.models.cpu.depthwise import depthwise_conv
     x = jax.random.normal(jax.random.key(0), (2, 9, 12, 5))
     kernel = jax.random.normal(jax.random.key(1), (7, 7, 1, 5))
     def grad(impl):

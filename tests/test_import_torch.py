@@ -185,7 +185,7 @@ def write_authors_checkpoint(path, *, identical_teachers=False, student_only_opt
 
 def expected_backbone(torch_state):
   """Our ConvNeXt parameter tree for timm features-only tensors, written out here independently of
-  convnext.params_from_timm: conv (O, I, kh, kw) -> kernel (kh, kw, I, O), Linear (out, in) ->
+  convnext_weights.params_from_timm: conv (O, I, kh, kw) -> kernel (kh, kw, I, O), Linear (out, in) ->
   kernel (in, out), LayerNorm weight -> scale."""
   params = {}
   for key, tensor in torch_state.items():
@@ -448,7 +448,7 @@ def test_refuses_a_file_that_is_not_an_authors_checkpoint(name, tmp_path):
 
 def test_refuses_a_file_torch_cannot_read(tmp_path):
   (tmp_path / "notes.pth").write_text("not a checkpoint")
-  with pytest.raises(import_torch.CheckpointError, match="is not a PyTorch checkpoint torch.load can read"):
+  with pytest.raises(import_torch.CheckpointError, match=r"torch.load\(weights_only=True\) cannot read it"):
     import_torch.read(str(tmp_path / "notes.pth"))
 
 

@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from artstyle_jax.models import convnext
+from artstyle_jax.models import convnext_weights
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 TIMM_WEIGHTS = FIXTURES / "timm_convnext_small_random.safetensors"
@@ -39,7 +40,7 @@ def timm_state():
 
 
 def test_from_timm_reads_the_architecture_from_keys_and_shapes(timm_state):
-  module, params = convnext.from_timm(timm_state)
+  module, params = convnext_weights.from_timm(timm_state)
   assert tuple(module.depths) == (1, 1, 2, 1) and tuple(module.dims) == (8, 16, 24, 32)
   assert module.num_classes == 5
   assert params["stem_conv"]["kernel"].shape == (4, 4, 3, 8)
@@ -51,7 +52,7 @@ def test_from_timm_reads_the_architecture_from_keys_and_shapes(timm_state):
 def test_outputs_match_timm_within_1e_4(timm_state, depthwise):
   """The four stage outputs, pre-logits and logits of timm's model, from its own state dict."""
   reference = np.load(TIMM_OUTPUTS)
-  module, params = convnext.from_timm(timm_state, depthwise=depthwise)
+  module, params = convnext_weights.from_timm(timm_state, depthwise=depthwise)
   images = _nchw_to_nhwc(reference["input_nchw"])
 
   @jax.jit
@@ -68,32 +69,32 @@ def test_outputs_match_timm_within_1e_4(timm_state, depthwise):
 
 def test_features_only_naming_and_torch_tensors_load_the_same_backbone(timm_state):
   """timm's features-only keys (stem_0, stages_1, ...) without head, given as torch tensors."""
-  _, params = convnext.from_timm(timm_state)
+  _, params = convnext_weights.from_timm(timm_state)
   renamed = {key.replace("stem.", "stem_", 1).replace("stages.", "stages_", 1): torch.from_numpy(value)
              for key, value in timm_state.items() if not key.startswith("head.")}
-  module, backbone = convnext.from_timm(renamed)
+  module, backbone = convnext_weights.from_timm(renamed)
   assert module.num_classes == 0
   _assert_same_tree(backbone, {k: v for k, v in params.items() if k != "head"})
 
 
 def test_params_from_timm_fills_a_given_module_or_names_the_mismatch(timm_state):
-  module, params = convnext.from_timm(timm_state)
-  _assert_same_tree(convnext.params_from_timm(module, timm_state), params)
+  module, params = convnext_weights.from_timm(timm_state)
+  _assert_same_tree(convnext_weights.params_from_timm(module, timm_state), params)
   wider = convnext.ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 24, 48), num_classes=5)
   with pytest.raises(ValueError, match=r"stages.3.blocks.0.norm.weight: \(32,\) gives \(32,\) for "
                      r"stages_3/blocks_0/norm/scale, which needs \(48,\)"):
-    convnext.params_from_timm(wider, timm_state)
+    convnext_weights.params_from_timm(wider, timm_state)
   without_head = convnext.ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
   with pytest.raises(ValueError, match=r"unexpected keys \(4\): head.fc.bias, head.fc.weight, "
                      r"head.norm.bias, head.norm.weight"):
-    convnext.params_from_timm(without_head, timm_state)
+    convnext_weights.params_from_timm(without_head, timm_state)
 
 
 def test_missing_keys_raise_and_name_every_missing_parameter(timm_state):
   incomplete = {k: v for k, v in timm_state.items()
                 if k not in ("stages.2.blocks.1.gamma", "stem.1.bias")}
   with pytest.raises(ValueError) as error:
-    convnext.from_timm(incomplete)
+    convnext_weights.from_timm(incomplete)
   message = str(error.value)
   assert "nothing was loaded" in message
   assert "missing parameters (2): stages_2/blocks_1/gamma, stem_norm/bias" in message
@@ -105,7 +106,7 @@ def test_wrongly_shaped_and_unknown_keys_raise_and_are_named(timm_state):
   state["norm_pre.weight"] = np.ones(8, np.float32)
   state["stages.0.blocks.0.extra"] = np.ones(8, np.float32)
   with pytest.raises(ValueError) as error:
-    convnext.from_timm(state)
+    convnext_weights.from_timm(state)
   message = str(error.value)
   assert "unexpected keys (2): norm_pre.weight, stages.0.blocks.0.extra" in message
   assert ("stages.1.blocks.0.mlp.fc1.weight: (64, 15) gives (15, 64) for stages_1/blocks_0/fc1/kernel, "
@@ -133,7 +134,7 @@ def test_outputs_match_transformers_hidden_states_within_1e_4(depths, hidden_siz
   images = np.random.default_rng(0).standard_normal((2, 3, image_size, image_size), np.float32)
   with torch.no_grad():
     hidden_states = model(torch.from_numpy(images), output_hidden_states=True).hidden_states
-  module, params = convnext.from_hf({k: v.numpy() for k, v in model.state_dict().items()})
+  module, params = convnext_weights.from_hf({k: v.numpy() for k, v in model.state_dict().items()})
   assert tuple(module.depths) == tuple(depths) and tuple(module.dims) == tuple(hidden_sizes)
   features = jax.jit(module.apply)({"params": params}, _nchw_to_nhwc(images))
   assert len(features) == len(hidden_states) - 1
@@ -146,38 +147,38 @@ def test_from_hf_rejects_keys_of_another_layout(timm_state):
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   state["stem.0.weight"] = timm_state["stem.0.weight"]
   with pytest.raises(ValueError, match=r"unexpected keys \(1\): stem.0.weight"):
-    convnext.from_hf(state)
+    convnext_weights.from_hf(state)
 
 
 def test_load_pretrained_reads_a_file_or_a_directory_in_either_layout(timm_state, tmp_path):
-  _, expected = convnext.from_timm(timm_state)
-  _, from_file = convnext.load_pretrained(str(TIMM_WEIGHTS))
+  _, expected = convnext_weights.from_timm(timm_state)
+  _, from_file = convnext_weights.load_pretrained(str(TIMM_WEIGHTS))
   _assert_same_tree(from_file, expected)
   save_file(timm_state, str(tmp_path / "model.safetensors"))
-  _, from_directory = convnext.load_pretrained(str(tmp_path))
+  _, from_directory = convnext_weights.load_pretrained(str(tmp_path))
   _assert_same_tree(from_directory, expected)
 
   hf_state = {k: v.numpy() for k, v in _random_hf_model([1, 1], [8, 16], seed=0).state_dict().items()}
   hf_dir = tmp_path / "hf"
   hf_dir.mkdir()
   save_file(hf_state, str(hf_dir / "model.safetensors"))
-  _, from_hf_dir = convnext.load_pretrained(str(hf_dir))
-  _assert_same_tree(from_hf_dir, convnext.from_hf(hf_state)[1])
+  _, from_hf_dir = convnext_weights.load_pretrained(str(hf_dir))
+  _assert_same_tree(from_hf_dir, convnext_weights.from_hf(hf_state)[1])
 
   empty = tmp_path / "empty"
   empty.mkdir()
   with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
-    convnext.load_pretrained(str(empty))
+    convnext_weights.load_pretrained(str(empty))
   with pytest.raises(ValueError, match="not a .safetensors file"):
-    convnext.load_pretrained(str(TIMM_OUTPUTS))
+    convnext_weights.load_pretrained(str(TIMM_OUTPUTS))
 
 
 _OFFLINE_SCRIPT = """
-from artstyle_jax.models import convnext
-module, params = convnext.load_pretrained('timm/cached_fixture')
+from artstyle_jax.models import convnext_weights
+module, params = convnext_weights.load_pretrained('timm/cached_fixture')
 print('LOADED', tuple(module.dims), module.num_classes)
 try:
-  convnext.load_pretrained('timm/convnext_base.fb_in22k_ft_in1k')
+  convnext_weights.load_pretrained('timm/convnext_base.fb_in22k_ft_in1k')
 except FileNotFoundError as error:
   print('ERROR', error)
 """

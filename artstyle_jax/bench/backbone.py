@@ -23,9 +23,9 @@ import numpy as np
 
 from artstyle_jax.bench import timing
 from artstyle_jax.models import convnext
-from artstyle_jax.models import depthwise
+from artstyle_jax.models.cpu import depthwise
 from artstyle_jax.models import resnet
-from artstyle_jax.models.block_mlp import resolve_mlp_grad
+from artstyle_jax.models.cpu.block_mlp import resolve_mlp_grad
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -40,7 +40,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                       help="compute dtype of ours (PyTorch always runs float32)")
   parser.add_argument("--depthwise", default="auto", choices=("auto", "conv", "shift"))
   parser.add_argument("--mlp-grad", default="auto", choices=("auto", "autodiff", "manual"),
-                      help="gradient form of ConvNeXt blocks' pointwise part (models/block_mlp.py)")
+                      help="gradient form of ConvNeXt blocks' pointwise part (models/cpu/block_mlp.py)")
   parser.add_argument("--no-torch", action="store_true", help="time ours only")
   parser.add_argument("--forward-only", action="store_true",
                       help="time the forward alone (feature extraction, what the probes run)")

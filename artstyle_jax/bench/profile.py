@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from artstyle_jax.models import convnext
-from artstyle_jax.models.depthwise import resolve_depthwise
+from artstyle_jax.models.cpu.depthwise import resolve_depthwise
 
 DEPTHWISE, NORM, GELU, DENSE, PATCHIFY, TRANSPOSE, OTHER = (
     "7x7 depthwise", "LayerNorm", "GELU", "pointwise Dense", "stem/downsample conv",

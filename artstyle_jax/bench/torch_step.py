@@ -20,6 +20,7 @@ import transformers
 
 from artstyle_jax import optim
 from artstyle_jax.models import convnext
+from artstyle_jax.models import convnext_weights
 
 
 class _Network(torch.nn.Module):
@@ -133,7 +134,7 @@ class TorchStep:
   def params_for_jax(self) -> dict:
     """The student's weights as our {'backbone': ..., 'head': ...} parameter tree (numpy)."""
     state = {k: v.detach().numpy() for k, v in self.student.backbone.state_dict().items()}
-    _, backbone = convnext.from_hf(state)
+    _, backbone = convnext_weights.from_hf(state)
     head = {name: {"kernel": layer.weight.detach().numpy().T, "bias": layer.bias.detach().numpy()}
             for name, layer in (("linear", self.student.linear), ("out", self.student.out))}
     return {"backbone": backbone, "head": head}

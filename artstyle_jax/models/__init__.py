@@ -1,6 +1,11 @@
 """Networks: the ConvNeXt and ResNet backbones, the projection head, and weight import.
 
-`load_backbone(source)` is the one way to get a backbone a user names (models/backbones.py).
+- `convnext`, `resnet`, `heads`: the networks.
+- `cpu/`: the ConvNeXt's CPU-only forms (C++ kernels, hand-written gradients).
+- `torch_weights` (reading torch files, one error type), `convnext_weights` (timm, transformers,
+  the hub), `resnet_weights` (the public self-supervised checkpoints' layouts),
+  `authors_checkpoint` (the authors' training checkpoints).
+- `backbones.load_backbone(source)`: the one way to get a backbone a user names.
 """
 from artstyle_jax.models.backbones import RANDOM_PREFIX
 from artstyle_jax.models.backbones import BackboneError

@@ -18,7 +18,6 @@ float32 normalised images to their list of stage outputs; `features.pooled` aver
 """
 import functools
 import os
-import re
 from typing import Any
 
 import flax.linen as nn
@@ -27,12 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from artstyle_jax import paths
+from artstyle_jax.models import authors_checkpoint
 from artstyle_jax.models import convnext
+from artstyle_jax.models import convnext_weights
 from artstyle_jax.models import resnet
+from artstyle_jax.models import resnet_weights
+from artstyle_jax.models import torch_weights
 
 RANDOM_PREFIX = "random:"
 MODEL_NAMES = tuple(convnext.SIZES) + tuple(resnet.SIZES)
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _FILE_EXTENSIONS = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors")  # a path, never a hub id
 
 
@@ -92,11 +94,11 @@ def _from_safetensors(path: str, dtype: Any, depthwise: str) -> tuple[nn.Module,
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   with safe_open(path, framework="numpy") as f:
     keys = list(f.keys())
-  if resnet.is_resnet_state_dict(keys):
+  if resnet_weights.is_resnet_state_dict(keys):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    _, module, params = resnet.from_state_dict(load_file(path), dtype=dtype)
+    _, module, params = resnet_weights.from_state_dict(load_file(path), dtype=dtype)
     return module, params
-  return convnext.load_pretrained(path, dtype=dtype, depthwise=depthwise)
+  return convnext_weights.load_pretrained(path, dtype=dtype, depthwise=depthwise)
 
 
 def _is_authors_checkpoint(loaded: Any) -> bool:
@@ -105,12 +107,11 @@ def _is_authors_checkpoint(loaded: Any) -> bool:
 
 
 def _from_torch_file(path: str, dtype: Any, depthwise: str) -> tuple[nn.Module, Any]:
-  loaded = resnet.torch_load(path)
+  loaded = torch_weights.load(path)
   if _is_authors_checkpoint(loaded):
-    from artstyle_jax.tools import import_torch  # pylint: disable=g-import-not-at-top  (it imports step)
-    student = import_torch.read(path).networks["student"]
-    return convnext.from_timm(student.backbone, dtype=dtype, depthwise=depthwise)
-  _, module, params = resnet.from_state_dict(resnet.tensors_of(loaded, path), dtype=dtype)
+    student = authors_checkpoint.read(path).networks["student"]
+    return convnext_weights.from_timm(student.backbone, dtype=dtype, depthwise=depthwise)
+  _, module, params = resnet_weights.from_state_dict(torch_weights.tensors_of(loaded, path), dtype=dtype)
   return module, params
 
 
@@ -157,8 +158,8 @@ def load_backbone(source: str, *, seed: int = 0, dtype: Any = jnp.float32,
   try:
     if os.path.exists(local):
       module, params = _from_file(local, dtype, depthwise)
-    elif _HUB_ID.fullmatch(source) and not source.startswith((".", "~")) and not source.endswith(_FILE_EXTENSIONS):
-      module, params = _from_safetensors(convnext._resolve_source(source), dtype, depthwise)  # pylint: disable=protected-access
+    elif convnext_weights.HUB_ID.fullmatch(source) and not source.startswith((".", "~")) and not source.endswith(_FILE_EXTENSIONS):
+      module, params = _from_safetensors(convnext_weights.safetensors_path(source), dtype, depthwise)
     else:
       raise FileNotFoundError(f"{source}: no such file or directory, and not a hub id like "
                               "timm/convnext_base.fb_in22k_ft_in1k")

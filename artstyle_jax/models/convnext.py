@@ -1,4 +1,4 @@
-"""ConvNeXt v1 (Liu et al. 2022) in Flax linen, laid out as timm's `ConvNeXt`, and weight import.
+"""ConvNeXt v1 (Liu et al. 2022) in Flax linen, laid out as timm's `ConvNeXt`.
 
 The module maps an NHWC image batch to the four stage outputs, as timm's `features_only=True`
 (no final norm). `pool` gives the (B, C) feature; `ConvNeXt.classify` applies timm's classifier
@@ -7,26 +7,19 @@ head (global average pool -> LayerNorm -> Linear) when the module has one.
 Numerics: parameters are float32; convolutions and matmuls run in `dtype`; LayerNorm statistics
 and the residual stream stay float32, so stage outputs are float32 whatever `dtype` is.
 
-Weight import (`from_timm`, `params_from_timm`, `from_hf`, `load_pretrained`) converts PyTorch
-state dicts (numpy arrays) into this module's parameter tree, and refuses anything that does not
-fill the tree exactly.
+Weights from timm and transformers: `convnext_weights`.
 """
-from collections.abc import Mapping, Sequence
-import os
-import re
+from collections.abc import Sequence
 from typing import Any
 
-from flax import traverse_util
 import flax.linen as nn
-import huggingface_hub
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file
 
-from artstyle_jax.models.block_mlp import (LAYER_NORM_EPS, MlpGrad, MlpParams, depthwise_block, depthwise_block_available,
+from artstyle_jax.models.cpu.block_mlp import (LAYER_NORM_EPS, MlpGrad, MlpParams, depthwise_block, depthwise_block_available,
                                           gelu, layer_norm, pointwise_mlp, resolve_mlp_grad)
-from artstyle_jax.models.depthwise import Impl, depthwise_conv, resolve_depthwise
+from artstyle_jax.models.cpu.depthwise import Impl, depthwise_conv, resolve_depthwise
 
 # timm's model sizes: name -> (depths, dims).
 SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -324,237 +317,3 @@ def create(name: str, **overrides) -> ConvNeXt:
     raise ValueError(f"unknown ConvNeXt size {name!r}; known: {', '.join(SIZES)}")
   depths, dims = SIZES[name]
   return ConvNeXt(depths=depths, dims=dims, **overrides)
-
-
-# ---------------------------------------------------------------------------------------------
-# Weight import.
-#
-# A converter turns one PyTorch tensor into one leaf of our tree: a path (tuple of names) and a
-# function of the numpy array. PyTorch layouts: Conv2d (out, in/groups, kh, kw) -> flax HWIO;
-# Linear (out, in) -> (in, out); timm's small models use 1x1 Conv2d for the MLP (out, in, 1, 1).
-
-
-def _conv_kernel(w: np.ndarray) -> np.ndarray:
-  return np.transpose(w, (2, 3, 1, 0))
-
-
-def _linear_kernel(w: np.ndarray) -> np.ndarray:
-  if w.ndim == 4 and w.shape[2:] == (1, 1):
-    w = w[:, :, 0, 0]
-  return np.transpose(w) if w.ndim == 2 else w
-
-
-def _same(w: np.ndarray) -> np.ndarray:
-  return w
-
-
-# (module path suffix, torch leaf) -> (flax leaf, converter), per kind of layer.
-_CONV = {"weight": ("kernel", _conv_kernel), "bias": ("bias", _same)}
-_LINEAR = {"weight": ("kernel", _linear_kernel), "bias": ("bias", _same)}
-_NORM = {"weight": ("scale", _same), "bias": ("bias", _same)}
-
-_TIMM_PATTERNS = [
-    (r"stem\.0", ("stem_conv",), _CONV),
-    (r"stem\.1", ("stem_norm",), _NORM),
-    (r"stages\.(\d+)\.downsample\.0", ("stages_{0}", "downsample_norm"), _NORM),
-    (r"stages\.(\d+)\.downsample\.1", ("stages_{0}", "downsample_conv"), _CONV),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.conv_dw", ("stages_{0}", "blocks_{1}", "conv_dw"), _CONV),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.norm", ("stages_{0}", "blocks_{1}", "norm"), _NORM),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc1", ("stages_{0}", "blocks_{1}", "fc1"), _LINEAR),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc2", ("stages_{0}", "blocks_{1}", "fc2"), _LINEAR),
-    (r"stages\.(\d+)\.blocks\.(\d+)", ("stages_{0}", "blocks_{1}"), {"gamma": ("gamma", _same)}),
-    (r"head\.norm", ("head", "norm"), _NORM),
-    (r"head\.fc", ("head", "fc"), _LINEAR),
-]
-
-_HF_PATTERNS = [
-    (r"embeddings\.patch_embeddings", ("stem_conv",), _CONV),
-    (r"embeddings\.layernorm", ("stem_norm",), _NORM),
-    (r"encoder\.stages\.(\d+)\.downsampling_layer\.0", ("stages_{0}", "downsample_norm"), _NORM),
-    (r"encoder\.stages\.(\d+)\.downsampling_layer\.1", ("stages_{0}", "downsample_conv"), _CONV),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.dwconv", ("stages_{0}", "blocks_{1}", "conv_dw"), _CONV),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layernorm", ("stages_{0}", "blocks_{1}", "norm"), _NORM),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv1", ("stages_{0}", "blocks_{1}", "fc1"), _LINEAR),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv2", ("stages_{0}", "blocks_{1}", "fc2"), _LINEAR),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)", ("stages_{0}", "blocks_{1}"),
-     {"layer_scale_parameter": ("gamma", _same)}),
-]
-
-# transformers' ConvNextModel pools and normalises the last stage with `layernorm.*`, a norm
-# that is neither part of the features-only backbone nor timm's head (no classifier follows it):
-# from_hf leaves it out by design.
-_HF_POOLER_KEYS = ("layernorm.weight", "layernorm.bias")
-
-
-def _match(key: str, patterns) -> tuple[tuple[str, ...], Any] | None:
-  """Our (path, converter) for a torch key, or None if no pattern names it."""
-  module, _, leaf = key.rpartition(".")
-  for pattern, path, leaves in patterns:
-    found = re.fullmatch(pattern, module)
-    if found and leaf in leaves:
-      name, convert = leaves[leaf]
-      return tuple(part.format(*found.groups()) for part in path) + (name,), convert
-  return None
-
-
-def _timm_key(key: str) -> str:
-  """timm's features-only wrapper names the top modules stem_0, stem_1, stages_0, ...: undo that."""
-  return re.sub(r"^(stem|stages)_(\d+)", r"\1.\2", key)
-
-
-def _as_numpy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  out = {}
-  for key, value in state_dict.items():
-    if hasattr(value, "detach"):  # A torch tensor.
-      value = value.detach().cpu().float().numpy()
-    out[key] = np.asarray(value)
-  return out
-
-
-def _architecture(state_dict: Mapping[str, np.ndarray], patterns) -> dict[str, Any]:
-  """Infers depths, dims and num_classes from the keys and shapes of a state dict."""
-  blocks: dict[int, set[int]] = {}
-  dims: dict[int, int] = {}
-  num_classes = 0
-  for key, value in state_dict.items():
-    found = _match(key, patterns)
-    if found is None:
-      continue
-    path, _ = found
-    if path[0].startswith("stages_"):
-      stage = int(path[0].split("_")[1])
-      blocks.setdefault(stage, set())
-      if len(path) > 2 and path[1].startswith("blocks_"):
-        blocks[stage].add(int(path[1].split("_")[1]))
-        if path[2:] == ("conv_dw", "bias"):
-          dims[stage] = value.shape[0]
-    if path == ("head", "fc", "bias"):
-      num_classes = value.shape[0]
-  stages = sorted(blocks)
-  if not stages or stages != list(range(len(stages))) or sorted(dims) != stages:
-    raise ValueError("cannot infer the ConvNeXt stages from the state dict: expected stages "
-                     f"0..S-1 each with blocks and conv_dw biases, found stages {stages} with "
-                     f"conv_dw biases for {sorted(dims)}")
-  for stage in stages:
-    if sorted(blocks[stage]) != list(range(len(blocks[stage]))):
-      raise ValueError(f"stage {stage} has non-contiguous block indices {sorted(blocks[stage])}")
-  return {"depths": tuple(len(blocks[s]) for s in stages),
-          "dims": tuple(dims[s] for s in stages), "num_classes": num_classes}
-
-
-def _expected_shapes(module: ConvNeXt) -> dict[tuple[str, ...], tuple[int, ...]]:
-  stride = 4 * 2 ** (len(module.dims) - 1)
-  image = jax.ShapeDtypeStruct((1, stride, stride, 3), jnp.float32)
-  shapes = jax.eval_shape(module.init, jax.random.key(0), image)["params"]
-  return {tuple(p.key for p in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)}
-
-
-def _convert(module: ConvNeXt, state_dict: Mapping[str, Any], patterns, ignored=()) -> dict:
-  """Fills the module's whole parameter tree from the state dict, or raises listing every problem."""
-  state_dict = _as_numpy(state_dict)
-  expected = _expected_shapes(module)
-  filled: dict[tuple[str, ...], np.ndarray] = {}
-  unknown, wrong_shape = [], []
-  for key, value in state_dict.items():
-    if key in ignored:
-      continue
-    found = _match(key, patterns)
-    if found is None or found[0] not in expected:
-      unknown.append(key)
-      continue
-    path, convert = found
-    leaf = convert(value)
-    if tuple(leaf.shape) != expected[path]:
-      wrong_shape.append(f"{key}: {tuple(value.shape)} gives {tuple(leaf.shape)} for "
-                         f"{'/'.join(path)}, which needs {expected[path]}")
-      continue
-    filled[path] = leaf.astype(np.float32)
-  missing = sorted("/".join(path) for path in expected if path not in filled)
-  if unknown or missing or wrong_shape:
-    lines = [f"state dict does not match ConvNeXt(depths={tuple(module.depths)}, "
-             f"dims={tuple(module.dims)}, num_classes={module.num_classes}); nothing was loaded."]
-    if unknown:
-      lines.append(f"unexpected keys ({len(unknown)}): {', '.join(sorted(unknown))}")
-    if missing:
-      lines.append(f"missing parameters ({len(missing)}): {', '.join(missing)}")
-    if wrong_shape:
-      lines.append(f"wrongly shaped ({len(wrong_shape)}): {'; '.join(wrong_shape)}")
-    raise ValueError("\n".join(lines))
-  return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(filled))
-
-
-def params_from_timm(module: ConvNeXt, state_dict: Mapping[str, Any]) -> dict:
-  """Parameters for `module` from a timm ConvNeXt state dict (key -> numpy array or torch tensor).
-
-  Accepts timm's own keys (`stem.0.weight`, `stages.1.blocks.0.mlp.fc1.weight`, `head.fc.bias`)
-  and its features-only naming (`stem_0.weight`, `stages_1.blocks.0...`). `head.*` keys need a
-  module with the same `num_classes`. Raises ValueError naming every unexpected, missing or
-  wrongly shaped key; never returns a partial tree.
-  """
-  return _convert(module, {_timm_key(k): v for k, v in state_dict.items()}, _TIMM_PATTERNS)
-
-
-def from_timm(state_dict: Mapping[str, Any], **overrides) -> tuple[ConvNeXt, dict]:
-  """(module, params) from a timm ConvNeXt state dict; depths, dims and num_classes (from
-  `head.fc`, 0 without head keys) are read from the keys and shapes. `overrides` sets the other
-  module attributes (dtype, remat, drop_path_rate, depthwise)."""
-  state_dict = {_timm_key(k): v for k, v in _as_numpy(state_dict).items()}
-  module = ConvNeXt(**_architecture(state_dict, _TIMM_PATTERNS), **overrides)
-  return module, _convert(module, state_dict, _TIMM_PATTERNS)
-
-
-def from_hf(state_dict: Mapping[str, Any], **overrides) -> tuple[ConvNeXt, dict]:
-  """(module, params) from a transformers `ConvNextModel` state dict (`embeddings.*`,
-  `encoder.stages.*`). Its pooler norm `layernorm.*` is not part of the backbone and is left out.
-  Raises ValueError naming every unexpected, missing or wrongly shaped key."""
-  state_dict = _as_numpy(state_dict)
-  module = ConvNeXt(**_architecture(state_dict, _HF_PATTERNS), **overrides)
-  return module, _convert(module, state_dict, _HF_PATTERNS, ignored=_HF_POOLER_KEYS)
-
-
-def _is_hf_layout(state_dict: Mapping[str, Any]) -> bool:
-  return any(key.startswith("embeddings.") for key in state_dict)
-
-
-def load_pretrained(source: str, **overrides) -> tuple[ConvNeXt, dict]:
-  """(module, params) from pretrained weights in timm or transformers layout.
-
-  Args:
-    source: a local `.safetensors` file; a directory holding `model.safetensors`; or a Hugging
-      Face hub id such as 'timm/convnext_base.fb_in22k_ft_in1k' (downloaded with huggingface_hub,
-      or taken from its cache when offline, e.g. HF_HUB_OFFLINE=1).
-    **overrides: module attributes other than the architecture (dtype, remat, drop_path_rate,
-      depthwise).
-  """
-  path = _resolve_source(source)
-  state_dict = load_file(path)
-  if _is_hf_layout(state_dict):
-    return from_hf(state_dict, **overrides)
-  return from_timm(state_dict, **overrides)
-
-
-def _resolve_source(source: str) -> str:
-  """Local path of the safetensors file that `source` names (see `load_pretrained`)."""
-  if os.path.isfile(source):
-    if not source.endswith(".safetensors"):
-      raise ValueError(f"{source} is not a .safetensors file")
-    return source
-  if os.path.isdir(source):
-    path = os.path.join(source, "model.safetensors")
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"directory {source} has no model.safetensors")
-    return path
-  if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
-    raise FileNotFoundError(f"{source!r} is neither a local file or directory nor a hub id "
-                            "like 'timm/convnext_base.fb_in22k_ft_in1k'")
-  try:
-    return huggingface_hub.hf_hub_download(source, "model.safetensors")
-  except Exception as error:  # Offline and not cached, no network, unknown repo, ...
-    url = f"https://huggingface.co/{source}/resolve/main/model.safetensors"
-    raise FileNotFoundError(
-        f"cannot get model.safetensors of {source} from the Hugging Face hub or its cache "
-        f"({type(error).__name__}: {error}).\nFetch {url} (on a machine with internet access) and "
-        f"save it as DIR/model.safetensors, then pass DIR or the file as the source; or run "
-        f"`hf download {source} model.safetensors` there and copy its Hugging Face cache to "
-        f"HF_HOME here (now {huggingface_hub.constants.HF_HOME}).") from error

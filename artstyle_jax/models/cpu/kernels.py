@@ -1,4 +1,4 @@
-"""Hand-written XLA:CPU kernels, built from C++ source at first use (`cpu_kernels.cc`), for what
+"""Hand-written XLA:CPU kernels, built from C++ source at first use (`kernels.cc`), for what
 XLA's own code generation does poorly on the CPU: ConvNeXt's depthwise convolution and LayerNorms.
 
 - `depthwise_conv`: the k x k depthwise convolution (k = 3, 5, 7) with bias. XLA:CPU fuses the
@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cc")
 # FFI target name -> the handler's symbol in the library.
 _TARGETS = {
     "artstyle_depthwise_conv": "ArtstyleDepthwiseConv",

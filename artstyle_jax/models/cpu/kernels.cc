@@ -1,5 +1,5 @@
 // XLA:CPU FFI handlers for ConvNeXt's depthwise convolution and LayerNorms, where XLA's own code
-// generation does poorly on the CPU. Built at first use by cpu_kernels.py (-O3 -march=native;
+// generation does poorly on the CPU. Built at first use by kernels.py (-O3 -march=native;
 // GCC's or Clang's vector extensions).
 //
 // Tensors are float32, row-major: x (B, H, W, C), taps (k, k, C), k odd, p = (k - 1) / 2,

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from artstyle_jax.models import cpu_kernels
+from artstyle_jax.models.cpu import kernels as cpu_kernels
 
 Impl = Literal["auto", "conv", "shift"]
 

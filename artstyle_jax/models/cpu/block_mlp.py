@@ -33,8 +33,8 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from artstyle_jax.models import cpu_kernels
-from artstyle_jax.models import depthwise
+from artstyle_jax.models.cpu import kernels as cpu_kernels
+from artstyle_jax.models.cpu import depthwise
 
 MlpGrad = Literal["auto", "autodiff", "manual"]
 
