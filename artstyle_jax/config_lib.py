@@ -88,13 +88,6 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   return DTYPES[config.model.dtype]
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-  """Optimiser steps in one pass over `num_examples`, the last partial batch dropped."""
-  if num_examples < batch_size:
-    raise ConfigError(f"the dataset has {num_examples} training examples, fewer than one batch of {batch_size}")
-  return num_examples // batch_size
-
-
 def base_config(config_file: str, name: str) -> ml_collections.ConfigDict:
   """`get_config()` of `<name>.py` in the directory of `config_file`, for configs derived from
   another (`base_config(__file__, "paper")`); works whatever the working directory."""
@@ -125,10 +118,10 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
+def total_steps(config: ml_collections.ConfigDict, *, steps_per_epoch: int) -> int:
   """The step a training run ends at: config.num_steps, or when 0, num_epochs epochs of
-  `num_examples` training examples."""
-  return config.num_steps or config.num_epochs * steps_per_epoch(num_examples, config.batch_size)
+  `steps_per_epoch` steps (`pipeline.steps_per_epoch` of the training split)."""
+  return config.num_steps or config.num_epochs * steps_per_epoch
 
 
 def load(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

@@ -45,6 +45,7 @@ from artstyle_jax import paths
 from artstyle_jax import pictures
 from artstyle_jax import predict
 from artstyle_jax import train
+from artstyle_jax.data import pipeline
 from artstyle_jax.data import synthetic
 from artstyle_jax.evaluators import report
 
@@ -72,7 +73,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise config_lib.ConfigError(f"synthetic.per_class and synthetic.test_per_class must be at least 1, got "
                                  f"{synth.per_class} and {synth.test_per_class}")
   num_train = synth.per_class * len(synthetic.STYLES)
-  config_lib.steps_per_epoch(num_train, config.batch_size)
+  pipeline.steps_per_epoch(num_train, config.batch_size)
   if config.knn_k > num_train:
     raise config_lib.ConfigError(f"knn_k={config.knn_k} exceeds the {num_train} training images of "
                                  f"synthetic.per_class={synth.per_class}")
@@ -109,7 +110,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, int]
   """Runs (or resumes, or finds finished) the pretraining in `workdir`; returns (its latest
   checkpoint's step, the step the run ends at)."""
   _, num_train = train.open_train_data(config)
-  total_steps = config_lib.total_steps(config, num_train)
+  total_steps = config_lib.total_steps(config, steps_per_epoch=pipeline.steps_per_epoch(num_train, config.batch_size))
   # train_and_evaluate turns SIGTERM and SIGINT into "checkpoint and stop" for good; the rest of
   # the demo has nothing to save, so it gets the usual handlers back.
   handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}

@@ -77,8 +77,10 @@ from artstyle_jax import pictures
 from artstyle_jax import program_logging
 from artstyle_jax import sharding
 from artstyle_jax import step as step_lib
+from artstyle_jax.data import geometry
 from artstyle_jax.data import pipeline
 from artstyle_jax.data import sources
+from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
 from artstyle_jax.evaluators import knn
 from artstyle_jax.evaluators import linear_probe
@@ -88,8 +90,6 @@ from artstyle_jax.evaluators import report
 MODES = ("fast", "paper", "baseline")
 PAPER_BATCH_SIZE = 16
 BASELINE_LEARNING_RATE = 0.3  # the published resnet50_moco_v2.py
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "paper.py"
 EVAL_DIR = "eval"
 RANDOM_INIT_DIR = "random_init"
@@ -313,7 +313,7 @@ def fit_paper_probe(config: ml_collections.ConfigDict, backbone, backbone_params
   mesh = _probe_mesh(batch_size)
   params = jax.device_put(backbone_params, sharding.replicated(mesh))
   feature_fn = features.make_feature_fn(backbone, mesh)
-  mean, std = views.student_normalisation(config)
+  mean, std = view_specs.student_normalisation(config)
   steps_per_epoch = pipeline.steps_per_epoch(len(train_source), batch_size)
   stream = iter(pipeline.train_dataset(
       train_source, views.ProbeTrainView(config.image_size, mean, std), global_batch_size=batch_size,
@@ -349,7 +349,7 @@ def head_arrays(head: linear_probe.Head, config: ml_collections.ConfigDict, clas
                 step: Optional[int], model_name: Optional[str] = None,
                 weights: Optional[str] = None) -> dict[str, np.ndarray]:
   """The contents of linear_head.npz (`HEAD_KEYS`); model_name defaults to config.model.name."""
-  mean, std = views.student_normalisation(config)
+  mean, std = view_specs.student_normalisation(config)
   return {
       "kernel": np.asarray(head["kernel"], np.float32),
       "bias": np.asarray(head["bias"], np.float32),
@@ -358,20 +358,12 @@ def head_arrays(head: linear_probe.Head, config: ml_collections.ConfigDict, clas
       "step": np.asarray(-1 if step is None else step, np.int64),
       "mode": np.asarray(mode),
       "image_size": np.asarray(config.image_size, np.int64),
-      "crop_fraction": np.asarray(views.EVAL_CROP_FRACTION, np.float64),
+      "crop_fraction": np.asarray(geometry.EVAL_CROP_FRACTION, np.float64),
       "mean": np.asarray(mean, np.float64),
       "std": np.asarray(std, np.float64),
       "weights": np.asarray(weights or ""),
       "seed": np.asarray(config.seed, np.int64),
   }
-
-
-def _publish(local: str, target: epath.Path) -> None:
-  """Copies a local file to `target` (local or remote) under a temporary name, then renames it,
-  so that a reader never sees a partial file."""
-  staged = target.with_name(target.name + ".tmp")
-  staged.write_bytes(epath.Path(local).read_bytes())
-  staged.replace(target)
 
 
 def write_outputs(out_dir: str | os.PathLike, results: Mapping[str, Mapping[str, Any]],
@@ -385,7 +377,7 @@ def write_outputs(out_dir: str | os.PathLike, results: Mapping[str, Mapping[str,
       report.plot_confusion_matrix(result, os.path.join(tmp, f"{method}_confusion.png"), title=_title(result))
     np.savez(os.path.join(tmp, HEAD_FILE), **head)
     for name in sorted(os.listdir(tmp)):
-      _publish(os.path.join(tmp, name), out / name)
+      paths.write_atomically(out / name, pathlib.Path(tmp, name).read_bytes())
 
 
 def _title(result: Mapping[str, Any]) -> str:
@@ -474,7 +466,7 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
   feature_fn = features.make_feature_fn(backbone, mesh)
   extract = functools.partial(extract_features, config, feature_fn, backbone_params, mesh=mesh,
                               batch_size=batch_size)
-  mean, std = views.student_normalisation(config)
+  mean, std = view_specs.student_normalisation(config)
   eval_view = views.EvalView(config.image_size, mean, std)
   logging.info("extracting features of %s (%d images) and %s (%d images)", config.dataset.train_split,
                len(train_source), config.dataset.eval_split, len(test_source))
@@ -552,9 +544,9 @@ def weights_config(config: ml_collections.ConfigDict, backbone: nn.Module,
   if isinstance(backbone, models.resnet.ResNet):
     with config.unlocked():
       if "views.student.mean" not in overridden:
-        config.views.student.mean = IMAGENET_MEAN
+        config.views.student.mean = view_specs.IMAGENET_MEAN
       if "views.student.std" not in overridden:
-        config.views.student.std = IMAGENET_STD
+        config.views.student.std = view_specs.IMAGENET_STD
   return config
 
 

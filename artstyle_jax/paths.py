@@ -4,12 +4,15 @@ Every path a program takes enters through `resolve` once, where it is read (a fl
 a positional argument), so that the code behind it only sees absolute local paths or URLs. Orbax
 refuses relative checkpoint paths, and a relative path stored in a config would mean something
 else to a program started from another directory.
+
+`write_atomically` writes a whole file, local or at a URL, so that readers never see part of it.
 """
 import os
 import re
 from typing import Any
 
 from absl import flags
+from etils import epath
 
 # scheme://..., as gs://bucket/dir or s3://...; a Windows drive letter ("C:\\") is not a scheme.
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
@@ -41,6 +44,15 @@ class _PathParser(flags.ArgumentParser):
 
   def flag_type(self) -> str:
     return "path"
+
+
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `data` to `path` (local or gs://...) under a temporary name, then renames it, so that a
+  reader (a viewer refreshing the file during training, another program) never sees half a file."""
+  target = epath.Path(path)
+  staged = target.with_name(target.name + ".tmp")
+  staged.write_bytes(data)
+  staged.replace(target)
 
 
 def DEFINE_path(name: str, default: str | None, help: str, flag_values: flags.FlagValues = flags.FLAGS,  # noqa: N802

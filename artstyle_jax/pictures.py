@@ -22,6 +22,7 @@ from PIL import Image
 
 from artstyle_jax import checkpoints
 from artstyle_jax import metric_writer
+from artstyle_jax import paths
 
 DPI = 100
 CURVES_FILE = "curves.png"
@@ -56,14 +57,10 @@ Series = tuple[np.ndarray, np.ndarray]
 
 
 def save_png(fig: Figure, path: str | os.PathLike) -> None:
-  """Writes the figure as a PNG at `path` (local or gs://...) under a temporary name, then renames
-  it, so that a reader (a viewer refreshing the file during training) never sees half a picture."""
+  """Writes the figure as a PNG at `path` (local or gs://...), atomically (`paths.write_atomically`)."""
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=DPI)
-  target = epath.Path(path)
-  staged = target.with_name(target.name + ".tmp")
-  staged.write_bytes(buffer.getvalue())
-  staged.replace(target)
+  paths.write_atomically(path, buffer.getvalue())
 
 
 def _new_figure(inches: tuple[float, float]) -> Figure:

@@ -39,8 +39,10 @@ from artstyle_jax import pictures
 from artstyle_jax import program_logging
 from artstyle_jax import sharding
 from artstyle_jax import step as step_lib
+from artstyle_jax.data import photometric
 from artstyle_jax.data import pipeline
 from artstyle_jax.data import sources
+from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
 from artstyle_jax.evaluators import knn
 from artstyle_jax.models import convnext
@@ -130,7 +132,7 @@ def open_train_data(config: ml_collections.ConfigDict):
 def knn_monitor(config, backbone, mesh, train_source, eval_source):
   """`evaluate(backbone_params) -> top-1` of a weighted kNN on the held-out split, features of the
   training split as the bank."""
-  mean, std = views.student_normalisation(config)
+  mean, std = view_specs.student_normalisation(config)
   transform = views.EvalView(config.image_size, mean, std)
   feature_fn = features.make_feature_fn(backbone, mesh)
 
@@ -169,8 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_lib.validate(config)
   checkpoints.check_compatible(workdir, config)
   train_source, num_examples = open_train_data(config)
-  steps_per_epoch = config_lib.steps_per_epoch(num_examples, config.batch_size)
-  total_steps = config_lib.total_steps(config, num_examples)
+  steps_per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
+  total_steps = config_lib.total_steps(config, steps_per_epoch=steps_per_epoch)
 
   backbone, head = step_lib.build_backbone(config), step_lib.build_head(config)
   backbone_params = load_backbone_params(config, backbone)
@@ -180,7 +182,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rng = jax.random.PRNGKey(config.seed)
   state, state_shardings = step_lib.create_state(rng, config, backbone, head, optimizer, mesh, backbone_params)
   del backbone_params
-  preprocess = functools.partial(views.device_photometric, config=config) if config.photometric_on_device else None
+  preprocess = (functools.partial(photometric.device_photometric, config=config) if config.photometric_on_device
+                else None)
   train_step = step_lib.compile_train_step(
       step_lib.make_train_step(config, backbone, head, optimizer, schedule, preprocess, mesh=mesh), state_shardings,
       mesh)

@@ -5,8 +5,8 @@ See METHOD.md. Keys are stable and overridable as `--config.key=value`.
 import ml_collections
 from ml_collections import config_dict
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from artstyle_jax.data import view_specs
+
 # The published code normalises the student and style views with these (CIFAR-100's) constants.
 STUDENT_STYLE_MEAN = (0.5071, 0.4867, 0.4408)
 STUDENT_STYLE_STD = (0.2675, 0.2565, 0.2761)
@@ -93,7 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.views = ml_collections.ConfigDict()
   config.views.student = _normalisation(STUDENT_STYLE_MEAN, STUDENT_STYLE_STD)
-  config.views.weak = _normalisation(IMAGENET_MEAN, IMAGENET_STD)
+  config.views.weak = _normalisation(view_specs.IMAGENET_MEAN, view_specs.IMAGENET_STD)
   config.views.style = _normalisation(STUDENT_STYLE_MEAN, STUDENT_STYLE_STD)
   config.photometric_on_device = False
   return config

@@ -16,6 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from artstyle_jax.data import builders
+from artstyle_jax.data import geometry
 from artstyle_jax.data import images
 from artstyle_jax.data import sources
 
@@ -178,7 +179,7 @@ def test_prepare_image_converts_unusual_modes_to_8bit_rgb_jpeg(name):
   assert prepared.converted_from == mode
   with Image.open(io.BytesIO(prepared.data)) as stored:
     assert (stored.format, stored.mode) == ("JPEG", "RGB")
-  rgb = images.decode_rgb(prepared.data)
+  rgb = np.asarray(geometry.decode_rgb(geometry.open_image(prepared.data)))
   assert rgb.shape == (16, 16 * len(expected), 3) and rgb.dtype == np.uint8
   got = block_centres(rgb, len(expected))
   assert np.abs(got - np.array(expected)).max() <= JPEG_TOLERANCE, (got, expected)
@@ -200,7 +201,7 @@ def test_prepare_image_downscales_over_max_pixels_keeping_the_aspect(fmt):
   prepared = images.prepare_image(encoded(Image.fromarray(gradient.astype(np.uint8)), fmt), POLICY)
   assert prepared.downscaled_from == (300, 200)
   assert (prepared.width, prepared.height) == (122, 81)
-  rgb = images.decode_rgb(prepared.data)
+  rgb = np.asarray(geometry.decode_rgb(geometry.open_image(prepared.data)))
   assert rgb.shape == (81, 122, 3)
   expected = np.linspace(0, 255, 122)
   assert np.abs(rgb[40, :, 0].astype(float) - expected)[2:-2].max() < 6

@@ -5,6 +5,7 @@ import pathlib
 import pytest
 
 from artstyle_jax import config_lib
+from artstyle_jax.data import pipeline
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 PAPER = str(CONFIGS / "paper.py")
@@ -87,12 +88,6 @@ def test_unusable_values_are_refused_with_a_message(override, message):
     config_lib.load(PAPER, [override])
 
 
-def test_steps_per_epoch_drops_the_last_partial_batch():
-  assert config_lib.steps_per_epoch(1000, 16) == 62
-  with pytest.raises(config_lib.ConfigError, match="fewer than one batch"):
-    config_lib.steps_per_epoch(10, 16)
-
-
 def test_has_key_follows_dotted_paths_into_nested_configs():
   """`--config.a.b=v` names an existing key exactly when has_key(config, 'a.b'); a path through a
   leaf value is no key."""
@@ -113,6 +108,7 @@ def test_flatten_names_every_leaf_as_its_override_would():
 def test_total_steps_is_num_steps_or_whole_epochs_of_full_batches():
   """num_steps wins when set; otherwise num_epochs times the full batches of an epoch."""
   config = config_lib.load(str(CONFIGS / "tiny.py"))  # batch 8, 2 epochs
-  assert config_lib.total_steps(config, num_examples=81) == 2 * 10
+  steps_per_epoch = pipeline.steps_per_epoch(81, config.batch_size)
+  assert config_lib.total_steps(config, steps_per_epoch=steps_per_epoch) == 2 * 10
   config.num_steps = 3
-  assert config_lib.total_steps(config, num_examples=81) == 3
+  assert config_lib.total_steps(config, steps_per_epoch=steps_per_epoch) == 3

@@ -14,6 +14,7 @@ from artstyle_jax import config_lib
 from artstyle_jax import eval as eval_lib
 from artstyle_jax import predict
 from artstyle_jax import step as step_lib
+from artstyle_jax.data import view_specs
 from artstyle_jax.models import resnet
 from test_train import FAST_COMPILING
 
@@ -35,11 +36,11 @@ def run_eval(cwd, *args):
 def test_a_resnet_is_normalised_with_imagenet_constants_unless_they_are_overridden(synthetic_data):
   config = tiny_config(synthetic_data)
   resnet50, atto = resnet.create("resnet50"), step_lib.build_backbone(config)
-  assert eval_lib.weights_config(config, resnet50).views.student.mean == eval_lib.IMAGENET_MEAN
-  assert eval_lib.weights_config(config, resnet50).views.student.std == eval_lib.IMAGENET_STD
+  assert eval_lib.weights_config(config, resnet50).views.student.mean == view_specs.IMAGENET_MEAN
+  assert eval_lib.weights_config(config, resnet50).views.student.std == view_specs.IMAGENET_STD
   assert eval_lib.weights_config(config, atto).views.student == config.views.student
   kept = eval_lib.weights_config(config, resnet50, overridden=("views.student.mean",))
-  assert kept.views.student.mean == config.views.student.mean and kept.views.student.std == eval_lib.IMAGENET_STD
+  assert kept.views.student.mean == config.views.student.mean and kept.views.student.std == view_specs.IMAGENET_STD
 
 
 def test_probe_options_are_the_papers_or_the_baselines_each_replaceable():

@@ -55,3 +55,11 @@ def test_config_paths_resolve_where_the_config_is_validated(tmp_path, monkeypatc
   for init, data_dir in (("timm/convnext_atto.d2_in1k", "gs://bucket/tfds"), ("random", "gs://bucket/tfds")):
     config = config_lib.load(tiny, [f"dataset.data_dir={data_dir}", f"init={init}"])
     assert (config.dataset.data_dir, config.init) == (data_dir, init)
+
+
+def test_write_atomically_replaces_the_whole_file_and_leaves_no_staging_file(tmp_path):
+  target = tmp_path / "results.json"
+  paths.write_atomically(str(target), b"first")
+  paths.write_atomically(target, b"second, longer")
+  assert target.read_bytes() == b"second, longer"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

@@ -10,8 +10,9 @@ import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
+from artstyle_jax import config_lib
 from artstyle_jax.bench import data as bench_data
-from artstyle_jax.data import pipeline, views
+from artstyle_jax.data import photometric, pipeline, view_specs, views
 
 NUM_RECORDS = 23
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -127,22 +128,23 @@ def test_resuming_from_an_orbax_checkpoint_gives_the_batches_of_an_uninterrupted
 def test_three_view_batches_follow_the_batch_contract(source):
   config = ml_collections.ConfigDict({
       "image_size": 16, "photometric_on_device": False,
-      "views": {view: {"mean": MEAN, "std": STD} for view in views.VIEW_NAMES}})
+      "views": {view: {"mean": MEAN, "std": STD} for view in view_specs.VIEW_NAMES}})
   host_batch = take(pipeline.train_dataset(source, views.TrainViews(config), global_batch_size=4, seed=0,
                                            process_count=1, process_index=0), 1)[0]
   assert set(host_batch) == {"student", "weak", "style", "label", "index"}
-  assert all(host_batch[v].shape == (4, 16, 16, 3) and host_batch[v].dtype == np.float32 for v in views.VIEW_NAMES)
+  assert all(host_batch[v].shape == (4, 16, 16, 3) and host_batch[v].dtype == np.float32
+             for v in view_specs.VIEW_NAMES)
 
   config.photometric_on_device = True
   device_batch = take(pipeline.train_dataset(source, views.TrainViews(config), global_batch_size=4, seed=0,
                                              process_count=1, process_index=0), 1)[0]
-  specs = views.view_specs(config)
-  param_keys = {key for view, spec in specs.items() for key in views.param_keys(view, spec)}
+  specs = view_specs.view_specs(config)
+  param_keys = {key for view, spec in specs.items() for key in photometric.param_keys(view, spec)}
   assert set(device_batch) == {"student", "weak", "style", "label", "index"} | param_keys
-  assert all(device_batch[v].dtype == np.uint8 for v in views.VIEW_NAMES)
+  assert all(device_batch[v].dtype == np.uint8 for v in view_specs.VIEW_NAMES)
   assert device_batch["student_jitter_order"].shape == (4, 4)
-  out = jax.jit(lambda batch: views.device_photometric(batch, config))(device_batch)
-  for view in views.VIEW_NAMES:
+  out = jax.jit(lambda batch: photometric.device_photometric(batch, config))(device_batch)
+  for view in view_specs.VIEW_NAMES:
     np.testing.assert_allclose(np.asarray(out[view]) * STD[0], host_batch[view] * STD[0], atol=1 / 255)
 
 
@@ -162,6 +164,12 @@ def test_evaluation_covers_every_record_once_and_masks_the_padding(source):
   assert sorted(seen) == list(range(NUM_RECORDS))
   assert sum(int((~b["mask"]).sum()) for batches in per_host for b in batches) == 24 - NUM_RECORDS
   np.testing.assert_array_equal(per_host[0][0]["image"][0], transform(source[0]["image"])["image"])
+
+
+def test_steps_per_epoch_drops_the_last_partial_batch():
+  assert pipeline.steps_per_epoch(1000, 16) == 62
+  with pytest.raises(config_lib.ConfigError, match="10 examples do not fill one global batch of 16"):
+    pipeline.steps_per_epoch(10, 16)
 
 
 def test_bad_sharding_and_too_small_sources_are_rejected(source, transform):

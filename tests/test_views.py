@@ -1,4 +1,5 @@
-"""Views: torchvision sampling semantics, each op against PIL / NumPy, host form == device form."""
+"""The views (view_specs, geometry, photometric, views): torchvision sampling semantics, each op
+against PIL / NumPy, host form == device form."""
 import colorsys
 import io
 
@@ -9,10 +10,12 @@ from PIL import Image, ImageEnhance, ImageFilter
 import pytest
 from scipy import ndimage
 
+from artstyle_jax.data import geometry
+from artstyle_jax.data import photometric
+from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
 
 STUDENT_MEAN, STUDENT_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LEVEL = 1.0 / 255.0
 
 
@@ -22,7 +25,7 @@ def make_config(image_size=32, on_device=False):
       "photometric_on_device": on_device,
       "views": {
           "student": {"mean": STUDENT_MEAN, "std": STUDENT_STD},
-          "weak": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+          "weak": {"mean": view_specs.IMAGENET_MEAN, "std": view_specs.IMAGENET_STD},
           "style": {"mean": STUDENT_MEAN, "std": STUDENT_STD},
       },
   })
@@ -64,7 +67,7 @@ def test_random_resized_crop_stays_in_bounds_with_scale_and_ratio_in_range():
   rng = np.random.default_rng(0)
   for _ in range(2000):
     width, height = int(rng.integers(40, 400)), int(rng.integers(40, 400))
-    top, left, h, w = views.sample_crop(rng, width, height, (0.08, 1.0))
+    top, left, h, w = view_specs.sample_crop(rng, width, height, (0.08, 1.0))
     assert 0 <= top and top + h <= height and 0 <= left and left + w <= width
     # w and h are rounded to whole pixels, which moves area and ratio by up to a pixel's worth.
     slack_area = (w + h + 1) / (width * height)
@@ -75,15 +78,15 @@ def test_random_resized_crop_stays_in_bounds_with_scale_and_ratio_in_range():
 def test_random_resized_crop_fallback_is_the_central_crop_clamped_to_the_ratio_range():
   rng = np.random.default_rng(0)
   impossible = (2.0, 3.0)  # no crop can cover twice the image: all 10 tries fail
-  assert views.sample_crop(rng, 300, 100, impossible) == (0, 83, 100, 133)  # wide: h = H, w = round(4/3 H)
-  assert views.sample_crop(rng, 100, 300, impossible) == (83, 0, 133, 100)  # tall: w = W, h = round(W / (3/4))
-  assert views.sample_crop(rng, 120, 100, impossible) == (0, 0, 100, 120)  # ratio in range: whole image
+  assert view_specs.sample_crop(rng, 300, 100, impossible) == (0, 83, 100, 133)  # wide: h = H, w = round(4/3 H)
+  assert view_specs.sample_crop(rng, 100, 300, impossible) == (83, 0, 133, 100)  # tall: w = W, h = round(W / (3/4))
+  assert view_specs.sample_crop(rng, 120, 100, impossible) == (0, 0, 100, 120)  # ratio in range: whole image
 
 
 def test_sampled_frequencies_and_ranges_follow_the_method():
-  specs = views.view_specs(make_config())
+  specs = view_specs.view_specs(make_config())
   rng = np.random.default_rng(1)
-  draws = {view: [views.sample_view_params(rng, spec, 200, 150) for _ in range(3000)]
+  draws = {view: [view_specs.sample_view_params(rng, spec, 200, 150) for _ in range(3000)]
            for view, spec in specs.items()}
   student = draws["student"]
   assert np.mean([p.flip for p in student]) == pytest.approx(0.5, abs=0.04)
@@ -113,12 +116,12 @@ def test_sampled_frequencies_and_ranges_follow_the_method():
 
 
 def test_view_constants_come_from_the_config_and_bad_ones_are_rejected():
-  specs = views.view_specs(make_config())
-  assert specs["weak"].mean == IMAGENET_MEAN and specs["student"].std == STUDENT_STD
+  specs = view_specs.view_specs(make_config())
+  assert specs["weak"].mean == view_specs.IMAGENET_MEAN and specs["student"].std == STUDENT_STD
   config = make_config()
   config.views.style.std = (0.2, 0.0, 0.2)
   with pytest.raises(ValueError, match="style.std must be positive"):
-    views.view_specs(config)
+    view_specs.view_specs(config)
 
 
 # --- geometry ----------------------------------------------------------------------------------
@@ -129,10 +132,10 @@ def test_resized_crop_matches_pil_crop_then_resize_except_on_the_outer_pixels():
   image = Image.fromarray(textured_rgb(rng, 120, 90))
   for crop in [(10, 20, 60, 70), (5, 5, 20, 24), (0, 0, 90, 120)]:  # downscale, upscale, whole image
     top, left, h, w = crop
-    ours = views.resized_crop(image, image.size, crop, 32)
+    ours = geometry.resized_crop(image, image.size, crop, 32)
     reference = np.asarray(image.crop((left, top, left + w, top + h)).resize((32, 32), Image.BILINEAR))
     np.testing.assert_array_equal(ours[1:-1, 1:-1], reference[1:-1, 1:-1])
-    flipped = views.resized_crop(image, image.size, crop, 32, flip=True)
+    flipped = geometry.resized_crop(image, image.size, crop, 32, flip=True)
     np.testing.assert_array_equal(flipped, ours[:, ::-1])
 
 
@@ -143,11 +146,11 @@ def test_jpeg_draft_decoding_is_used_for_large_sources_and_stays_within_a_grey_l
   drafted = views.TrainViews(make_config(16, on_device=True))
   factors = []
   for seed in range(16):
-    crops = [views.sample_view_params(np.random.default_rng(seed), spec, 560, 480).crop
+    crops = [view_specs.sample_view_params(np.random.default_rng(seed), spec, 560, 480).crop
              for spec in drafted.specs.values()]
-    factors.append(views.draft_factor(views.open_image(data), crops, 16))
+    factors.append(geometry.draft_factor(geometry.open_image(data), crops, 16))
     reference, ours = full(data, np.random.default_rng(seed)), drafted(data, np.random.default_rng(seed))
-    for view in views.VIEW_NAMES:
+    for view in view_specs.VIEW_NAMES:
       difference = np.abs(reference[view].astype(int) - ours[view].astype(int))
       assert difference.mean() < 1.0 and difference.max() <= 6
   assert max(factors) >= 2
@@ -163,8 +166,8 @@ def test_non_rgb_sources_give_three_channel_views():
 
 
 def test_eval_view_is_torchvision_resize_then_centre_crop_with_student_normalisation():
-  assert views.eval_geometry(500, 400, 352) == ((502, 402), (25, 75, 352, 352))
-  assert views.eval_geometry(300, 600, 352) == ((402, 804), (226, 25, 352, 352))
+  assert geometry.eval_geometry(500, 400, 352) == ((502, 402), (25, 75, 352, 352))
+  assert geometry.eval_geometry(300, 600, 352) == ((402, 804), (226, 25, 352, 352))
   rng = np.random.default_rng(5)
   pixels = textured_rgb(rng, 100, 70)
   transform = views.EvalView(24, STUDENT_MEAN, STUDENT_STD, crop_fraction=0.75)
@@ -182,7 +185,7 @@ def test_probe_train_view_is_a_random_resized_crop_with_flip():
   rng = np.random.default_rng(6)
   data = encode(textured_rgb(rng, 80, 60), "PNG")
   transform = views.ProbeTrainView(16, STUDENT_MEAN, STUDENT_STD)
-  params = views.sample_view_params(np.random.default_rng(9), transform.spec, 80, 60)
+  params = view_specs.sample_view_params(np.random.default_rng(9), transform.spec, 80, 60)
   top, left, h, w = params.crop
   reference = np.asarray(Image.open(io.BytesIO(data)).crop((left, top, left + w, top + h)).resize(
       (16, 16), Image.BILINEAR))
@@ -203,9 +206,9 @@ def fixture_pixels():
 def test_brightness_contrast_saturation_match_pil_image_enhance(pixels, factor):
   image = Image.fromarray(pixels)
   x = as_float(pixels)
-  for ours, enhancer, tolerance in [(views.adjust_brightness, ImageEnhance.Brightness, 1),
-                                    (views.adjust_contrast, ImageEnhance.Contrast, 1.5),
-                                    (views.adjust_saturation, ImageEnhance.Color, 2)]:
+  for ours, enhancer, tolerance in [(photometric.adjust_brightness, ImageEnhance.Brightness, 1),
+                                    (photometric.adjust_contrast, ImageEnhance.Contrast, 1.5),
+                                    (photometric.adjust_saturation, ImageEnhance.Color, 2)]:
     # PIL rounds to whole levels (and its contrast mean / saturation gray) on the way.
     reference = as_float(np.asarray(enhancer(image).enhance(factor)))
     np.testing.assert_allclose(interleaved(ours(planar(x), factor)), reference, atol=tolerance * LEVEL + 1e-6)
@@ -218,19 +221,19 @@ def test_hue_matches_colorsys_hsv_rotation(pixels, shift):
   for index in np.ndindex(x.shape[:2]):
     h, s, v = colorsys.rgb_to_hsv(*x[index].astype(np.float64))
     expected[index] = colorsys.hsv_to_rgb((h + shift) % 1.0, s, v)
-  np.testing.assert_allclose(interleaved(views.adjust_hue(planar(x), shift)), expected, atol=2e-6)
+  np.testing.assert_allclose(interleaved(photometric.adjust_hue(planar(x), shift)), expected, atol=2e-6)
 
 
 def test_hue_leaves_grays_and_a_full_turn_unchanged(pixels):
   gray = np.repeat(planar(as_float(pixels))[:1], 3, axis=0)
-  np.testing.assert_allclose(views.adjust_hue(gray, 0.3), gray, atol=1e-7)
+  np.testing.assert_allclose(photometric.adjust_hue(gray, 0.3), gray, atol=1e-7)
   x = planar(as_float(pixels))
-  np.testing.assert_allclose(views.adjust_hue(x, 1.0), x, atol=2e-6)
+  np.testing.assert_allclose(photometric.adjust_hue(x, 1.0), x, atol=2e-6)
 
 
 def test_grayscale_matches_pil_luma_conversion(pixels):
   reference = as_float(np.asarray(Image.fromarray(pixels).convert("L")))
-  ours = interleaved(views.grayscale(planar(as_float(pixels))))
+  ours = interleaved(photometric.grayscale(planar(as_float(pixels))))
   assert ours.shape == pixels.shape
   np.testing.assert_allclose(ours, np.repeat(reference[..., None], 3, axis=-1), atol=0.5 * LEVEL + 1e-6)
 
@@ -239,27 +242,27 @@ def test_grayscale_matches_pil_luma_conversion(pixels):
 def test_blur_is_a_truncated_gaussian_with_replicated_edges(pixels, sigma):
   x = as_float(pixels)
   expected = ndimage.gaussian_filter(x.astype(np.float64), sigma=(sigma, sigma, 0), mode="nearest",
-                                     truncate=views.BLUR_RADIUS / sigma)
-  np.testing.assert_allclose(interleaved(views.gaussian_blur(planar(x), sigma)), expected, atol=1e-6)
+                                     truncate=photometric.BLUR_RADIUS / sigma)
+  np.testing.assert_allclose(interleaved(photometric.gaussian_blur(planar(x), sigma)), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
 def test_blur_agrees_with_the_references_pil_gaussian_blur_on_average(pixels, sigma):
   reference = as_float(np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(radius=sigma))))
-  difference = np.abs(interleaved(views.gaussian_blur(planar(as_float(pixels)), sigma)) - reference)
+  difference = np.abs(interleaved(photometric.gaussian_blur(planar(as_float(pixels)), sigma)) - reference)
   assert difference.mean() < 1.0 * LEVEL
 
 
 def test_host_photometric_applies_ops_in_the_sampled_order(pixels):
-  spec = views.view_specs(make_config())["student"]
+  spec = view_specs.view_specs(make_config())["student"]
   order = np.array([3, 1, 0, 2], np.int32)
   factors = np.array([1.3, 0.7, 1.2, 0.08], np.float32)
-  params = views.ViewParams(crop=(0, 0, 1, 1), flip=False, jitter_apply=True, jitter_order=order,
+  params = view_specs.ViewParams(crop=(0, 0, 1, 1), flip=False, jitter_apply=True, jitter_order=order,
                             jitter_factors=factors, gray=False, blur_sigma=0.0)
   x = planar(as_float(pixels))
-  expected = interleaved(views.adjust_saturation(views.adjust_brightness(views.adjust_contrast(
-      views.adjust_hue(x, factors[3]), factors[1]), factors[0]), factors[2]))
-  ours = views.host_photometric(pixels, params, spec) * np.float32(STUDENT_STD) + np.float32(STUDENT_MEAN)
+  expected = interleaved(photometric.adjust_saturation(photometric.adjust_brightness(photometric.adjust_contrast(
+      photometric.adjust_hue(x, factors[3]), factors[1]), factors[0]), factors[2]))
+  ours = photometric.host_photometric(pixels, params, spec) * np.float32(STUDENT_STD) + np.float32(STUDENT_MEAN)
   np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 
@@ -274,7 +277,7 @@ def _directed_batch(rng, spec, view, count, size):
                         rng.uniform(-0.1, 0.1)], np.float32)
     if view == "style":
       factors[2:] = (1.0, 0.0)
-    params.append(views.ViewParams(crop=(0, 0, size, size), flip=False, jitter_apply=i % 4 != 3,
+    params.append(view_specs.ViewParams(crop=(0, 0, size, size), flip=False, jitter_apply=i % 4 != 3,
                                    jitter_order=rng.permutation(4).astype(np.int32), jitter_factors=factors,
                                    gray=spec.gray_p > 0 and i % 3 == 1,
                                    blur_sigma=float(rng.uniform(0.1, 2.0)) if spec.blur_p > 0 and i % 2 else 0.0))
@@ -284,17 +287,17 @@ def _directed_batch(rng, spec, view, count, size):
 
 def test_device_photometric_equals_host_photometric_within_one_level():
   config = make_config()
-  specs = views.view_specs(config)
+  specs = view_specs.view_specs(config)
   rng = np.random.default_rng(8)
   batch, expected = {}, {}
   for view, spec in specs.items():
     images, params = _directed_batch(rng, spec, view, 12, 24)
     batch[view] = np.stack(images)
-    for key in views.param_keys(view, spec):
-      batch[key] = np.stack([views.param_arrays(view, spec, p)[key] for p in params])
-    expected[view] = np.stack([views.host_photometric(img, p, spec) for img, p in zip(images, params)])
+    for key in photometric.param_keys(view, spec):
+      batch[key] = np.stack([photometric.param_arrays(view, spec, p)[key] for p in params])
+    expected[view] = np.stack([photometric.host_photometric(img, p, spec) for img, p in zip(images, params)])
   batch["label"] = np.arange(12, dtype=np.int32)
-  out = jax.jit(lambda b: views.device_photometric(b, config))(batch)
+  out = jax.jit(lambda b: photometric.device_photometric(b, config))(batch)
   assert set(out) == {"student", "weak", "style", "label"}
   np.testing.assert_array_equal(out["label"], batch["label"])
   for view, spec in specs.items():
@@ -310,13 +313,13 @@ def test_train_views_host_mode_equals_device_mode_for_the_same_generator():
   device = views.TrainViews(make_config(24, on_device=True))
   host_out = [host(data, np.random.default_rng((3, i))) for i, data in enumerate(images)]
   device_out = [device(data, np.random.default_rng((3, i))) for i, data in enumerate(images)]
-  assert all(host_out[0][v].dtype == np.float32 and device_out[0][v].dtype == np.uint8 for v in views.VIEW_NAMES)
+  assert all(host_out[0][v].dtype == np.float32 and device_out[0][v].dtype == np.uint8 for v in view_specs.VIEW_NAMES)
   batch = {key: np.stack([d[key] for d in device_out]) for key in device_out[0]}
-  out = views.device_photometric(batch, make_config(24))
-  for view, spec in views.view_specs(make_config()).items():
+  out = photometric.device_photometric(batch, make_config(24))
+  for view, spec in view_specs.view_specs(make_config()).items():
     host_batch = np.stack([h[view] for h in host_out])
     np.testing.assert_allclose(np.asarray(out[view]) * np.float32(spec.std), host_batch * np.float32(spec.std),
                                atol=LEVEL)
   again = host(images[0], np.random.default_rng((3, 0)))
-  for view in views.VIEW_NAMES:
+  for view in view_specs.VIEW_NAMES:
     np.testing.assert_array_equal(again[view], host_out[0][view])

@@ -9,8 +9,8 @@ CPU-second (= per host core; the host paths are single-threaded) of:
   normalisation), as the reference code's transforms do;
 - `host`: `views.TrainViews` with the photometric ops on the host (float32 views out);
 - `split`: the host half of `views.TrainViews` in device mode (uint8 views + parameters out),
-  with the device half (`views.device_photometric`, jitted) timed separately on the default JAX
-  device, in images per second.
+  with the device half (`photometric.device_photometric`, jitted) timed separately on the
+  default JAX device, in images per second.
 
 With --workers W > 0 it also runs the Grain training pipeline (host and split modes) with W
 worker processes and reports its wall-clock images/s. The last line printed is one JSON object.
@@ -28,10 +28,9 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from artstyle_jax.data import pipeline, views
+from artstyle_jax.data import photometric, pipeline, view_specs, views
 
 STUDENT_MEAN, STUDENT_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def parse_args(argv):
@@ -51,7 +50,7 @@ def bench_config(image_size: int, on_device: bool) -> ml_collections.ConfigDict:
       "photometric_on_device": on_device,
       "views": {
           "student": {"mean": STUDENT_MEAN, "std": STUDENT_STD},
-          "weak": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+          "weak": {"mean": view_specs.IMAGENET_MEAN, "std": view_specs.IMAGENET_STD},
           "style": {"mean": STUDENT_MEAN, "std": STUDENT_STD},
       },
   })
@@ -139,7 +138,7 @@ class PilThreeViews:
       weak = weak.transpose(Image.FLIP_LEFT_RIGHT)
     style = self._jitter(self._resized_crop(image, rng, (0.08, 1.0)), rng, 0.2, 0.2, 0.0, 0.0)
     return {"student": self._to_normalised(student, STUDENT_MEAN, STUDENT_STD),
-            "weak": self._to_normalised(weak, IMAGENET_MEAN, IMAGENET_STD),
+            "weak": self._to_normalised(weak, view_specs.IMAGENET_MEAN, view_specs.IMAGENET_STD),
             "style": self._to_normalised(style, STUDENT_MEAN, STUDENT_STD)}
 
 
@@ -167,7 +166,7 @@ def time_device_half(outputs, config, batch_size: int, repeats: int) -> float:
   if not batches:
     raise ValueError(f"--num-images {len(outputs)} must be at least --batch-size {batch_size}.")
   batches = [jax.device_put(b) for b in batches]
-  step = jax.jit(lambda batch: views.device_photometric(batch, config))
+  step = jax.jit(lambda batch: photometric.device_photometric(batch, config))
   jax.block_until_ready(step(batches[0]))
   best = float("inf")
   for _ in range(max(repeats, 3)):

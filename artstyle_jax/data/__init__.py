@@ -5,7 +5,10 @@
               writing ArrayRecord, without TensorFlow
   sources     a built split as a random-access source for Grain, plus label names
   synthetic   a procedural art-style dataset: the demo's and the tests' embedded data
-  views       the three training views and the evaluation transform
+  view_specs  what each view is and the random draws that make one (crop, flip, jitter, ...)
+  geometry    host decoding, crop boxes and resized crops (PIL)
+  photometric jitter, grayscale, blur and normalisation, on the host or in the jitted step
+  views       the transforms: the three training views, the probe and evaluation views
   pipeline    the Grain input pipeline
 
 Submodules are imported explicitly; this package imports nothing, so that loading one

@@ -192,12 +192,6 @@ def encode_jpeg(image: Image.Image, quality: int) -> bytes:
   return buffer.getvalue()
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-  """Decodes stored image bytes to a (H, W, 3) uint8 array."""
-  with Image.open(io.BytesIO(data)) as image:
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-
-
 def _read_bytes(path: str | os.PathLike) -> bytes:
   try:
     with open(path, "rb") as f:

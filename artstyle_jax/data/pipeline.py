@@ -31,6 +31,8 @@ import grain
 import jax
 import numpy as np
 
+from artstyle_jax import config_lib
+
 Transform = Callable[[bytes, np.random.Generator], dict[str, np.ndarray]]
 
 # Distinct SeedSequence spawn keys keep the shuffle and view streams apart.
@@ -58,11 +60,15 @@ def _epoch_shuffle_seed(seed: int, epoch: int) -> int:
 
 
 def steps_per_epoch(num_records: int, global_batch_size: int) -> int:
-  """Training steps in one epoch (the last incomplete global batch is dropped)."""
-  steps = num_records // global_batch_size
-  if steps == 0:
-    raise ValueError(f"{num_records} records do not fill one global batch of {global_batch_size}.")
-  return steps
+  """Training steps in one epoch (the last incomplete global batch is dropped).
+
+  Raises:
+    ConfigError: the records do not fill one global batch (a dataset too small for the config).
+  """
+  if num_records < global_batch_size:
+    raise config_lib.ConfigError(
+        f"the dataset's {num_records} examples do not fill one global batch of {global_batch_size}")
+  return num_records // global_batch_size
 
 
 def num_eval_batches(num_records: int, global_batch_size: int) -> int:

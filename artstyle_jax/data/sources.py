@@ -5,7 +5,7 @@ A source is what `tfds.data_source` returns: `len(source)` examples, `source[i]`
 and it pickles, so Grain worker processes can each open their own. Every example is
 
   {'image':    bytes, a JPEG of an 8-bit RGB image, not decoded here: decode it in the
-               pipeline (PIL, `images.decode_rgb`, or PIL's draft mode for a reduced-size
+               pipeline (PIL, `geometry.decode_rgb`, or PIL's draft mode for a reduced-size
                decode before cropping),
    'label':    int, the class index into `label_names(...)`,
    'filename': bytes, the UTF-8 path of the source file relative to the manual directory}

@@ -4,12 +4,13 @@ The plot draws on a bare `matplotlib.figure.Figure` with the Agg canvas, never t
 pyplot, so it needs no display and leaves matplotlib's global backend alone.
 """
 import json
-import os
 from typing import Any, Mapping
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from artstyle_jax import paths
 
 
 def _percent(fraction) -> str:
@@ -37,11 +38,7 @@ def format_table(results: Mapping[str, Any], title: str = "") -> str:
 
 def write_json(results: Mapping[str, Any], path: str) -> None:
   """Writes `results` as strict JSON (NaN refused), atomically: a reader never sees half a file."""
-  tmp_path = f"{path}.tmp"
-  with open(tmp_path, "w") as f:
-    json.dump(results, f, indent=2, allow_nan=False)
-    f.write("\n")
-  os.replace(tmp_path, path)
+  paths.write_atomically(path, (json.dumps(results, indent=2, allow_nan=False) + "\n").encode())
 
 
 def plot_confusion_matrix(results: Mapping[str, Any], path: str, title: str = "Confusion matrix") -> None:

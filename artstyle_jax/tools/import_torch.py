@@ -54,6 +54,7 @@ from artstyle_jax import optim
 from artstyle_jax import paths
 from artstyle_jax import state as state_lib
 from artstyle_jax import step as step_lib
+from artstyle_jax.data import pipeline
 from artstyle_jax.data import sources
 from artstyle_jax.models import convnext_weights
 from artstyle_jax.models.authors_checkpoint import NETWORK_PREFIXES, TorchCheckpoint, TorchNetwork, model_name, read
@@ -126,7 +127,7 @@ def train_steps_per_epoch(config: ml_collections.ConfigDict) -> int | None:
     source = sources.open_split(config.dataset.name, config.dataset.data_dir, config.dataset.train_split)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
-  return config_lib.steps_per_epoch(len(source), config.batch_size)
+  return pipeline.steps_per_epoch(len(source), config.batch_size)
 
 
 def import_step(checkpoint: TorchCheckpoint, config: ml_collections.ConfigDict, *,
