@@ -49,7 +49,6 @@ import functools
 import itertools
 import math
 import os
-import pathlib
 import sys
 import tempfile
 from typing import Any, Optional
@@ -90,7 +89,7 @@ PAPER_BATCH_SIZE = 16
 BASELINE_LEARNING_RATE = 0.3  # the published resnet50_moco_v2.py
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHTS_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "paper.py"
+WEIGHTS_CONFIG = config_lib.packaged_config("paper.py")
 EVAL_DIR = "eval"
 RANDOM_INIT_DIR = "random_init"
 HEAD_FILE = "linear_head.npz"

@@ -33,7 +33,6 @@ The drop-path PRNG key is `fold_in(PRNGKey(config.seed), step)`.
 """
 from collections.abc import Mapping, Sequence
 import functools
-import pathlib
 import shlex
 import sys
 from typing import Any
@@ -59,7 +58,7 @@ from artstyle_jax.models import convnext_weights
 from artstyle_jax.models.authors_checkpoint import NETWORK_PREFIXES, TorchCheckpoint, TorchNetwork, model_name, read
 from artstyle_jax.models.torch_weights import CheckpointError, describe
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "paper.py"
+DEFAULT_CONFIG = config_lib.packaged_config("paper.py")
 
 def checkpoint_config(
     checkpoint: TorchCheckpoint, config: ml_collections.ConfigDict, overridden: Sequence[str] = ()
