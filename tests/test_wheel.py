@@ -1,6 +1,6 @@
-"""The package works installed from a wheel, without the clone: the wheel ships the configs
-(artstyle_jax/configs), and the shortened demo runs in a fresh virtual environment from an empty
-directory on its packaged default config.
+"""The package works installed from a wheel, without the clone: the wheel ships the configs and the
+specification (artstyle_jax/configs, artstyle_jax/METHOD.md), and the shortened demo runs in a fresh
+virtual environment from an empty directory on its packaged default config.
 
 Nothing is downloaded: the wheel is built without build isolation, installed without dependencies,
 and the fresh environment reads its dependencies from this test environment's site-packages."""
@@ -63,9 +63,10 @@ def python(wheel, tmp_path_factory):
   return interpreter
 
 
-def test_the_wheel_ships_the_configs(wheel):
+def test_the_wheel_ships_the_configs_and_the_specification(wheel):
   names = set(zipfile.ZipFile(wheel).namelist())
   assert {f"artstyle_jax/configs/{p.name}" for p in (REPO / "configs").glob("*.py")} <= names
+  assert "artstyle_jax/METHOD.md" in names
 
 
 def test_the_installed_demo_runs_from_an_empty_directory(python, tmp_path):

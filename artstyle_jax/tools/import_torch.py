@@ -4,7 +4,7 @@
       [--iters_per_epoch=N | --step=N] [--config=configs/paper.py] [--config.key=value ...]
 
 The file is `torch.save({'model': state_dict, 'optimizer': SGD state_dict, 'epoch': int})`
-(METHOD.md, "Other accidents in the published code"). It becomes the TrainState of a fresh
+(artstyle_jax/METHOD.md, "Other accidents in the published code"). It becomes the TrainState of a fresh
 workdir, written as config.json and checkpoints/<step>/ with the single item 'state':
 
   net.net.<timm features-only key>, head_q.*      -> params (the student)
