@@ -1,4 +1,5 @@
-"""Reading and checking training configs (configs/*.py) before anything is built or compiled.
+"""Reading and checking training configs (configs/*.py, shipped as artstyle_jax/configs: see
+`packaged_config`) before anything is built or compiled.
 
 Programs define `config_flags.DEFINE_config_file("config")` and call `validate(FLAGS.config)`
 first; `load(path, overrides)` does both for code without absl flags (tests, notebooks).
@@ -6,6 +7,7 @@ first; `load(path, overrides)` does both for code without absl flags (tests, not
 a workdir means the same to a program started from any directory.
 """
 from collections.abc import Mapping, Sequence
+import importlib.resources
 import importlib.util
 import os
 import pathlib
@@ -88,10 +90,23 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   return DTYPES[config.model.dtype]
 
 
+def packaged_config(name: str) -> pathlib.Path:
+  """The config file `name` ('demo.py') shipped in the package, the programs' defaults.
+
+  `artstyle_jax/configs` links to the repository's top-level `configs/` in a clone (so an editable
+  install and a run from the clone read the files users edit) and holds copies in a wheel or a
+  `pip install .`; either way it is the package's own directory, found wherever it is installed.
+  """
+  return pathlib.Path(importlib.resources.files(__package__) / "configs" / name)
+
+
 def base_config(config_file: str, name: str) -> ml_collections.ConfigDict:
   """`get_config()` of `<name>.py` in the directory of `config_file`, for configs derived from
-  another (`base_config(__file__, "paper")`); works whatever the working directory."""
+  another (`base_config(__file__, "paper")`); works whatever the working directory. Without such a
+  file there (a user's own config outside the clone), the packaged `<name>.py`."""
   path = pathlib.Path(config_file).with_name(f"{name}.py")
+  if not path.is_file():
+    path = packaged_config(path.name)
   spec = importlib.util.spec_from_file_location(f"artstyle_jax_configs_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

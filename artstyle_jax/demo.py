@@ -49,7 +49,7 @@ from artstyle_jax.data import pipeline
 from artstyle_jax.data import synthetic
 from artstyle_jax.evaluators import report
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+DEFAULT_CONFIG = config_lib.packaged_config("demo.py")
 DATA_DIR = "data"
 PRETRAIN_DIR = "pretrain"
 RESULTS_FILE = "demo_results.json"

@@ -15,11 +15,11 @@ frozen. Pooled features of the training split (`config.dataset.train_split`, det
   split through `views.ProbeTrainView` (RandomResizedCrop + flip, each copy its own draws),
   standardised and fitted on device in one jitted scan, the weight decay chosen on a held-out
   fifth of the training images (`linear_probe.select_weight_decay`, then `fit_fast`).
-- Linear probe, paper mode: METHOD.md's protocol (`linear_probe.fit_paper`): fresh
+- Linear probe, paper mode: artstyle_jax/METHOD.md's protocol (`linear_probe.fit_paper`): fresh
   ProbeTrainView views every epoch, batch 16, 100 epochs, the final epoch's head. Each epoch is
   a new shuffle of the training split with its last incomplete batch dropped (as training does).
 - Linear probe, baseline mode: the same with the authors' protocol for the other methods' ResNet-50
-  checkpoints (METHOD.md, "The paper's baselines"): learning rate 0.3. --probe_learning_rate,
+  checkpoints (artstyle_jax/METHOD.md, "The paper's baselines"): learning rate 0.3. --probe_learning_rate,
   --probe_momentum, --probe_weight_decay, --probe_init_stddev, --paper_epochs and
   --paper_batch_size set any of the paper and baseline probes' values.
 
@@ -90,7 +90,7 @@ from artstyle_jax.evaluators import report
 MODES = ("fast", "paper", "baseline")
 PAPER_BATCH_SIZE = 16
 BASELINE_LEARNING_RATE = 0.3  # the published resnet50_moco_v2.py
-WEIGHTS_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "paper.py"
+WEIGHTS_CONFIG = config_lib.packaged_config("paper.py")
 EVAL_DIR = "eval"
 RANDOM_INIT_DIR = "random_init"
 HEAD_FILE = "linear_head.npz"
@@ -308,7 +308,7 @@ def probe_options(mode: str, learning_rate: Optional[float] = None, momentum: Op
 def fit_paper_probe(config: ml_collections.ConfigDict, backbone, backbone_params: Any, train_source: Any,
                     num_classes: int, *, epochs: int, batch_size: int,
                     options: Mapping[str, float]) -> tuple[linear_probe.Head, dict[str, Any]]:
-  """Paper- or baseline-mode head (METHOD.md "Linear evaluation", "The paper's baselines");
+  """Paper- or baseline-mode head (artstyle_jax/METHOD.md "Linear evaluation", "The paper's baselines");
   `options`: `probe_options`. Returns (head, its settings for the results)."""
   mesh = _probe_mesh(batch_size)
   params = jax.device_put(backbone_params, sharding.replicated(mesh))
@@ -588,7 +588,7 @@ def _define_flags() -> None:
                       "with the --config overrides.")
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default the latest.")
   flags.DEFINE_enum("mode", "fast", MODES, "Linear probe: 'fast' (features once, fitted on device), "
-                    "'paper' (METHOD.md's protocol) or 'baseline' (the paper's protocol for the other methods).")
+                    "'paper' (artstyle_jax/METHOD.md's protocol) or 'baseline' (the paper's baselines' protocol).")
   flags.DEFINE_integer("augmented_copies", 0, "Fast mode: augmented passes over the training split.", lower_bound=0)
   flags.DEFINE_bool("random_init", False, "Evaluate the random initialisation of config.seed instead of a "
                     "checkpoint (results in DIR/eval/random_init/).")

@@ -1,6 +1,6 @@
 """The dual-teacher objective: relation alignment, Gram alignment and MoCo InfoNCE.
 
-Pure functions on jnp arrays (see METHOD.md, "One training step", items 3 and 4). They compute
+Pure functions on jnp arrays (see artstyle_jax/METHOD.md, "One training step", items 3 and 4). They compute
 in float32 whatever the input dtype, and take global arrays: under `jax.jit` with a batch sharded
 over devices XLA inserts the reductions, so the values do not depend on the sharding.
 """
@@ -89,7 +89,7 @@ def _centred_gram_cosines_by_positions(f_s: jax.Array, f_t: jax.Array, eps: floa
 
 
 def gram_alignment_loss(f_student: jax.Array, f_teacher: jax.Array, eps: float = 1e-8) -> jax.Array:
-  """Gram alignment between student and teacher feature maps (METHOD.md step 4).
+  """Gram alignment between student and teacher feature maps (artstyle_jax/METHOD.md step 4).
 
   `A = gram((f_s + f_t) / 2)`, centred per sample by the mean of its C*C entries, then
   `0.5 * (1 - cos(A_c, gram(f_s))) + 0.5 * (1 - cos(A_c, gram(f_t)))` with the cosine over the
@@ -130,7 +130,7 @@ def relation_alignment_loss(
     student_temp: float = 0.1,
     teacher_temp: float = 0.04,
 ) -> jax.Array:
-  """ReSSL relation alignment against a queue (METHOD.md step 3).
+  """ReSSL relation alignment against a queue (artstyle_jax/METHOD.md step 3).
 
   `- mean_i sum_k softmax(z_t Q^T / teacher_temp)_ik * log_softmax(z_s Q^T / student_temp)_ik`,
   with no gradient through the teacher side or the queue.

@@ -1,6 +1,6 @@
 """The student's optimiser: torch-style SGD with momentum and L2 weight decay, and its schedule.
 
-METHOD.md, "Optimisation": `g <- g + wd * p; buf <- momentum * buf + g; p <- p - lr * buf`
+artstyle_jax/METHOD.md, "Optimisation": `g <- g + wd * p; buf <- momentum * buf + g; p <- p - lr * buf`
 (torch.optim.SGD, dampening 0, no Nesterov), the learning rate set at every iteration by a
 linear warm-up then a cosine. The published code's cosine starts at a tenth of the base rate
 (`0.05 * base * (1 + cos)`), so the rate jumps from `base` to `0.1 * base` at the end of the

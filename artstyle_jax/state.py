@@ -1,4 +1,4 @@
-"""The training state pytree, the teachers' EMA and the key queue (METHOD.md steps 1 and 7).
+"""The training state pytree, the teachers' EMA and the key queue (artstyle_jax/METHOD.md steps 1 and 7).
 
 Parameters of a network are `{'backbone': convnext params, 'head': projection head params}`.
 Teachers are stored by name in `TrainState.teachers`: always 'weak'; 'style' only when the

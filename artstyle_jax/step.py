@@ -1,4 +1,4 @@
-"""Student and teacher forwards and the dual-teacher train step (METHOD.md, steps 1 to 7).
+"""Student and teacher forwards and the dual-teacher train step (artstyle_jax/METHOD.md, steps 1 to 7).
 
 Typical use (train.py, bench):
 

@@ -1,6 +1,6 @@
 """Every published default of Luo et al. (2025): ConvNeXt-Base, 352 px, batch 16, 25 epochs.
 
-See METHOD.md. Keys are stable and overridable as `--config.key=value`.
+See artstyle_jax/METHOD.md. Keys are stable and overridable as `--config.key=value`.
 """
 import ml_collections
 from ml_collections import config_dict

@@ -112,3 +112,16 @@ def test_total_steps_is_num_steps_or_whole_epochs_of_full_batches():
   assert config_lib.total_steps(config, steps_per_epoch=steps_per_epoch) == 2 * 10
   config.num_steps = 3
   assert config_lib.total_steps(config, steps_per_epoch=steps_per_epoch) == 3
+
+
+def test_the_packaged_configs_are_the_repository_configs():
+  """artstyle_jax/configs, the programs' defaults and what a wheel ships, is configs/ itself in a clone."""
+  for name in NAMES + ("demo",):
+    assert config_lib.packaged_config(f"{name}.py").resolve() == (CONFIGS / f"{name}.py").resolve()
+
+
+def test_a_config_outside_the_repository_derives_from_the_packaged_one(tmp_path):
+  (tmp_path / "mine.py").write_text(
+      "from artstyle_jax import config_lib\n\n\ndef get_config():\n"
+      "  config = config_lib.base_config(__file__, 'paper')\n  config.batch_size = 32\n  return config\n")
+  assert _flat(config_lib.load(str(tmp_path / "mine.py"))) == {**_flat(config_lib.load(PAPER)), "batch_size": 32}

@@ -1,4 +1,4 @@
-"""The losses equal METHOD.md's formulas, evaluated independently in float64 NumPy."""
+"""The losses equal artstyle_jax/METHOD.md's formulas, evaluated independently in float64 NumPy."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""The train step does METHOD.md steps 1-7 in order.
+"""The train step does artstyle_jax/METHOD.md steps 1-7 in order.
 
 On a two-stage ConvNeXt with one block per stage (32 px views give 4x4 last maps), batch 4: the
 step is the same for any backbone depth, and a small one compiles quickly.
@@ -77,7 +77,7 @@ class Setup:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def reference_step(backbone, head, params, teacher, queue, batch):
-  """METHOD.md steps 1-5 written out for two teachers sharing one start copy `teacher`.
+  """artstyle_jax/METHOD.md steps 1-5 written out for two teachers sharing one start copy `teacher`.
 
   Returns the paper's loss terms, the gradient of its loss, and the embeddings z_s, z_w, z_y.
   """

@@ -16,12 +16,12 @@ failed.
 import argparse
 import json
 import os
-import pathlib
 import subprocess
 import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from artstyle_jax import config_lib
 from artstyle_jax import paths
 
 
@@ -32,9 +32,7 @@ class Entry(NamedTuple):
   args: tuple[str, ...]
 
 
-# The repository's configs, wherever the suite is started from.
-_CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
-_TINY = f"--config={_CONFIGS / 'tiny.py'}"
+_TINY = f"--config={config_lib.packaged_config('tiny.py')}"
 _ATTO_128 = (_TINY, "--config.model.name=convnext_atto", "--config.image_size=128",
              "--config.batch_size=16")
 
@@ -52,7 +50,8 @@ CPU_ENTRIES = (
     Entry("three 352 px views per JPEG", "data", ()),
 )
 
-_PAPER_BF16 = (f"--config={_CONFIGS / 'paper.py'}", "--config.model.dtype=bfloat16", "--config.init=random")
+_PAPER_BF16 = (f"--config={config_lib.packaged_config('paper.py')}", "--config.model.dtype=bfloat16",
+               "--config.init=random")
 
 ACCELERATOR_ENTRIES = (
     Entry("paper step, bf16", "step", _PAPER_BF16 + ("--steps=20",)),

@@ -1,6 +1,6 @@
 """The dual-teacher train step written in plain PyTorch, as the reference `bench step --torch` times.
 
-METHOD.md's steps 1 to 7 as the published code runs them, eager, float32: EMA of each teacher
+artstyle_jax/METHOD.md's steps 1 to 7 as the published code runs them, eager, float32: EMA of each teacher
 copy towards the student, student forward, teacher forwards without gradient, relation and Gram
 losses, backward, `torch.optim.SGD` (momentum, weight decay), enqueue. The backbone is
 transformers' `ConvNextModel` (features = `last_hidden_state`, the stage-4 map before its pooler

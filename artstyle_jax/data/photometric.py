@@ -1,6 +1,6 @@
 """The views' photometric ops on float RGB in [0, 1]: on the host (NumPy) or in the jitted step (jnp).
 
-Semantics (METHOD.md, "Views"):
+Semantics (artstyle_jax/METHOD.md, "Views"):
 
 - ColorJitter on floats in [0, 1] (torchvision's tensor formulas): brightness `x * f`; contrast
   blends with the mean luma of the image; saturation blends with the luma image; hue rotates H in

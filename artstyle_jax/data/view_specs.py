@@ -1,6 +1,6 @@
 """What each view is (`ViewSpec`) and one image's random draws for it (`ViewParams`), on the host.
 
-Semantics are torchvision's, as used by the reference code (METHOD.md, "Views"):
+Semantics are torchvision's, as used by the reference code (artstyle_jax/METHOD.md, "Views"):
 
 - RandomResizedCrop parameters: area fraction ~ U(scale), log aspect ratio ~ U(log 3/4, log 4/3),
   width and height rounded half-to-even (Python `round`), up to 10 tries, then the central crop
@@ -75,7 +75,7 @@ def _normalisation(config, view: str) -> dict[str, tuple[float, float, float]]:
 
 
 def view_specs(config) -> dict[str, ViewSpec]:
-  """The student, weak and style views of METHOD.md, normalised with config.views.<view>."""
+  """The student, weak and style views of artstyle_jax/METHOD.md, normalised with config.views.<view>."""
   return {
       "student": ViewSpec(scale=(0.2, 1.0), flip=True, jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2,
                           blur_p=0.5, **_normalisation(config, "student")),

@@ -14,7 +14,7 @@ the training set) and the probe is trained on device in one jitted `lax.scan`:
   - optimiser: Adam, 300 steps, learning rate 0.01 cosine-annealed to 0, full batch by default
     (one step sees every example) or random minibatches of `batch_size` rows.
 
-Paper mode (`fit_paper`): METHOD.md's "Linear evaluation": Linear(C -> K) with weights
+Paper mode (`fit_paper`): artstyle_jax/METHOD.md's "Linear evaluation": Linear(C -> K) with weights
 N(0, 0.01) and bias 0, SGD with Nesterov momentum 0.9 (torch semantics, which optax's
 `sgd(nesterov=True)` shares), lr 0.001 cosine-annealed per iteration to 0 over all epochs,
 weight decay 0, 100 epochs, batch 16 (set by the caller's batches), fresh augmented views each

@@ -1,7 +1,7 @@
 """The checkpoints the authors' PyTorch code saves, read and checked.
 
 The file is `torch.save({'model': state_dict, 'optimizer': SGD state_dict, 'epoch': int})`
-(METHOD.md, "Other accidents in the published code"): the student (`net.net.<timm features-only
+(artstyle_jax/METHOD.md, "Other accidents in the published code"): the student (`net.net.<timm features-only
 key>`, `head_q.*`), teacher W (`encoder_k.net.*`, `head_k.*`), teacher S (`encoder_style.net.*`,
 `head_style.*`), the queue (D, K) and its pointer, and the student's SGD momentum buffers.
 `read` returns them as float32 NumPy arrays in torch layout (`TorchCheckpoint`), or raises

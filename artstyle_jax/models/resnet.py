@@ -1,6 +1,6 @@
 """ResNet-50 (torchvision v1.5) in Flax linen for inference.
 
-The comparison with other self-supervised methods (METHOD.md, "The paper's baselines") linear-
+The comparison with other self-supervised methods (artstyle_jax/METHOD.md, "The paper's baselines") linear-
 probes public ImageNet ResNet-50 checkpoints. This is torchvision's `resnet50()` without `fc`:
 the stride of a downsampling bottleneck is on its 3x3 convolution (v1.5), and BatchNorm is frozen
 (inference mode: the checkpoint's running statistics, eps 1e-5), so the network is a fixed

@@ -4,7 +4,7 @@
       [--iters_per_epoch=N | --step=N] [--config=configs/paper.py] [--config.key=value ...]
 
 The file is `torch.save({'model': state_dict, 'optimizer': SGD state_dict, 'epoch': int})`
-(METHOD.md, "Other accidents in the published code"). It becomes the TrainState of a fresh
+(artstyle_jax/METHOD.md, "Other accidents in the published code"). It becomes the TrainState of a fresh
 workdir, written as config.json and checkpoints/<step>/ with the single item 'state':
 
   net.net.<timm features-only key>, head_q.*      -> params (the student)
@@ -33,7 +33,6 @@ The drop-path PRNG key is `fold_in(PRNGKey(config.seed), step)`.
 """
 from collections.abc import Mapping, Sequence
 import functools
-import pathlib
 import shlex
 import sys
 from typing import Any
@@ -60,7 +59,7 @@ from artstyle_jax.models import convnext_weights
 from artstyle_jax.models.authors_checkpoint import NETWORK_PREFIXES, TorchCheckpoint, TorchNetwork, model_name, read
 from artstyle_jax.models.torch_weights import CheckpointError, describe
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "paper.py"
+DEFAULT_CONFIG = config_lib.packaged_config("paper.py")
 
 def checkpoint_config(
     checkpoint: TorchCheckpoint, config: ml_collections.ConfigDict, overridden: Sequence[str] = ()
