@@ -1,13 +1,11 @@
 """Configs hold the published defaults, the ablations change only what they name, and bad
 values are refused when the config is read."""
-import pathlib
-
 import pytest
 
 from artstyle_jax import config_lib
+from helpers import config_path, load_config
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
-PAPER = str(CONFIGS / "paper.py")
+PAPER = config_path("paper")
 NAMES = ("paper", "single_teacher", "no_gram", "info_nce", "distinct_momenta", "tiny")
 
 
@@ -23,14 +21,14 @@ def _flat(config, prefix=""):
 
 def _changes(name):
   paper = _flat(config_lib.load(PAPER))
-  other = _flat(config_lib.load(str(CONFIGS / f"{name}.py")))
+  other = _flat(load_config(name))
   assert other.keys() == paper.keys()
   return {k: other[k] for k in paper if other[k] != paper[k]}
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_config_reads_and_validates(name):
-  config = config_lib.load(str(CONFIGS / f"{name}.py"))
+  config = load_config(name)
   assert config.queue_size % config.batch_size == 0
 
 
@@ -96,7 +94,7 @@ def test_steps_per_epoch_drops_the_last_partial_batch():
 def test_has_key_follows_dotted_paths_into_nested_configs():
   """`--config.a.b=v` names an existing key exactly when has_key(config, 'a.b'); a path through a
   leaf value is no key."""
-  config = config_lib.load(str(CONFIGS / "tiny.py"))
+  config = load_config("tiny")
   assert config_lib.has_key(config, "batch_size") and config_lib.has_key(config, "loss_weights.gram_weak")
   assert not config_lib.has_key(config, "no_such_key")
   assert not config_lib.has_key(config, "loss_weights.no_such_weight")
@@ -112,7 +110,7 @@ def test_flatten_names_every_leaf_as_its_override_would():
 
 def test_total_steps_is_num_steps_or_whole_epochs_of_full_batches():
   """num_steps wins when set; otherwise num_epochs times the full batches of an epoch."""
-  config = config_lib.load(str(CONFIGS / "tiny.py"))  # batch 8, 2 epochs
+  config = load_config("tiny")  # batch 8, 2 epochs
   assert config_lib.total_steps(config, num_examples=81) == 2 * 10
   config.num_steps = 3
   assert config_lib.total_steps(config, num_examples=81) == 3
