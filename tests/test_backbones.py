@@ -1,7 +1,5 @@
 """ResNet-50 against plain torch, the public checkpoint formats read from files torch wrote, and
 `models.load_backbone` for every kind of source, refusing what it cannot load in one line."""
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,9 +17,7 @@ from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
 from artstyle_jax.models import resnet
 from artstyle_jax.models import resnet_weights
-import test_import_torch
-
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+from helpers import FIXTURES, assert_trees_equal, write_authors_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +39,6 @@ def reference(torch_state):
   """Our (module, params) of the torch model, converted from its plain torchvision keys."""
   _, module, params = resnet_weights.from_state_dict({k: v.numpy() for k, v in torch_state.items()})
   return module, params
-
-
-def assert_trees_equal(actual, expected):
-  assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
 
 
 def test_stage_outputs_match_torch_within_1e4_relative(torch_model, reference):
@@ -165,7 +155,7 @@ def test_a_convnext_safetensors_file_is_what_load_pretrained_gives_less_the_clas
 
 def test_an_authors_checkpoint_gives_its_student_backbone(tmp_path):
   path = tmp_path / "bgt-wikiart.pth"
-  test_import_torch.write_authors_checkpoint(path)
+  write_authors_checkpoint(path)
   module, variables = models.load_backbone(str(path))
   expected = convnext_weights.load_pretrained(str(FIXTURES / "timm_convnext_small_random.safetensors"))[1]
   expected.pop("head")

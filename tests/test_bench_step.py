@@ -1,13 +1,10 @@
 """bench step --torch: the PyTorch reference step computes our step, and the bench times both."""
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from artstyle_jax import config_lib
 from artstyle_jax import optim
 from artstyle_jax import state as state_lib
 from artstyle_jax import step
@@ -15,9 +12,8 @@ from artstyle_jax.bench import step as bench_step
 from artstyle_jax.bench import timing
 from artstyle_jax.bench import torch_step
 from artstyle_jax.models import convnext
+from helpers import small_step_config
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
-TINY = ["image_size=32", "batch_size=4", "queue_size=16", "model.proj_hidden_dim=32", "model.proj_dim=16"]
 # Two stages of one block (4x4 last maps): the step is the same for any depth, and compiles fast.
 DEPTHS, DIMS = (1, 1), (8, 16)
 
@@ -26,7 +22,7 @@ def test_torch_reference_step_has_our_loss_terms_and_gradient_from_the_same_weig
   """Our step started from the PyTorch step's weights and queue: the four loss terms, the loss
   and the gradient norm (before weight decay) agree to float32 rounding."""
   torch.set_num_threads(1)
-  config = config_lib.load(str(CONFIGS / "tiny.py"), TINY)
+  config = small_step_config(batch_size=4, queue_size=16)
   reference = torch_step.TorchStep(config, seed=0, depths=DEPTHS, dims=DIMS)
   views = jax.random.normal(jax.random.PRNGKey(3), (3, 4, 32, 32, 3), jnp.float32)
   batch = dict(zip(("student", "weak", "style"), views))

@@ -9,7 +9,7 @@ import pytest
 
 from artstyle_jax.models.cpu import block_mlp
 from artstyle_jax.models import convnext
-from test_convnext import _relative_error
+from helpers import relative_error
 
 
 def _perturbed(params, seed):
@@ -40,7 +40,7 @@ def test_block_forms_share_parameters_and_outputs_and_their_gradients_agree(shap
   flat_manual = jax.tree_util.tree_flatten_with_path(grads["manual"])[0]
   flat_auto = jax.tree.leaves(grads["autodiff"])
   for (path, manual), auto in zip(flat_manual, flat_auto):
-    assert _relative_error(manual, auto) <= 1e-5, jax.tree_util.keystr(path)
+    assert relative_error(manual, auto) <= 1e-5, jax.tree_util.keystr(path)
 
 
 @pytest.mark.parametrize("depthwise, remat", [("conv", False), ("shift", True)])
@@ -62,9 +62,9 @@ def test_manual_gradient_holds_under_drop_path(depthwise, remat):
     return f
 
   results = {form: jax.jit(jax.value_and_grad(loss(form)))(params) for form in models}
-  assert _relative_error(results["manual"][0], results["autodiff"][0]) <= 1e-6
+  assert relative_error(results["manual"][0], results["autodiff"][0]) <= 1e-6
   for manual, auto in zip(jax.tree.leaves(results["manual"][1]), jax.tree.leaves(results["autodiff"][1])):
-    assert _relative_error(manual, auto) <= 1e-5
+    assert relative_error(manual, auto) <= 1e-5
 
 
 def test_auto_is_manual_on_the_cpu_for_float32_only_and_bad_choices_are_refused():
@@ -99,11 +99,11 @@ def test_fused_depthwise_and_norm_block_is_a_drop_in_for_the_plain_block(shape):
   def loss(block):
     return lambda p, x: jnp.sum(jnp.sin(block.apply(p, x)) * jnp.arange(shape[-1]))
 
-  assert _relative_error(jax.jit(fused.apply)(moved, x), jax.jit(plain.apply)(moved, x)) <= 1e-6
+  assert relative_error(jax.jit(fused.apply)(moved, x), jax.jit(plain.apply)(moved, x)) <= 1e-6
   grads = jax.jit(jax.grad(loss(fused), argnums=(0, 1)))(moved, x)
   expected = jax.jit(jax.grad(loss(plain), argnums=(0, 1)))(moved, x)
   for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(expected)):
-    assert _relative_error(got, want) <= 1e-5, jax.tree_util.keystr(path)
+    assert relative_error(got, want) <= 1e-5, jax.tree_util.keystr(path)
 
 
 def test_network_of_compiled_cpu_forms_equals_the_plain_network():
@@ -122,7 +122,7 @@ def test_network_of_compiled_cpu_forms_equals_the_plain_network():
   assert program.count("artstyle_layer_norm") == 2 and program.count("artstyle_depthwise_norm") == 3
 
   for got, want in zip(jax.jit(compiled.apply)(moved, x), jax.jit(plain.apply)(moved, x)):
-    assert _relative_error(got, want) <= 1e-6
+    assert relative_error(got, want) <= 1e-6
 
   def loss(model):
     return lambda p: jnp.sum(jnp.tanh(model.apply(p, x, train=True)[-1]))
@@ -130,4 +130,4 @@ def test_network_of_compiled_cpu_forms_equals_the_plain_network():
   grads = jax.jit(jax.grad(loss(compiled)))(moved)
   for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(grads)[0],
                                jax.tree.leaves(jax.jit(jax.grad(loss(plain)))(moved))):
-    assert _relative_error(got, want) <= 1e-5, jax.tree_util.keystr(path)
+    assert relative_error(got, want) <= 1e-5, jax.tree_util.keystr(path)

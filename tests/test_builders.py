@@ -8,8 +8,6 @@ import gzip
 import io
 import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
@@ -19,6 +17,7 @@ import tensorflow_datasets as tfds
 from artstyle_jax.data import builders
 from artstyle_jax.data import geometry
 from artstyle_jax.data import sources
+from helpers import run_program
 
 tfds.disable_progress_bar()
 
@@ -282,10 +281,8 @@ def test_builders_cli_builds_and_prints_the_dataset_name(tmp_path):
   """`python -m artstyle_jax.data.builders`, run from tmp_path with relative directories, builds
   a folder tree there and names the dataset."""
   write_style_tree(tmp_path / "manual", ["a", "b"], 3)
-  result = subprocess.run(
-      [sys.executable, "-m", "artstyle_jax.data.builders", "--dataset=image_folder",
-       "--config_name=cli", "--manual_dir=manual", "--data_dir=tfds", "--test_fraction=0.34", "--min_side=8"],
-      cwd=tmp_path, capture_output=True, text=True, check=False)
+  result = run_program("data.builders", "--dataset=image_folder", "--config_name=cli", "--manual_dir=manual",
+                       "--data_dir=tfds", "--test_fraction=0.34", "--min_side=8", cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   assert "train: 4 examples written, 0 files skipped" in result.stdout
   assert "test: 2 examples written" in result.stdout

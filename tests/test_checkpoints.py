@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from artstyle_jax import checkpoints
+from helpers import assert_trees_equal, file_contents
 
 
 def small_state(seed):
@@ -52,11 +53,6 @@ def remove_array_data(checkpoint):
       os.remove(os.path.join(root, name))
 
 
-def tree_bytes(directory):
-  return {os.path.relpath(os.path.join(root, name), directory): open(os.path.join(root, name), "rb").read()
-          for root, _, names in os.walk(directory) for name in names}
-
-
 def restore_newest(workdir, step=None):
   with checkpoints.manager(str(workdir), read_only=True) as mngr:
     return checkpoints.restore_newest(
@@ -68,18 +64,17 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_one_before_restores(
   """Truncated array data, unparsable metadata, missing array files: one warning naming the step
   and the reason, the checkpoint renamed to 2.corrupt byte for byte, step 1's state restored."""
   damage(workdir / "checkpoints" / "2")
-  damaged_files = tree_bytes(workdir / "checkpoints" / "2")
+  damaged_files = file_contents(workdir / "checkpoints" / "2")
   with caplog.at_level(logging.WARNING):
     state, step = restore_newest(workdir)
   assert step == 1
-  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(small_state(1))):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_trees_equal(state, small_state(1))
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.module == "checkpoints"]
   assert len(warnings) == 1 and "\n" not in warnings[0]
   assert warnings[0].startswith(f"checkpoint 2 in {workdir / 'checkpoints'} is damaged (")
   assert f"moved it aside to {workdir / 'checkpoints' / '2.corrupt'}" in warnings[0]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2.corrupt"]
-  assert tree_bytes(workdir / "checkpoints" / "2.corrupt") == damaged_files
+  assert file_contents(workdir / "checkpoints" / "2.corrupt") == damaged_files
   assert checkpoints.latest_step(str(workdir)) == 1
 
 
@@ -124,7 +119,7 @@ def file_size_limit():
 
 def test_a_failed_asynchronous_save_is_one_error_naming_step_reason_and_the_last_complete_checkpoint(
     workdir, file_size_limit):
-  before = tree_bytes(workdir / "checkpoints")
+  before = file_contents(workdir / "checkpoints")
   mngr = checkpoints.manager(str(workdir), async_save=True, max_to_keep=1)
   file_size_limit(100_000)
   with pytest.raises(checkpoints.SaveError) as e:
@@ -135,6 +130,6 @@ def test_a_failed_asynchronous_save_is_one_error_naming_step_reason_and_the_last
   assert message.startswith(f"saving checkpoint 3 in {workdir / 'checkpoints'} failed: File too large;")
   assert "the last complete checkpoint is step 2" in message
   file_size_limit(resource.RLIM_INFINITY)
-  after = tree_bytes(workdir / "checkpoints")
+  after = file_contents(workdir / "checkpoints")
   assert {path: after[path] for path in before} == before, "a complete checkpoint was changed or removed"
   assert checkpoints.latest_step(str(workdir)) == 2

@@ -3,8 +3,6 @@ in MoCo's format and a random initialisation become rows of one table, chart and
 fails is reported and the others still run; a bad command is refused in one line."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
@@ -12,14 +10,7 @@ import pytest
 import torch
 
 from artstyle_jax.bench import torch_resnet
-import test_eval
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_compare(cwd, *args):
-  return subprocess.run([sys.executable, "-m", "artstyle_jax.compare", *args], cwd=cwd, capture_output=True,
-                        text=True, timeout=600, env={**os.environ, "PYTHONPATH": REPO})
+from helpers import FAST_COMPILING, config_path, make_workdir, run_program
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +18,17 @@ def compared(tmp_path_factory, synthetic_data):
   """compare run from a fresh directory with relative paths, the maps asked for too: (its directory,
   the process)."""
   cwd = tmp_path_factory.mktemp("compare")
-  test_eval.make_workdir(cwd / "ours", synthetic_data)
+  make_workdir(cwd / "ours", synthetic_data)
   torch.manual_seed(0)
   encoder = torch_resnet.ResNet().state_dict()
   torch.save({"epoch": 200, "arch": "resnet50", "state_dict": {f"module.encoder_q.{k}": v for k, v in encoder.items()}},
              cwd / "moco_v2_200ep_pretrain.pth.tar")
   data_dir, name = synthetic_data
-  process = run_compare(cwd, "--entry=ours=ours", "--entry=moco_v2=moco_v2_200ep_pretrain.pth.tar",
+  process = run_program("compare", "--entry=ours=ours", "--entry=moco_v2=moco_v2_200ep_pretrain.pth.tar",
                         "--entry=missing=nowhere/moco.pth", "--entry=random=random", "--workdir=cmp", "--embedding",
-                        f"--config={REPO}/configs/tiny.py", f"--config.dataset.name={name}",
+                        f"--config={config_path('tiny')}", f"--config.dataset.name={name}",
                         f"--config.dataset.data_dir={os.path.relpath(data_dir, cwd)}", "--config.knn_k=5",
-                        f"--config.{test_eval.FAST_COMPILING}")
+                        f"--config.{FAST_COMPILING}", cwd=cwd)
   return cwd, process
 
 
@@ -94,7 +85,7 @@ def test_a_bad_command_is_refused_in_one_line_and_writes_nothing(tmp_path, synth
                         (["--workdir=out", "--entry=ours"], "expected NAME=SOURCE_OR_WORKDIR"),
                         (["--workdir=out", "--entry=a=random", "--entry=a=random"], "given twice"),
                         (["--workdir=out", "--entry=a=random", "--config.dataset.data_dir=nowhere"], "does not exist")):
-    process = run_compare(tmp_path, *args, f"--config.dataset.name={name}")
+    process = run_program("compare", *args, f"--config.dataset.name={name}", cwd=tmp_path)
     assert process.returncode == 1 and process.stderr.strip().splitlines()[-1].startswith("error: "), process.stderr
     assert message in process.stderr.strip().splitlines()[-1]
   assert not (tmp_path / "out").exists()

@@ -6,9 +6,9 @@ import pytest
 
 from artstyle_jax import config_lib
 from artstyle_jax.data import pipeline
+from helpers import config_path, load_config
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
-PAPER = str(CONFIGS / "paper.py")
+PAPER = config_path("paper")
 NAMES = ("paper", "single_teacher", "no_gram", "info_nce", "distinct_momenta", "tiny")
 
 
@@ -24,14 +24,14 @@ def _flat(config, prefix=""):
 
 def _changes(name):
   paper = _flat(config_lib.load(PAPER))
-  other = _flat(config_lib.load(str(CONFIGS / f"{name}.py")))
+  other = _flat(load_config(name))
   assert other.keys() == paper.keys()
   return {k: other[k] for k in paper if other[k] != paper[k]}
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_config_reads_and_validates(name):
-  config = config_lib.load(str(CONFIGS / f"{name}.py"))
+  config = load_config(name)
   assert config.queue_size % config.batch_size == 0
 
 
@@ -91,7 +91,7 @@ def test_unusable_values_are_refused_with_a_message(override, message):
 def test_has_key_follows_dotted_paths_into_nested_configs():
   """`--config.a.b=v` names an existing key exactly when has_key(config, 'a.b'); a path through a
   leaf value is no key."""
-  config = config_lib.load(str(CONFIGS / "tiny.py"))
+  config = load_config("tiny")
   assert config_lib.has_key(config, "batch_size") and config_lib.has_key(config, "loss_weights.gram_weak")
   assert not config_lib.has_key(config, "no_such_key")
   assert not config_lib.has_key(config, "loss_weights.no_such_weight")
@@ -107,7 +107,7 @@ def test_flatten_names_every_leaf_as_its_override_would():
 
 def test_total_steps_is_num_steps_or_whole_epochs_of_full_batches():
   """num_steps wins when set; otherwise num_epochs times the full batches of an epoch."""
-  config = config_lib.load(str(CONFIGS / "tiny.py"))  # batch 8, 2 epochs
+  config = load_config("tiny")  # batch 8, 2 epochs
   steps_per_epoch = pipeline.steps_per_epoch(81, config.batch_size)
   assert config_lib.total_steps(config, steps_per_epoch=steps_per_epoch) == 2 * 10
   config.num_steps = 3
@@ -117,7 +117,7 @@ def test_total_steps_is_num_steps_or_whole_epochs_of_full_batches():
 def test_the_packaged_configs_are_the_repository_configs():
   """artstyle_jax/configs, the programs' defaults and what a wheel ships, is configs/ itself in a clone."""
   for name in NAMES + ("demo",):
-    assert config_lib.packaged_config(f"{name}.py").resolve() == (CONFIGS / f"{name}.py").resolve()
+    assert config_lib.packaged_config(f"{name}.py").resolve() == pathlib.Path(config_path(name)).resolve()
 
 
 def test_a_config_outside_the_repository_derives_from_the_packaged_one(tmp_path):

@@ -10,15 +10,11 @@ import pytest
 
 from artstyle_jax.models import convnext
 from artstyle_jax.models.cpu.depthwise import depthwise_conv, resolve_depthwise
+from helpers import relative_error
 
 TINY = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
 MINI = dict(depths=(1, 2), dims=(8, 16))  # Two stages: inputs in multiples of 8 px.
 MONO = dict(depths=(2,), dims=(8,))  # One stage: inputs in multiples of 4 px.
-
-
-def _relative_error(actual, expected) -> float:
-  expected = np.asarray(expected, np.float32)
-  return float(np.max(np.abs(np.asarray(actual, np.float32) - expected)) / np.max(np.abs(expected)))
 
 
 def _images(batch=2, size=64, seed=0):
@@ -115,9 +111,9 @@ def test_shift_and_conv_depthwise_agree_in_value_and_gradient(shape):
 
   out_shift, grads_shift = value_and_grads(x, kernel, "shift")
   out_conv, grads_conv = value_and_grads(x, kernel, "conv")
-  assert _relative_error(out_shift, out_conv) < 1e-5
+  assert relative_error(out_shift, out_conv) < 1e-5
   for shift, conv in zip(grads_shift, grads_conv):
-    assert _relative_error(shift, conv) < 1e-5
+    assert relative_error(shift, conv) < 1e-5
 
 
 @pytest.mark.parametrize("patch, channels", [(4, 3), (2, 40)])
@@ -134,9 +130,9 @@ def test_patchify_convolution_is_flaxs_strided_convolution_in_either_form(patch,
   for as_matmul in (True, False):
     module = convnext.PatchifyConv(24, patch, as_matmul=as_matmul)
     jax.tree.map(np.testing.assert_array_equal, module.init(jax.random.key(1), x), params)
-    assert _relative_error(module.apply(bias, x), reference.apply(bias, x)) < 1e-6
+    assert relative_error(module.apply(bias, x), reference.apply(bias, x)) < 1e-6
     for got, want in zip(jax.tree.leaves(loss(module)(bias, x)), jax.tree.leaves(loss(reference)(bias, x))):
-      assert _relative_error(got, want) < 1e-5
+      assert relative_error(got, want) < 1e-5
   program = jax.jit(convnext.PatchifyConv(24, patch).apply).lower(bias, x).as_text()
   assert "dot_general" in program and "convolution" not in program  # The CPU's form by default here.
 
@@ -151,7 +147,7 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close_to_float32():
   params = _random_params(module32, images)
   for f32, f16 in zip(_apply(module32, params, images), _apply(module16, params, images)):
     assert f16.dtype == jnp.float32
-    assert _relative_error(f16, f32) < 2e-2
+    assert relative_error(f16, f32) < 2e-2
 
 
 def test_remat_changes_neither_outputs_nor_gradients():
@@ -168,7 +164,7 @@ def test_remat_changes_neither_outputs_nor_gradients():
   value_remat, grads_remat = value_and_grad(remat)
   np.testing.assert_allclose(value_remat, value_plain, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads_plain)):
-    assert _relative_error(a, b) < 1e-5
+    assert relative_error(a, b) < 1e-5
 
 
 def test_stochastic_depth_rates_rise_linearly_over_all_blocks_as_timm():

@@ -2,8 +2,6 @@
 it) and of its kernel gradient: the same functions as XLA's forms, the same bits on every call,
 built once per machine, and replaced by XLA's forms where they cannot be built."""
 import os
-import subprocess
-import sys
 import textwrap
 
 import flax.linen as nn
@@ -14,12 +12,7 @@ import pytest
 
 from artstyle_jax.models.cpu import kernels as cpu_kernels
 from artstyle_jax.models.cpu.depthwise import _shift_forward, _shift_kernel_grad, depthwise_conv
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _relative_error(a, b):
-  return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+from helpers import relative_error, run_python
 
 
 @pytest.mark.parametrize("shape, k", [((2, 9, 12, 5), 7), ((3, 16, 16, 8), 7), ((1, 3, 5, 4), 7),
@@ -32,7 +25,7 @@ def test_compiled_kernel_gradient_equals_xlas_form(shape, k):
   compiled = jax.jit(cpu_kernels.depthwise_kernel_grad, static_argnums=2)(x, grad_out, k)
   xla = jax.jit(_shift_kernel_grad, static_argnums=2)(x, grad_out, k)
   assert compiled.shape == (k, k, shape[-1]) and compiled.dtype == jnp.float32
-  assert _relative_error(compiled, xla) < 1e-5
+  assert relative_error(compiled, xla) < 1e-5
 
 
 # Channels below, at and between the kernels' vector widths (8, 16), maps smaller than the kernel,
@@ -63,13 +56,13 @@ def test_compiled_convolution_and_its_layer_norm_equal_xlas_forms(shape, k):
   x, taps, bias, scale, shift = _conv_inputs(shape, k)
   y = jax.jit(_shift_forward)(x, taps) + bias
   expected = _layer_norm(y, scale, shift)
-  assert _relative_error(jax.jit(cpu_kernels.depthwise_conv)(x, taps, bias), y) < 1e-6
+  assert relative_error(jax.jit(cpu_kernels.depthwise_conv)(x, taps, bias), y) < 1e-6
   normed = jax.jit(cpu_kernels.depthwise_norm, static_argnums=5)(x, taps, bias, scale, shift, 1e-6)
-  assert normed.shape == shape and _relative_error(normed, expected[0]) < 1e-6
+  assert normed.shape == shape and relative_error(normed, expected[0]) < 1e-6
   residuals = jax.jit(cpu_kernels.depthwise_norm_residuals, static_argnums=5)(x, taps, bias, scale, shift, 1e-6)
   assert [r.shape for r in residuals] == [shape, shape, shape[:3]]
   for got, want in zip(residuals, expected):
-    assert _relative_error(got, want) < 1e-6
+    assert relative_error(got, want) < 1e-6
 
 
 @pytest.mark.parametrize("shape", [(7, 40), (2, 3, 5, 19), (1, 1, 1, 1), (4, 6, 6, 96)])
@@ -81,7 +74,7 @@ def test_compiled_layer_norm_equals_flaxs(shape):
   scale, shift = jax.random.normal(keys[1], shape[-1:]), jax.random.normal(keys[2], shape[-1:])
   flax_norm = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False)
   expected = flax_norm.apply({"params": {"scale": scale, "bias": shift}}, x)
-  assert _relative_error(jax.jit(cpu_kernels.layer_norm, static_argnums=3)(x, scale, shift, 1e-6), expected) < 1e-6
+  assert relative_error(jax.jit(cpu_kernels.layer_norm, static_argnums=3)(x, scale, shift, 1e-6), expected) < 1e-6
   residuals = jax.jit(cpu_kernels.layer_norm_residuals, static_argnums=3)(x, scale, shift, 1e-6)
   assert [r.shape for r in residuals] == [shape, shape, shape[:-1]]
   for got, want in zip(residuals, _layer_norm(x, scale, shift)):
@@ -120,9 +113,9 @@ def test_kernel_sizes_without_a_compiled_kernel_use_xlas_form():
   with pytest.raises(jax.errors.JaxRuntimeError, match="kernel size must be 3, 5 or 7"):
     cpu_kernels.depthwise_conv(x, kernel[:, :, 0], jnp.zeros(6)).block_until_ready()
   shift, conv = (jax.jit(lambda k, impl=impl: depthwise_conv(x, k, impl))(kernel) for impl in ("shift", "conv"))
-  assert _relative_error(shift, conv) < 1e-5
+  assert relative_error(shift, conv) < 1e-5
   grads = [jax.grad(lambda k, impl=impl: jnp.sum(jnp.sin(depthwise_conv(x, k, impl))))(kernel) for impl in ("shift", "conv")]
-  assert _relative_error(*grads) < 1e-5
+  assert relative_error(*grads) < 1e-5
 
 
 def test_bfloat16_inputs_are_summed_in_float32():
@@ -130,7 +123,7 @@ def test_bfloat16_inputs_are_summed_in_float32():
   grad_out = jax.random.normal(jax.random.key(1), (2, 8, 8, 16)).astype(jnp.bfloat16)
   compiled = cpu_kernels.depthwise_kernel_grad(x, grad_out, 7)
   xla = _shift_kernel_grad(x.astype(jnp.float32), grad_out.astype(jnp.float32), 7)
-  assert compiled.dtype == jnp.float32 and _relative_error(compiled, xla) < 1e-5
+  assert compiled.dtype == jnp.float32 and relative_error(compiled, xla) < 1e-5
 
 
 # The gradient of a depthwise convolution in a fresh process, with the environment given.
@@ -148,8 +141,7 @@ _GRADIENT = textwrap.dedent("""
 
 
 def gradient_in_a_fresh_process(cache, **env):
-  result = subprocess.run([sys.executable, "-c", _GRADIENT], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "ARTSTYLE_JAX_CACHE_DIR": str(cache), **env})
+  result = run_python("-c", _GRADIENT, timeout=300, env={"ARTSTYLE_JAX_CACHE_DIR": str(cache), **env})
   assert result.returncode == 0, result.stderr
   available, error = result.stdout.split()
   return available == "True", float(error), result.stderr

@@ -3,13 +3,11 @@ written and printed; a finished demo is not retrained; a config it cannot run is
 line before anything is written."""
 import json
 import os
-import subprocess
-import sys
 
 from PIL import Image
 import pytest
 
-from test_train import FAST_COMPILING
+from helpers import FAST_COMPILING, file_stamps, run_program
 
 # Two steps on 20 training images of 32 px: the whole program in a minute of CPU.
 SHORT = ("--config.synthetic.per_class=2", "--config.synthetic.test_per_class=1", "--config.synthetic.size=32",
@@ -20,8 +18,7 @@ SHORT = ("--config.synthetic.per_class=2", "--config.synthetic.test_per_class=1"
 def run_demo(workdir, *overrides):
   """The program as README runs it: from the workdir's parent directory, --workdir relative to it
   (the checkpoints saved asynchronously, as configs/demo.py has it)."""
-  return subprocess.run([sys.executable, "-m", "artstyle_jax.demo", f"--workdir={workdir.name}", *overrides],
-                        cwd=workdir.parent, capture_output=True, text=True, timeout=600)
+  return run_program("demo", f"--workdir={workdir.name}", *overrides, cwd=workdir.parent)
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +130,11 @@ def test_a_workdir_pretrained_with_another_config_is_refused_untouched(demo_run)
   """Going on from checkpoints of another config (here more steps) would make a run neither config
   describes: refused, naming the key, the workdir unchanged."""
   workdir, _ = demo_run
-  before = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(workdir) for f in fs}
+  before = file_stamps(workdir)
   result = run_demo(workdir, *SHORT, "--config.num_steps=4")
   assert result.returncode == 1
   assert "another config" in result.stderr and "num_steps: 2 there, 4 here" in result.stderr
-  after = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(workdir) for f in fs}
-  assert after == before
+  assert file_stamps(workdir) == before
 
 
 def test_the_demo_prints_no_library_chatter(demo_run):

@@ -4,10 +4,7 @@ the workdir untouched."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
-import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -16,61 +13,12 @@ from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
 from artstyle_jax import eval as eval_lib
 from artstyle_jax import features
-from artstyle_jax import optim
 from artstyle_jax import sharding
 from artstyle_jax import step as step_lib
 from artstyle_jax.data import sources
 from artstyle_jax.data import views
 from artstyle_jax.evaluators import linear_probe
-from test_train import FAST_COMPILING
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = (1, 2)
-
-
-def tiny_config(data):
-  data_dir, name = data
-  return config_lib.load(os.path.join(REPO, "configs", "tiny.py"),
-                         [f"dataset.name={name}", f"dataset.data_dir={data_dir}", FAST_COMPILING])
-
-
-def shifted(params, step):
-  """The backbone a checkpoint of `step` holds: the initialisation moved by 1e-3 * step."""
-  return jax.tree.map(lambda x: x + 1e-3 * step, params)
-
-
-def make_workdir(workdir, data, steps=STEPS):
-  """A workdir as training leaves it (less the data iterator, which eval does not read):
-  config.json and, per step, the whole TrainState whose student backbone is
-  `shifted(initial backbone, step)`. Returns (config, initial backbone)."""
-  config = tiny_config(data)
-  backbone, head = step_lib.build_backbone(config), step_lib.build_head(config)
-  optimizer, _ = optim.create(config, 10)
-  state, _ = step_lib.create_state(jax.random.PRNGKey(config.seed), config, backbone, head, optimizer,
-                                   sharding.create_mesh())
-  checkpoints.save_config(str(workdir), config)
-  with checkpoints.manager(str(workdir)) as mngr:
-    for step in steps:
-      params = {**state.params, "backbone": shifted(state.params["backbone"], step)}
-      checkpoints.save(mngr, step, state.replace(step=state.step + step, params=params), force=True)
-    mngr.wait_until_finished()
-  return config, state.params["backbone"]
-
-
-def run_eval(workdir, *args, cwd=REPO):
-  return subprocess.run([sys.executable, "-m", "artstyle_jax.eval", f"--workdir={workdir}", *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=600)
-
-
-def tree_files(root):
-  return {os.path.join(d, f): (os.path.getmtime(os.path.join(d, f)), os.path.getsize(os.path.join(d, f)))
-          for d, _, fs in os.walk(root) for f in fs}
-
-
-def assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+from helpers import assert_trees_equal, file_stamps, make_workdir, run_program, shifted
 
 
 def assert_sane_results(result, num_test, class_names):
@@ -98,8 +46,8 @@ def evaluated(workdir, synthetic_data):
   paths (the dataset's too, as an override): fast mode with one augmented copy, and the embedding map."""
   path, _, _ = workdir
   data_dir = os.path.relpath(synthetic_data[0], path.parent)
-  return run_eval(path.name, "--augmented_copies=1", "--embedding", f"--config.dataset.data_dir={data_dir}",
-                  cwd=path.parent)
+  return run_program("eval", f"--workdir={path.name}", "--augmented_copies=1", "--embedding",
+                     f"--config.dataset.data_dir={data_dir}", cwd=path.parent)
 
 
 @pytest.fixture(scope="module")
@@ -197,10 +145,10 @@ def test_paper_mode_of_a_random_init_goes_to_its_own_directory(workdir, evaluate
   path, config, _ = workdir
   num_test, class_names = dataset
   assert evaluated.returncode == 0, evaluated.stderr
-  before = tree_files(path / "eval")
+  before = file_stamps(path / "eval")
   results = eval_lib.evaluate_workdir(str(path), config, random_init=True, mode="paper", paper_epochs=1,
                                       verbose=False)
-  assert tree_files(path / "eval") == {**before, **tree_files(path / "eval" / "random_init")}
+  assert file_stamps(path / "eval") == {**before, **file_stamps(path / "eval" / "random_init")}
   assert sorted(os.listdir(path / "eval" / "random_init")) == [
       "knn.json", "knn_confusion.png", "linear_head.npz", "linear_paper.json", "linear_paper_confusion.png"]
   linear_result = results["linear"]
@@ -215,13 +163,13 @@ def test_bad_input_on_the_command_line_gives_one_error_line_and_leaves_the_workd
   """A dataset directory that is gone (given as a config override): exit 1, the reason in one line."""
   path, _, _ = workdir
   assert evaluated.returncode == 0, evaluated.stderr
-  before = tree_files(path)
-  result = run_eval(path, "--config.dataset.data_dir=/nonexistent/tfds")
+  before = file_stamps(path)
+  result = run_program("eval", f"--workdir={path}", "--config.dataset.data_dir=/nonexistent/tfds")
   assert result.returncode == 1
   assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
       "error: dataset.data_dir /nonexistent/tfds does not exist"]
   assert "Traceback" not in result.stderr and not result.stdout
-  assert tree_files(path) == before
+  assert file_stamps(path) == before
 
 
 @pytest.mark.parametrize("case, error, message", [
@@ -244,8 +192,8 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(tmp_path, w
       config.dataset.name = "image_folder/not_built"
     elif case == "missing_split":
       config.dataset.eval_split = "validation"
-  before = tree_files(path)
+  before = file_stamps(path)
   with pytest.raises(error) as raised:
     eval_lib.evaluate_workdir(str(path), config, step=step)
   assert message in str(raised.value) and "\n" not in str(raised.value)
-  assert tree_files(path) == before
+  assert file_stamps(path) == before

@@ -4,37 +4,20 @@ line with nothing written."""
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
 from artstyle_jax import eval as eval_lib
 from artstyle_jax import predict
 from artstyle_jax import step as step_lib
 from artstyle_jax.data import view_specs
 from artstyle_jax.models import resnet
-from test_train import FAST_COMPILING
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(data, *overrides):
-  data_dir, name = data
-  return config_lib.load(os.path.join(REPO, "configs", "tiny.py"),
-                         [f"dataset.name={name}", f"dataset.data_dir={data_dir}", "knn_k=5", FAST_COMPILING,
-                          *overrides])
-
-
-def run_eval(cwd, *args):
-  return subprocess.run([sys.executable, "-m", "artstyle_jax.eval", *args], cwd=cwd, capture_output=True, text=True,
-                        timeout=600, env={**os.environ, "PYTHONPATH": REPO})
+from helpers import run_program, tiny_data_config
 
 
 def test_a_resnet_is_normalised_with_imagenet_constants_unless_they_are_overridden(synthetic_data):
-  config = tiny_config(synthetic_data)
+  config = tiny_data_config(synthetic_data, "knn_k=5")
   resnet50, atto = resnet.create("resnet50"), step_lib.build_backbone(config)
   assert eval_lib.weights_config(config, resnet50).views.student.mean == view_specs.IMAGENET_MEAN
   assert eval_lib.weights_config(config, resnet50).views.student.std == view_specs.IMAGENET_STD
@@ -52,7 +35,7 @@ def test_probe_options_are_the_papers_or_the_baselines_each_replaceable():
 
 
 def test_baseline_mode_trains_the_head_with_the_baseline_protocol(tmp_path, synthetic_data):
-  config = tiny_config(synthetic_data)
+  config = tiny_data_config(synthetic_data, "knn_k=5")
   results = eval_lib.evaluate_weights("random:convnext_atto", config, tmp_path / "out", mode="baseline",
                                       paper_epochs=2, verbose=False)
   saved = json.loads((tmp_path / "out" / "linear_baseline.json").read_text())
@@ -67,9 +50,9 @@ def evaluated_weights(tmp_path_factory, synthetic_data):
   """eval --weights=random:convnext_atto from a fresh directory, relative paths: (cwd, process)."""
   cwd = tmp_path_factory.mktemp("weights")
   data_dir, name = synthetic_data
-  process = run_eval(cwd, "--weights=random:convnext_atto", "--workdir=out", f"--config.dataset.name={name}",
-                     f"--config.dataset.data_dir={os.path.relpath(data_dir, cwd)}", "--config.image_size=64",
-                     "--config.knn_k=5", "--config.batch_size=8")
+  process = run_program("eval", "--weights=random:convnext_atto", "--workdir=out", f"--config.dataset.name={name}",
+                        f"--config.dataset.data_dir={os.path.relpath(data_dir, cwd)}", "--config.image_size=64",
+                        "--config.knn_k=5", "--config.batch_size=8", cwd=cwd)
   return cwd, process
 
 
@@ -92,8 +75,8 @@ def test_the_program_writes_results_the_config_and_a_head_predict_applies(evalua
 ])
 def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, synthetic_data, args, message):
   data_dir, name = synthetic_data
-  process = run_eval(tmp_path, *args, "--workdir=out", f"--config.dataset.name={name}",
-                     f"--config.dataset.data_dir={data_dir}")
+  process = run_program("eval", *args, "--workdir=out", f"--config.dataset.name={name}",
+                        f"--config.dataset.data_dir={data_dir}", cwd=tmp_path)
   errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
   assert process.returncode == 1 and len(errors) == 1 and message in errors[0], process.stderr[-2000:]
   assert "Traceback" not in process.stderr and not (tmp_path / "out").exists()

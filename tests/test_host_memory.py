@@ -1,15 +1,12 @@
 """The CPU backend's buffers and glibc: with `host_memory.keep_freed_memory`, a program called
 again reuses the memory of its last call instead of faulting in fresh pages."""
-import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
 from artstyle_jax import host_memory
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import run_python
 
 # A ConvNeXt block's forward and backward (16 x 32 x 32 x 40 activations: about 60 MB of
 # temporaries per call); prints the median of the page faults of 9 calls after two warm-up calls.
@@ -37,8 +34,7 @@ _FAULTS_PER_CALL = textwrap.dedent("""
 
 
 def faults_per_call(mode: str, **env) -> tuple[bool, float]:
-  result = subprocess.run([sys.executable, "-c", _FAULTS_PER_CALL, mode], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
+  result = run_python("-c", _FAULTS_PER_CALL, mode, timeout=300, env={"JAX_PLATFORMS": "cpu", **env})
   assert result.returncode == 0, result.stderr
   changed, faults = result.stdout.split()
   return changed == "True", float(faults)

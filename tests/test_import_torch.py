@@ -1,26 +1,22 @@
 """import_torch turns a checkpoint of the authors' PyTorch code into a workdir train/eval/predict use.
 
-The checkpoint is written here with torch exactly as the authors' code writes it: their model
-(student `net.net`, teachers `encoder_k.net` and `encoder_style.net` with timm features-only
-ConvNeXt keys, heads `head_q/k/style` with `linear` and `out`, buffers `queue` (D, K) and
-`queue_ptr`), a torch SGD over `model.parameters()` after one step, and the epoch. The student is
-the timm fixture (ConvNeXt depths (1, 1, 2, 1), dims (8, 16, 24, 32)), the teachers perturbed copies.
+The checkpoint is helpers.write_authors_checkpoint's, written with torch exactly as the authors'
+code writes it: their model (student `net.net`, teachers `encoder_k.net` and `encoder_style.net`
+with timm features-only ConvNeXt keys, heads `head_q/k/style` with `linear` and `out`, buffers
+`queue` (D, K) and `queue_ptr`), a torch SGD over `model.parameters()` after one step, and the
+epoch. The student is the timm fixture (ConvNeXt depths (1, 1, 2, 1), dims (8, 16, 24, 32)), the
+teachers perturbed copies.
 """
 import dataclasses
 import functools
 import pathlib
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import optax
 import pytest
-from safetensors.numpy import load_file
 import torch
-from torch import nn
-import torch.nn.functional as F
 
 from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
@@ -31,156 +27,16 @@ from artstyle_jax import step as step_lib
 from artstyle_jax.data import sources
 from artstyle_jax.models import convnext
 from artstyle_jax.tools import import_torch
+from helpers import (AUTHORS_DEPTHS as DEPTHS, AUTHORS_DIMS as DIMS, AUTHORS_EPOCH as EPOCH, AUTHORS_HIDDEN as HIDDEN,
+                     AUTHORS_PROJ as PROJ, AUTHORS_PTR as PTR, AUTHORS_QUEUE as QUEUE, FIXTURES, REPO,
+                     FeaturesOnlyConvNeXt, assert_trees_equal, config_path, file_contents, run_python,
+                     timm_features_only_state_dict, write_authors_checkpoint)
 
-REPO = pathlib.Path(__file__).parents[1]
-FIXTURES = REPO / "tests" / "fixtures"
-PAPER = str(REPO / "configs" / "paper.py")
-DEPTHS, DIMS = (1, 1, 2, 1), (8, 16, 24, 32)
+PAPER = config_path("paper")
 FIXTURE_SIZE = "convnext_test_fixture"
-HIDDEN, PROJ, QUEUE, PTR = 16, 8, 16, 8
-EPOCH, ITERS_PER_EPOCH = 3, 5
+ITERS_PER_EPOCH = 5
 # Batch 4 divides the queue of 16; 32 px is the smallest image size the config accepts.
 OVERRIDES = ("batch_size=4", "image_size=32")
-
-
-class LayerNorm2d(nn.LayerNorm):
-  """timm's LayerNorm2d: LayerNorm over the channels of an NCHW map."""
-
-  def forward(self, x):
-    return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps
-                        ).permute(0, 3, 1, 2)
-
-
-class Mlp(nn.Module):
-
-  def __init__(self, dim):
-    super().__init__()
-    self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-
-  def forward(self, x):
-    return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-
-  def __init__(self, dim):
-    super().__init__()
-    self.conv_dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
-    self.norm = nn.LayerNorm(dim, eps=1e-6)
-    self.mlp = Mlp(dim)
-    self.gamma = nn.Parameter(torch.ones(dim))
-
-  def forward(self, x):
-    y = self.mlp(self.norm(self.conv_dw(x).permute(0, 2, 3, 1))) * self.gamma
-    return x + y.permute(0, 3, 1, 2)
-
-
-class Stage(nn.Module):
-
-  def __init__(self, in_dim, dim, depth):
-    super().__init__()
-    if in_dim != dim:
-      self.downsample = nn.Sequential(LayerNorm2d(in_dim, eps=1e-6), nn.Conv2d(in_dim, dim, 2, stride=2))
-    self.blocks = nn.Sequential(*[Block(dim) for _ in range(depth)])
-
-  def forward(self, x):
-    return self.blocks(self.downsample(x) if hasattr(self, "downsample") else x)
-
-
-class FeaturesOnlyConvNeXt(nn.Module):
-  """timm's ConvNeXt as `features_only=True` builds it: modules stem_0, stem_1, stages_0 ..."""
-
-  def __init__(self):
-    super().__init__()
-    self.stem_0 = nn.Conv2d(3, DIMS[0], 4, stride=4)
-    self.stem_1 = LayerNorm2d(DIMS[0], eps=1e-6)
-    for i, (depth, dim) in enumerate(zip(DEPTHS, DIMS)):
-      setattr(self, f"stages_{i}", Stage(DIMS[max(i - 1, 0)], dim, depth))
-
-  def forward(self, x):
-    x, features = self.stem_1(self.stem_0(x)), []
-    for i in range(len(DEPTHS)):
-      x = getattr(self, f"stages_{i}")(x)
-      features.append(x)
-    return features
-
-
-class Encoder(nn.Module):
-
-  def __init__(self):
-    super().__init__()
-    self.net = FeaturesOnlyConvNeXt()
-
-
-class MoCoHead(nn.Module):
-
-  def __init__(self):
-    super().__init__()
-    self.linear, self.out = nn.Linear(DIMS[-1], HIDDEN), nn.Linear(HIDDEN, PROJ)
-
-  def forward(self, x):
-    return F.normalize(self.out(F.relu(self.linear(x))), dim=1)
-
-
-class AuthorsModel(nn.Module):
-  """The published model's module names and buffers."""
-
-  def __init__(self):
-    super().__init__()
-    self.net, self.head_q = Encoder(), MoCoHead()
-    self.encoder_k, self.head_k = Encoder(), MoCoHead()
-    self.encoder_style, self.head_style = Encoder(), MoCoHead()
-    self.register_buffer("queue", F.normalize(torch.randn(PROJ, QUEUE), dim=0))
-    self.register_buffer("queue_ptr", torch.tensor([PTR], dtype=torch.long))
-
-
-def timm_features_only_state_dict():
-  """The timm fixture's backbone tensors under the features-only names (stem.0 -> stem_0, ...)."""
-  timm = load_file(FIXTURES / "timm_convnext_small_random.safetensors")
-  renamed = {}
-  for key, value in timm.items():
-    if key.startswith("head."):
-      continue
-    for module in ("stem", "stages"):
-      if key.startswith(module + "."):
-        key = key.replace(f"{module}.", f"{module}_", 1)
-    renamed[key] = torch.from_numpy(value)
-  return renamed
-
-
-def write_authors_checkpoint(path, *, identical_teachers=False, student_only_optimizer=False, transform=None):
-  """torch.saves {'model', 'optimizer', 'epoch'} as the authors' training loop does; returns the model
-  and the torch optimizer.
-
-  The optimizer makes one SGD step with learning rate 0: the student keeps the timm fixture's
-  weights, and every student tensor but head_q.out.bias (frozen for this step, as a tensor that
-  never received a gradient) gets its momentum buffer `grad + weight_decay * weight`.
-  """
-  torch.manual_seed(0)
-  model = AuthorsModel()
-  model.net.net.load_state_dict(timm_features_only_state_dict())
-  with torch.no_grad():
-    for seed, encoder in ((1, model.encoder_k), (2 - identical_teachers, model.encoder_style)):
-      generator = torch.Generator().manual_seed(seed)
-      for teacher, student in zip(encoder.net.parameters(), model.net.net.parameters()):
-        teacher.copy_(student + 0.01 * torch.randn(student.shape, generator=generator))
-    if identical_teachers:
-      model.head_style.load_state_dict(model.head_k.state_dict())
-  for module in (model.encoder_k, model.head_k, model.encoder_style, model.head_style):
-    module.requires_grad_(False)
-  model.head_q.out.bias.requires_grad_(False)
-  parameters = (list(model.net.parameters()) + list(model.head_q.parameters()) if student_only_optimizer
-                else model.parameters())
-  optimizer = torch.optim.SGD(parameters, lr=0.0, momentum=0.9, weight_decay=5e-4)
-  images = torch.from_numpy(np.load(FIXTURES / "timm_convnext_small_random_io.npz")["input_nchw"])
-  z = model.head_q(model.net.net(images)[-1].mean(dim=(2, 3)))
-  (z @ model.queue).logsumexp(dim=1).mean().backward()
-  optimizer.step()
-  checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": EPOCH}
-  if transform is not None:
-    checkpoint = transform(checkpoint)
-  torch.save(checkpoint, path)
-  return model, optimizer
 
 
 def expected_backbone(torch_state):
@@ -217,11 +73,6 @@ def expected_network(encoder, head):
   return {"backbone": expected_backbone(encoder.net.state_dict()), "head": expected_head(head)}
 
 
-def assert_trees_equal(actual, expected):
-  assert jax.tree.structure(jax.tree.map(np.asarray, actual)) == jax.tree.structure(expected)
-  jax.tree.map(np.testing.assert_array_equal, actual, expected)
-
-
 def run_cli(*args, cwd=REPO):
   """`python -m artstyle_jax.tools.import_torch ARGS` run from `cwd`, with the fixture's ConvNeXt
   size registered."""
@@ -229,8 +80,7 @@ def run_cli(*args, cwd=REPO):
              f"convnext.SIZES[{FIXTURE_SIZE!r}] = ({DEPTHS}, {DIMS}); "
              f"sys.argv = ['import_torch'] + sys.argv[1:]; "
              f"runpy.run_module('artstyle_jax.tools.import_torch', run_name='__main__')")
-  return subprocess.run([sys.executable, "-c", program, *args], cwd=cwd, capture_output=True, text=True,
-                        timeout=300)
+  return run_python("-c", program, *args, cwd=cwd, timeout=300)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -364,11 +214,11 @@ def test_training_continues_from_the_imported_state(imported):
 def test_cli_refuses_a_workdir_that_holds_a_run(imported, tmp_path):
   """Importing into a workdir with a run fails with one error line and exit 1, and changes nothing."""
   workdir = pathlib.Path(imported.workdir)
-  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  before = file_contents(workdir)
   result = run_cli(str(tmp_path / "any.pth"), f"--workdir={workdir}", "--step=0")
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1].startswith(f"error: {workdir} already holds a run")
-  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+  assert file_contents(workdir) == before
 
 
 def test_identical_teachers_import_as_one_shared_copy(tmp_path):

@@ -5,17 +5,17 @@ Every run puts recording stand-ins for gcloud, git, mkdir and python3 first on P
 can reach Google Cloud or install anything; a dry run must leave the record empty.
 """
 import os
-import pathlib
 import shlex
 import subprocess
 import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TPU = ROOT / "launch" / "tpu.sh"
-GPU = ROOT / "launch" / "gpu.sh"
-Q_ROOT = shlex.quote(str(ROOT))
+from helpers import REPO
+
+TPU = REPO / "launch" / "tpu.sh"
+GPU = REPO / "launch" / "gpu.sh"
+Q_REPO = shlex.quote(str(REPO))
 VM = ["--name=art-pod", "--zone=us-central2-b"]
 
 # Appends its program name and arguments (unit- and record-separated) to $LAUNCH_TEST_CALLS.
@@ -76,7 +76,7 @@ def test_shell_quoting_is_pythons_shlex_quote_and_round_trips():
   words = ["plain", "", "a b", "it's", "$HOME", "--x=(0.5, 0.5)", "tab\there", "new\nline",
            "naïve", "*", "~/x", '"q"', "a'b'c", "-_@%+=:,./", "gs://b/runs/x"]
   result = subprocess.run(
-      ["bash", "-c", f"source {Q_ROOT}/launch/lib.sh; shell_join \"$@\"", "_", *words],
+      ["bash", "-c", f"source {Q_REPO}/launch/lib.sh; shell_join \"$@\"", "_", *words],
       capture_output=True, text=True, check=True, timeout=30)
   assert result.stdout == shlex.join(words) + "\n"
   assert shlex.split(result.stdout) == words
@@ -112,10 +112,10 @@ def test_create_spot_vm_with_explicit_runtime_version_in_a_project(launch):
 def test_install_ships_the_committed_head_and_installs_jax_tpu_with_python_3_11_on_every_worker(
     launch):
   assert launch.dry_run(TPU, "install", *VM) == [
-      f"mkdir -p {ROOT}/build",
-      f"git -C {ROOT} archive --format=tar.gz --prefix=artstyle-jax/"
-      f" --output={ROOT}/build/artstyle-jax.tar.gz HEAD",
-      f"gcloud compute tpus tpu-vm scp {ROOT}/build/artstyle-jax.tar.gz"
+      f"mkdir -p {REPO}/build",
+      f"git -C {REPO} archive --format=tar.gz --prefix=artstyle-jax/"
+      f" --output={REPO}/build/artstyle-jax.tar.gz HEAD",
+      f"gcloud compute tpus tpu-vm scp {REPO}/build/artstyle-jax.tar.gz"
       " art-pod:artstyle-jax.tar.gz --zone=us-central2-b --worker=all",
       "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command"
       " 'set -e; sudo apt-get -qq -o DPkg::Lock::Timeout=600 update;"
@@ -310,14 +310,14 @@ def test_gpu_installs_jax_cuda_in_a_venv_checks_the_gpu_then_trains_and_evaluate
   assert launch.dry_run(GPU) == [
       "python3 -c 'import sys; assert sys.version_info >= (3, 11),"
       " \"JAX needs Python 3.11+: pass --python\"'",
-      f"python3 -m venv {ROOT}/.venv",
-      f"{ROOT}/.venv/bin/python -m pip install --upgrade pip",
-      f"{ROOT}/.venv/bin/python -m pip install -e '{ROOT}[cuda]' -c {ROOT}/launch/constraints.txt",
-      f"{ROOT}/.venv/bin/python -c 'import jax; print(jax.devices());"
+      f"python3 -m venv {REPO}/.venv",
+      f"{REPO}/.venv/bin/python -m pip install --upgrade pip",
+      f"{REPO}/.venv/bin/python -m pip install -e '{REPO}[cuda]' -c {REPO}/launch/constraints.txt",
+      f"{REPO}/.venv/bin/python -c 'import jax; print(jax.devices());"
       " assert jax.default_backend() == \"gpu\", \"JAX sees no GPU\"'",
-      f"{ROOT}/.venv/bin/python -m artstyle_jax.train --config=configs/paper.py"
+      f"{REPO}/.venv/bin/python -m artstyle_jax.train --config=configs/paper.py"
       " --workdir=workdir/paper",
-      f"{ROOT}/.venv/bin/python -m artstyle_jax.eval --workdir=workdir/paper"]
+      f"{REPO}/.venv/bin/python -m artstyle_jax.eval --workdir=workdir/paper"]
 
 
 def test_gpu_passes_config_workdir_data_dir_and_overrides_through(launch):
@@ -332,7 +332,7 @@ def test_gpu_passes_config_workdir_data_dir_and_overrides_through(launch):
       " '--config.views.student.mean=(0.5, 0.5, 0.5)'",
       "'/opt/my venv/bin/python' -m artstyle_jax.eval --workdir=workdir/tiny"]
   assert launch.dry_run(GPU, "--skip-install", "--workdir=runs/a b")[-1] == (
-      f"{ROOT}/.venv/bin/python -m artstyle_jax.eval '--workdir=runs/a b'")
+      f"{REPO}/.venv/bin/python -m artstyle_jax.eval '--workdir=runs/a b'")
 
 
 @pytest.mark.parametrize("args, message", [

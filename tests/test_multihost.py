@@ -4,13 +4,13 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import start_program, tiny_train_flags
+
 NUM_STEPS = 4
 
 
@@ -22,17 +22,15 @@ def free_port() -> int:
 
 def start_train(workdir, data, log_path, num_devices, *flags):
   """Starts the training program on `num_devices` CPU devices; its output goes to `log_path`."""
-  data_dir, name = data
-  # No LLVM optimisation and the grouped-conv form of the depthwise convolutions: the same
-  # functions, each compiling several times faster on XLA:CPU; every run here is compiled alike.
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      f"--xla_force_host_platform_device_count={num_devices} --xla_backend_optimization_level=0"))
-  command = [sys.executable, "-m", "artstyle_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
-             f"--config.dataset.name={name}", f"--config.dataset.data_dir={data_dir}",
-             "--config.model.depthwise=conv", f"--config.num_steps={NUM_STEPS}", "--config.log_every_steps=1",
-             "--config.async_checkpointing=False", *flags]
+  # No LLVM optimisation and the grouped-conv form of the depthwise convolutions (tiny_train_flags
+  # gives it): the same functions, each compiling several times faster on XLA:CPU; every run here
+  # is compiled alike.
+  env = {"JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices} --xla_backend_optimization_level=0"}
+  flags = tiny_train_flags(workdir, data, f"--config.num_steps={NUM_STEPS}", "--config.log_every_steps=1",
+                           "--config.async_checkpointing=False", *flags)
   with open(log_path, "w") as log:
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return start_program("train", *flags, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_all(processes, timeout):

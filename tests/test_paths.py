@@ -6,6 +6,7 @@ import pytest
 
 from artstyle_jax import config_lib
 from artstyle_jax import paths
+from helpers import config_path
 
 
 def test_relative_paths_resolve_against_the_current_directory(tmp_path, monkeypatch):
@@ -49,7 +50,7 @@ def test_config_paths_resolve_where_the_config_is_validated(tmp_path, monkeypatc
   config.json a run saves); a Hugging Face hub id, 'random' and gs:// stay as they are."""
   monkeypatch.chdir(tmp_path)
   (tmp_path / "weights.safetensors").write_bytes(b"")
-  tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py")
+  tiny = config_path("tiny")
   config = config_lib.load(tiny, ["dataset.data_dir=tfds", "init=weights.safetensors"])
   assert (config.dataset.data_dir, config.init) == (str(tmp_path / "tfds"), str(tmp_path / "weights.safetensors"))
   for init, data_dir in (("timm/convnext_atto.d2_in1k", "gs://bucket/tfds"), ("random", "gs://bucket/tfds")):

@@ -4,8 +4,6 @@ thumbnails from the matches in order); a picture that cannot be drawn never stop
 import json
 import logging
 import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -14,9 +12,8 @@ from PIL import Image
 from artstyle_jax import checkpoints
 from artstyle_jax import metric_writer
 from artstyle_jax import pictures
-import test_eval
+from helpers import run_program, tiny_data_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TERMS = ("loss", "rel_weak", "rel_style", "gram_weak", "gram_style", "lr", "grad_norm")
 
 
@@ -34,7 +31,7 @@ def png_size(path):
 def write_run(workdir, steps, *, knn_every=0, seed=0, dataset="image_folder/synthetic"):
   """A workdir as training leaves it for the curves: config.json and metrics.jsonl of `steps`
   (random values), a kNN record every `knn_every` steps. Returns {metric: {step: value}}."""
-  config = test_eval.tiny_config(("/nowhere", dataset))
+  config = tiny_data_config(("/nowhere", dataset))
   checkpoints.save_config(str(workdir), config)
   rng = np.random.default_rng(seed)
   logged = {}
@@ -98,10 +95,7 @@ def test_plot_program_overlays_runs_and_refuses_a_workdir_without_metrics(tmp_pa
     (tmp_path / name).mkdir()
   write_run(tmp_path / "a", range(1, 31), knn_every=10)
   write_run(tmp_path / "b", range(1, 21))
-  plot = [sys.executable, "-m", "artstyle_jax.plot"]
-  env = {**os.environ, "PYTHONPATH": REPO}
-  result = subprocess.run([*plot, "--workdir=a", "--compare=b"], cwd=tmp_path, capture_output=True, text=True,
-                          env=env, timeout=120)
+  result = run_program("plot", "--workdir=a", "--compare=b", cwd=tmp_path, timeout=120)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == str(tmp_path / "a" / "curves_compare.png")
   assert png_size(tmp_path / "a" / "curves_compare.png") == (1600, 800)
@@ -110,9 +104,9 @@ def test_plot_program_overlays_runs_and_refuses_a_workdir_without_metrics(tmp_pa
   assert {"a/loss/raw", "b/loss/raw", "a/knn_top1/raw"} <= drawn and "b/knn_top1/raw" not in drawn
 
   (tmp_path / "c").mkdir()
-  checkpoints.save_config(str(tmp_path / "c"), test_eval.tiny_config(("/nowhere", "x")))
+  checkpoints.save_config(str(tmp_path / "c"), tiny_data_config(("/nowhere", "x")))
   before = sorted(os.listdir(tmp_path / "c"))
-  result = subprocess.run([*plot, "--workdir=c"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+  result = run_program("plot", "--workdir=c", cwd=tmp_path, timeout=120)
   assert result.returncode == 1
   assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
       f"error: {tmp_path / 'c'} holds no metrics.jsonl: the run has logged nothing yet"]
@@ -206,7 +200,7 @@ def test_curves_of_a_run_that_has_logged_nothing_yet_say_so_in_every_panel_witho
   be noise on the training's stderr)."""
   workdir = tmp_path / "run"
   workdir.mkdir()
-  checkpoints.save_config(str(workdir), test_eval.tiny_config(("/nowhere", "image_folder/synthetic")))
+  checkpoints.save_config(str(workdir), tiny_data_config(("/nowhere", "image_folder/synthetic")))
   (workdir / metric_writer.METRICS_FILE).touch()
   with warnings.catch_warnings():
     warnings.simplefilter("error")

@@ -4,8 +4,6 @@ import functools
 import io
 import os
 import shutil
-import subprocess
-import sys
 
 from PIL import Image
 import pytest
@@ -16,15 +14,9 @@ from artstyle_jax import pictures
 from artstyle_jax import predict
 from artstyle_jax.data import images
 from artstyle_jax.data import sources
-import test_eval
+from helpers import file_stamps, make_workdir, run_program
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOP_K = 3
-
-
-def run_predict(workdir, *args, cwd=REPO):
-  return subprocess.run([sys.executable, "-m", "artstyle_jax.predict", f"--workdir={workdir}", *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=600)
 
 
 def parse(stdout):
@@ -43,7 +35,7 @@ def parse(stdout):
 def evaluated_workdir(tmp_path_factory, synthetic_data):
   """A workdir with a checkpoint of step 2 and the head of a fast-mode eval."""
   path = tmp_path_factory.mktemp("predict") / "run"
-  config, _ = test_eval.make_workdir(path, synthetic_data, steps=(2,))
+  config, _ = make_workdir(path, synthetic_data, steps=(2,))
   eval_lib.evaluate_workdir(str(path), config, verbose=False)
   return path
 
@@ -78,8 +70,8 @@ def predicted(tmp_path_factory, evaluated_workdir, image_paths):
   queries, gallery = image_paths
   cwd = tmp_path_factory.getbasetemp()
   relative = functools.partial(os.path.relpath, start=cwd)
-  return run_predict(relative(evaluated_workdir), f"--top_k={TOP_K}", f"--gallery={relative(gallery)}",
-                     "--num_matches=4", *map(relative, queries), cwd=cwd)
+  return run_program("predict", f"--workdir={relative(evaluated_workdir)}", f"--top_k={TOP_K}",
+                     f"--gallery={relative(gallery)}", "--num_matches=4", *map(relative, queries), cwd=cwd)
 
 
 def test_prints_the_top_k_styles_per_image_most_probable_first(predicted, image_paths, synthetic_data):
@@ -140,32 +132,30 @@ def test_sheet_draws_each_image_then_its_printed_matches_in_order(tmp_path, eval
 
 def test_sheet_flag_writes_the_png_relative_to_the_users_directory(tmp_path, evaluated_workdir, image_paths):
   queries, gallery = image_paths
-  result = subprocess.run([sys.executable, "-m", "artstyle_jax.predict", f"--workdir={evaluated_workdir}",
-                           f"--gallery={gallery}", "--num_matches=2", "--sheet=sheet.png", queries[0]],
-                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO},
-                          timeout=600)
+  result = run_program("predict", f"--workdir={evaluated_workdir}", f"--gallery={gallery}", "--num_matches=2",
+                       "--sheet=sheet.png", queries[0], cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   with Image.open(tmp_path / "sheet.png") as sheet:
     assert sheet.format == "PNG" and sheet.size == (4 * 180, 260 + 60)  # 3 images, 4 columns at least
 
 
 def test_a_sheet_in_a_missing_directory_is_refused_before_the_model_loads(tmp_path, evaluated_workdir, image_paths):
-  before = test_eval.tree_files(tmp_path)
+  before = file_stamps(tmp_path)
   with pytest.raises(FileNotFoundError, match="the sheet's directory .* does not exist"):
     predict.predict(str(evaluated_workdir), image_paths[0], sheet=str(tmp_path / "missing" / "sheet.png"))
-  assert test_eval.tree_files(tmp_path) == before
+  assert file_stamps(tmp_path) == before
 
 
 def test_a_file_that_is_not_an_image_gives_one_error_line_naming_it(tmp_path, evaluated_workdir):
   image = tmp_path / "page.jpg"
   image.write_text("<html>404</html>")
-  before = test_eval.tree_files(evaluated_workdir), test_eval.tree_files(tmp_path)
-  result = run_predict(evaluated_workdir, str(image))
+  before = file_stamps(evaluated_workdir), file_stamps(tmp_path)
+  result = run_program("predict", f"--workdir={evaluated_workdir}", str(image))
   assert result.returncode == 1
   assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
       f"error: {image}: not an image PIL can read"]
   assert "Traceback" not in result.stderr and not result.stdout
-  assert (test_eval.tree_files(evaluated_workdir), test_eval.tree_files(tmp_path)) == before
+  assert (file_stamps(evaluated_workdir), file_stamps(tmp_path)) == before
 
 
 @pytest.mark.parametrize("case, error, message", [
@@ -186,8 +176,8 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, evalu
   else:
     workdir = tmp_path / "run"
     shutil.copytree(evaluated_workdir, workdir, ignore=shutil.ignore_patterns(eval_lib.EVAL_DIR))
-  before = test_eval.tree_files(workdir), test_eval.tree_files(tmp_path)
+  before = file_stamps(workdir), file_stamps(tmp_path)
   with pytest.raises(error) as raised:
     predict.predict(str(workdir), paths, gallery=gallery)
   assert message in str(raised.value) and "\n" not in str(raised.value)
-  assert (test_eval.tree_files(workdir), test_eval.tree_files(tmp_path)) == before
+  assert (file_stamps(workdir), file_stamps(tmp_path)) == before

@@ -2,29 +2,23 @@
 
 tests/conftest.py gives this process 8 virtual CPU devices.
 """
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from artstyle_jax import config_lib
 from artstyle_jax import optim
 from artstyle_jax import sharding
 from artstyle_jax import step
 from artstyle_jax.models import convnext
+from helpers import PLAIN_COSINE, small_step_config
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 GLOBAL_BATCH = 8
 
 
 def _config(*overrides):
-  return config_lib.load(str(CONFIGS / "tiny.py"), [
-      "image_size=32", f"batch_size={GLOBAL_BATCH}", "queue_size=32", "model.proj_hidden_dim=32", "model.proj_dim=16",
-      "optim.schedule=cosine", "optim.warmup_epochs=0", "optim.base_lr=0.05", "optim.linear_scaling=False",
-      *overrides])
+  return small_step_config(*PLAIN_COSINE, *overrides, batch_size=GLOBAL_BATCH, queue_size=32)
 
 
 def _batches(num):

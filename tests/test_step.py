@@ -4,7 +4,6 @@ On a two-stage ConvNeXt with one block per stage (32 px views give 4x4 last maps
 step is the same for any backbone depth, and a small one compiles quickly.
 """
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -20,15 +19,13 @@ from artstyle_jax import state as state_lib
 from artstyle_jax import step
 from artstyle_jax.models import convnext
 from artstyle_jax.models import heads
+from helpers import PLAIN_COSINE, small_step_config
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 BATCH = 4
-TINY = ["image_size=32", f"batch_size={BATCH}", "queue_size=16", "model.proj_hidden_dim=32", "model.proj_dim=16",
-        "optim.schedule=cosine", "optim.warmup_epochs=0", "optim.base_lr=0.05", "optim.linear_scaling=False"]
 
 
 def tiny_config(*overrides, base="tiny"):
-  return config_lib.load(str(CONFIGS / f"{base}.py"), TINY + list(overrides))
+  return small_step_config(*PLAIN_COSINE, *overrides, batch_size=BATCH, queue_size=16, base=base)
 
 
 def tiny_backbone(config):

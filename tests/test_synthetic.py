@@ -1,8 +1,6 @@
 """The procedural art-style dataset: layout, determinism, CLI, and that style is texture."""
 import filecmp
 import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
@@ -10,6 +8,7 @@ import pytest
 
 from artstyle_jax.data import sources
 from artstyle_jax.data import synthetic
+from helpers import run_program
 
 
 def tree_files(root) -> list[str]:
@@ -78,10 +77,8 @@ def test_an_image_does_not_depend_on_how_many_are_written(tmp_path):
 
 def test_cli_writes_the_same_tree_as_the_function(tmp_path):
   """The program, run from tmp_path with --out relative to it, writes the tree write_tree writes."""
-  result = subprocess.run(
-      [sys.executable, "-m", "artstyle_jax.data.synthetic", "--out", "cli",
-       "--per-class", "2", "--size", "32", "--seed", "3"],
-      cwd=tmp_path, capture_output=True, text=True, check=False)
+  result = run_program("data.synthetic", "--out", "cli", "--per-class", "2", "--size", "32", "--seed", "3",
+                       cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   n = len(synthetic.STYLES)
   assert f"({3 * n} images, {n} styles, 32 px)" in result.stdout

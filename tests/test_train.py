@@ -5,51 +5,30 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The programs the tests start use the grouped-convolution form of the depthwise convolutions:
-# the same function, tested equal to the 'shift' form by test_convnext.py, and at the tests' 64
-# px it traces and compiles in a third less time (a warm start of 4 train steps: 25 s against
-# 36 s), which is most of what each of those tests costs.
-FAST_COMPILING = "model.depthwise=conv"
+from helpers import assert_trees_equal, checkpoint_steps, file_stamps, restored_state, run_program, start_program
+from helpers import tiny_train_flags
 
 
-def train_command(workdir, data, *overrides):
-  data_dir, name = data
-  return [sys.executable, "-m", "artstyle_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
-          f"--config.dataset.name={name}", f"--config.dataset.data_dir={data_dir}", "--config.log_every_steps=1",
-          "--config.async_checkpointing=False", f"--config.{FAST_COMPILING}", *overrides]
+def train_flags(workdir, data, *overrides):
+  """tiny_train_flags for a run from the repository root: every step logged, checkpoints saved
+  synchronously."""
+  return tiny_train_flags(workdir, data, "--config.log_every_steps=1", "--config.async_checkpointing=False",
+                          *overrides)
 
 
-def run_train(workdir, data, *overrides, timeout=300):
-  return subprocess.run(train_command(workdir, data, *overrides), cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout)
-
-
-def restored_state(workdir, step):
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  return ocp.StandardCheckpointer().restore(path)
-
-
-def checkpoint_steps(workdir):
-  root = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+def run_train(workdir, data, *overrides):
+  return run_program("train", *train_flags(workdir, data, *overrides), timeout=300)
 
 
 def logged_losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
-
-
-def tree_files(workdir):
-  return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(workdir) for f in fs}
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +45,9 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(straight_run, tmp_path
   every array of the train state identical, and the same loss at every step."""
   straight = straight_run
   interrupted = tmp_path / "interrupted"
-  process = subprocess.Popen(train_command(interrupted, synthetic_data, "--config.num_steps=6",
-                                           "--config.checkpoint_every_steps=3"),
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  process = start_program("train", *train_flags(interrupted, synthetic_data, "--config.num_steps=6",
+                                                "--config.checkpoint_every_steps=3"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 240
   while 3 not in checkpoint_steps(interrupted) and process.poll() is None and time.monotonic() < deadline:
     time.sleep(0.005)
@@ -80,10 +59,7 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(straight_run, tmp_path
   assert result.returncode == 0, result.stderr
   assert "Resumed from the checkpoint of step 3" in result.stderr
 
-  expected, got = restored_state(straight, 6), restored_state(interrupted, 6)
-  assert jax.tree.structure(expected) == jax.tree.structure(got)
-  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_trees_equal(restored_state(interrupted, 6), restored_state(straight, 6))
   straight_losses, resumed_losses = logged_losses(straight), logged_losses(interrupted)
   assert [straight_losses[s] for s in (4, 5, 6)] == [resumed_losses[s] for s in (4, 5, 6)]
   with open(straight / "config.json") as f:
@@ -94,8 +70,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, synthetic_data):
   """A preemption (SIGTERM) mid-run: exit status 0 within bounded time, a checkpoint of the step
   reached, and a restart resumes from it."""
   workdir = tmp_path / "run"
-  process = subprocess.Popen(train_command(workdir, synthetic_data, "--config.num_steps=100000"),
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  process = start_program("train", *train_flags(workdir, synthetic_data, "--config.num_steps=100000"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   metrics = workdir / "metrics.jsonl"
   deadline = time.monotonic() + 240
   while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
@@ -147,8 +123,8 @@ def test_workdir_of_another_model_size_is_refused_untouched(straight_run, tmp_pa
   of the workdir unchanged."""
   workdir = tmp_path / "run"
   shutil.copytree(straight_run, workdir)
-  before = tree_files(workdir)
+  before = file_stamps(workdir)
   result = run_train(workdir, synthetic_data, "--config.num_steps=8", "--config.model.name=convnext_femto")
   assert result.returncode == 1
   assert "another model" in result.stderr and "convnext_femto" in result.stderr
-  assert tree_files(workdir) == before
+  assert file_stamps(workdir) == before

@@ -4,36 +4,27 @@ run on different pytest workers.)"""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
-import jax
-import numpy as np
 import pytest
 
-from test_train import FAST_COMPILING, REPO, checkpoint_steps, restored_state
-
-def relative_train_command(data, *overrides):
-  """train.py as a user runs it from a directory holding the dataset as tfds/: relative paths,
-  asynchronous checkpoints every 2 steps."""
-  return [sys.executable, "-m", "artstyle_jax.train", f"--config={os.path.join(REPO, 'configs', 'tiny.py')}",
-          "--workdir=run", f"--config.dataset.name={data[1]}", "--config.dataset.data_dir=tfds",
-          "--config.async_checkpointing=True", "--config.checkpoint_every_steps=2", "--config.keep_checkpoints=3",
-          f"--config.{FAST_COMPILING}", *overrides]
+from helpers import assert_trees_equal, checkpoint_steps, config_path, file_contents, restored_state, run_program
+from helpers import run_python, tiny_train_flags
 
 
-def file_bytes(directory):
-  return {os.path.relpath(os.path.join(d, f), directory): open(os.path.join(d, f), "rb").read()
-          for d, _, fs in os.walk(directory) for f in fs}
+def relative_train_flags(data, *overrides):
+  """train.py's flags as a user gives them from a directory holding the dataset as tfds/:
+  relative paths, asynchronous checkpoints every 2 steps."""
+  return tiny_train_flags("run", ("tfds", data[1]), "--config.async_checkpointing=True",
+                          "--config.checkpoint_every_steps=2", "--config.keep_checkpoints=3", *overrides,
+                          config=config_path("tiny"))
 
 
 @pytest.fixture(scope="module")
 def relative_run(tmp_path_factory, synthetic_data):
-  """(cwd, result) of 4 steps of `relative_train_command` run from cwd: checkpoints 2 and 4."""
+  """(cwd, result) of 4 steps of `relative_train_flags` run from cwd: checkpoints 2 and 4."""
   cwd = tmp_path_factory.mktemp("cwd")
   os.symlink(synthetic_data[0], cwd / "tfds")
-  result = subprocess.run(relative_train_command(synthetic_data, "--config.num_steps=4"), cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+  result = run_program("train", *relative_train_flags(synthetic_data, "--config.num_steps=4"), cwd=cwd, timeout=300)
   assert result.returncode == 0, result.stderr
   return cwd, result
 
@@ -67,20 +58,17 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_training_resumes_from_th
   data_files = [os.path.join(d, f) for d, _, fs in os.walk(cwd / "run" / "checkpoints" / "4" / "state") for f in fs]
   largest = max(data_files, key=os.path.getsize)
   os.truncate(largest, os.path.getsize(largest) // 2)
-  damaged = file_bytes(cwd / "run" / "checkpoints" / "4")
+  damaged = file_contents(cwd / "run" / "checkpoints" / "4")
 
-  result = subprocess.run(relative_train_command(synthetic_data, "--config.num_steps=4"), cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+  result = run_program("train", *relative_train_flags(synthetic_data, "--config.num_steps=4"), cwd=cwd, timeout=300)
   assert result.returncode == 0, result.stderr
   warnings = [line for line in result.stderr.splitlines() if " is damaged (" in line]
   assert len(warnings) == 1 and f"checkpoint 4 in {cwd / 'run' / 'checkpoints'} is damaged (" in warnings[0]
   assert "4.corrupt" in warnings[0]
   assert "Resumed from the checkpoint of step 2" in result.stderr
   assert "Traceback" not in result.stderr
-  assert file_bytes(cwd / "run" / "checkpoints" / "4.corrupt") == damaged
-  got = restored_state(cwd / "run", 4)
-  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert file_contents(cwd / "run" / "checkpoints" / "4.corrupt") == damaged
+  assert_trees_equal(restored_state(cwd / "run", 4), expected)
 
 
 def test_a_save_that_cannot_write_stops_the_run_in_one_line_and_keeps_the_complete_checkpoints(
@@ -90,17 +78,16 @@ def test_a_save_that_cannot_write_stops_the_run_in_one_line_and_keeps_the_comple
   one error line with the step, the OS reason and the last complete checkpoint, no traceback,
   checkpoints 2 and 4 unchanged."""
   cwd = copy_of(relative_run[0], tmp_path)
-  before = file_bytes(cwd / "run" / "checkpoints")
-  train_flags = relative_train_command(synthetic_data, "--config.num_steps=6")[3:]  # after -m artstyle_jax.train
+  before = file_contents(cwd / "run" / "checkpoints")
+  train_flags = relative_train_flags(synthetic_data, "--config.num_steps=6")
   limited = ("import resource, runpy, sys; "
              "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
              "sys.argv = ['train'] + sys.argv[1:]; runpy.run_module('artstyle_jax.train', run_name='__main__')")
-  result = subprocess.run([sys.executable, "-c", limited, *train_flags], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+  result = run_python("-c", limited, *train_flags, cwd=cwd, timeout=300)
   assert result.returncode == 1, result.stderr
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert errors == [f"error: saving checkpoint 6 in {cwd / 'run' / 'checkpoints'} failed: File too large; the last "
                     "complete checkpoint is step 4, nothing complete was removed"], result.stderr
   assert "Traceback" not in result.stderr
-  after = file_bytes(cwd / "run" / "checkpoints")
+  after = file_contents(cwd / "run" / "checkpoints")
   assert {path: after.get(path) for path in before} == before

@@ -1,9 +1,4 @@
 """Weight import: numerical parity with timm and transformers, strict key checks, weight sources."""
-import os
-import pathlib
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -13,25 +8,14 @@ import transformers
 
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
+from helpers import FIXTURES, assert_trees_equal, relative_error, run_python
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 TIMM_WEIGHTS = FIXTURES / "timm_convnext_small_random.safetensors"
 TIMM_OUTPUTS = FIXTURES / "timm_convnext_small_random_io.npz"
 
 
-def _relative_error(actual, expected) -> float:
-  expected = np.asarray(expected, np.float32)
-  return float(np.max(np.abs(np.asarray(actual, np.float32) - expected)) / np.max(np.abs(expected)))
-
-
 def _nchw_to_nhwc(x):
   return np.transpose(np.asarray(x), (0, 2, 3, 1))
-
-
-def _assert_same_tree(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +46,9 @@ def test_outputs_match_timm_within_1e_4(timm_state, depthwise):
 
   features, (pre_logits, logits) = outputs(params)
   for stage, feature in enumerate(features):
-    assert _relative_error(feature, _nchw_to_nhwc(reference[f"stage{stage}"])) < 1e-4, stage
-  assert _relative_error(pre_logits, reference["pre_logits"]) < 1e-4
-  assert _relative_error(logits, reference["logits"]) < 1e-4
+    assert relative_error(feature, _nchw_to_nhwc(reference[f"stage{stage}"])) < 1e-4, stage
+  assert relative_error(pre_logits, reference["pre_logits"]) < 1e-4
+  assert relative_error(logits, reference["logits"]) < 1e-4
 
 
 def test_features_only_naming_and_torch_tensors_load_the_same_backbone(timm_state):
@@ -74,12 +58,12 @@ def test_features_only_naming_and_torch_tensors_load_the_same_backbone(timm_stat
              for key, value in timm_state.items() if not key.startswith("head.")}
   module, backbone = convnext_weights.from_timm(renamed)
   assert module.num_classes == 0
-  _assert_same_tree(backbone, {k: v for k, v in params.items() if k != "head"})
+  assert_trees_equal(backbone, {k: v for k, v in params.items() if k != "head"})
 
 
 def test_params_from_timm_fills_a_given_module_or_names_the_mismatch(timm_state):
   module, params = convnext_weights.from_timm(timm_state)
-  _assert_same_tree(convnext_weights.params_from_timm(module, timm_state), params)
+  assert_trees_equal(convnext_weights.params_from_timm(module, timm_state), params)
   wider = convnext.ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 24, 48), num_classes=5)
   with pytest.raises(ValueError, match=r"stages.3.blocks.0.norm.weight: \(32,\) gives \(32,\) for "
                      r"stages_3/blocks_0/norm/scale, which needs \(48,\)"):
@@ -139,7 +123,7 @@ def test_outputs_match_transformers_hidden_states_within_1e_4(depths, hidden_siz
   features = jax.jit(module.apply)({"params": params}, _nchw_to_nhwc(images))
   assert len(features) == len(hidden_states) - 1
   for stage, feature in enumerate(features):
-    assert _relative_error(feature, _nchw_to_nhwc(hidden_states[stage + 1])) < 1e-4, stage
+    assert relative_error(feature, _nchw_to_nhwc(hidden_states[stage + 1])) < 1e-4, stage
 
 
 def test_from_hf_rejects_keys_of_another_layout(timm_state):
@@ -153,17 +137,17 @@ def test_from_hf_rejects_keys_of_another_layout(timm_state):
 def test_load_pretrained_reads_a_file_or_a_directory_in_either_layout(timm_state, tmp_path):
   _, expected = convnext_weights.from_timm(timm_state)
   _, from_file = convnext_weights.load_pretrained(str(TIMM_WEIGHTS))
-  _assert_same_tree(from_file, expected)
+  assert_trees_equal(from_file, expected)
   save_file(timm_state, str(tmp_path / "model.safetensors"))
   _, from_directory = convnext_weights.load_pretrained(str(tmp_path))
-  _assert_same_tree(from_directory, expected)
+  assert_trees_equal(from_directory, expected)
 
   hf_state = {k: v.numpy() for k, v in _random_hf_model([1, 1], [8, 16], seed=0).state_dict().items()}
   hf_dir = tmp_path / "hf"
   hf_dir.mkdir()
   save_file(hf_state, str(hf_dir / "model.safetensors"))
   _, from_hf_dir = convnext_weights.load_pretrained(str(hf_dir))
-  _assert_same_tree(from_hf_dir, convnext_weights.from_hf(hf_state)[1])
+  assert_trees_equal(from_hf_dir, convnext_weights.from_hf(hf_state)[1])
 
   empty = tmp_path / "empty"
   empty.mkdir()
@@ -193,10 +177,9 @@ def test_hub_id_offline_loads_from_the_cache_or_names_the_file_to_fetch(tmp_path
   (repo / "refs").mkdir()
   (repo / "refs" / "main").write_text(commit)
   (repo / "snapshots" / commit / "model.safetensors").write_bytes(TIMM_WEIGHTS.read_bytes())
-  env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
-  env.update(HF_HUB_OFFLINE="1", HF_HOME=str(hf_home), JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", _OFFLINE_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=300, check=True)
+  env = {"HF_HUB_CACHE": None, "HUGGINGFACE_HUB_CACHE": None, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home),
+         "JAX_PLATFORMS": "cpu"}
+  result = run_python("-c", _OFFLINE_SCRIPT, env=env, timeout=300, check=True)
   assert "LOADED (8, 16, 24, 32) 5" in result.stdout
   error = result.stdout[result.stdout.index("ERROR"):]
   assert ("https://huggingface.co/timm/convnext_base.fb_in22k_ft_in1k/resolve/main/model.safetensors"

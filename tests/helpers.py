@@ -1,0 +1,346 @@
+"""What several test files share, written once: the repository's paths, small configs, tree and
+number comparisons, file snapshots, the programs run as a user runs them, a tiny training workdir,
+and the authors' PyTorch checkpoint.
+
+Test files import from here (pytest puts tests/ on sys.path); no test file imports another.
+Fixtures several files use are in conftest.py.
+"""
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from safetensors.numpy import load_file
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from artstyle_jax import checkpoints
+from artstyle_jax import config_lib
+from artstyle_jax import optim
+from artstyle_jax import sharding
+from artstyle_jax import step as step_lib
+
+# Paths.
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def config_path(name: str) -> str:
+  """The absolute path of configs/NAME.py, as a string."""
+  return str(CONFIGS / f"{name}.py")
+
+
+def load_config(name: str, *overrides: str):
+  """configs/NAME.py read and validated by config_lib.load, with `overrides` ('KEY=VALUE') applied."""
+  return config_lib.load(config_path(name), list(overrides))
+
+
+# Configs.
+
+# The programs the tests start use the grouped-convolution form of the depthwise convolutions:
+# the same function, tested equal to the 'shift' form by test_convnext.py, and at the tests' 64
+# px it traces and compiles in a third less time (a warm start of 4 train steps: 25 s against
+# 36 s), which is most of what each of those tests costs.
+FAST_COMPILING = "model.depthwise=conv"
+
+# The learning rate of small_step_config's tests: a cosine from 0.05, no warm-up, no scaling with
+# the batch size.
+PLAIN_COSINE = ("optim.schedule=cosine", "optim.warmup_epochs=0", "optim.base_lr=0.05", "optim.linear_scaling=False")
+
+
+def tiny_data_config(data, *overrides: str):
+  """configs/tiny.py on the dataset `data` ((data_dir, name), as the synthetic_data fixture gives
+  it) in the FAST_COMPILING form, with `overrides` ('KEY=VALUE') applied."""
+  data_dir, name = data
+  return load_config("tiny", f"dataset.name={name}", f"dataset.data_dir={data_dir}", FAST_COMPILING, *overrides)
+
+
+def small_step_config(*overrides: str, batch_size: int, queue_size: int, base: str = "tiny"):
+  """configs/BASE.py shrunk for a train step that compiles quickly: 32 px images, `batch_size`,
+  a queue of `queue_size` keys, a projection head of 32 then 16 units; then `overrides`."""
+  return load_config(base, "image_size=32", f"batch_size={batch_size}", f"queue_size={queue_size}",
+                     "model.proj_hidden_dim=32", "model.proj_dim=16", *overrides)
+
+
+# Trees and numbers.
+
+def assert_trees_equal(actual, expected) -> None:
+  """Asserts that two pytrees have the same structure and bit-identical leaves (each leaf
+  compared as a numpy array; a failure names the leaf's path)."""
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=jax.tree_util.keystr(path))
+
+
+def relative_error(actual, expected) -> float:
+  """max |actual - expected| / max |expected|, both taken as float32 arrays."""
+  expected = np.asarray(expected, np.float32)
+  return float(np.max(np.abs(np.asarray(actual, np.float32) - expected)) / np.max(np.abs(expected)))
+
+
+# Files.
+
+def file_stamps(root) -> dict[str, tuple[float, int]]:
+  """{path: (modification time, size)} of every file under `root`: equal before and after a call
+  when the call wrote, added and removed nothing there."""
+  return {os.path.join(d, f): (os.path.getmtime(os.path.join(d, f)), os.path.getsize(os.path.join(d, f)))
+          for d, _, fs in os.walk(root) for f in fs}
+
+
+def file_contents(root) -> dict[str, bytes]:
+  """{path relative to `root`: bytes} of every file under `root`."""
+  contents = {}
+  for d, _, fs in os.walk(root):
+    for f in fs:
+      with open(os.path.join(d, f), "rb") as file:
+        contents[os.path.relpath(os.path.join(d, f), root)] = file.read()
+  return contents
+
+
+# Programs, run in a fresh Python process as a user runs them.
+
+def program_env(env=None) -> dict[str, str]:
+  """This process's environment (the compilation cache conftest.py set up included) with `env`'s
+  entries set, an entry of None removed, and REPO first on PYTHONPATH: a program started from any
+  directory imports this checkout's artstyle_jax."""
+  environ = dict(os.environ)
+  for key, value in (env or {}).items():
+    if value is None:
+      environ.pop(key, None)
+    else:
+      environ[key] = value
+  others = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
+  environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *others])
+  return environ
+
+
+def run_python(*args, cwd=REPO, env=None, timeout: float | None = 600, check: bool = False):
+  """`python ARGS` run to its end from `cwd` in program_env(env), its stdout and stderr captured
+  as text; raises subprocess.TimeoutExpired after `timeout` seconds, and CalledProcessError on a
+  non-zero exit status if `check`. Returns the CompletedProcess."""
+  return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=program_env(env), capture_output=True,
+                        text=True, timeout=timeout, check=check)
+
+
+def run_program(program: str, *args, **kwargs):
+  """`python -m artstyle_jax.PROGRAM ARGS` run by run_python (same keywords: cwd, env, timeout, check)."""
+  return run_python("-m", f"artstyle_jax.{program}", *args, **kwargs)
+
+
+def start_program(program: str, *args, cwd=REPO, env=None, **popen_kwargs) -> subprocess.Popen:
+  """`python -m artstyle_jax.PROGRAM ARGS` started from `cwd` in program_env(env) and left
+  running; `popen_kwargs` (stdout, stderr, text ...) go to subprocess.Popen."""
+  return subprocess.Popen([sys.executable, "-m", f"artstyle_jax.{program}", *map(str, args)], cwd=cwd,
+                          env=program_env(env), **popen_kwargs)
+
+
+# Training runs.
+
+def tiny_train_flags(workdir, data, *overrides: str, config: str = "configs/tiny.py") -> list[str]:
+  """The arguments of `python -m artstyle_jax.train` for configs/tiny.py on `data` ((data_dir,
+  name)) in the FAST_COMPILING form: --config=`config` (by default relative to REPO, as a user
+  there types it), --workdir=`workdir`, the dataset, then `overrides` ('--config.KEY=VALUE' or
+  other flags)."""
+  data_dir, name = data
+  return [f"--config={config}", f"--workdir={workdir}", f"--config.dataset.name={name}",
+          f"--config.dataset.data_dir={data_dir}", f"--config.{FAST_COMPILING}", *overrides]
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """The steps of the checkpoints in WORKDIR/checkpoints, ascending ([] when there is none)."""
+  root = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+
+
+def restored_state(workdir, step):
+  """The train state of WORKDIR's checkpoint of `step`, restored as orbax saved it."""
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def shifted(params, step):
+  """The backbone a checkpoint of make_workdir's `step` holds: `params` moved by 1e-3 * step."""
+  return jax.tree.map(lambda x: x + 1e-3 * step, params)
+
+
+def make_workdir(workdir, data, steps=(1, 2)):
+  """A workdir of tiny_data_config(data) as training leaves it (less the data iterator, which
+  eval does not read): config.json and, per step, the whole TrainState whose student backbone is
+  `shifted(initial backbone, step)`. Returns (config, initial backbone)."""
+  config = tiny_data_config(data)
+  backbone, head = step_lib.build_backbone(config), step_lib.build_head(config)
+  optimizer, _ = optim.create(config, 10)
+  state, _ = step_lib.create_state(jax.random.PRNGKey(config.seed), config, backbone, head, optimizer,
+                                   sharding.create_mesh())
+  checkpoints.save_config(str(workdir), config)
+  with checkpoints.manager(str(workdir)) as mngr:
+    for step in steps:
+      params = {**state.params, "backbone": shifted(state.params["backbone"], step)}
+      checkpoints.save(mngr, step, state.replace(step=state.step + step, params=params), force=True)
+    mngr.wait_until_finished()
+  return config, state.params["backbone"]
+
+
+# The authors' PyTorch checkpoint, written with torch exactly as the authors' code writes it: their
+# model (student `net.net`, teachers `encoder_k.net` and `encoder_style.net` with timm features-only
+# ConvNeXt keys, heads `head_q/k/style` with `linear` and `out`, buffers `queue` (D, K) and
+# `queue_ptr`), a torch SGD over `model.parameters()` after one step, and the epoch. The student is
+# the timm fixture (ConvNeXt depths (1, 1, 2, 1), dims (8, 16, 24, 32)), the teachers perturbed copies.
+
+AUTHORS_DEPTHS, AUTHORS_DIMS = (1, 1, 2, 1), (8, 16, 24, 32)
+# The heads' hidden and output widths, the queue's length and its pointer, the checkpoint's epoch.
+AUTHORS_HIDDEN, AUTHORS_PROJ, AUTHORS_QUEUE, AUTHORS_PTR = 16, 8, 16, 8
+AUTHORS_EPOCH = 3
+
+
+class LayerNorm2d(nn.LayerNorm):
+  """timm's LayerNorm2d: LayerNorm over the channels of an NCHW map."""
+
+  def forward(self, x):
+    return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps
+                        ).permute(0, 3, 1, 2)
+
+
+class Mlp(nn.Module):
+  """A ConvNeXt block's pointwise MLP (fc1, GELU, fc2)."""
+
+  def __init__(self, dim):
+    super().__init__()
+    self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+  def forward(self, x):
+    return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+  """A timm ConvNeXt block: depthwise 7x7, LayerNorm, MLP, layer scale, residual."""
+
+  def __init__(self, dim):
+    super().__init__()
+    self.conv_dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+    self.norm = nn.LayerNorm(dim, eps=1e-6)
+    self.mlp = Mlp(dim)
+    self.gamma = nn.Parameter(torch.ones(dim))
+
+  def forward(self, x):
+    y = self.mlp(self.norm(self.conv_dw(x).permute(0, 2, 3, 1))) * self.gamma
+    return x + y.permute(0, 3, 1, 2)
+
+
+class Stage(nn.Module):
+  """A timm ConvNeXt stage: a downsampling (when the width changes), then its blocks."""
+
+  def __init__(self, in_dim, dim, depth):
+    super().__init__()
+    if in_dim != dim:
+      self.downsample = nn.Sequential(LayerNorm2d(in_dim, eps=1e-6), nn.Conv2d(in_dim, dim, 2, stride=2))
+    self.blocks = nn.Sequential(*[Block(dim) for _ in range(depth)])
+
+  def forward(self, x):
+    return self.blocks(self.downsample(x) if hasattr(self, "downsample") else x)
+
+
+class FeaturesOnlyConvNeXt(nn.Module):
+  """timm's ConvNeXt as `features_only=True` builds it: modules stem_0, stem_1, stages_0 ..."""
+
+  def __init__(self):
+    super().__init__()
+    self.stem_0 = nn.Conv2d(3, AUTHORS_DIMS[0], 4, stride=4)
+    self.stem_1 = LayerNorm2d(AUTHORS_DIMS[0], eps=1e-6)
+    for i, (depth, dim) in enumerate(zip(AUTHORS_DEPTHS, AUTHORS_DIMS)):
+      setattr(self, f"stages_{i}", Stage(AUTHORS_DIMS[max(i - 1, 0)], dim, depth))
+
+  def forward(self, x):
+    x, features = self.stem_1(self.stem_0(x)), []
+    for i in range(len(AUTHORS_DEPTHS)):
+      x = getattr(self, f"stages_{i}")(x)
+      features.append(x)
+    return features
+
+
+class Encoder(nn.Module):
+  """The authors' encoder: the features-only ConvNeXt as `net`."""
+
+  def __init__(self):
+    super().__init__()
+    self.net = FeaturesOnlyConvNeXt()
+
+
+class MoCoHead(nn.Module):
+  """The authors' projection head: linear, ReLU, out, L2-normalised."""
+
+  def __init__(self):
+    super().__init__()
+    self.linear, self.out = nn.Linear(AUTHORS_DIMS[-1], AUTHORS_HIDDEN), nn.Linear(AUTHORS_HIDDEN, AUTHORS_PROJ)
+
+  def forward(self, x):
+    return F.normalize(self.out(F.relu(self.linear(x))), dim=1)
+
+
+class AuthorsModel(nn.Module):
+  """The published model's module names and buffers."""
+
+  def __init__(self):
+    super().__init__()
+    self.net, self.head_q = Encoder(), MoCoHead()
+    self.encoder_k, self.head_k = Encoder(), MoCoHead()
+    self.encoder_style, self.head_style = Encoder(), MoCoHead()
+    self.register_buffer("queue", F.normalize(torch.randn(AUTHORS_PROJ, AUTHORS_QUEUE), dim=0))
+    self.register_buffer("queue_ptr", torch.tensor([AUTHORS_PTR], dtype=torch.long))
+
+
+def timm_features_only_state_dict():
+  """The timm fixture's backbone tensors under the features-only names (stem.0 -> stem_0, ...)."""
+  timm = load_file(FIXTURES / "timm_convnext_small_random.safetensors")
+  renamed = {}
+  for key, value in timm.items():
+    if key.startswith("head."):
+      continue
+    for module in ("stem", "stages"):
+      if key.startswith(module + "."):
+        key = key.replace(f"{module}.", f"{module}_", 1)
+    renamed[key] = torch.from_numpy(value)
+  return renamed
+
+
+def write_authors_checkpoint(path, *, identical_teachers=False, student_only_optimizer=False, transform=None):
+  """torch.saves {'model', 'optimizer', 'epoch'} as the authors' training loop does; returns the model
+  and the torch optimizer.
+
+  The optimizer makes one SGD step with learning rate 0: the student keeps the timm fixture's
+  weights, and every student tensor but head_q.out.bias (frozen for this step, as a tensor that
+  never received a gradient) gets its momentum buffer `grad + weight_decay * weight`.
+  `identical_teachers`: teacher S a copy of teacher W; `student_only_optimizer`: the SGD given
+  the student's parameters alone; `transform`: applied to the checkpoint before it is saved.
+  """
+  torch.manual_seed(0)
+  model = AuthorsModel()
+  model.net.net.load_state_dict(timm_features_only_state_dict())
+  with torch.no_grad():
+    for seed, encoder in ((1, model.encoder_k), (2 - identical_teachers, model.encoder_style)):
+      generator = torch.Generator().manual_seed(seed)
+      for teacher, student in zip(encoder.net.parameters(), model.net.net.parameters()):
+        teacher.copy_(student + 0.01 * torch.randn(student.shape, generator=generator))
+    if identical_teachers:
+      model.head_style.load_state_dict(model.head_k.state_dict())
+  for module in (model.encoder_k, model.head_k, model.encoder_style, model.head_style):
+    module.requires_grad_(False)
+  model.head_q.out.bias.requires_grad_(False)
+  parameters = (list(model.net.parameters()) + list(model.head_q.parameters()) if student_only_optimizer
+                else model.parameters())
+  optimizer = torch.optim.SGD(parameters, lr=0.0, momentum=0.9, weight_decay=5e-4)
+  images = torch.from_numpy(np.load(FIXTURES / "timm_convnext_small_random_io.npz")["input_nchw"])
+  z = model.head_q(model.net.net(images)[-1].mean(dim=(2, 3)))
+  (z @ model.queue).logsumexp(dim=1).mean().backward()
+  optimizer.step()
+  checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": AUTHORS_EPOCH}
+  if transform is not None:
+    checkpoint = transform(checkpoint)
+  torch.save(checkpoint, path)
+  return model, optimizer
