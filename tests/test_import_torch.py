@@ -150,7 +150,7 @@ def test_cli_writes_config_and_one_state_checkpoint_at_epoch_times_iters(importe
   assert (config.queue_size, config.batch_size, config.share_teachers) == (QUEUE, 4, False)
   assert (config.optim.momentum, config.optim.weight_decay) == (0.9, 5e-4)
   assert f"step {imported.step}" in imported.cli.stdout
-  assert (f"python -m artstyle_jax.train --config={PAPER} --workdir={imported.workdir} --config.batch_size=4 "
+  assert (f"python -m artstyle_jax.train --config={config_lib.packaged_config('paper.py')} --workdir={imported.workdir} --config.batch_size=4 "
           f"--config.image_size=32 --config.model.name={FIXTURE_SIZE} --config.model.proj_dim={PROJ} "
           f"--config.model.proj_hidden_dim={HIDDEN} --config.queue_size={QUEUE} --config.share_teachers=False"
           ) in imported.cli.stdout
