@@ -2,309 +2,44 @@
 
   python -m artstyle_jax.demo --workdir=DIR [--config=configs/demo.py] [--config.key=value ...]
 
-On the CPU of a laptop, in minutes:
-1. renders the procedural art-style dataset of `config.synthetic` (`data.synthetic`: ten
-   texture-defined styles) and builds it as a TFDS dataset in DIR/data;
-2. pretrains the student from its random initialisation with the dual-teacher method
-   (`train.train_and_evaluate`) in DIR/pretrain, a workdir as train.py writes it: run the
-   command again after an interruption and it resumes from the latest checkpoint; a finished
-   run is not repeated;
-3. scores the pooled features of the pretrained student backbone and of the random
-   initialisation it started from (same architecture, same seed) with the fast linear probe
-   and the weighted kNN on the test split (`eval.evaluate_backbone`), into DIR/pretrain/eval
-   and DIR/pretrain/eval/random_init as eval.py would (so predict.py works on DIR/pretrain);
-4. prints the two side by side and writes DIR/demo_results.json (`RESULTS_FILE`);
-5. leaves the pictures (`pictures`): the training curves DIR/pretrain/curves.png (drawn by
-   training), a t-SNE map of the test features per backbone, embedding.png in each evaluation's
-   directory, and DIR/retrieval_sheet.png (`SHEET_FILE`): a test painting of each of a few styles,
-   its predicted styles and its closest training paintings (predict.py's --sheet).
+On the CPU of a laptop, in minutes (`synthetic_demo.run`): renders a procedural art-style dataset
+into DIR/data, pretrains the student from its random initialisation in DIR/pretrain (a workdir as
+train.py writes it: run the command again after an interruption and it resumes; a finished run
+is not repeated), evaluates the pretrained backbone and the random initialisation as eval.py
+would (DIR/pretrain/eval, DIR/pretrain/eval/random_init), prints the two side by side, writes
+DIR/demo_results.json and leaves the pictures (training curves, t-SNE maps, a retrieval sheet)
+whose paths it prints last.
 
 SIGTERM or SIGINT during pretraining saves a checkpoint and exits 0, as train.py does. Bad input
 (an unknown config key, a config the demo cannot run) exits 1 with one error line.
 """
-import json
-import pathlib
-import signal
-import sys
-import time
-from typing import Any
-
 from absl import app
-from absl import flags
-from absl import logging
-from etils import epath
-import ml_collections
 from ml_collections import config_flags
-import tensorflow_datasets as tfds
 
-from artstyle_jax import checkpoints
+from artstyle_jax import cli
 from artstyle_jax import config_lib
-from artstyle_jax import eval as eval_lib
-from artstyle_jax import host_memory
 from artstyle_jax import paths
-from artstyle_jax import pictures
-from artstyle_jax import predict
-from artstyle_jax import train
-from artstyle_jax.data import pipeline
-from artstyle_jax.data import synthetic
-from artstyle_jax.evaluators import report
+from artstyle_jax import synthetic_demo
 
 DEFAULT_CONFIG = config_lib.packaged_config("demo.py")
-DATA_DIR = "data"
-PRETRAIN_DIR = "pretrain"
-RESULTS_FILE = "demo_results.json"
-SHEET_FILE = "retrieval_sheet.png"
-SHEET_QUERIES = 4  # test paintings on the retrieval sheet, each of another style
-SHEET_MATCHES = 5
-# The backbones compared, in the order printed.
-BACKBONES = ("random_init", "pretrained")
 
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for a config the demo cannot run, before anything is built or written."""
-  config_lib.validate(config)
-  if config.dataset.name or config.dataset.data_dir:
-    raise config_lib.ConfigError("the demo builds its own dataset from config.synthetic in WORKDIR/data: leave "
-                                 "dataset.name and dataset.data_dir unset")
-  if config.init != "random":
-    raise config_lib.ConfigError(f"the demo pretrains from a random initialisation, got init={config.init!r}")
-  synth = config.synthetic
-  if synth.per_class < 1 or synth.test_per_class < 1:
-    raise config_lib.ConfigError(f"synthetic.per_class and synthetic.test_per_class must be at least 1, got "
-                                 f"{synth.per_class} and {synth.test_per_class}")
-  num_train = synth.per_class * len(synthetic.STYLES)
-  pipeline.steps_per_epoch(num_train, config.batch_size)
-  if config.knn_k > num_train:
-    raise config_lib.ConfigError(f"knn_k={config.knn_k} exceeds the {num_train} training images of "
-                                 f"synthetic.per_class={synth.per_class}")
-
-
-def check_same_run(pretrain_dir: str, config: ml_collections.ConfigDict) -> None:
-  """Raises WorkdirError when pretrain_dir holds checkpoints of a run with another config: going
-  on from them would give a run that neither config describes. The dataset's name and directory
-  are left out (the demo sets them; synthetic.* says which dataset it is)."""
-  if checkpoints.latest_step(pretrain_dir) is None:
-    return
-  saved = config_lib.flatten(checkpoints.load_config(pretrain_dir).to_dict())
-  wanted = config_lib.flatten(json.loads(config.to_json_best_effort()))
-  keys = sorted((saved.keys() | wanted.keys()) - {"dataset.name", "dataset.data_dir"})
-  differing = [f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} here" for key in keys
-               if saved.get(key) != wanted.get(key)]
-  if differing:
-    raise checkpoints.WorkdirError(f"{pretrain_dir} holds a pretraining with another config ({'; '.join(differing)}): "
-                                   "use a new --workdir, or the flags that run was started with")
-
-
-def build_data(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-  """Builds config.synthetic's dataset in workdir/data (once); returns the config pointing at it."""
-  data_dir = str(epath.Path(workdir) / DATA_DIR)
-  name = synthetic.build_dataset(data_dir, per_class=config.synthetic.per_class, size=config.synthetic.size,
-                                 seed=config.synthetic.seed, test_per_class=config.synthetic.test_per_class)
-  config = config.copy_and_resolve_references()
-  config.dataset.name = name
-  config.dataset.data_dir = data_dir
-  return config
-
-
-def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, int]:
-  """Runs (or resumes, or finds finished) the pretraining in `workdir`; returns (its latest
-  checkpoint's step, the step the run ends at)."""
-  _, num_train = train.open_train_data(config)
-  total_steps = config_lib.total_steps(config, steps_per_epoch=pipeline.steps_per_epoch(num_train, config.batch_size))
-  # train_and_evaluate turns SIGTERM and SIGINT into "checkpoint and stop" for good; the rest of
-  # the demo has nothing to save, so it gets the usual handlers back.
-  handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    train.train_and_evaluate(config, workdir)
-  finally:
-    for signum, handler in handlers.items():
-      signal.signal(signum, handler)
-  return checkpoints.latest_step(workdir), total_steps
-
-
-def write_sheet(config: ml_collections.ConfigDict, pretrain_dir: str, path: str) -> str:
-  """The retrieval sheet of the evaluated pretrained backbone (predict.py's --sheet) into `path`:
-  the first test painting of each of the first `SHEET_QUERIES` styles, the training paintings
-  as the gallery. Returns `path`."""
-  tree = epath.Path(config.dataset.data_dir) / "synthetic_trees" / config.dataset.name.split("/")[-1]
-  styles = sorted(p for p in (tree / "test").iterdir() if p.is_dir())[:SHEET_QUERIES]
-  queries = [str(sorted(style.glob("*.jpg"))[0]) for style in styles]
-  predict.predict(pretrain_dir, queries, top_k=3, gallery=str(tree / "train"), num_matches=SHEET_MATCHES,
-                  sheet=path)
-  return path
-
-
-def summary(results: dict[str, dict[str, Any]], out_dir: epath.Path) -> dict[str, Any]:
-  """The figures of one backbone's `evaluate_backbone` results kept in demo_results.json."""
-  linear, knn = results["linear"], results["knn"]
-  return {"step": linear["step"], "linear_top1": linear["top1"], "linear_top5": linear["top5"],
-          "knn_top1": knn["top1"], "knn_top5": knn["top5"], "results_dir": str(out_dir)}
-
-
-def comparison_table(results: dict[str, Any]) -> str:
-  """The printed comparison: top-1 of both evaluations per backbone, and pretrained's margin."""
-  rows = [("random initialisation", results["random_init"]),
-          (f"pretrained (step {results['pretrained']['step']})", results["pretrained"])]
-  width = max(len(label) for label, _ in rows)
-  lines = [f"{'':<{width}}  linear probe top-1  kNN top-1",
-           *(f"{label:<{width}}  {100 * r['linear_top1']:>17.1f}%  {100 * r['knn_top1']:>8.1f}%" for label, r in rows),
-           f"{'margin (points)':<{width}}  {100 * results['margin']['linear_top1']:>+18.1f}  "
-           f"{100 * results['margin']['knn_top1']:>+9.1f}"]
-  return "\n".join(lines)
-
-
-def closing_text(results: dict[str, Any], workdir: str) -> str:
-  """What the demo prints at the end: the setting, the comparison, where to look next."""
-  data = results["dataset"]
-  minutes = results["seconds"]["total"]["wall_s"] / 60
-  # A test image of the rendered tree (data.synthetic's layout), to try predict.py on.
-  image = next(iter(sorted(epath.Path(data["data_dir"]).glob("synthetic_trees/*/test/*/*.jpg"))), None)
-  lines = [f"{results['model']} at {results['image_size']} px, pretrained for {results['pretrain_steps']} steps on "
-           f"{data['num_train']} synthetic paintings of {data['num_classes']} styles, tested on {data['num_test']} "
-           f"others ({minutes:.1f} min):",
-           comparison_table(results),
-           "",
-           f"Results in {epath.Path(workdir) / RESULTS_FILE}; per-class tables and confusion plots in "
-           f"{results['pretrained']['results_dir']} and {results['random_init']['results_dir']}.",
-           "Pictures:",
-           f"  training curves      {results['pictures']['curves']}",
-           f"  feature maps (t-SNE) {results['pictures']['embedding_pretrained']}",
-           f"                       {results['pictures']['embedding_random_init']}",
-           f"  retrieval sheet      {results['pictures']['retrieval_sheet']}"]
-  if image is not None:
-    lines += ["Styles of an image by the pretrained backbone's linear probe:",
-              f"  python -m artstyle_jax.predict --workdir={epath.Path(workdir) / PRETRAIN_DIR} {image}"]
-  return "\n".join(lines)
-
-
-class _Clock:
-  """Wall-clock and process CPU seconds of the demo's phases."""
-
-  def __init__(self):
-    self.start = self.last = (time.monotonic(), time.process_time())
-    self.phases = {}
-
-  def lap(self, phase: str) -> None:
-    now = (time.monotonic(), time.process_time())
-    self.phases[phase] = {"wall_s": now[0] - self.last[0], "cpu_s": now[1] - self.last[1]}
-    self.last = now
-
-  def record(self) -> dict[str, dict[str, float]]:
-    total = {"wall_s": self.last[0] - self.start[0], "cpu_s": self.last[1] - self.start[1]}
-    return {**self.phases, "total": total}
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
-  """The whole demo in `workdir`; returns what demo_results.json holds, or None when pretraining
-  was stopped by a signal before its last step.
-
-  Raises:
-    ConfigError, WorkdirError, FileNotFoundError: before the pretraining writes anything.
-    TrainingError: a non-finite loss in pretraining.
-  """
-  check_config(config)
-  pretrain_dir = str(epath.Path(workdir) / PRETRAIN_DIR)
-  check_same_run(pretrain_dir, config)
-  clock = _Clock()
-  config = build_data(config, workdir)
-  clock.lap("data")
-
-  step, total_steps = pretrain(config, pretrain_dir)
-  clock.lap("pretrain")
-  if step != total_steps:
-    return None
-
-  logging.info("evaluating the pretrained backbone of step %d and its random initialisation", step)
-  params, step = eval_lib.restore_backbone(pretrain_dir, config, step)
-  out_dirs = {"pretrained": eval_lib.eval_dir(pretrain_dir), "random_init": eval_lib.eval_dir(pretrain_dir, True)}
-  evaluations = {
-      "pretrained": eval_lib.evaluate_backbone(config, params, out_dirs["pretrained"], step=step, verbose=False,
-                                               embedding=True),
-      "random_init": eval_lib.evaluate_backbone(config, None, out_dirs["random_init"], verbose=False,
-                                                embedding=True),
-  }
-  clock.lap("evaluate")
-  sheet = write_sheet(config, pretrain_dir, str(epath.Path(workdir) / SHEET_FILE))
-  clock.lap("sheet")
-
-  pretrained_linear = evaluations["pretrained"]["linear"]
-  results = {name: summary(evaluations[name], out_dirs[name]) for name in BACKBONES}
-  results.update({
-      "margin": {key: results["pretrained"][key] - results["random_init"][key]
-                 for key in ("linear_top1", "linear_top5", "knn_top1", "knn_top5")},
-      "model": config.model.name,
-      "image_size": config.image_size,
-      "dataset": {"name": config.dataset.name, "data_dir": config.dataset.data_dir,
-                  "num_train": pretrained_linear["num_train"], "num_test": pretrained_linear["num_examples"],
-                  "num_classes": pretrained_linear["num_classes"]},
-      "pretrain_workdir": pretrain_dir,
-      "pictures": {"curves": str(epath.Path(pretrain_dir) / pictures.CURVES_FILE),
-                   **{f"embedding_{name}": str(out_dirs[name] / pictures.EMBEDDING_FILE) for name in BACKBONES},
-                   "retrieval_sheet": sheet},
-      "pretrain_steps": total_steps,
-      "seconds": clock.record(),
-  })
-  report.write_json(results, str(epath.Path(workdir) / RESULTS_FILE))
-  return results
-
-
-def _define_flags(argv: list[str]) -> None:
-  """The program's flags, defined only when it runs as a program. They take over the names that
-  importing train.py defines (config, workdir), which the demo passes to train itself."""
-  config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "Demo config (configs/demo.py); override keys as "
-                                  "--config.key=value.", sys_argv=argv, allow_override=True)
-  paths.DEFINE_path("workdir", None, "Directory of the demo: data/, pretrain/ and demo_results.json.",
-                    allow_override=True)
-
-
-def _fail(message: Any) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(1)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """Defines the flags and parses argv; a flag, config file or key that cannot apply is one error
-  line and exit status 1.
-
-  config_flags applies the default config's overrides while the flag is defined and raises a
-  bare KeyError or AttributeError for an unknown key, so the keys are checked first.
-  """
-  config_file = next((arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("--config=")), str(DEFAULT_CONFIG))
-  if not pathlib.Path(config_file).is_file():
-    _fail(f"no config file {config_file}")
-  config = config_lib.base_config(config_file, pathlib.Path(config_file).stem)
-  for arg in argv[1:]:
-    key = arg[len("--config."):].split("=", 1)[0] if arg.startswith("--config.") else None
-    if key is not None and not config_lib.has_key(config, key):
-      _fail(f"unknown config key {key!r}: {config_file} has no such key")
-  try:
-    _define_flags(argv)
-    remaining = flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(e)
-  if not flags.FLAGS.workdir:
-    _fail("--workdir is required")
-  return remaining
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Demo config, default configs/demo.py; override keys as "
+                                          "--config.key=value.")
+_WORKDIR = paths.DEFINE_path("workdir", None, "Directory of the demo: data/, pretrain/ and demo_results.json.")
 
 
 def main(argv):
-  host_memory.keep_freed_memory()  # Before JAX starts its backend.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  train.setup_logging()
-  tfds.disable_progress_bar()
-  workdir = flags.FLAGS.workdir
-  try:
-    results = run(flags.FLAGS.config, workdir)
-  except (config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError, train.TrainingError,
-          checkpoints.SaveError) as e:
-    _fail(e)
+  if not _WORKDIR.value:
+    cli.fail("--workdir is required")
+  results = synthetic_demo.run(_CONFIG.value, _WORKDIR.value)
   if results is None:
     print(f"pretraining stopped before its last step; run the same command again to resume it from "
-          f"{workdir}/{PRETRAIN_DIR}", flush=True)
+          f"{_WORKDIR.value}/{synthetic_demo.PRETRAIN_DIR}", flush=True)
     return
-  print("\n" + closing_text(results, workdir), flush=True)
+  print("\n" + synthetic_demo.closing_text(results, _WORKDIR.value), flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, default_config=str(DEFAULT_CONFIG))

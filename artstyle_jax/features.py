@@ -5,9 +5,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
+import ml_collections
 import numpy as np
 
 from artstyle_jax import sharding
+from artstyle_jax.data import pipeline
 from artstyle_jax.models import convnext
 
 FeatureFn = Callable[[Any, jax.Array], jax.Array]
@@ -58,3 +60,19 @@ def extract(feature_fn: FeatureFn, backbone_params: Any, batches: Iterable[Mappi
   features, labels, indices = np.concatenate(features), np.concatenate(labels), np.concatenate(indices)
   order = np.argsort(indices, kind="stable")
   return features[order], labels[order], indices[order]
+
+
+def extraction_batch_size(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+  """config.batch_size rounded up to a multiple of the mesh's devices (which may not be training's)."""
+  return -(-config.batch_size // mesh.size) * mesh.size
+
+
+def extract_split(config: ml_collections.ConfigDict, feature_fn: FeatureFn, backbone_params: Any, source: Any,
+                  transform: pipeline.Transform, mesh: jax.sharding.Mesh,
+                  batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(features (N, C) float32, labels (N,) int32) of every record of `source`, in source order,
+  each record through `transform` in one pass of `batch_size` images per step."""
+  batches = pipeline.eval_dataset(source, transform, global_batch_size=batch_size,
+                                  num_workers=config.dataset.num_workers, num_threads=config.dataset.num_threads)
+  features, labels, _ = extract(feature_fn, backbone_params, batches, mesh)
+  return features, labels

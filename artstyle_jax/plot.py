@@ -1,4 +1,4 @@
-"""Training curves of one or more runs in one PNG (`pictures.draw_curves`).
+"""Training curves of one or more runs in one PNG (`pictures.curves`).
 
   python -m artstyle_jax.plot --workdir=DIR [--compare=DIR2 ...] [--out=PNG]
 
@@ -9,14 +9,12 @@ the same from any workdir, finished, running or copied from elsewhere. The defau
 DIR/curves.png alone, DIR/curves_compare.png with --compare. A workdir without config.json or
 metrics.jsonl: one error line, exit 1, nothing written.
 """
-import sys
-
 from absl import app
 from etils import epath
 
-from artstyle_jax import checkpoints
+from artstyle_jax import cli
 from artstyle_jax import paths
-from artstyle_jax import pictures
+from artstyle_jax.pictures import curves
 
 COMPARE_FILE = "curves_compare.png"
 
@@ -31,20 +29,16 @@ def output_path(workdir: str, compare: list[str], out: str | None) -> str:
   """Where the picture goes: `out`, else the default in `workdir` (see the module docstring)."""
   if out:
     return out
-  return str(epath.Path(workdir) / (COMPARE_FILE if compare else pictures.CURVES_FILE))
+  return str(epath.Path(workdir) / (COMPARE_FILE if compare else curves.CURVES_FILE))
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   out = output_path(_WORKDIR.value, _COMPARE.value, _OUT.value)
-  try:
-    pictures.write_curves([_WORKDIR.value, *_COMPARE.value], out)
-  except (checkpoints.WorkdirError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  curves.write_curves([_WORKDIR.value, *_COMPARE.value], out)
   print(out)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

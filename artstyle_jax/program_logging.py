@@ -1,5 +1,5 @@
-"""What the programs (train, eval, predict, demo) print: all of their own log lines, and of the
-libraries' only the warnings and errors that a user can act on.
+"""What the programs print: all of their own log lines, as plain lines, and of the libraries'
+only the warnings and errors that a user can act on.
 
 Libraries explain every step they take at INFO level (TFDS, Orbax, Grain: dozens of lines per
 checkpoint), and some warn about things that are as intended here: eval and predict open
@@ -30,6 +30,16 @@ _NOISE = re.compile("|".join((
 )))
 
 
+class _PlainLines(std_logging.Formatter):
+  """A record as its message alone (`step 10: kNN top-1 ...`), with a warning's or an error's
+  level in front (`WARNING: ...`); absl's prefix of time, thread and source line says nothing to
+  a user of the programs."""
+
+  def format(self, record: std_logging.LogRecord) -> str:
+    message = super().format(record)
+    return message if record.levelno < std_logging.WARNING else f"{record.levelname}: {message}"
+
+
 class _LibraryNoise(std_logging.Filter):
   """Keeps this package's records; of the others, warnings and errors that are not `_NOISE`."""
 
@@ -48,13 +58,15 @@ def _unraisable_hook(unraisable) -> None:
 
 
 def setup(verbosity: int | None = None) -> None:
-  """Drops the libraries' noise from what absl prints (Python logging included: absl's handler
-  is the root's) and from the unraisable exceptions Python prints, then sets absl's verbosity:
-  `verbosity` (logging.INFO, .WARNING, ...), by default INFO on process 0 and ERROR on the others.
+  """Prints absl's records (Python logging included: absl's handler is the root's) as plain
+  lines, drops the libraries' noise from them and from the unraisable exceptions Python prints,
+  then sets absl's verbosity: `verbosity` (logging.INFO, .WARNING, ...), by default INFO on
+  process 0 and ERROR on the others.
 
   The filter comes first: asking jax for the process index starts its backends, which log.
   """
   handler = logging.get_absl_handler()
+  handler.setFormatter(_PlainLines())
   if not any(isinstance(f, _LibraryNoise) for f in handler.filters):
     handler.addFilter(_LibraryNoise())
   sys.unraisablehook = _unraisable_hook

@@ -1,4 +1,4 @@
-"""Self-supervised dual-teacher pretraining.
+"""Self-supervised dual-teacher pretraining (`training.train_and_evaluate`).
 
   python -m artstyle_jax.train --config=configs/paper.py --workdir=DIR [--config.key=value ...]
 
@@ -7,278 +7,27 @@ CPU/GPU clusters; on Cloud TPU VMs `jax.distributed.initialize()` finds its peer
 Running again on a workdir resumes from its latest checkpoint, batch for batch. SIGTERM or
 SIGINT saves a checkpoint and exits 0; a non-finite loss stops the run (exit 1) and keeps the
 last good checkpoint. At the checkpoints, at most once a minute, and at the last step,
-DIR/curves.png is redrawn from DIR/metrics.jsonl (`pictures.refresh_curves`).
+DIR/curves.png is redrawn from DIR/metrics.jsonl.
 """
-import functools
-import os
-import signal
-import sys
-import time
-from typing import Any
-
 from absl import app
 from absl import flags
-from absl import logging
-from etils import epath
-import jax
-from jax.experimental import multihost_utils
-import ml_collections
 from ml_collections import config_flags
-import numpy as np
-import orbax.checkpoint as ocp
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import features
-from artstyle_jax import host_memory
-from artstyle_jax import metric_writer
-from artstyle_jax import models
-from artstyle_jax import optim
+from artstyle_jax import cli
 from artstyle_jax import paths
-from artstyle_jax import pictures
-from artstyle_jax import program_logging
-from artstyle_jax import sharding
-from artstyle_jax import step as step_lib
-from artstyle_jax.data import photometric
-from artstyle_jax.data import pipeline
-from artstyle_jax.data import sources
-from artstyle_jax.data import view_specs
-from artstyle_jax.data import views
-from artstyle_jax.evaluators import knn
-from artstyle_jax.models import convnext
+from artstyle_jax import training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
 _WORKDIR = paths.DEFINE_path("workdir", None, "Directory for checkpoints, metrics and the saved config.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
-                                   "outside Cloud TPU.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-
-
-class TrainingError(RuntimeError):
-  """A run that cannot go on (non-finite loss)."""
-
-
-class StopRequest:
-  """Remembers a SIGTERM / SIGINT so that the loop can checkpoint and leave between steps."""
-
-  def __init__(self):
-    self.signal_name = None
-
-  def __call__(self, signum, frame):
-    del frame
-    self.signal_name = signal.Signals(signum).name
-
-  def install(self) -> None:
-    signal.signal(signal.SIGTERM, self)
-    signal.signal(signal.SIGINT, self)
-
-  def agreed(self) -> bool:
-    """True when any process was asked to stop; every process gets the same answer."""
-    requested = self.signal_name is not None
-    if jax.process_count() == 1:
-      return requested
-    return bool(np.any(multihost_utils.process_allgather(np.array(requested))))
-
-
-def initialise_distributed() -> None:
-  """Joins a multi-process run when one is described by flags or by a Cloud TPU environment."""
-  if _COORDINATOR.value is not None:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
-  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
-    jax.distributed.initialize()
-
-
-def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
-  """Returns once every process has called it with `name`; at once on a single process.
-
-  Processes compile at their own pace (on CPU, JAX's persistent compilation cache serves process 0
-  only), and CPU collectives (gloo) give up on a peer that has not joined within 30 s. So after a
-  long compile, processes meet here, at a barrier of the coordination service (no collective),
-  before their next collective.
-  """
-  ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
-
-
-def load_backbone_params(config: ml_collections.ConfigDict, backbone: Any) -> Any:
-  """The student backbone's initial parameters from `config.init` (`models.load_backbone`); None
-  for 'random'."""
-  if config.init == "random":
-    return None
-  try:
-    module, variables = models.load_backbone(config.init)
-  except models.BackboneError as e:
-    raise config_lib.ConfigError(f"init: {e}") from e
-  if not isinstance(module, convnext.ConvNeXt):
-    raise config_lib.ConfigError(f"init {config.init!r} is a {models.model_name(module)}; the student is a ConvNeXt")
-  if (tuple(module.depths), tuple(module.dims)) != (tuple(backbone.depths), tuple(backbone.dims)):
-    raise config_lib.ConfigError(
-        f"init {config.init!r} is a ConvNeXt with depths {tuple(module.depths)}, dims {tuple(module.dims)}, "
-        f"but model.name={config.model.name!r} has depths {tuple(backbone.depths)}, dims {tuple(backbone.dims)}")
-  return variables["params"]
-
-
-def open_train_data(config: ml_collections.ConfigDict):
-  """(source of the training split, its size); a clear error when the dataset is missing."""
-  if not config.dataset.data_dir:
-    raise config_lib.ConfigError("dataset.data_dir is not set: pass --config.dataset.data_dir=DIR")
-  if not epath.Path(config.dataset.data_dir).exists():
-    raise FileNotFoundError(f"dataset.data_dir {config.dataset.data_dir} does not exist")
-  source = sources.open_split(config.dataset.name, config.dataset.data_dir, config.dataset.train_split)
-  return source, len(source)
-
-
-def knn_monitor(config, backbone, mesh, train_source, eval_source):
-  """`evaluate(backbone_params) -> top-1` of a weighted kNN on the held-out split, features of the
-  training split as the bank."""
-  mean, std = view_specs.student_normalisation(config)
-  transform = views.EvalView(config.image_size, mean, std)
-  feature_fn = features.make_feature_fn(backbone, mesh)
-
-  def extract(source, params):
-    batches = pipeline.eval_dataset(source, transform, global_batch_size=config.batch_size,
-                                    num_threads=config.dataset.num_threads)
-    return features.extract(feature_fn, params, batches, mesh)
-
-  num_classes = len(sources.label_names(config.dataset.name, config.dataset.data_dir))
-
-  def evaluate(backbone_params) -> float:
-    bank, bank_labels, _ = extract(train_source, backbone_params)
-    queries, query_labels, _ = extract(eval_source, backbone_params)
-    result = knn.knn_classify(bank, bank_labels, queries, num_classes, k=config.knn_k)
-    return float(np.mean(np.asarray(result.predictions) == query_labels))
-
-  return evaluate
-
-
-def check_finite(step: int, metrics: dict[str, float], workdir: str) -> None:
-  if not np.isfinite(metrics["loss"]):
-    last = checkpoints.latest_step(workdir)
-    raise TrainingError(f"non-finite loss {metrics['loss']} at step {step} (terms: "
-                        f"{ {k: v for k, v in metrics.items() if k != 'loss'} }); the run stopped, "
-                        f"the last good checkpoint is step {last} in {workdir}")
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
-
-  Raises:
-    ConfigError, WorkdirError, FileNotFoundError: before anything is written to the workdir.
-    TrainingError: a non-finite loss.
-    SaveError: a checkpoint could not be written.
-  """
-  config_lib.validate(config)
-  checkpoints.check_compatible(workdir, config)
-  train_source, num_examples = open_train_data(config)
-  steps_per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
-  total_steps = config_lib.total_steps(config, steps_per_epoch=steps_per_epoch)
-
-  backbone, head = step_lib.build_backbone(config), step_lib.build_head(config)
-  backbone_params = load_backbone_params(config, backbone)
-  optimizer, schedule = optim.create(config, steps_per_epoch)
-  mesh = sharding.create_mesh(config.mesh.fsdp)
-  sharding.check_batch_divides(config.batch_size, mesh)
-  rng = jax.random.PRNGKey(config.seed)
-  state, state_shardings = step_lib.create_state(rng, config, backbone, head, optimizer, mesh, backbone_params)
-  del backbone_params
-  preprocess = (functools.partial(photometric.device_photometric, config=config) if config.photometric_on_device
-                else None)
-  train_step = step_lib.compile_train_step(
-      step_lib.make_train_step(config, backbone, head, optimizer, schedule, preprocess, mesh=mesh), state_shardings,
-      mesh)
-
-  data = pipeline.train_dataset(
-      train_source, views.TrainViews(config), global_batch_size=config.batch_size, seed=config.seed,
-      num_workers=config.dataset.num_workers, num_threads=config.dataset.num_threads)
-  data_iterator = iter(data)
-
-  wait_for_all_processes("state_created")  # the manager's first barrier is a collective
-  mngr = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpointing)
-  abstract_state = checkpoints.abstract_like(state, state_shardings)
-  restored = checkpoints.restore_newest(mngr, lambda s: checkpoints.restore(mngr, s, abstract_state, data_iterator))
-  start_step = 0
-  if restored is not None:  # also a step-0 checkpoint, as tools.import_torch writes for an epoch-0 file
-    (state, data_iterator), start_step = restored
-    logging.info("Resumed from the checkpoint of step %d in %s", start_step, workdir)
-  checkpoints.save_config(workdir, config)
-
-  monitor = None
-  if config.knn_every_steps:
-    eval_source = sources.open_split(config.dataset.name, config.dataset.data_dir, config.dataset.eval_split)
-    monitor = knn_monitor(config, backbone, mesh, train_source, eval_source)
-
-  writer = metric_writer.MetricWriter(workdir, total_steps=total_steps, batch_size=config.batch_size)
-  stop = StopRequest()
-  stop.install()
-  last_metrics: dict[str, float] = {}
-  pending = None  # (step, metrics on device) of the step before: read one step late to keep the device busy
-  curves_drawn_at = None  # time.monotonic() of the last drawing of curves.png
-  try:
-    for step in range(start_step + 1, total_steps + 1):
-      batch = sharding.shard_batch(next(data_iterator), mesh)
-      if step == start_step + 1:
-        train_step = train_step.lower(state, batch).compile()
-        wait_for_all_processes("train_step_compiled")
-      state, metrics = train_step(state, batch)
-      if pending is not None:
-        check_finite(pending[0], jax.device_get(pending[1]), workdir)
-      pending = (step, metrics)
-      stopping = stop.agreed()
-      if step % config.log_every_steps == 0 or step == total_steps or stopping:
-        last_metrics = jax.device_get(metrics)
-        check_finite(step, last_metrics, workdir)
-        writer.write_train(step, last_metrics)
-      if monitor is not None and (step % config.knn_every_steps == 0 or step == total_steps):
-        knn_top1 = monitor(state.params["backbone"])
-        writer.write_scalars(step, {"knn_top1": knn_top1})
-        logging.info("step %d: kNN top-1 on %s %.4f", step, config.dataset.eval_split, knn_top1)
-      if step % config.checkpoint_every_steps == 0 or step == total_steps or stopping:
-        check_finite(step, jax.device_get(metrics), workdir)
-        checkpoints.save(mngr, step, state, data_iterator, force=True)
-        if (step == total_steps or stopping or curves_drawn_at is None
-            or time.monotonic() - curves_drawn_at >= pictures.CURVES_MIN_INTERVAL_S):
-          pictures.refresh_curves(workdir)
-          curves_drawn_at = time.monotonic()
-      if stopping:
-        logging.warning("%s received: saved the checkpoint of step %d, exiting", stop.signal_name, step)
-        break
-  finally:
-    writer.close()
-    checkpoints.finish(mngr)
-  return last_metrics
-
-
-def setup_logging() -> None:
-  """INFO from process 0, errors only from the others; libraries' chatter dropped."""
-  program_logging.setup()
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a bad flag or an unknown config key as one error line (exit 1)."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    reason = str(e).strip("\"'")
-    print(f"error: bad command line: {reason} (unknown flag or config key, or a value of the wrong type)",
-          file=sys.stderr)
-    sys.exit(1)
+flags.mark_flags_as_required(["config", "workdir"])
+cli.define_distributed_flags()
 
 
 def main(argv):
-  host_memory.keep_freed_memory()  # Before JAX starts its backend.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  initialise_distributed()
-  setup_logging()
-  try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, checkpoints.WorkdirError, FileNotFoundError, TrainingError,
-          checkpoints.SaveError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, distributed=True)

@@ -11,7 +11,7 @@ import torch
 from artstyle_jax import config_lib
 from artstyle_jax import features
 from artstyle_jax import models
-from artstyle_jax import train
+from artstyle_jax import training
 from artstyle_jax.bench import torch_resnet
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
@@ -172,9 +172,9 @@ def test_a_path_that_is_neither_a_file_nor_a_hub_id_is_not_found(tmp_path, monke
 def test_trainings_init_takes_a_convnext_source_and_refuses_a_resnet(torch_state, tmp_path):
   path = str(FIXTURES / "timm_convnext_small_random.safetensors")
   student, variables = models.load_backbone(path)
-  params = train.load_backbone_params(ml_collections.ConfigDict({"init": path}), student)
+  params = training.load_backbone_params(ml_collections.ConfigDict({"init": path}), student)
   assert_trees_equal(params, variables["params"])
   torch.save(dict(torch_state), tmp_path / "resnet50.pth")
   config = ml_collections.ConfigDict({"init": str(tmp_path / "resnet50.pth")})
   with pytest.raises(config_lib.ConfigError, match="is a resnet50; the student is a ConvNeXt"):
-    train.load_backbone_params(config, student)
+    training.load_backbone_params(config, student)

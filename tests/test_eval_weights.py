@@ -8,10 +8,11 @@ import pathlib
 import pytest
 
 from artstyle_jax import checkpoints
-from artstyle_jax import eval as eval_lib
-from artstyle_jax import predict
+from artstyle_jax import prediction
 from artstyle_jax import step as step_lib
 from artstyle_jax.data import view_specs
+from artstyle_jax.evaluators import probes
+from artstyle_jax.evaluators import protocol
 from artstyle_jax.models import resnet
 from helpers import run_program, tiny_data_config
 
@@ -19,24 +20,24 @@ from helpers import run_program, tiny_data_config
 def test_a_resnet_is_normalised_with_imagenet_constants_unless_they_are_overridden(synthetic_data):
   config = tiny_data_config(synthetic_data, "knn_k=5")
   resnet50, atto = resnet.create("resnet50"), step_lib.build_backbone(config)
-  assert eval_lib.weights_config(config, resnet50).views.student.mean == view_specs.IMAGENET_MEAN
-  assert eval_lib.weights_config(config, resnet50).views.student.std == view_specs.IMAGENET_STD
-  assert eval_lib.weights_config(config, atto).views.student == config.views.student
-  kept = eval_lib.weights_config(config, resnet50, overridden=("views.student.mean",))
+  assert protocol.weights_config(config, resnet50).views.student.mean == view_specs.IMAGENET_MEAN
+  assert protocol.weights_config(config, resnet50).views.student.std == view_specs.IMAGENET_STD
+  assert protocol.weights_config(config, atto).views.student == config.views.student
+  kept = protocol.weights_config(config, resnet50, overridden=("views.student.mean",))
   assert kept.views.student.mean == config.views.student.mean and kept.views.student.std == view_specs.IMAGENET_STD
 
 
 def test_probe_options_are_the_papers_or_the_baselines_each_replaceable():
-  assert eval_lib.probe_options("paper") == {"learning_rate": 0.001, "momentum": 0.9, "weight_decay": 0.0,
+  assert probes.probe_options("paper") == {"learning_rate": 0.001, "momentum": 0.9, "weight_decay": 0.0,
                                              "init_stddev": 0.01}
-  assert eval_lib.probe_options("baseline")["learning_rate"] == 0.3
-  assert eval_lib.probe_options("baseline", momentum=0.5, weight_decay=1e-4) == {
+  assert probes.probe_options("baseline")["learning_rate"] == 0.3
+  assert probes.probe_options("baseline", momentum=0.5, weight_decay=1e-4) == {
       "learning_rate": 0.3, "momentum": 0.5, "weight_decay": 1e-4, "init_stddev": 0.01}
 
 
 def test_baseline_mode_trains_the_head_with_the_baseline_protocol(tmp_path, synthetic_data):
   config = tiny_data_config(synthetic_data, "knn_k=5")
-  results = eval_lib.evaluate_weights("random:convnext_atto", config, tmp_path / "out", mode="baseline",
+  results = protocol.evaluate_weights("random:convnext_atto", config, tmp_path / "out", mode="baseline",
                                       paper_epochs=2, verbose=False)
   saved = json.loads((tmp_path / "out" / "linear_baseline.json").read_text())
   assert saved["method"] == "linear_baseline" and saved["learning_rate"] == 0.3 and saved["epochs"] == 2
@@ -63,7 +64,7 @@ def test_the_program_writes_results_the_config_and_a_head_predict_applies(evalua
   assert {"knn.json", "linear_fast.json", "linear_head.npz", "config.json"} <= set(os.listdir(out))
   assert json.loads((out / "knn.json").read_text())["weights"] == "random:convnext_atto"
   query = sorted(pathlib.Path(synthetic_data[0]).rglob("*.jpg"))[0]
-  lines = predict.predict(str(cwd / "out"), [str(query)], top_k=3)
+  lines = prediction.predict(str(cwd / "out"), [str(query)], top_k=3)
   assert lines[0] == str(query) and len(lines) == 4 and all(line.startswith("  style  ") for line in lines[1:])
 
 

@@ -12,6 +12,7 @@ from artstyle_jax.evaluators import knn
 from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.evaluators import metrics
 from artstyle_jax.evaluators import report
+from artstyle_jax.pictures import confusion as confusion_picture
 
 
 def _clusters(rng: np.random.Generator, num_per_class: int, num_classes: int, channels: int,
@@ -94,7 +95,7 @@ def test_json_file_and_confusion_matrix_png_are_written_where_the_caller_says(tm
   results = metrics.classification_results(rng.normal(size=(40, 6)), rng.integers(0, 6, 40),
                                            [f"style {i}" for i in range(6)])
   report.write_json(results, str(tmp_path / "probe.json"))
-  report.plot_confusion_matrix(results, str(tmp_path / "probe_confusion.png"), title="probe")
+  confusion_picture.draw_confusion_matrix(results, "probe", str(tmp_path / "probe_confusion.png"))
   assert json.loads((tmp_path / "probe.json").read_text()) == results
   with Image.open(tmp_path / "probe_confusion.png") as image:
     assert image.format == "PNG" and min(image.size) > 200

@@ -26,7 +26,7 @@ from artstyle_jax import state as state_lib
 from artstyle_jax import step as step_lib
 from artstyle_jax.data import sources
 from artstyle_jax.models import convnext
-from artstyle_jax.tools import import_torch
+from artstyle_jax import authors_import
 from helpers import (AUTHORS_DEPTHS as DEPTHS, AUTHORS_DIMS as DIMS, AUTHORS_EPOCH as EPOCH, AUTHORS_HIDDEN as HIDDEN,
                      AUTHORS_PROJ as PROJ, AUTHORS_PTR as PTR, AUTHORS_QUEUE as QUEUE, FIXTURES, REPO,
                      FeaturesOnlyConvNeXt, assert_trees_equal, config_path, file_contents, run_python,
@@ -224,9 +224,9 @@ def test_cli_refuses_a_workdir_that_holds_a_run(imported, tmp_path):
 def test_identical_teachers_import_as_one_shared_copy(tmp_path):
   """Teachers W and S equal in the checkpoint: the state keeps one copy (share_teachers, equal momenta)."""
   model, _ = write_authors_checkpoint(tmp_path / "authors.pth", identical_teachers=True)
-  checkpoint = import_torch.read(str(tmp_path / "authors.pth"))
-  config = import_torch.checkpoint_config(checkpoint, paper_config())
-  state = import_torch.to_state(checkpoint, config, step=7)
+  checkpoint = authors_import.read(str(tmp_path / "authors.pth"))
+  config = authors_import.checkpoint_config(checkpoint, paper_config())
+  state = authors_import.to_state(checkpoint, config, step=7)
   assert config.share_teachers and list(state.teachers) == ["weak"]
   assert_trees_equal(state.teachers["weak"], expected_network(model.encoder_style, model.head_style))
   assert int(state.step) == 7
@@ -236,7 +236,7 @@ def test_optimizer_over_the_student_parameters_alone_maps_the_same_buffers(tmp_p
   """An SGD given only the student's parameters numbers them differently; the buffers land alike."""
   write_authors_checkpoint(tmp_path / "all.pth")
   write_authors_checkpoint(tmp_path / "student.pth", student_only_optimizer=True)
-  every, student_only = import_torch.read(str(tmp_path / "all.pth")), import_torch.read(str(tmp_path / "student.pth"))
+  every, student_only = authors_import.read(str(tmp_path / "all.pth")), authors_import.read(str(tmp_path / "student.pth"))
   assert any(np.any(v) for v in every.momentum.backbone.values())
   jax.tree.map(np.testing.assert_array_equal, dataclasses.asdict(student_only.momentum),
                dataclasses.asdict(every.momentum))
@@ -291,39 +291,39 @@ def test_refuses_a_file_that_is_not_an_authors_checkpoint(name, tmp_path):
   """Each defect is named in the error (what is missing or unexpected), before the workdir exists."""
   transform, message = BAD_CHECKPOINTS[name]
   write_authors_checkpoint(tmp_path / "bad.pth", transform=transform)
-  with pytest.raises(import_torch.CheckpointError, match=message):
-    import_torch.import_checkpoint(str(tmp_path / "bad.pth"), str(tmp_path / "workdir"), paper_config(), step=1)
+  with pytest.raises(authors_import.CheckpointError, match=message):
+    authors_import.import_checkpoint(str(tmp_path / "bad.pth"), str(tmp_path / "workdir"), paper_config(), step=1)
   assert not (tmp_path / "workdir").exists()
 
 
 def test_refuses_a_file_torch_cannot_read(tmp_path):
   (tmp_path / "notes.pth").write_text("not a checkpoint")
-  with pytest.raises(import_torch.CheckpointError, match=r"torch.load\(weights_only=True\) cannot read it"):
-    import_torch.read(str(tmp_path / "notes.pth"))
+  with pytest.raises(authors_import.CheckpointError, match=r"torch.load\(weights_only=True\) cannot read it"):
+    authors_import.read(str(tmp_path / "notes.pth"))
 
 
 def test_overrides_that_contradict_the_checkpoint_are_refused_optimiser_ones_win(tmp_path):
   """--config.model.proj_dim or share_teachers=True against two different teachers are errors;
   an overridden optim.momentum is kept instead of the checkpoint's."""
   write_authors_checkpoint(tmp_path / "authors.pth")
-  checkpoint = import_torch.read(str(tmp_path / "authors.pth"))
-  with pytest.raises(import_torch.CheckpointError, match=rf"--config\.model\.proj_dim=64 \(the checkpoint has {PROJ}\)"):
-    import_torch.checkpoint_config(checkpoint, paper_config("model.proj_dim=64"), ["model.proj_dim"])
-  with pytest.raises(import_torch.CheckpointError, match="its two teachers differ"):
-    import_torch.checkpoint_config(checkpoint, paper_config("share_teachers=True"), ["share_teachers"])
-  config = import_torch.checkpoint_config(checkpoint, paper_config("optim.momentum=0.8"), ["optim.momentum"])
+  checkpoint = authors_import.read(str(tmp_path / "authors.pth"))
+  with pytest.raises(authors_import.CheckpointError, match=rf"--config\.model\.proj_dim=64 \(the checkpoint has {PROJ}\)"):
+    authors_import.checkpoint_config(checkpoint, paper_config("model.proj_dim=64"), ["model.proj_dim"])
+  with pytest.raises(authors_import.CheckpointError, match="its two teachers differ"):
+    authors_import.checkpoint_config(checkpoint, paper_config("share_teachers=True"), ["share_teachers"])
+  config = authors_import.checkpoint_config(checkpoint, paper_config("optim.momentum=0.8"), ["optim.momentum"])
   assert (config.optim.momentum, config.optim.weight_decay, config.model.proj_dim) == (0.8, 5e-4, PROJ)
 
 
 def test_step_is_epoch_times_iters_per_epoch_or_given():
   checkpoint, config = dataclasses.replace(_any_checkpoint(), epoch=EPOCH), paper_config()
-  assert import_torch.import_step(checkpoint, config, iters_per_epoch=ITERS_PER_EPOCH) == EPOCH * ITERS_PER_EPOCH
-  assert import_torch.import_step(checkpoint, config, step=4) == 4
-  assert import_torch.import_step(dataclasses.replace(checkpoint, epoch=0), config) == 0
-  with pytest.raises(import_torch.CheckpointError, match="give --config.dataset.data_dir .*, --iters_per_epoch or --step"):
-    import_torch.import_step(checkpoint, config)
-  with pytest.raises(import_torch.CheckpointError, match="not both"):
-    import_torch.import_step(checkpoint, config, iters_per_epoch=ITERS_PER_EPOCH, step=4)
+  assert authors_import.import_step(checkpoint, config, iters_per_epoch=ITERS_PER_EPOCH) == EPOCH * ITERS_PER_EPOCH
+  assert authors_import.import_step(checkpoint, config, step=4) == 4
+  assert authors_import.import_step(dataclasses.replace(checkpoint, epoch=0), config) == 0
+  with pytest.raises(authors_import.CheckpointError, match="give --config.dataset.data_dir .*, --iters_per_epoch or --step"):
+    authors_import.import_step(checkpoint, config)
+  with pytest.raises(authors_import.CheckpointError, match="not both"):
+    authors_import.import_step(checkpoint, config, iters_per_epoch=ITERS_PER_EPOCH, step=4)
 
 
 def test_iters_per_epoch_defaults_to_train_py_count_on_the_dataset(synthetic_data):
@@ -332,16 +332,16 @@ def test_iters_per_epoch_defaults_to_train_py_count_on_the_dataset(synthetic_dat
   config = paper_config(f"dataset.name={name}", f"dataset.data_dir={data_dir}")
   num_examples = len(sources.open_split(name, data_dir, config.dataset.train_split))
   checkpoint = dataclasses.replace(_any_checkpoint(), epoch=EPOCH)
-  assert import_torch.import_step(checkpoint, config) == EPOCH * (num_examples // config.batch_size)
+  assert authors_import.import_step(checkpoint, config) == EPOCH * (num_examples // config.batch_size)
 
 
 def _any_checkpoint():
-  network = import_torch.TorchNetwork({}, {})
-  return import_torch.TorchCheckpoint(networks={"student": network}, momentum=network, queue=np.zeros((PROJ, QUEUE)),
+  network = authors_import.TorchNetwork({}, {})
+  return authors_import.TorchCheckpoint(networks={"student": network}, momentum=network, queue=np.zeros((PROJ, QUEUE)),
                                       queue_ptr=0, epoch=0, sgd_momentum=0.9, weight_decay=5e-4)
 
 
 def test_a_convnext_of_no_known_size_is_refused():
-  with pytest.raises(import_torch.CheckpointError, match=r"depths \(1, 1, 1, 1\).*convnext_atto.*convnext_xlarge"):
-    import_torch.model_name((1, 1, 1, 1), DIMS)
-  assert import_torch.model_name((3, 3, 27, 3), (128, 256, 512, 1024)) == "convnext_base"
+  with pytest.raises(authors_import.CheckpointError, match=r"depths \(1, 1, 1, 1\).*convnext_atto.*convnext_xlarge"):
+    authors_import.model_name((1, 1, 1, 1), DIMS)
+  assert authors_import.model_name((3, 3, 27, 3), (128, 256, 512, 1024)) == "convnext_base"

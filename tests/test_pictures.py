@@ -11,7 +11,9 @@ from PIL import Image
 
 from artstyle_jax import checkpoints
 from artstyle_jax import metric_writer
-from artstyle_jax import pictures
+from artstyle_jax.pictures import curves
+from artstyle_jax.pictures import embedding_map
+from artstyle_jax.pictures import retrieval_sheet
 from helpers import run_program, tiny_data_config
 
 TERMS = ("loss", "rel_weak", "rel_style", "gram_weak", "gram_style", "lr", "grad_norm")
@@ -62,7 +64,7 @@ def test_curves_draw_every_logged_value_the_last_record_of_a_step_winning(tmp_pa
   with open(workdir / metric_writer.METRICS_FILE, "a") as f:
     f.write('{"step": 26, "time": 0.0, "loss": 1.\n')  # cut short by a kill -9
   second = write_run(workdir, range(21, 41), knn_every=10, seed=1)
-  fig = pictures.write_curves([str(workdir)], workdir / "curves.png")
+  fig = curves.write_curves([str(workdir)], workdir / "curves.png")
   assert png_size(workdir / "curves.png") == (1600, 800)
   lines = lines_by_gid(fig)
   for metric in (*TERMS, "knn_top1"):
@@ -79,12 +81,12 @@ def test_curves_draw_every_logged_value_the_last_record_of_a_step_winning(tmp_pa
 def test_smoothing_follows_the_trend_and_leaves_short_series_alone():
   """A tenth-of-the-run moving average: constant stays constant, a noisy ramp comes out with less
   scatter around the ramp than the raw values, 10 points are not smoothed."""
-  np.testing.assert_allclose(pictures.smooth(np.full(50, 3.0)), 3.0)
+  np.testing.assert_allclose(curves.smooth(np.full(50, 3.0)), 3.0)
   ramp = np.linspace(0.0, 1.0, 200)
   noisy = ramp + np.random.default_rng(0).normal(0.0, 0.2, 200)
-  smoothed = pictures.smooth(noisy)
+  smoothed = curves.smooth(noisy)
   assert np.std(smoothed[50:] - ramp[50:] + 0.05) < 0.5 * np.std(noisy[50:] - ramp[50:])
-  np.testing.assert_array_equal(pictures.smooth(noisy[:10]), noisy[:10])
+  np.testing.assert_array_equal(curves.smooth(noisy[:10]), noisy[:10])
 
 
 def test_plot_program_overlays_runs_and_refuses_a_workdir_without_metrics(tmp_path):
@@ -99,8 +101,8 @@ def test_plot_program_overlays_runs_and_refuses_a_workdir_without_metrics(tmp_pa
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == str(tmp_path / "a" / "curves_compare.png")
   assert png_size(tmp_path / "a" / "curves_compare.png") == (1600, 800)
-  runs = [pictures.run_from_workdir(str(tmp_path / name)) for name in ("a", "b")]
-  drawn = set(lines_by_gid(pictures.draw_curves(runs)))
+  runs = [curves.run_from_workdir(str(tmp_path / name)) for name in ("a", "b")]
+  drawn = set(lines_by_gid(curves.draw_curves(runs)))
   assert {"a/loss/raw", "b/loss/raw", "a/knn_top1/raw"} <= drawn and "b/knn_top1/raw" not in drawn
 
   (tmp_path / "c").mkdir()
@@ -118,13 +120,13 @@ def test_a_curve_that_cannot_be_drawn_is_one_warning_and_no_exception(tmp_path, 
   metrics.jsonl) must not stop the run: False, one warning line, no file."""
   (tmp_path / "run").mkdir()
   with caplog.at_level(logging.WARNING):
-    assert pictures.refresh_curves(str(tmp_path / "run")) is False
+    assert curves.refresh_curves(str(tmp_path / "run")) is False
   warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and "could not draw curves.png" in warnings[0].getMessage()
   assert "\n" not in warnings[0].getMessage()
   assert not (tmp_path / "run" / "curves.png").exists()
   write_run(tmp_path / "run", range(1, 5))
-  assert pictures.refresh_curves(str(tmp_path / "run")) is True
+  assert curves.refresh_curves(str(tmp_path / "run")) is True
   assert png_size(tmp_path / "run" / "curves.png") == (1600, 800)
 
 
@@ -137,9 +139,9 @@ def test_embedding_map_places_the_features_classes_apart_one_colour_each(tmp_pat
   labels = np.repeat(np.arange(3), 15)
   features = centres[labels] + rng.normal(0.0, 0.1, (45, 64))
   names = ["baroque", "cubism", "ukiyo-e"]
-  fig = pictures.draw_embedding(features, labels, names, "convnext_atto (step 7), synthetic test", tmp_path / "e.png")
+  fig = embedding_map.draw_embedding(features, labels, names, "convnext_atto (step 7), synthetic test", tmp_path / "e.png")
   assert png_size(tmp_path / "e.png") == (1000, 700)
-  coordinates = pictures.tsne_coordinates(features, seed=0)
+  coordinates = embedding_map.tsne_coordinates(features, seed=0)
   ax = fig.axes[0]
   scatters = {c.get_gid(): c for c in ax.collections}
   assert sorted(scatters) == [f"class/{name}" for name in names]
@@ -169,11 +171,11 @@ def test_retrieval_sheet_shows_each_query_then_its_matches_in_order(tmp_path):
   queries = write_images(tmp_path, ["q0.jpg", "q1.png"])
   gallery = write_images(tmp_path / "gallery", ["cubism/a.jpg", "cubism/b.jpg", "baroque/c.jpg", "baroque/d.jpg"])
   order = [[2, 0, 3], [1, 3, 0]]
-  rows = [pictures.SheetRow(query, [(0.7, "cubism"), (0.2, "baroque")],
-                            [pictures.Match(0.9 - 0.1 * rank, gallery[j], gallery[j].split(os.sep)[-2])
+  rows = [retrieval_sheet.SheetRow(query, [(0.7, "cubism"), (0.2, "baroque")],
+                            [retrieval_sheet.Match(0.9 - 0.1 * rank, gallery[j], gallery[j].split(os.sep)[-2])
                              for rank, j in enumerate(order[r])])
           for r, query in enumerate(queries)]
-  fig = pictures.draw_retrieval_sheet(rows, "convnext_atto (step 2), synthetic", tmp_path / "sheet.png")
+  fig = retrieval_sheet.draw_retrieval_sheet(rows, "convnext_atto (step 2), synthetic", tmp_path / "sheet.png")
   assert png_size(tmp_path / "sheet.png") == (720, 580)
   expected = []
   for r, query in enumerate(queries):
@@ -181,7 +183,7 @@ def test_retrieval_sheet_shows_each_query_then_its_matches_in_order(tmp_path):
   assert [ax.get_gid() for ax in fig.axes] == expected
   for ax in fig.axes:
     path = ax.get_gid().split("/", 1 if ax.get_gid().startswith("query/") else 2)[-1]
-    np.testing.assert_array_equal(ax.images[0].get_array(), pictures._thumbnail(path))
+    np.testing.assert_array_equal(ax.images[0].get_array(), retrieval_sheet._thumbnail(path))
   first_match_texts = [t.get_text() for t in fig.axes[1].texts] + [fig.axes[1].get_title()]
   assert "#1  similarity 0.900" in first_match_texts and any("class: baroque" in t for t in first_match_texts)
   assert any("0.700  cubism" in t.get_text() for t in fig.axes[0].texts)
@@ -189,8 +191,8 @@ def test_retrieval_sheet_shows_each_query_then_its_matches_in_order(tmp_path):
 
 
 def test_gallery_classes_are_first_folders_of_a_class_per_folder_tree():
-  assert pictures.folder_classes("/g", ["/g/cubism/a.jpg", "/g/baroque/x/b.jpg"]) == ["cubism", "baroque"]
-  assert pictures.folder_classes("/g", ["/g/cubism/a.jpg", "/g/b.jpg"]) == [None, None]
+  assert retrieval_sheet.folder_classes("/g", ["/g/cubism/a.jpg", "/g/baroque/x/b.jpg"]) == ["cubism", "baroque"]
+  assert retrieval_sheet.folder_classes("/g", ["/g/cubism/a.jpg", "/g/b.jpg"]) == [None, None]
 
 
 
@@ -204,7 +206,7 @@ def test_curves_of_a_run_that_has_logged_nothing_yet_say_so_in_every_panel_witho
   (workdir / metric_writer.METRICS_FILE).touch()
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    fig = pictures.write_curves([str(workdir)], workdir / "curves.png")
+    fig = curves.write_curves([str(workdir)], workdir / "curves.png")
   assert png_size(workdir / "curves.png") == (1600, 800)
   assert all([t.get_text() for t in ax.texts] == ["not logged"] for ax in fig.axes)
   assert all(ax.get_legend() is None for ax in fig.axes) and not lines_by_gid(fig)

@@ -9,11 +9,12 @@ from PIL import Image
 import pytest
 
 from artstyle_jax import checkpoints
-from artstyle_jax import eval as eval_lib
-from artstyle_jax import pictures
-from artstyle_jax import predict
+from artstyle_jax import prediction
+from artstyle_jax import workdir as workdir_lib
 from artstyle_jax.data import images
 from artstyle_jax.data import sources
+from artstyle_jax.evaluators import protocol
+from artstyle_jax.pictures import retrieval_sheet
 from helpers import file_stamps, make_workdir, run_program
 
 TOP_K = 3
@@ -36,7 +37,7 @@ def evaluated_workdir(tmp_path_factory, synthetic_data):
   """A workdir with a checkpoint of step 2 and the head of a fast-mode eval."""
   path = tmp_path_factory.mktemp("predict") / "run"
   config, _ = make_workdir(path, synthetic_data, steps=(2,))
-  eval_lib.evaluate_workdir(str(path), config, verbose=False)
+  protocol.evaluate_workdir(str(path), config, verbose=False)
   return path
 
 
@@ -112,9 +113,9 @@ def test_sheet_draws_each_image_then_its_printed_matches_in_order(tmp_path, eval
     drawn.append(draw(*args, **kwargs))
     return drawn[-1]
 
-  draw = pictures.draw_retrieval_sheet
-  monkeypatch.setattr(pictures, "draw_retrieval_sheet", keep_figure)
-  lines = predict.predict(str(evaluated_workdir), queries, top_k=TOP_K, gallery=gallery, num_matches=4,
+  draw = retrieval_sheet.draw_retrieval_sheet
+  monkeypatch.setattr(retrieval_sheet, "draw_retrieval_sheet", keep_figure)
+  lines = prediction.predict(str(evaluated_workdir), queries, top_k=TOP_K, gallery=gallery, num_matches=4,
                           sheet=str(tmp_path / "sheet.png"))
   printed = parse("\n".join(lines))
   expected = []
@@ -142,7 +143,7 @@ def test_sheet_flag_writes_the_png_relative_to_the_users_directory(tmp_path, eva
 def test_a_sheet_in_a_missing_directory_is_refused_before_the_model_loads(tmp_path, evaluated_workdir, image_paths):
   before = file_stamps(tmp_path)
   with pytest.raises(FileNotFoundError, match="the sheet's directory .* does not exist"):
-    predict.predict(str(evaluated_workdir), image_paths[0], sheet=str(tmp_path / "missing" / "sheet.png"))
+    prediction.predict(str(evaluated_workdir), image_paths[0], sheet=str(tmp_path / "missing" / "sheet.png"))
   assert file_stamps(tmp_path) == before
 
 
@@ -175,9 +176,9 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, evalu
     gallery = str(tmp_path / "gallery")
   else:
     workdir = tmp_path / "run"
-    shutil.copytree(evaluated_workdir, workdir, ignore=shutil.ignore_patterns(eval_lib.EVAL_DIR))
+    shutil.copytree(evaluated_workdir, workdir, ignore=shutil.ignore_patterns(workdir_lib.EVAL_DIR))
   before = file_stamps(workdir), file_stamps(tmp_path)
   with pytest.raises(error) as raised:
-    predict.predict(str(workdir), paths, gallery=gallery)
+    prediction.predict(str(workdir), paths, gallery=gallery)
   assert message in str(raised.value) and "\n" not in str(raised.value)
   assert (file_stamps(workdir), file_stamps(tmp_path)) == before

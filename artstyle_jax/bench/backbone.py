@@ -12,15 +12,16 @@ iterations after `--warmup` untimed ones (JAX: after compilation, with block_unt
 and PyTorch's calls alternating, so that a ratio compares the two under the same machine load.
 Prints readable lines, then one JSON line with every figure.
 """
-import argparse
 import json
 import os
 import time
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from artstyle_jax import cli
 from artstyle_jax.bench import timing
 from artstyle_jax.models import convnext
 from artstyle_jax.models.cpu import depthwise
@@ -28,25 +29,26 @@ from artstyle_jax.models import resnet
 from artstyle_jax.models.cpu.block_mlp import resolve_mlp_grad
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog=argv[0], description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", default="convnext_tiny", choices=sorted(convnext.SIZES) + sorted(resnet.SIZES))
-  parser.add_argument("--image-size", type=int, default=224)
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--steps", type=int, default=5, help="timed iterations per measurement")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="compute dtype of ours (PyTorch always runs float32)")
-  parser.add_argument("--depthwise", default="auto", choices=("auto", "conv", "shift"))
-  parser.add_argument("--mlp-grad", default="auto", choices=("auto", "autodiff", "manual"),
-                      help="gradient form of ConvNeXt blocks' pointwise part (models/cpu/block_mlp.py)")
-  parser.add_argument("--no-torch", action="store_true", help="time ours only")
-  parser.add_argument("--forward-only", action="store_true",
-                      help="time the forward alone (feature extraction, what the probes run)")
-  args = parser.parse_args(argv[1:])
+def _parse(argv: list[str]):
+  flag_values = flags.FlagValues()
+  flags.DEFINE_enum("model", "convnext_tiny", sorted(convnext.SIZES) + sorted(resnet.SIZES), "backbone",
+                    flag_values=flag_values)
+  flags.DEFINE_integer("image-size", 224, "image side, pixels", flag_values=flag_values)
+  flags.DEFINE_integer("batch", 8, "images per call", flag_values=flag_values)
+  flags.DEFINE_integer("steps", 5, "timed iterations per measurement", flag_values=flag_values)
+  flags.DEFINE_integer("warmup", 2, "untimed iterations before timing", flag_values=flag_values)
+  flags.DEFINE_enum("dtype", "float32", ("float32", "bfloat16"), "compute dtype of ours (PyTorch always runs "
+                    "float32)", flag_values=flag_values)
+  flags.DEFINE_enum("depthwise", "auto", ("auto", "conv", "shift"), "depthwise convolution's form",
+                    flag_values=flag_values)
+  flags.DEFINE_enum("mlp-grad", "auto", ("auto", "autodiff", "manual"), "gradient form of ConvNeXt blocks' "
+                    "pointwise part (models/cpu/block_mlp.py)", flag_values=flag_values)
+  flags.DEFINE_bool("no-torch", False, "time ours only", flag_values=flag_values)
+  flags.DEFINE_bool("forward-only", False, "time the forward alone (feature extraction, what the probes run)",
+                    flag_values=flag_values)
+  args = cli.parse_command(argv, flag_values, __doc__)
   if args.steps < 1 or args.warmup < 0 or args.batch < 1:
-    parser.error("--steps and --batch must be >= 1 and --warmup >= 0")
+    cli.fail("--steps and --batch must be >= 1 and --warmup >= 0")
   return args
 
 

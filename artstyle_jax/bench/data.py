@@ -15,7 +15,6 @@ CPU-second (= per host core; the host paths are single-threaded) of:
 With --workers W > 0 it also runs the Grain training pipeline (host and split modes) with W
 worker processes and reports its wall-clock images/s. The last line printed is one JSON object.
 """
-import argparse
 import io
 import json
 import os
@@ -23,25 +22,27 @@ import pathlib
 import tempfile
 import time
 
+from absl import flags
 import jax
 import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
+from artstyle_jax import cli
 from artstyle_jax.data import photometric, pipeline, view_specs, views
 
 STUDENT_MEAN, STUDENT_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog=argv[0], description=__doc__.splitlines()[0])
-  parser.add_argument("--image-size", type=int, default=352, help="output side of each view, pixels")
-  parser.add_argument("--num-images", type=int, default=48, help="JPEGs to make and time")
-  parser.add_argument("--workers", type=int, default=0, help="Grain worker processes for the pipeline run (0: skip)")
-  parser.add_argument("--batch-size", type=int, default=16, help="batch for the device half and the pipeline")
-  parser.add_argument("--repeats", type=int, default=2, help="timed passes per method; the best counts")
-  parser.add_argument("--seed", type=int, default=0)
-  return parser.parse_args(argv[1:])
+  flag_values = flags.FlagValues()
+  flags.DEFINE_integer("image-size", 352, "output side of each view, pixels", flag_values=flag_values)
+  flags.DEFINE_integer("num-images", 48, "JPEGs to make and time", flag_values=flag_values)
+  flags.DEFINE_integer("workers", 0, "Grain worker processes for the pipeline run (0: skip)", flag_values=flag_values)
+  flags.DEFINE_integer("batch-size", 16, "batch for the device half and the pipeline", flag_values=flag_values)
+  flags.DEFINE_integer("repeats", 2, "timed passes per method; the best counts", flag_values=flag_values)
+  flags.DEFINE_integer("seed", 0, "seed of the paintings and the views", flag_values=flag_values)
+  return cli.parse_command(argv, flag_values, __doc__)
 
 
 def bench_config(image_size: int, on_device: bool) -> ml_collections.ConfigDict:

@@ -30,6 +30,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from artstyle_jax import cli
 from artstyle_jax import sharding
 from artstyle_jax.bench import step as bench_step
 
@@ -79,7 +80,7 @@ def _define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
 def main(argv: Sequence[str]) -> int:
   flag_values = flags.FlagValues()
   _define_flags(flag_values, argv)
-  flag_values(list(argv))
+  cli.parse_command(argv, flag_values, __doc__)
   if flag_values.config is None:
     raise SystemExit("--config is required, e.g. --config=configs/paper.py")
   batch_sizes = sorted({int(b) for b in flag_values.batch_sizes})

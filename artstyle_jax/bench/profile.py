@@ -13,7 +13,6 @@ their weight: (C, 1, 7, 7) is the depthwise one); its backward is the forward+ba
 the forward run. Seconds per iteration, median-free (the total over `--steps` runs / steps).
 Prints a table, then one JSON line.
 """
-import argparse
 import collections
 import glob
 import gzip
@@ -22,10 +21,12 @@ import os
 import re
 import tempfile
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from artstyle_jax import cli
 from artstyle_jax.models import convnext
 from artstyle_jax.models.cpu.depthwise import resolve_depthwise
 
@@ -43,16 +44,17 @@ _CONTAINERS = ("while", "conditional", "call")
 
 
 def _parse(argv):
-  parser = argparse.ArgumentParser(prog=argv[0], description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="convnext_tiny", choices=sorted(convnext.SIZES))
-  parser.add_argument("--image-size", type=int, default=224)
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--steps", type=int, default=3, help="profiled iterations (after one warm-up)")
-  parser.add_argument("--depthwise", default="auto", choices=("auto", "conv", "shift"))
-  parser.add_argument("--no-torch", action="store_true")
-  args = parser.parse_args(argv[1:])
+  flag_values = flags.FlagValues()
+  flags.DEFINE_enum("model", "convnext_tiny", sorted(convnext.SIZES), "ConvNeXt size", flag_values=flag_values)
+  flags.DEFINE_integer("image-size", 224, "image side, pixels", flag_values=flag_values)
+  flags.DEFINE_integer("batch", 8, "images per call", flag_values=flag_values)
+  flags.DEFINE_integer("steps", 3, "profiled iterations (after one warm-up)", flag_values=flag_values)
+  flags.DEFINE_enum("depthwise", "auto", ("auto", "conv", "shift"), "depthwise convolution's form",
+                    flag_values=flag_values)
+  flags.DEFINE_bool("no-torch", False, "profile ours only", flag_values=flag_values)
+  args = cli.parse_command(argv, flag_values, __doc__)
   if args.steps < 1 or args.batch < 1:
-    parser.error("--steps and --batch must be >= 1")
+    cli.fail("--steps and --batch must be >= 1")
   return args
 
 

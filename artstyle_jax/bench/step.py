@@ -39,6 +39,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from artstyle_jax import cli
 from artstyle_jax import config_lib
 from artstyle_jax import optim
 from artstyle_jax import sharding
@@ -266,7 +267,7 @@ def _define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
 def main(argv: Sequence[str]) -> int:
   flag_values = flags.FlagValues()
   _define_flags(flag_values, argv)
-  flag_values(list(argv))
+  cli.parse_command(argv, flag_values, __doc__)
   if flag_values.config is None:
     raise SystemExit("--config is required, e.g. --config=configs/tiny.py")
   config = config_lib.validate(flag_values.config)

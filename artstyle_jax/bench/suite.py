@@ -13,7 +13,6 @@ line plus `entry`, or `error` if it failed) as it finishes, then the Markdown ta
 performance section shows; --out also writes the JSON lines to FILE. Exit status 1 if any entry
 failed.
 """
-import argparse
 import json
 import os
 import subprocess
@@ -21,6 +20,9 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from absl import flags
+
+from artstyle_jax import cli
 from artstyle_jax import config_lib
 from artstyle_jax import paths
 
@@ -62,12 +64,12 @@ ACCELERATOR_ENTRIES = (
 )
 
 
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog=argv[0], description=__doc__.splitlines()[0])
-  parser.add_argument("--out", type=paths.resolve, help="also write the JSON lines to this file")
-  parser.add_argument("--platform", choices=("auto", "cpu", "accelerator"), default="auto",
-                      help="which entries to run: 'auto' picks by JAX's default backend")
-  return parser.parse_args(argv[1:])
+def _parse(argv: Sequence[str]):
+  flag_values = flags.FlagValues()
+  paths.DEFINE_path("out", None, "also write the JSON lines to this file", flag_values=flag_values)
+  flags.DEFINE_enum("platform", "auto", ("auto", "cpu", "accelerator"), "which entries to run: 'auto' picks by "
+                    "JAX's default backend", flag_values=flag_values)
+  return cli.parse_command(argv, flag_values, __doc__)
 
 
 def default_backend() -> str:
