@@ -55,9 +55,14 @@ def _first_line(error: BaseException) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
+def config_overrides(argv: Sequence[str]) -> list[str]:
+  """The `--config.key=value` arguments among `argv`, as "key=value" (`config_lib.override`'s)."""
+  return [arg[len(_CONFIG_PREFIX):] for arg in argv if arg.startswith(_CONFIG_PREFIX)]
+
+
 def override_keys(argv: Sequence[str]) -> tuple[str, ...]:
   """The keys of the `--config.key=value` arguments among `argv`."""
-  return tuple(arg[len(_CONFIG_PREFIX):].split("=", 1)[0] for arg in argv if arg.startswith(_CONFIG_PREFIX))
+  return tuple(override.split("=", 1)[0] for override in config_overrides(argv))
 
 
 def check_override_keys(config: ml_collections.ConfigDict, argv: Sequence[str], where: str) -> None:

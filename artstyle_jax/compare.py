@@ -58,10 +58,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _WORKDIR.value:
     cli.fail("--workdir is required")
-  overrides = [arg[len("--config."):] for arg in sys.argv[1:] if arg.startswith("--config.")]
   results = comparison.compare(comparison.parse_entries(_ENTRY.value), _CONFIG.value, _WORKDIR.value,
-                               overrides=overrides, mode=_MODE.value, batch_size=_BATCH_SIZE.value,
-                               embedding=_EMBEDDING.value, **probes.probe_flag_options(flags.FLAGS))
+                               overrides=cli.config_overrides(sys.argv[1:]), mode=_MODE.value,
+                               batch_size=_BATCH_SIZE.value, embedding=_EMBEDDING.value,
+                               **probes.probe_flag_options(flags.FLAGS))
   print(comparison.format_table(results), end="")
   print(f"written to {_WORKDIR.value}: {comparison.RESULTS_FILE}, {comparison.TABLE_FILE}, {comparison.CHART_FILE}, "
         f"{comparison.ENTRIES_DIR}/")
