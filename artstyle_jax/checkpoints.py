@@ -15,7 +15,7 @@ aside to checkpoints/<step>.corrupt, never deleted, and the one before it is use
 fails (disk full, no permission, a bucket that refuses writes) raises SaveError, whose message is
 the one line a program prints.
 """
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 import json
 import os
 import re
@@ -70,13 +70,17 @@ def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
   return value
 
 
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes config.json (process 0 only)."""
+def save_config(workdir: str, config: ml_collections.ConfigDict, forms: Mapping[str, Any] | None = None) -> None:
+  """Writes config.json (process 0 only); with `forms` (`Forms.as_dict()`), the forms the
+  program chose for its devices under the key 'forms', beside the config's own keys."""
   if jax.process_index() != 0:
     return
   path = epath.Path(workdir) / CONFIG_FILE
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  record = json.loads(config.to_json_best_effort())
+  if forms is not None:
+    record["forms"] = dict(forms)
+  path.write_text(json.dumps(record, indent=2, sort_keys=True))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

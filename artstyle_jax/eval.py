@@ -184,7 +184,7 @@ def restore_backbone(workdir: str, config: ml_collections.ConfigDict, step: Opti
   checkpoint_step(workdir, step)
   mesh = sharding.create_mesh() if mesh is None else mesh
   replicated = sharding.replicated(mesh)
-  abstract = jax.eval_shape(_init_backbone_fn(config, step_lib.build_backbone(config)))
+  abstract = jax.eval_shape(_init_backbone_fn(config, step_lib.build_backbone(config, mesh)))
   target = {"params": {"backbone": jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)}}
 
@@ -462,7 +462,7 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
                                  f"(at least {pictures.MIN_EMBEDDING_POINTS})")
 
   if backbone is None:
-    backbone = step_lib.build_backbone(config)
+    backbone = step_lib.build_backbone(config, mesh)
     model_name = config.model.name
     random_init = backbone_params is None
     if random_init:
@@ -572,7 +572,7 @@ def evaluate_weights(source: str, config: ml_collections.ConfigDict, out_dir: st
   open_splits(config)  # A missing dataset is refused before the backbone is loaded.
   source = models.RANDOM_PREFIX + config.model.name if source == "random" else models.backbones.canonical_source(source)
   backbone, variables = models.load_backbone(source, seed=config.seed, dtype=config_lib.compute_dtype(config),
-                                             depthwise=config.model.depthwise)
+                                             forms=step_lib.model_forms(config, mesh))
   config = weights_config(config, backbone, overridden)
   logging.info("loaded %s (%s)", source, models.model_name(backbone))
   results = evaluate_backbone(config, variables["params"], out_dir, mesh=mesh, backbone=backbone, weights=source,

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -13,6 +14,7 @@ import transformers
 
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
+from artstyle_jax.models import forms
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 TIMM_WEIGHTS = FIXTURES / "timm_convnext_small_random.safetensors"
@@ -52,7 +54,7 @@ def test_from_timm_reads_the_architecture_from_keys_and_shapes(timm_state):
 def test_outputs_match_timm_within_1e_4(timm_state, depthwise):
   """The four stage outputs, pre-logits and logits of timm's model, from its own state dict."""
   reference = np.load(TIMM_OUTPUTS)
-  module, params = convnext_weights.from_timm(timm_state, depthwise=depthwise)
+  module, params = convnext_weights.from_timm(timm_state, forms=forms.resolve("cpu", jnp.float32, depthwise=depthwise))
   images = _nchw_to_nhwc(reference["input_nchw"])
 
   @jax.jit

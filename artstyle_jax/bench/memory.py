@@ -9,6 +9,9 @@ Memory is affine in the batch, so a line through the figures gives the bytes per
 fixed bytes (train state, gradients, updates) and the largest per-device batch within
 --limit_gib. JSON line last.
 
+The network's forms ('auto' in the config) are those of the platform compiled for (the TPU's
+with --topology), and the JSON line names them.
+
 --topology compiles for the first --num_devices chips of a Cloud TPU topology
 (`jax.experimental.topologies`, names as 'v4:2x2x1', 'v5e:2x2', 'v5p:2x2x1', 'v6e:2x2'),
 deviceless: it needs libtpu (`pip install 'jax[tpu]'`) but no TPU, so it runs on a CPU host, and
@@ -31,6 +34,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from artstyle_jax import sharding
+from artstyle_jax import step
 from artstyle_jax.bench import step as bench_step
 
 _GIB = 2**30
@@ -91,14 +95,12 @@ def main(argv: Sequence[str]) -> int:
     if not 1 <= flag_values.num_devices <= len(devices):
       raise SystemExit(f"--num_devices must be in [1, {len(devices)}] for {flag_values.topology}")
     devices = devices[:flag_values.num_devices]
-    if config.model.depthwise == "auto":
-      config.model.depthwise = "conv"  # what 'auto' picks on a TPU; here it would follow this CPU host
   else:
     devices = jax.devices()
   mesh = sharding.create_mesh(config.mesh.fsdp, devices)
   result = {
       "model": config.model.name, "image_size": config.image_size, "dtype": config.model.dtype,
-      "remat": config.model.remat, "depthwise": config.model.depthwise, "topology": flag_values.topology,
+      "remat": config.model.remat, "forms": step.model_forms(config, mesh).as_dict(), "topology": flag_values.topology,
       "device_kind": devices[0].device_kind, "num_devices": mesh.size, "limit_gib": flag_values.limit_gib,
   }
   print(f"{config.model.name} {config.image_size}px {config.model.dtype} remat={config.model.remat} "

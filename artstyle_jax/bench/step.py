@@ -118,7 +118,8 @@ class StepProgram:
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     self.config, self.mesh = config, mesh
     sharding.check_batch_divides(config.batch_size, mesh)
-    backbone, head = step.build_backbone(config), step.build_head(config)
+    backbone, head = step.build_backbone(config, mesh), step.build_head(config)
+    self.forms = backbone.forms
     optimizer, schedule = optim.create(config, steps_per_epoch=1000)
     self.create = functools.partial(
         step.create_state, config=config, backbone=backbone, head=head, optimizer=optimizer, mesh=mesh)
@@ -203,10 +204,11 @@ def _tree_bytes(tree) -> int:
   return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def residual_estimate(config: ml_collections.ConfigDict, limit_bytes: float) -> dict:
+def residual_estimate(config: ml_collections.ConfigDict, mesh, limit_bytes: float) -> dict:
   """Largest batch per device (replicated parameters) from the state's size and the student's
-  VJP residuals per image (from abstract batches of 1 and 2 images; nothing is compiled)."""
-  backbone, head = step.build_backbone(config), step.build_head(config)
+  VJP residuals per image (from abstract batches of 1 and 2 images; nothing is compiled), the
+  network in the forms of `mesh`'s platform."""
+  backbone, head = step.build_backbone(config, mesh), step.build_head(config)
   optimizer, _ = optim.create(config, steps_per_epoch=1000)
   state = jax.eval_shape(
       functools.partial(state_lib.create, config=config, backbone=backbone, head=head, optimizer=optimizer),
@@ -280,14 +282,14 @@ def main(argv: Sequence[str]) -> int:
   result = {
       "benchmark": "step", "model": config.model.name, "image_size": config.image_size, "batch_size": config.batch_size,
       "dtype": config.model.dtype, "remat": config.model.remat, "device_kind": device.device_kind,
-      "platform": device.platform, "num_devices": mesh.size,
+      "platform": device.platform, "num_devices": mesh.size, "forms": step.model_forms(config, mesh).as_dict(),
   }
   print(f"{config.model.name} {config.image_size}px batch {config.batch_size} {config.model.dtype} "
         f"remat={config.model.remat} on {mesh.size} x {device.device_kind}", flush=True)
 
   if flag_values.fit_memory_gib:
     limit = flag_values.fit_memory_gib * _GIB
-    result["residual_estimate"] = residual_estimate(config, limit)
+    result["residual_estimate"] = residual_estimate(config, mesh, limit)
     print(f"estimate from residuals: {result['residual_estimate']}", flush=True)
     result["xla_memory_analysis"] = fit_batch(config, mesh, limit)
     print(json.dumps(result))
