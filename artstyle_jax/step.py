@@ -31,22 +31,26 @@ Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def model_forms(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> forms_lib.Forms:
+def model_forms(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None, *,
+                platform: str | None = None) -> forms_lib.Forms:
   """The forms `config.model` asks for (depthwise, mlp_grad, patchify; 'auto' or a form), chosen
-  for the platform of `mesh`'s devices (default: all devices, as `sharding.create_mesh`'s)."""
-  platform = forms_lib.platform_of(jax.devices()[0] if mesh is None else mesh)
+  for `platform` when given (a lowering platform: 'tpu', 'cuda', ...), else for the platform of
+  `mesh`'s devices (default: all devices, as `sharding.create_mesh`'s)."""
+  if platform is None:
+    platform = forms_lib.platform_of(jax.devices()[0] if mesh is None else mesh)
   return forms_lib.resolve(platform, config_lib.compute_dtype(config), **config_lib.requested_forms(config))
 
 
-def build_backbone(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> nn.Module:
-  """The ConvNeXt named by `config.model` (compute dtype, remat, drop-path), in the forms for the
-  platform of `mesh`'s devices (`model_forms`)."""
+def build_backbone(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None, *,
+                   platform: str | None = None) -> nn.Module:
+  """The ConvNeXt named by `config.model` (compute dtype, remat, drop-path), in the forms for
+  `platform` or the platform of `mesh`'s devices (`model_forms`)."""
   return convnext.create(
       config.model.name,
       dtype=config_lib.compute_dtype(config),
       remat=config.model.remat,
       drop_path_rate=config.model.drop_path_rate,
-      forms=model_forms(config, mesh),
+      forms=model_forms(config, mesh, platform=platform),
   )
 
 

@@ -113,12 +113,13 @@ def _flops(analysis) -> float:
 
 
 class StepProgram:
-  """The config's train step on `mesh`, lowered from abstract shapes."""
+  """The config's train step on `mesh`, lowered from abstract shapes; the network in the forms
+  of `platform` when given (a program lowered here for another platform), else of the mesh's."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, platform: str | None = None):
     self.config, self.mesh = config, mesh
     sharding.check_batch_divides(config.batch_size, mesh)
-    backbone, head = step.build_backbone(config, mesh), step.build_head(config)
+    backbone, head = step.build_backbone(config, mesh, platform=platform), step.build_head(config)
     self.forms = backbone.forms
     optimizer, schedule = optim.create(config, steps_per_epoch=1000)
     self.create = functools.partial(
