@@ -30,6 +30,8 @@ def test_memory_of_the_tiny_step_grows_with_the_batch_and_prints_json_last(capsy
                       "--batch_sizes=1,2", "--limit_gib=1"]) == 0
   figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert figures["num_devices"] == 8 and figures["topology"] is None
+  assert figures["forms"] == {"depthwise": "conv", "mlp_grad": "manual", "patchify": "matmul",
+                              "compiled_kernels": False}  # this CPU's, the depthwise form as asked
   peaks = {b: m["peak_bytes"] for b, m in figures["memory_by_batch"].items()}
   assert peaks["2"] > peaks["1"] > 0
   assert figures["bytes_per_image"] == pytest.approx(peaks["2"] - peaks["1"])
