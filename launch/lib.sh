@@ -36,6 +36,13 @@ run() {
   fi
 }
 
+# Exports NAME=VALUE for the commands that follow; with DRY_RUN=1 also prints it as an export
+# line, so that the printed commands run as the real run does.
+set_env() {
+  (( ! DRY_RUN )) || shell_join export "$1=$2"
+  export "$1=$2"
+}
+
 # Reports a usage error and exits with status 2.
 die() {
   printf '%s: error: %s\n' "$PROG" "$*" >&2

@@ -306,17 +306,20 @@ def test_tpu_without_a_command_prints_usage_and_fails(launch):
     assert f"\n  {command} " in help_text.stdout
 
 
+GPU_CHECK = f"{ROOT}/.venv/bin/python -c 'import jax; print(jax.devices()); assert jax.default_backend() == \"gpu\", \"JAX sees no GPU\"'"
+
+
 def test_gpu_installs_jax_cuda_in_a_venv_checks_the_gpu_then_trains_and_evaluates(launch):
-  assert launch.dry_run(GPU) == [
+  assert launch.dry_run(GPU, "--data-dir=/data/tfds") == [
+      "export XLA_PYTHON_CLIENT_PREALLOCATE=false",
       "python3 -c 'import sys; assert sys.version_info >= (3, 11),"
       " \"JAX needs Python 3.11+: pass --python\"'",
       f"python3 -m venv {ROOT}/.venv",
       f"{ROOT}/.venv/bin/python -m pip install --upgrade pip",
       f"{ROOT}/.venv/bin/python -m pip install -e '{ROOT}[cuda]' -c {ROOT}/launch/constraints.txt",
-      f"{ROOT}/.venv/bin/python -c 'import jax; print(jax.devices());"
-      " assert jax.default_backend() == \"gpu\", \"JAX sees no GPU\"'",
+      GPU_CHECK,
       f"{ROOT}/.venv/bin/python -m artstyle_jax.train --config=configs/paper.py"
-      " --workdir=workdir/paper",
+      " --workdir=workdir/paper --config.dataset.data_dir=/data/tfds",
       f"{ROOT}/.venv/bin/python -m artstyle_jax.eval --workdir=workdir/paper"]
 
 
@@ -325,23 +328,36 @@ def test_gpu_passes_config_workdir_data_dir_and_overrides_through(launch):
       GPU, "--skip-install", "--venv=/opt/my venv/", "--config=configs/tiny.py",
       "--data-dir", "/data/tfds", "--config.batch_size=64",
       "--config.views.student.mean=(0.5, 0.5, 0.5)") == [
+      "export XLA_PYTHON_CLIENT_PREALLOCATE=false",
       "'/opt/my venv/bin/python' -c 'import jax; print(jax.devices());"
       " assert jax.default_backend() == \"gpu\", \"JAX sees no GPU\"'",
       "'/opt/my venv/bin/python' -m artstyle_jax.train --config=configs/tiny.py"
       " --workdir=workdir/tiny --config.dataset.data_dir=/data/tfds --config.batch_size=64"
       " '--config.views.student.mean=(0.5, 0.5, 0.5)'",
       "'/opt/my venv/bin/python' -m artstyle_jax.eval --workdir=workdir/tiny"]
-  assert launch.dry_run(GPU, "--skip-install", "--workdir=runs/a b")[-1] == (
+  assert launch.dry_run(GPU, "--skip-install", "--data-dir=gs://b/tfds", "--workdir=runs/a b")[-1] == (
       f"{ROOT}/.venv/bin/python -m artstyle_jax.eval '--workdir=runs/a b'")
 
 
+def test_gpu_shares_the_gpu_unless_told_to_take_a_fraction_of_its_memory(launch):
+  """Allocation as used by default, so eval can run beside training; --mem-fraction takes that
+  share up front; a setting of the caller's own is left as it is."""
+  assert launch.dry_run(GPU, "--skip-install", "--data-dir=/d", "--mem-fraction=0.6")[:2] == [
+      "export XLA_PYTHON_CLIENT_PREALLOCATE=true", "export XLA_PYTHON_CLIENT_MEM_FRACTION=0.6"]
+  launch.env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = ".45"
+  assert launch.dry_run(GPU, "--skip-install", "--data-dir=/d")[0] == GPU_CHECK
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--bogus"], "unknown flag '--bogus'"),
-    (["--workdir"], "--workdir needs a value"),
-    (["--config="], "--config needs a value"),
-    (["--config.batch_size"], "write config overrides as --config.batch_size=VALUE"),
-    (["--skip-install=yes"], "--skip-install takes no value"),
-    (["--skip-install", "--venv=/nonexistent/venv"],
+    ([], "--data-dir=DIR is required: the TFDS data_dir that holds the config's dataset"),
+    (["--data-dir=/d", "--bogus"], "unknown flag '--bogus'"),
+    (["--data-dir=/d", "--workdir"], "--workdir needs a value"),
+    (["--data-dir=/d", "--config="], "--config needs a value"),
+    (["--data-dir=/d", "--config.batch_size"], "write config overrides as --config.batch_size=VALUE"),
+    (["--data-dir=/d", "--skip-install=yes"], "--skip-install takes no value"),
+    (["--data-dir=/d", "--mem-fraction=1.5"], "--mem-fraction must be in (0, 1), got '1.5'"),
+    (["--data-dir=/nonexistent/tfds"], "--data-dir=/nonexistent/tfds: no such directory"),
+    (["--data-dir=/", "--skip-install", "--venv=/nonexistent/venv"],
      "--skip-install, but /nonexistent/venv/bin/python does not exist"),
 ])
 def test_gpu_argument_errors_exit_2_with_a_clear_message_before_running_anything(
@@ -372,13 +388,21 @@ def test_tpu_real_run_executes_exactly_the_dry_run_commands(launch, args):
 
 
 def test_gpu_real_run_executes_exactly_the_dry_run_commands(launch, tmp_path):
+  """The printed export lines set the environment the commands run in."""
   venv = tmp_path / "venv"
-  write_executable(venv / "bin" / "python", RECORDER)
-  args = ["--venv", str(venv), "--data-dir=/data/tfds", "--config.seed=1"]
+  # The stand-ins also record the memory setting they were started with.
+  recorder = RECORDER.replace('"$@"; printf', '"$@" "PREALLOCATE=$XLA_PYTHON_CLIENT_PREALLOCATE"; printf')
+  write_executable(venv / "bin" / "python", recorder)
+  write_executable(tmp_path / "bin" / "python3", recorder)
+  (tmp_path / "tfds").mkdir()
+  args = ["--venv", str(venv), f"--data-dir={tmp_path / 'tfds'}", "--config.seed=1"]
   printed = launch.dry_run(GPU, *args)
   result, calls = launch(GPU, *args)
   assert result.returncode == 0, result.stderr
-  expected = [shlex.split(line) for line in printed]
+  exports = [line for line in printed if line.startswith("export ")]
+  assert exports == ["export XLA_PYTHON_CLIENT_PREALLOCATE=false"]
+  expected = [shlex.split(line) for line in printed if not line.startswith("export ")]
   for argv in expected:
     argv[0] = os.path.basename(argv[0])
+    argv.append("PREALLOCATE=false")
   assert calls == expected
