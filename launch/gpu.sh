@@ -100,18 +100,7 @@ main() {
   elif [[ -z ${XLA_PYTHON_CLIENT_PREALLOCATE-} && -z ${XLA_PYTHON_CLIENT_MEM_FRACTION-} ]]; then
     set_env XLA_PYTHON_CLIENT_PREALLOCATE false
   fi
-  if (( ! skip_install )); then
-    require_program "$python" "pass --python=PYTHON (Python 3.11 or newer)"
-    run "$python" -c \
-      'import sys; assert sys.version_info >= (3, 11), "JAX needs Python 3.11+: pass --python"'
-    run "$python" -m venv "$venv"
-    run "$venv_python" -m pip install --upgrade pip
-    run "$venv_python" -m pip install -e "${ROOT}[cuda]" -c "$ROOT/launch/constraints.txt"
-  elif (( ! DRY_RUN )) && [[ ! -x $venv_python ]]; then
-    die "--skip-install, but $venv_python does not exist"
-  fi
-  run "$venv_python" -c \
-    'import jax; print(jax.devices()); assert jax.default_backend() == "gpu", "JAX sees no GPU"'
+  install_for_gpu "$python" "$venv" "$skip_install"
   local -a train=(-m artstyle_jax.train "--config=$config" "--workdir=$workdir"
                   "--config.dataset.data_dir=$data_dir")
   run "$venv_python" "${train[@]}" ${overrides[@]+"${overrides[@]}"}

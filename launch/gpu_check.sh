@@ -72,18 +72,7 @@ main() {
 
   # The stages run one after another; each process takes the GPU memory it uses.
   set_env XLA_PYTHON_CLIENT_PREALLOCATE false
-  if (( ! skip_install )); then
-    require_program "$python" "pass --python=PYTHON (Python 3.11 or newer)"
-    run "$python" -c \
-      'import sys; assert sys.version_info >= (3, 11), "JAX needs Python 3.11+: pass --python"'
-    run "$python" -m venv "$venv"
-    run "$venv_python" -m pip install --upgrade pip
-    run "$venv_python" -m pip install -e "${ROOT}[cuda]" pytest -c "$ROOT/launch/constraints.txt"
-  elif (( ! DRY_RUN )) && [[ ! -x $venv_python ]]; then
-    die "--skip-install, but $venv_python does not exist"
-  fi
-  run "$venv_python" -c \
-    'import jax; print(jax.devices()); assert jax.default_backend() == "gpu", "JAX sees no GPU"'
+  install_for_gpu "$python" "$venv" "$skip_install" pytest
   run mkdir -p "$runs"
   local failed=0
   # The GPU the default device, the host's CPU devices beside it for the CPU's step.

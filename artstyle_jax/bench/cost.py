@@ -111,10 +111,8 @@ def main(argv: Sequence[str]) -> int:
   config = ml_collections.ConfigDict(flag_values.config.to_dict())
   if flag_values.topology:
     chip = chips.tpu_of_topology(flag_values.topology)
-    devices = memory.topology_devices(flag_values.topology)
-    if not 1 <= flag_values.num_devices <= len(devices):
-      raise SystemExit(f"--num_devices must be in [1, {len(devices)}] for {flag_values.topology}")
-    mesh = sharding.create_mesh(config.mesh.fsdp, devices[:flag_values.num_devices])
+    devices = memory.first_topology_devices(flag_values.topology, flag_values.num_devices)
+    mesh = sharding.create_mesh(config.mesh.fsdp, devices)
     forms, estimate, num_devices = step.model_forms(config, mesh), TPU_ESTIMATE, mesh.size
   else:
     chip = chips.GPUS[flag_values.gpu]

@@ -51,6 +51,15 @@ def topology_devices(name: str) -> list:
     raise SystemExit(f"--topology={name} needs libtpu (pip install 'jax[tpu]'): {e}") from e
 
 
+def first_topology_devices(topology: str, num_devices: int) -> list:
+  """The first `num_devices` devices of a Cloud TPU topology; SystemExit naming the range if it
+  has fewer."""
+  devices = topology_devices(topology)
+  if not 1 <= num_devices <= len(devices):
+    raise SystemExit(f"--num_devices must be in [1, {len(devices)}] for {topology}")
+  return devices[:num_devices]
+
+
 def fit_line(peak_bytes_by_batch: dict[int, int], limit_bytes: float) -> dict:
   """Least-squares line through (per-device batch, peak bytes); the largest batch under the limit.
 
@@ -91,10 +100,7 @@ def main(argv: Sequence[str]) -> int:
     raise SystemExit(f"--batch_sizes needs two positive sizes or more, got {flag_values.batch_sizes}")
   config = ml_collections.ConfigDict(flag_values.config.to_dict())
   if flag_values.topology:
-    devices = topology_devices(flag_values.topology)
-    if not 1 <= flag_values.num_devices <= len(devices):
-      raise SystemExit(f"--num_devices must be in [1, {len(devices)}] for {flag_values.topology}")
-    devices = devices[:flag_values.num_devices]
+    devices = first_topology_devices(flag_values.topology, flag_values.num_devices)
   else:
     devices = jax.devices()
   mesh = sharding.create_mesh(config.mesh.fsdp, devices)
