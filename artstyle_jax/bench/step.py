@@ -8,8 +8,8 @@ all devices) after warm-up: the median of `--steps` steps, each waited for. Prin
 JSON line: step_s, images_per_s,
 flops_per_step, achieved_flops_per_s, mfu (model FLOPs per second over the devices' peak: the
 dense bfloat16 peak of the accelerator from the table of `chips`, or on CPU a measured large float32
-matmul), the device kind and the peak used, and XLA's memory analysis of the compiled step per
-device.
+matmul), the device kind and the peak used, the network's forms (those of the devices' platform)
+and XLA's memory analysis of the compiled step per device.
 
 FLOPs are XLA's cost analysis of the step as lowered (the program as written, all devices).
 `compiled_flops_per_step` is the analysis of the compiled program (summed over devices); it
