@@ -73,4 +73,6 @@ def test_the_config_dump_records_the_forms_beside_the_config(tmp_path):
   assert recorded["forms"] == {"depthwise": "shift", "mlp_grad": "manual", "patchify": "matmul",
                                "compiled_kernels": True}
   assert recorded["model"]["depthwise"] == "auto" and recorded["image_size"] == 64
-  assert checkpoints.load_config(str(tmp_path)).model.name == "convnext_atto"
+  # A record of what ran, not part of the config that programs read back and compare.
+  assert "forms" not in checkpoints.load_config(str(tmp_path))
+  assert checkpoints.load_forms(str(tmp_path)) == CPU_FLOAT32.as_dict()
