@@ -48,6 +48,15 @@ def test_topology_without_libtpu_is_refused_with_the_install_command(monkeypatch
     memory.main(["memory", "--config=configs/tiny.py", "--topology=v5e:2x2"])
 
 
+def test_libtpu_held_by_another_process_is_named_as_such(monkeypatch):
+  def locked(**kwargs):
+    raise RuntimeError("ABORTED: Internal error when accessing libtpu multi-process lockfile.")
+
+  monkeypatch.setattr(topologies, "get_topology_desc", locked)
+  with pytest.raises(SystemExit, match="another process holds libtpu"):
+    memory.main(["memory", "--config=configs/tiny.py", "--topology=v5e:2x2"])
+
+
 def test_more_devices_than_the_topology_has_are_refused_before_compiling(monkeypatch):
   """--num_devices picks the first chips of --topology: outside [1, chips] is an error naming the range."""
   four_chips = types.SimpleNamespace(devices=[object()] * 4)

@@ -48,6 +48,9 @@ def topology_devices(name: str) -> list:
   try:
     return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
   except RuntimeError as e:
+    if "lockfile" in str(e):
+      raise SystemExit(f"--topology={name}: another process holds libtpu (one deviceless compile at a time "
+                       f"per host): {e}") from e
     raise SystemExit(f"--topology={name} needs libtpu (pip install 'jax[tpu]'): {e}") from e
 
 
