@@ -15,7 +15,7 @@ aside to checkpoints/<step>.corrupt, never deleted, and the one before it is use
 fails (disk full, no permission, a bucket that refuses writes) raises SaveError, whose message is
 the one line a program prints.
 """
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 import json
 import os
 import re
@@ -32,6 +32,8 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 # Config keys that fix the shapes of the train state: a checkpoint only restores into a run that
 # agrees on all of them.
+# config.json's record of the network's forms a run used.
+FORMS_KEY = "forms"
 SHAPE_KEYS = ("model.name", "model.proj_hidden_dim", "model.proj_dim", "queue_size", "style_teacher",
               "share_teachers", "momentum_weak", "momentum_style")
 
@@ -70,21 +72,37 @@ def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
   return value
 
 
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes config.json (process 0 only)."""
+def save_config(workdir: str, config: ml_collections.ConfigDict, forms: Mapping[str, Any] | None = None) -> None:
+  """Writes config.json (process 0 only); with `forms` (`Forms.as_dict()`), the forms the
+  program chose for its devices, under the key FORMS_KEY beside the config's own keys (a record
+  of what ran, not part of the config: `load_config` leaves it out, `load_forms` reads it)."""
   if jax.process_index() != 0:
     return
   path = epath.Path(workdir) / CONFIG_FILE
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  record = json.loads(config.to_json_best_effort())
+  if forms is not None:
+    record[FORMS_KEY] = dict(forms)
+  path.write_text(json.dumps(record, indent=2, sort_keys=True))
+
+
+def _config_record(workdir: str) -> dict[str, Any]:
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise WorkdirError(f"{workdir} holds no {CONFIG_FILE}: not a workdir written by artstyle_jax.train")
+  return json.loads(path.read_text())
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir's run was started with."""
-  path = epath.Path(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise WorkdirError(f"{workdir} holds no {CONFIG_FILE}: not a workdir written by artstyle_jax.train")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  record = _config_record(workdir)
+  record.pop(FORMS_KEY, None)
+  return ml_collections.ConfigDict(record)
+
+
+def load_forms(workdir: str) -> dict[str, Any] | None:
+  """The network's forms the workdir's last training ran in (`Forms.as_dict()`), None if unrecorded."""
+  return _config_record(workdir).get(FORMS_KEY)
 
 
 def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:

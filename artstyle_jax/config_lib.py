@@ -21,6 +21,7 @@ from ml_collections import config_flags
 from artstyle_jax import optim
 from artstyle_jax import paths
 from artstyle_jax.models import convnext
+from artstyle_jax.models import forms
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RELATION_LOSSES = ("ressl", "info_nce")
@@ -67,6 +68,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(config.model.name in convnext.SIZES,
            f"model.name must be one of {tuple(convnext.SIZES)}, got {config.model.name!r}")
   _require(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
+  requested = requested_forms(config)
+  for part, choices in (("depthwise", forms.DEPTHWISE_FORMS), ("mlp_grad", forms.MLP_GRAD_FORMS),
+                        ("patchify", forms.PATCHIFY_FORMS)):
+    _require(requested[part] in (forms.AUTO,) + choices,
+             f"model.{part} must be one of {(forms.AUTO,) + choices}, got {requested[part]!r}")
+  _require(requested["mlp_grad"] != "manual" or config.model.dtype == "float32",
+           f"model.mlp_grad='manual' computes in float32; model.dtype is {config.model.dtype}")
   _require(config.loss.relation in RELATION_LOSSES,
            f"loss.relation must be one of {RELATION_LOSSES}, got {config.loss.relation!r}")
   for name in ("momentum_weak", "momentum_style"):
@@ -83,6 +91,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
              f"views.{view} needs 3 means and 3 positive stds, got mean={norm.mean} std={norm.std}")
   _require(config.mesh.fsdp >= 1, f"mesh.fsdp must be at least 1, got {config.mesh.fsdp}")
   return config
+
+
+def requested_forms(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """{'depthwise', 'mlp_grad', 'patchify'} -> the form config.model asks for, 'auto' for a key a
+  config saved before it existed lacks (`forms.resolve` takes them)."""
+  return {part: config.model.get(part, forms.AUTO) for part in ("depthwise", "mlp_grad", "patchify")}
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:

@@ -101,7 +101,7 @@ class Predictor:
       raise checkpoints.WorkdirError(f"the head in {workdir_lib.eval_dir(workdir)} was trained on "
                                      f"{self.head.model_name}, but {workdir} holds {self.config.model.name}: "
                                      f"run `python -m artstyle_jax.eval --workdir={workdir}` again")
-    backbone = step_lib.build_backbone(self.config)
+    backbone = step_lib.build_backbone(self.config, self.mesh)
     if self.head.step < 0:
       self.backbone_params = workdir_lib.random_backbone_params(self.config, backbone, self.mesh)
     else:
@@ -118,7 +118,7 @@ class Predictor:
     try:
       backbone, variables = models.load_backbone(self.head.weights, seed=self.head.seed,
                                                  dtype=config_lib.compute_dtype(self.config),
-                                                 depthwise=self.config.model.depthwise)
+                                                 forms=step_lib.model_forms(self.config, self.mesh))
     except (models.BackboneError, FileNotFoundError) as e:
       raise checkpoints.WorkdirError(f"the head in {workdir_lib.eval_dir(workdir)} was trained on "
                                      f"{self.head.weights}, which no longer loads: {e}") from e

@@ -2,9 +2,9 @@
 
 Typical use (train.py, bench):
 
-  backbone, head = step.build_backbone(config), step.build_head(config)
-  optimizer, schedule = optim.create(config, steps_per_epoch)
   mesh = sharding.create_mesh(config.mesh.fsdp)
+  backbone, head = step.build_backbone(config, mesh), step.build_head(config)
+  optimizer, schedule = optim.create(config, steps_per_epoch)
   state, shardings = step.create_state(rng, config, backbone, head, optimizer, mesh)
   train_step = step.compile_train_step(
       step.make_train_step(config, backbone, head, optimizer, schedule, mesh=mesh), shardings, mesh)
@@ -24,20 +24,33 @@ from artstyle_jax import losses
 from artstyle_jax import sharding
 from artstyle_jax import state as state_lib
 from artstyle_jax.models import convnext
+from artstyle_jax.models import forms as forms_lib
 from artstyle_jax.models import heads
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def build_backbone(config: ml_collections.ConfigDict) -> nn.Module:
-  """The ConvNeXt named by `config.model` (compute dtype, remat, drop-path, depthwise form)."""
+def model_forms(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None, *,
+                platform: str | None = None) -> forms_lib.Forms:
+  """The forms `config.model` asks for (depthwise, mlp_grad, patchify; 'auto' or a form), chosen
+  for `platform` when given (a lowering platform: 'tpu', 'cuda', ...), else for the platform of
+  `mesh`'s devices (default: all devices, as `sharding.create_mesh`'s)."""
+  if platform is None:
+    platform = forms_lib.platform_of(jax.devices()[0] if mesh is None else mesh)
+  return forms_lib.resolve(platform, config_lib.compute_dtype(config), **config_lib.requested_forms(config))
+
+
+def build_backbone(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None, *,
+                   platform: str | None = None) -> nn.Module:
+  """The ConvNeXt named by `config.model` (compute dtype, remat, drop-path), in the forms for
+  `platform` or the platform of `mesh`'s devices (`model_forms`)."""
   return convnext.create(
       config.model.name,
       dtype=config_lib.compute_dtype(config),
       remat=config.model.remat,
       drop_path_rate=config.model.drop_path_rate,
-      depthwise=config.model.depthwise,
+      forms=model_forms(config, mesh, platform=platform),
   )
 
 

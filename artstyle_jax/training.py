@@ -144,11 +144,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   steps_per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
   total_steps = config_lib.total_steps(config, steps_per_epoch=steps_per_epoch)
 
-  backbone, head = step_lib.build_backbone(config), step_lib.build_head(config)
-  backbone_params = load_backbone_params(config, backbone)
-  optimizer, schedule = optim.create(config, steps_per_epoch)
   mesh = sharding.create_mesh(config.mesh.fsdp)
   sharding.check_batch_divides(config.batch_size, mesh)
+  backbone, head = step_lib.build_backbone(config, mesh), step_lib.build_head(config)
+  backbone_params = load_backbone_params(config, backbone)
+  optimizer, schedule = optim.create(config, steps_per_epoch)
   rng = jax.random.PRNGKey(config.seed)
   state, state_shardings = step_lib.create_state(rng, config, backbone, head, optimizer, mesh, backbone_params)
   del backbone_params
@@ -171,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is not None:  # also a step-0 checkpoint, as tools.import_torch writes for an epoch-0 file
     (state, data_iterator), start_step = restored
     logging.info("Resumed from the checkpoint of step %d in %s", start_step, workdir)
-  checkpoints.save_config(workdir, config)
+  checkpoints.save_config(workdir, config, forms=backbone.forms.as_dict())
 
   monitor = None
   if config.knn_every_steps:

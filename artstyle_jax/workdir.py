@@ -101,7 +101,7 @@ def restore_backbone(workdir: str, config: ml_collections.ConfigDict, step: Opti
   checkpoint_step(workdir, step)
   mesh = sharding.create_mesh() if mesh is None else mesh
   replicated = sharding.replicated(mesh)
-  abstract = jax.eval_shape(_init_backbone_fn(config, step_lib.build_backbone(config)))
+  abstract = jax.eval_shape(_init_backbone_fn(config, step_lib.build_backbone(config, mesh)))
   target = {"params": {"backbone": jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)}}
 

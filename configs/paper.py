@@ -25,8 +25,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (parameters stay float32)
   config.model.remat = False  # recompute each ConvNeXt block in the backward pass
   config.model.drop_path_rate = 0.0
-  # 7x7 depthwise convolution form: 'auto' (by backend), 'conv' (grouped conv) or 'shift'.
+  # Forms of the network's parts (models/forms.py); 'auto' follows the platform of the devices the
+  # program compiles for. 7x7 depthwise convolution: 'conv' (grouped conv) or 'shift'; the blocks'
+  # pointwise gradient: 'autodiff' or 'manual' (float32); stem and downsampling: 'conv' or 'matmul'.
   config.model.depthwise = "auto"
+  config.model.mlp_grad = "auto"
+  config.model.patchify = "auto"
   config.model.proj_hidden_dim = 2048
   config.model.proj_dim = 128
   # Backbone initialisation: a pretrained source for convnext_weights.load_pretrained, a path, or 'random'.

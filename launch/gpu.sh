@@ -2,6 +2,11 @@
 # Runs artstyle-jax on this machine's NVIDIA GPUs: installs the project with jax[cuda12] into a
 # virtual environment, checks that JAX sees a GPU, trains, then evaluates the trained features
 # with the linear probe. launch/README.md walks through a run.
+#
+# Memory: JAX takes 75% of a GPU's memory when it starts, so a second process on the same GPU
+# (eval or predict beside a training run, a notebook) fails to allocate. Unless the caller set
+# XLA_PYTHON_CLIENT_PREALLOCATE or XLA_PYTHON_CLIENT_MEM_FRACTION, or passes --mem-fraction, each
+# process here allocates what it uses as it goes (XLA_PYTHON_CLIENT_PREALLOCATE=false).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,13 +23,16 @@ Usage: launch/gpu.sh [flags] [--config.KEY=VALUE ...] [--dry-run]
 
 Installs the project with jax[cuda12] into a virtual environment, checks that JAX sees a GPU,
 runs python -m artstyle_jax.train, then python -m artstyle_jax.eval on the same workdir.
-Training resumes from the workdir's latest checkpoint when run again.
+Training resumes from the workdir's latest checkpoint when run again. The GPU's memory is
+allocated as used, so that other processes can share the GPU (see --mem-fraction).
 
 Flags:
+  --data-dir=DIR      TFDS data_dir holding the config's dataset (required)
   --config=PATH       config file; default configs/paper.py
   --workdir=DIR       checkpoints and metrics; default workdir/CONFIG_NAME (e.g. workdir/paper)
-  --data-dir=DIR      TFDS data_dir; default the config's dataset.data_dir
   --config.KEY=VALUE  passed through to the trainer (any number)
+  --mem-fraction=F    take the fraction F of the GPU's memory up front instead (faster
+                      allocation; give each process beside it the rest, e.g. 0.6 and 0.3)
   --venv=DIR          virtual environment; default $ROOT/.venv
   --python=PYTHON     Python 3.11 or newer, which makes the virtual environment;
                       default python3
@@ -36,7 +44,7 @@ EOF
 
 main() {
   local config=configs/paper.py workdir="" data_dir="" venv="$ROOT/.venv" python=python3
-  local skip_install=0
+  local skip_install=0 mem_fraction=""
   local -a overrides=()
   local arg flag value
   while (( $# )); do
@@ -48,7 +56,7 @@ main() {
       --dry-run | --skip-install)
         [[ $arg == "$flag" ]] || die "$flag takes no value"
         ;;
-      --config | --workdir | --data-dir | --venv | --python)
+      --config | --workdir | --data-dir | --venv | --python | --mem-fraction)
         if [[ $arg == "$flag" ]]; then
           need_value "$flag" $#
           value=$1
@@ -71,29 +79,30 @@ main() {
       --data-dir) data_dir=$value ;;
       --venv) venv=${value%/} ;;
       --python) python=$value ;;
+      --mem-fraction) mem_fraction=$value ;;
       --config.*) overrides+=("$arg") ;;
     esac
   done
+  [[ -n $data_dir ]] || die "--data-dir=DIR is required: the TFDS data_dir that holds the config's dataset"
+  [[ -z $mem_fraction || $mem_fraction =~ ^0?\.[0-9]+$ ]] || die "--mem-fraction must be in (0, 1), got '$mem_fraction'"
+  if [[ $data_dir != gs://* ]] && (( ! DRY_RUN )) && [[ ! -d $data_dir ]]; then
+    die "--data-dir=$data_dir: no such directory"
+  fi
   if [[ -z $workdir ]]; then
     local config_name=${config##*/}
     workdir="workdir/${config_name%.py}"
   fi
 
   local venv_python="$venv/bin/python"
-  if (( ! skip_install )); then
-    require_program "$python" "pass --python=PYTHON (Python 3.11 or newer)"
-    run "$python" -c \
-      'import sys; assert sys.version_info >= (3, 11), "JAX needs Python 3.11+: pass --python"'
-    run "$python" -m venv "$venv"
-    run "$venv_python" -m pip install --upgrade pip
-    run "$venv_python" -m pip install -e "${ROOT}[cuda]" -c "$ROOT/launch/constraints.txt"
-  elif (( ! DRY_RUN )) && [[ ! -x $venv_python ]]; then
-    die "--skip-install, but $venv_python does not exist"
+  if [[ -n $mem_fraction ]]; then
+    set_env XLA_PYTHON_CLIENT_PREALLOCATE true
+    set_env XLA_PYTHON_CLIENT_MEM_FRACTION "$mem_fraction"
+  elif [[ -z ${XLA_PYTHON_CLIENT_PREALLOCATE-} && -z ${XLA_PYTHON_CLIENT_MEM_FRACTION-} ]]; then
+    set_env XLA_PYTHON_CLIENT_PREALLOCATE false
   fi
-  run "$venv_python" -c \
-    'import jax; print(jax.devices()); assert jax.default_backend() == "gpu", "JAX sees no GPU"'
-  local -a train=(-m artstyle_jax.train "--config=$config" "--workdir=$workdir")
-  [[ -z $data_dir ]] || train+=("--config.dataset.data_dir=$data_dir")
+  install_for_gpu "$python" "$venv" "$skip_install"
+  local -a train=(-m artstyle_jax.train "--config=$config" "--workdir=$workdir"
+                  "--config.dataset.data_dir=$data_dir")
   run "$venv_python" "${train[@]}" ${overrides[@]+"${overrides[@]}"}
   run "$venv_python" -m artstyle_jax.eval "--workdir=$workdir"
 }

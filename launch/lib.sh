@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Helpers shared by the launch scripts: shell quoting, dry-run aware command execution and
-# argument errors. Sourced, not executed; the sourcing script sets PROG and DRY_RUN.
+# argument errors. Sourced, not executed; the sourcing script sets ROOT, PROG and DRY_RUN.
 
 # Prints WORD quoted for a POSIX shell, the way Python's shlex.quote does: a word made only of
 # letters, digits and _@%+=:,./- stays bare; any other word is single-quoted, with each ' in it
@@ -36,6 +36,13 @@ run() {
   fi
 }
 
+# Exports NAME=VALUE for the commands that follow; with DRY_RUN=1 also prints it as an export
+# line, so that the printed commands run as the real run does.
+set_env() {
+  (( ! DRY_RUN )) || shell_join export "$1=$2"
+  export "$1=$2"
+}
+
 # Reports a usage error and exits with status 2.
 die() {
   printf '%s: error: %s\n' "$PROG" "$*" >&2
@@ -52,4 +59,26 @@ need_value() {
 require_program() {
   (( DRY_RUN )) || command -v "$1" >/dev/null 2>&1 \
     || { printf '%s: error: %s not found on PATH; %s\n' "$PROG" "$1" "$2" >&2; exit 1; }
+}
+
+# Makes the virtual environment VENV with PYTHON and installs the project into it with
+# jax[cuda12] and PACKAGES, at launch/constraints.txt's versions; with SKIP_INSTALL=1 only checks
+# that VENV exists. Then stops unless JAX sees a GPU.
+# Usage: install_for_gpu PYTHON VENV SKIP_INSTALL [PACKAGES...]
+install_for_gpu() {
+  local python=$1 venv=$2 skip_install=$3
+  shift 3
+  local venv_python="$venv/bin/python"
+  if (( ! skip_install )); then
+    require_program "$python" "pass --python=PYTHON (Python 3.11 or newer)"
+    run "$python" -c \
+      'import sys; assert sys.version_info >= (3, 11), "JAX needs Python 3.11+: pass --python"'
+    run "$python" -m venv "$venv"
+    run "$venv_python" -m pip install --upgrade pip
+    run "$venv_python" -m pip install -e "${ROOT}[cuda]" "$@" -c "$ROOT/launch/constraints.txt"
+  elif (( ! DRY_RUN )) && [[ ! -x $venv_python ]]; then
+    die "--skip-install, but $venv_python does not exist"
+  fi
+  run "$venv_python" -c \
+    'import jax; print(jax.devices()); assert jax.default_backend() == "gpu", "JAX sees no GPU"'
 }

@@ -17,6 +17,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import pytest  # noqa: E402  (after the environment above is set)
 
 from artstyle_jax import host_memory  # noqa: E402
+import launch_recorder  # noqa: E402
 
 host_memory.keep_freed_memory()  # As the programs do, before JAX starts its backend.
 
@@ -52,3 +53,9 @@ def synthetic_data(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   name = synthetic.build_dataset(data_dir, per_class=8, size=64, seed=0, test_per_class=2)
   return str(data_dir), name
+
+
+@pytest.fixture
+def launch(tmp_path):
+  """A launch script runner with recording stand-ins on PATH (tests/launch_recorder.py)."""
+  return launch_recorder.Launch(tmp_path)

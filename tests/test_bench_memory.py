@@ -30,6 +30,8 @@ def test_memory_of_the_tiny_step_grows_with_the_batch_and_prints_json_last(capsy
                       "--batch_sizes=1,2", "--limit_gib=1"]) == 0
   figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert figures["num_devices"] == 8 and figures["topology"] is None
+  assert figures["forms"] == {"depthwise": "conv", "mlp_grad": "manual", "patchify": "matmul",
+                              "compiled_kernels": False}  # this CPU's, the depthwise form as asked
   peaks = {b: m["peak_bytes"] for b, m in figures["memory_by_batch"].items()}
   assert peaks["2"] > peaks["1"] > 0
   assert figures["bytes_per_image"] == pytest.approx(peaks["2"] - peaks["1"])
@@ -43,6 +45,15 @@ def test_topology_without_libtpu_is_refused_with_the_install_command(monkeypatch
 
   monkeypatch.setattr(topologies, "get_topology_desc", no_tpu_support)
   with pytest.raises(SystemExit, match=r"needs libtpu \(pip install 'jax\[tpu\]'\)"):
+    memory.main(["memory", "--config=configs/tiny.py", "--topology=v5e:2x2"])
+
+
+def test_libtpu_held_by_another_process_is_named_as_such(monkeypatch):
+  def locked(**kwargs):
+    raise RuntimeError("ABORTED: Internal error when accessing libtpu multi-process lockfile.")
+
+  monkeypatch.setattr(topologies, "get_topology_desc", locked)
+  with pytest.raises(SystemExit, match="another process holds libtpu"):
     memory.main(["memory", "--config=configs/tiny.py", "--topology=v5e:2x2"])
 
 

@@ -35,7 +35,7 @@ def test_torch_reference_step_has_our_loss_terms_and_gradient_from_the_same_weig
   torch_grad_norm = torch.sqrt(sum(torch.sum(p.grad**2) for p in reference.student.parameters()
                                    if p.grad is not None))
 
-  backbone = convnext.ConvNeXt(depths=DEPTHS, dims=DIMS, depthwise="conv")
+  backbone = convnext.ConvNeXt(depths=DEPTHS, dims=DIMS)
   head = step.build_head(config)
   optimizer, schedule = optim.create(config, steps_per_epoch=10)
   params = jax.tree.map(jnp.asarray, reference.params_for_jax())

@@ -1,14 +1,14 @@
 """The blocks' hand-written pointwise gradient ('manual') is a drop-in for autodiff ('autodiff'):
 the same parameters from the same seed, the same outputs, gradients within 1e-5, drop path
-included; 'auto' picks it on the CPU for float32 only. A 'manual' block of the 'shift' depthwise
-form runs its convolution and LayerNorm as one compiled kernel here, again a drop-in."""
+included. A 'manual' block of the 'shift' depthwise form on the compiled kernels runs its
+convolution and LayerNorm as one compiled kernel, again a drop-in."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artstyle_jax.models.cpu import block_mlp
 from artstyle_jax.models import convnext
+from artstyle_jax.models import forms
 from helpers import relative_error
 
 
@@ -26,7 +26,7 @@ def test_block_forms_share_parameters_and_outputs_and_their_gradients_agree(shap
   gradients of a non-linear loss with respect to every parameter and the input within 1e-5."""
   x = jax.random.normal(jax.random.key(0), shape)
   # The grouped-convolution depthwise form compiles fastest; the pointwise part is under test.
-  blocks = {form: convnext.Block(shape[-1], depthwise="conv", mlp_grad=form) for form in ("autodiff", "manual")}
+  blocks = {form: convnext.Block(shape[-1], forms=forms.Forms(mlp_grad=form)) for form in forms.MLP_GRAD_FORMS}
   params = {form: block.init(jax.random.key(1), x) for form, block in blocks.items()}
   jax.tree.map(np.testing.assert_array_equal, params["autodiff"], params["manual"])
   moved = _perturbed(params["autodiff"], 2)
@@ -43,16 +43,20 @@ def test_block_forms_share_parameters_and_outputs_and_their_gradients_agree(shap
     assert relative_error(manual, auto) <= 1e-5, jax.tree_util.keystr(path)
 
 
-@pytest.mark.parametrize("depthwise, remat", [("conv", False), ("shift", True)])
-def test_manual_gradient_holds_under_drop_path(depthwise, remat):
+MANUAL_FORMS = {"grouped convolution": forms.Forms(mlp_grad="manual"),
+                "compiled CPU forms": forms.Forms("shift", "manual", "matmul", compiled_kernels=True)}
+
+
+@pytest.mark.parametrize("manual_forms, remat", [(MANUAL_FORMS["grouped convolution"], False),
+                                                 (MANUAL_FORMS["compiled CPU forms"], True)], ids=MANUAL_FORMS)
+def test_manual_gradient_holds_under_drop_path(manual_forms, remat):
   """A ConvNeXt stage whose second block drops samples, 'manual' with the grouped convolution, and
   rematerialised in the compiled CPU forms ('shift'): the loss and every gradient leaf agree with
-  autodiff's (grouped convolution) within 1e-5 for the same dropout rng."""
+  the plain forms' (grouped convolution, autodiff) within 1e-5 for the same dropout rng."""
   x = jax.random.normal(jax.random.key(3), (4, 16, 16, 3))
   models = {"manual": convnext.ConvNeXt(depths=(2,), dims=(16,), drop_path_rate=0.5, remat=remat,
-                                        depthwise=depthwise, mlp_grad="manual"),
-            "autodiff": convnext.ConvNeXt(depths=(2,), dims=(16,), drop_path_rate=0.5, depthwise="conv",
-                                          mlp_grad="autodiff")}
+                                        forms=manual_forms),
+            "autodiff": convnext.ConvNeXt(depths=(2,), dims=(16,), drop_path_rate=0.5)}
   params = _perturbed(models["autodiff"].init(jax.random.key(4), x), 5)
 
   def loss(form):
@@ -67,15 +71,12 @@ def test_manual_gradient_holds_under_drop_path(depthwise, remat):
     assert relative_error(manual, auto) <= 1e-5
 
 
-def test_auto_is_manual_on_the_cpu_for_float32_only_and_bad_choices_are_refused():
-  assert jax.default_backend() == "cpu"
-  assert block_mlp.resolve_mlp_grad("auto", jnp.float32) == "manual"
-  assert block_mlp.resolve_mlp_grad("auto", jnp.bfloat16) == "autodiff"
-  assert block_mlp.resolve_mlp_grad("autodiff", jnp.float32) == "autodiff"
-  with pytest.raises(ValueError, match="computes in float32; the block's dtype is bfloat16"):
-    block_mlp.resolve_mlp_grad("manual", jnp.bfloat16)
-  with pytest.raises(ValueError, match="mlp_grad must be 'auto', 'autodiff' or 'manual', got 'fused'"):
-    convnext.create("convnext_atto", mlp_grad="fused").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+def test_manual_gradient_is_refused_for_bfloat16_and_unknown_forms_are_refused():
+  with pytest.raises(ValueError, match="computes in float32; the network's dtype is bfloat16"):
+    convnext.create("convnext_atto", dtype=jnp.bfloat16, forms=forms.Forms(mlp_grad="manual")).init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match="mlp_grad must be 'autodiff' or 'manual', got 'fused'"):
+    forms.Forms(mlp_grad="fused")
 
 
 def _uses_the_fused_kernel(block, params, x) -> bool:
@@ -89,8 +90,8 @@ def test_fused_depthwise_and_norm_block_is_a_drop_in_for_the_plain_block(shape):
   every parameter and the input within 1e-5; maps smaller than the 7x7 kernel and channel counts
   that are no multiple of the kernel's vector width included."""
   x = jax.random.normal(jax.random.key(0), shape)
-  fused = convnext.Block(shape[-1], depthwise="shift", mlp_grad="manual")
-  plain = convnext.Block(shape[-1], depthwise="conv", mlp_grad="autodiff")
+  fused = convnext.Block(shape[-1], forms=forms.Forms("shift", "manual", compiled_kernels=True))
+  plain = convnext.Block(shape[-1])
   params = fused.init(jax.random.key(1), x)
   jax.tree.map(np.testing.assert_array_equal, params, plain.init(jax.random.key(1), x))
   moved = _perturbed(params, 2)
@@ -107,14 +108,14 @@ def test_fused_depthwise_and_norm_block_is_a_drop_in_for_the_plain_block(shape):
 
 
 def test_network_of_compiled_cpu_forms_equals_the_plain_network():
-  """Two stages: the stem's and the downsampling LayerNorms run as their own compiled kernel and
-  the blocks as fused ones; the same parameters, stage outputs within 1e-6 and every gradient
-  within 1e-5 of the grouped convolution + autodiff network."""
+  """The CPU's forms for float32: the stem's and the downsampling LayerNorms run as their own
+  compiled kernel, the blocks as fused ones, the patchify convolutions as matmuls; the same
+  parameters, stage outputs within 1e-6 and every gradient within 1e-5 of the plain network."""
   x = jax.random.normal(jax.random.key(7), (2, 32, 32, 3))
-  compiled = convnext.ConvNeXt(depths=(1, 2), dims=(16, 24), depthwise="shift", mlp_grad="manual")
-  plain = convnext.ConvNeXt(depths=(1, 2), dims=(16, 24), depthwise="conv", mlp_grad="autodiff")
-  assert convnext.compiled_cpu_forms("shift", "manual", jnp.float32)
-  assert not convnext.compiled_cpu_forms("conv", "manual", jnp.float32)
+  cpu_forms = forms.resolve("cpu", jnp.float32)
+  assert cpu_forms.fused_block, "this machine has a C++ compiler: the kernels must build"
+  compiled = convnext.ConvNeXt(depths=(1, 2), dims=(16, 24), forms=cpu_forms)
+  plain = convnext.ConvNeXt(depths=(1, 2), dims=(16, 24))
   params = compiled.init(jax.random.key(8), x)
   jax.tree.map(np.testing.assert_array_equal, params, plain.init(jax.random.key(8), x))
   moved = _perturbed(params, 9)

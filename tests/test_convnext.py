@@ -1,4 +1,4 @@
-"""The Flax ConvNeXt module: sizes, outputs, dtypes, depthwise forms, remat and drop path."""
+"""The Flax ConvNeXt module: sizes, outputs, dtypes, the depthwise and patchify forms, remat and drop path."""
 import functools
 import math
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from artstyle_jax.models import convnext
-from artstyle_jax.models.cpu.depthwise import depthwise_conv, resolve_depthwise
+from artstyle_jax.models import forms
 from helpers import relative_error
 
 TINY = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
@@ -82,7 +82,9 @@ def test_bad_configuration_or_input_is_rejected():
   with pytest.raises(ValueError, match="depths"):
     jax.eval_shape(convnext.ConvNeXt(depths=(1, 1), dims=(8,)).init, jax.random.key(0), image)
   with pytest.raises(ValueError, match="depthwise must be"):
-    jax.eval_shape(convnext.ConvNeXt(**TINY, depthwise="fft").init, jax.random.key(0), image)
+    jax.eval_shape(convnext.ConvNeXt(**TINY, forms=forms.Forms(depthwise="fft")).init, jax.random.key(0), image)
+  with pytest.raises(TypeError, match="forms must be a forms.Forms, got 'shift'"):
+    jax.eval_shape(convnext.ConvNeXt(**TINY, forms="shift").init, jax.random.key(0), image)
 
 
 def test_gelu_is_the_exact_erf_gelu():
@@ -91,26 +93,25 @@ def test_gelu_is_the_exact_erf_gelu():
   assert convnext.gelu(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
-def test_auto_depthwise_is_shift_on_cpu():
-  assert jax.default_backend() == "cpu"
-  assert resolve_depthwise("auto") == "shift"
-  assert resolve_depthwise("conv") == "conv"
+SHIFT_FORMS = {"shift on the C++ kernels": forms.Forms(depthwise="shift", compiled_kernels=True),
+               "shift in XLA": forms.Forms(depthwise="shift")}
 
 
+@pytest.mark.parametrize("shift_forms", SHIFT_FORMS.values(), ids=SHIFT_FORMS)
 @pytest.mark.parametrize("shape", [(2, 9, 12, 5), (3, 16, 16, 8), (1, 3, 5, 4)])
-def test_shift_and_conv_depthwise_agree_in_value_and_gradient(shape):
+def test_shift_and_conv_depthwise_agree_in_value_and_gradient(shape, shift_forms):
   """Same outputs and same gradients (input and kernel), also for maps smaller than the kernel."""
   x = jax.random.normal(jax.random.key(0), shape)
   kernel = jax.random.normal(jax.random.key(1), (7, 7, 1, shape[-1]))
   weights = jax.random.normal(jax.random.key(2), shape)
 
-  @functools.partial(jax.jit, static_argnames="impl")
-  def value_and_grads(x, kernel, impl):
-    loss = lambda x, kernel: jnp.sum(jnp.tanh(depthwise_conv(x, kernel, impl)) * weights)
-    return depthwise_conv(x, kernel, impl), jax.grad(loss, (0, 1))(x, kernel)
+  @functools.partial(jax.jit, static_argnames="model_forms")
+  def value_and_grads(x, kernel, model_forms):
+    loss = lambda x, kernel: jnp.sum(jnp.tanh(convnext.depthwise_conv(x, kernel, model_forms)) * weights)
+    return convnext.depthwise_conv(x, kernel, model_forms), jax.grad(loss, (0, 1))(x, kernel)
 
-  out_shift, grads_shift = value_and_grads(x, kernel, "shift")
-  out_conv, grads_conv = value_and_grads(x, kernel, "conv")
+  out_shift, grads_shift = value_and_grads(x, kernel, shift_forms)
+  out_conv, grads_conv = value_and_grads(x, kernel, forms.PLAIN)
   assert relative_error(out_shift, out_conv) < 1e-5
   for shift, conv in zip(grads_shift, grads_conv):
     assert relative_error(shift, conv) < 1e-5
@@ -127,14 +128,15 @@ def test_patchify_convolution_is_flaxs_strided_convolution_in_either_form(patch,
   params = reference.init(jax.random.key(1), x)
   bias = {"params": {**params["params"], "bias": jax.random.normal(jax.random.key(2), (24,))}}
   loss = lambda module: jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))), argnums=(0, 1))
-  for as_matmul in (True, False):
-    module = convnext.PatchifyConv(24, patch, as_matmul=as_matmul)
+  for form in forms.PATCHIFY_FORMS:
+    module = convnext.PatchifyConv(24, patch, form=form)
     jax.tree.map(np.testing.assert_array_equal, module.init(jax.random.key(1), x), params)
     assert relative_error(module.apply(bias, x), reference.apply(bias, x)) < 1e-6
     for got, want in zip(jax.tree.leaves(loss(module)(bias, x)), jax.tree.leaves(loss(reference)(bias, x))):
       assert relative_error(got, want) < 1e-5
-  program = jax.jit(convnext.PatchifyConv(24, patch).apply).lower(bias, x).as_text()
-  assert "dot_general" in program and "convolution" not in program  # The CPU's form by default here.
+  for form, op, other in (("matmul", "dot_general", "convolution"), ("conv", "convolution", "dot_general")):
+    program = jax.jit(convnext.PatchifyConv(24, patch, form=form).apply).lower(bias, x).as_text()
+    assert op in program and other not in program
 
 
 def test_bfloat16_compute_keeps_float32_params_and_stays_close_to_float32():

@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from artstyle_jax.models import convnext
+from artstyle_jax.models import forms
 from artstyle_jax.models.cpu import kernels as cpu_kernels
-from artstyle_jax.models.cpu.depthwise import _shift_forward, _shift_kernel_grad, depthwise_conv
+from artstyle_jax.models.cpu.depthwise import _shift_forward, _shift_kernel_grad
 from helpers import relative_error, run_python
 
 
@@ -112,9 +114,10 @@ def test_kernel_sizes_without_a_compiled_kernel_use_xlas_form():
   assert 9 not in cpu_kernels.CONV_SIZES
   with pytest.raises(jax.errors.JaxRuntimeError, match="kernel size must be 3, 5 or 7"):
     cpu_kernels.depthwise_conv(x, kernel[:, :, 0], jnp.zeros(6)).block_until_ready()
-  shift, conv = (jax.jit(lambda k, impl=impl: depthwise_conv(x, k, impl))(kernel) for impl in ("shift", "conv"))
+  both = (forms.Forms(depthwise="shift", compiled_kernels=True), forms.PLAIN)
+  shift, conv = (jax.jit(lambda k, f=f: convnext.depthwise_conv(x, k, f))(kernel) for f in both)
   assert relative_error(shift, conv) < 1e-5
-  grads = [jax.grad(lambda k, impl=impl: jnp.sum(jnp.sin(depthwise_conv(x, k, impl))))(kernel) for impl in ("shift", "conv")]
+  grads = [jax.grad(lambda k, f=f: jnp.sum(jnp.sin(convnext.depthwise_conv(x, k, f))))(kernel) for f in both]
   assert relative_error(*grads) < 1e-5
 
 
@@ -126,17 +129,18 @@ def test_bfloat16_inputs_are_summed_in_float32():
   assert compiled.dtype == jnp.float32 and relative_error(compiled, xla) < 1e-5
 
 
-# The gradient of a depthwise convolution in a fresh process, with the environment given.
+# The gradient of a depthwise convolution in the CPU's forms in a fresh process, with the
+# environment given; whether those forms use the compiled kernels.
 _GRADIENT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
-    from artstyle_jax.models.cpu import kernels as cpu_kernels
-    from artstyle_jax.models.cpu.depthwise import depthwise_conv
+    from artstyle_jax.models import convnext, forms
     x = jax.random.normal(jax.random.key(0), (2, 9, 12, 5))
     kernel = jax.random.normal(jax.random.key(1), (7, 7, 1, 5))
-    def grad(impl):
-      return jax.jit(jax.grad(lambda k: jnp.sum(jnp.tanh(depthwise_conv(x, k, impl)))))(kernel)
-    shift, conv = grad("shift"), grad("conv")
-    print(cpu_kernels.available(), float(jnp.max(jnp.abs(shift - conv)) / jnp.max(jnp.abs(conv))))
+    cpu_forms = forms.resolve("cpu", jnp.float32)
+    def grad(model_forms):
+      return jax.jit(jax.grad(lambda k: jnp.sum(jnp.tanh(convnext.depthwise_conv(x, k, model_forms)))))(kernel)
+    shift, conv = grad(cpu_forms), grad(forms.PLAIN)
+    print(cpu_forms.compiled_kernels, float(jnp.max(jnp.abs(shift - conv)) / jnp.max(jnp.abs(conv))))
 """)
 
 

@@ -12,64 +12,10 @@ import time
 import pytest
 
 from helpers import REPO
+from launch_recorder import GPU, GPU_CHECK, RECORDER, TPU, write_executable
 
-TPU = REPO / "launch" / "tpu.sh"
-GPU = REPO / "launch" / "gpu.sh"
 Q_REPO = shlex.quote(str(REPO))
 VM = ["--name=art-pod", "--zone=us-central2-b"]
-
-# Appends its program name and arguments (unit- and record-separated) to $LAUNCH_TEST_CALLS.
-RECORDER = """#!/usr/bin/env bash
-{ printf '%s' "${0##*/}"; printf '\\037%s' "$@"; printf '\\036'; } >> "$LAUNCH_TEST_CALLS"
-"""
-FAKED_PROGRAMS = ("gcloud", "git", "mkdir", "python3")
-
-
-class Launch:
-  """Runs a launch script with the recording stand-ins; returns its result and the calls."""
-
-  def __init__(self, tmp_path):
-    self.tmp_path = tmp_path
-    self.calls_file = tmp_path / "calls"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name in FAKED_PROGRAMS:
-      write_executable(bin_dir / name, RECORDER)
-    self.env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-                    LAUNCH_TEST_CALLS=str(self.calls_file))
-
-  def __call__(self, script, *args):
-    result = subprocess.run([str(script), *args], env=self.env, cwd=self.tmp_path,
-                            capture_output=True, text=True, timeout=30)
-    calls = self.calls()
-    self.calls_file.unlink(missing_ok=True)
-    if "--dry-run" in args:
-      assert calls == [], f"--dry-run ran {calls}"
-    return result, calls
-
-  def calls(self):
-    if not self.calls_file.exists():
-      return []
-    records = self.calls_file.read_text().split("\036")[:-1]
-    return [record.split("\037") for record in records]
-
-  def dry_run(self, script, *args):
-    """The printed lines of a successful dry run."""
-    result, _ = self(script, *args, "--dry-run")
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    return result.stdout.splitlines()
-
-
-def write_executable(path, text):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(text)
-  path.chmod(0o755)
-
-
-@pytest.fixture
-def launch(tmp_path):
-  return Launch(tmp_path)
 
 
 def test_shell_quoting_is_pythons_shlex_quote_and_round_trips():
@@ -213,7 +159,7 @@ def test_delete_asks_gcloud_for_confirmation_unless_yes(launch):
       "gcloud compute tpus tpu-vm delete art-pod --zone=us-central2-b --quiet"]
 
 
-def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(tmp_path):
+def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(launch, tmp_path):
   """Plays a worker: the command tpu.sh sends over ssh, run by bash in the home directory."""
   home = tmp_path / "home"
   (home / "artstyle-jax").mkdir(parents=True)
@@ -221,7 +167,6 @@ def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(tmp_p
                    "#!/usr/bin/env bash\necho training\n"
                    "printf '%s\\n' \"$PWD\" \"$@\" > ../argv.part\nmv ../argv.part ../argv\n"
                    "exec sleep 60\n")
-  launch = Launch(tmp_path)
   override = "--config.note=it's (1, 2)"
   [train_line] = launch.dry_run(TPU, "train", *VM, "--bucket=my-bucket", override)
   [stop_line] = launch.dry_run(TPU, "stop", *VM)
@@ -307,16 +252,16 @@ def test_tpu_without_a_command_prints_usage_and_fails(launch):
 
 
 def test_gpu_installs_jax_cuda_in_a_venv_checks_the_gpu_then_trains_and_evaluates(launch):
-  assert launch.dry_run(GPU) == [
+  assert launch.dry_run(GPU, "--data-dir=/data/tfds") == [
+      "export XLA_PYTHON_CLIENT_PREALLOCATE=false",
       "python3 -c 'import sys; assert sys.version_info >= (3, 11),"
       " \"JAX needs Python 3.11+: pass --python\"'",
       f"python3 -m venv {REPO}/.venv",
       f"{REPO}/.venv/bin/python -m pip install --upgrade pip",
       f"{REPO}/.venv/bin/python -m pip install -e '{REPO}[cuda]' -c {REPO}/launch/constraints.txt",
-      f"{REPO}/.venv/bin/python -c 'import jax; print(jax.devices());"
-      " assert jax.default_backend() == \"gpu\", \"JAX sees no GPU\"'",
+      GPU_CHECK,
       f"{REPO}/.venv/bin/python -m artstyle_jax.train --config=configs/paper.py"
-      " --workdir=workdir/paper",
+      " --workdir=workdir/paper --config.dataset.data_dir=/data/tfds",
       f"{REPO}/.venv/bin/python -m artstyle_jax.eval --workdir=workdir/paper"]
 
 
@@ -325,23 +270,27 @@ def test_gpu_passes_config_workdir_data_dir_and_overrides_through(launch):
       GPU, "--skip-install", "--venv=/opt/my venv/", "--config=configs/tiny.py",
       "--data-dir", "/data/tfds", "--config.batch_size=64",
       "--config.views.student.mean=(0.5, 0.5, 0.5)") == [
+      "export XLA_PYTHON_CLIENT_PREALLOCATE=false",
       "'/opt/my venv/bin/python' -c 'import jax; print(jax.devices());"
       " assert jax.default_backend() == \"gpu\", \"JAX sees no GPU\"'",
       "'/opt/my venv/bin/python' -m artstyle_jax.train --config=configs/tiny.py"
       " --workdir=workdir/tiny --config.dataset.data_dir=/data/tfds --config.batch_size=64"
       " '--config.views.student.mean=(0.5, 0.5, 0.5)'",
       "'/opt/my venv/bin/python' -m artstyle_jax.eval --workdir=workdir/tiny"]
-  assert launch.dry_run(GPU, "--skip-install", "--workdir=runs/a b")[-1] == (
+  assert launch.dry_run(GPU, "--skip-install", "--data-dir=gs://b/tfds", "--workdir=runs/a b")[-1] == (
       f"{REPO}/.venv/bin/python -m artstyle_jax.eval '--workdir=runs/a b'")
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--bogus"], "unknown flag '--bogus'"),
-    (["--workdir"], "--workdir needs a value"),
-    (["--config="], "--config needs a value"),
-    (["--config.batch_size"], "write config overrides as --config.batch_size=VALUE"),
-    (["--skip-install=yes"], "--skip-install takes no value"),
-    (["--skip-install", "--venv=/nonexistent/venv"],
+    ([], "--data-dir=DIR is required: the TFDS data_dir that holds the config's dataset"),
+    (["--data-dir=/d", "--bogus"], "unknown flag '--bogus'"),
+    (["--data-dir=/d", "--workdir"], "--workdir needs a value"),
+    (["--data-dir=/d", "--config="], "--config needs a value"),
+    (["--data-dir=/d", "--config.batch_size"], "write config overrides as --config.batch_size=VALUE"),
+    (["--data-dir=/d", "--skip-install=yes"], "--skip-install takes no value"),
+    (["--data-dir=/d", "--mem-fraction=1.5"], "--mem-fraction must be in (0, 1), got '1.5'"),
+    (["--data-dir=/nonexistent/tfds"], "--data-dir=/nonexistent/tfds: no such directory"),
+    (["--data-dir=/", "--skip-install", "--venv=/nonexistent/venv"],
      "--skip-install, but /nonexistent/venv/bin/python does not exist"),
 ])
 def test_gpu_argument_errors_exit_2_with_a_clear_message_before_running_anything(
@@ -372,13 +321,21 @@ def test_tpu_real_run_executes_exactly_the_dry_run_commands(launch, args):
 
 
 def test_gpu_real_run_executes_exactly_the_dry_run_commands(launch, tmp_path):
+  """The printed export lines set the environment the commands run in."""
   venv = tmp_path / "venv"
-  write_executable(venv / "bin" / "python", RECORDER)
-  args = ["--venv", str(venv), "--data-dir=/data/tfds", "--config.seed=1"]
+  # The stand-ins also record the memory setting they were started with.
+  recorder = RECORDER.replace('"$@"; printf', '"$@" "PREALLOCATE=$XLA_PYTHON_CLIENT_PREALLOCATE"; printf')
+  write_executable(venv / "bin" / "python", recorder)
+  write_executable(tmp_path / "bin" / "python3", recorder)
+  (tmp_path / "tfds").mkdir()
+  args = ["--venv", str(venv), f"--data-dir={tmp_path / 'tfds'}", "--config.seed=1"]
   printed = launch.dry_run(GPU, *args)
   result, calls = launch(GPU, *args)
   assert result.returncode == 0, result.stderr
-  expected = [shlex.split(line) for line in printed]
+  exports = [line for line in printed if line.startswith("export ")]
+  assert exports == ["export XLA_PYTHON_CLIENT_PREALLOCATE=false"]
+  expected = [shlex.split(line) for line in printed if not line.startswith("export ")]
   for argv in expected:
     argv[0] = os.path.basename(argv[0])
+    argv.append("PREALLOCATE=false")
   assert calls == expected

@@ -32,7 +32,7 @@ def _run(mesh, config, batches, initial=None):
 
   Returns the metrics of each step, the final state on the host, and the state's shardings.
   """
-  backbone = convnext.ConvNeXt(depths=(1, 1), dims=(8, 16), depthwise="conv")
+  backbone = convnext.ConvNeXt(depths=(1, 1), dims=(8, 16))
   head = step.build_head(config)
   optimizer, schedule = optim.create(config, steps_per_epoch=10)
   sharding.check_batch_divides(config.batch_size, mesh)
@@ -55,7 +55,7 @@ def _run(mesh, config, batches, initial=None):
 @pytest.fixture(scope="module")
 def initial_state():
   config = _config()
-  backbone = convnext.ConvNeXt(depths=(1, 1), dims=(8, 16), depthwise="conv")
+  backbone = convnext.ConvNeXt(depths=(1, 1), dims=(8, 16))
   optimizer, _ = optim.create(config, steps_per_epoch=10)
   state, _ = step.create_state(jax.random.PRNGKey(0), config, backbone, step.build_head(config), optimizer,
                                sharding.create_mesh(devices=jax.devices()[:1]))

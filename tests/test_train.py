@@ -63,7 +63,11 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(straight_run, tmp_path
   straight_losses, resumed_losses = logged_losses(straight), logged_losses(interrupted)
   assert [straight_losses[s] for s in (4, 5, 6)] == [resumed_losses[s] for s in (4, 5, 6)]
   with open(straight / "config.json") as f:
-    assert json.load(f)["num_steps"] == 6
+    recorded = json.load(f)
+  assert recorded["num_steps"] == 6
+  # The forms train chose for this CPU, beside the config's 'auto' and FAST_COMPILING's 'conv'.
+  assert recorded["forms"] == {"depthwise": "conv", "mlp_grad": "manual", "patchify": "matmul",
+                               "compiled_kernels": False}
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, synthetic_data):

@@ -1,5 +1,6 @@
 """Weight import: numerical parity with timm and transformers, strict key checks, weight sources."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -8,6 +9,7 @@ import transformers
 
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
+from artstyle_jax.models import forms
 from helpers import FIXTURES, assert_trees_equal, relative_error, run_python
 
 TIMM_WEIGHTS = FIXTURES / "timm_convnext_small_random.safetensors"
@@ -36,7 +38,7 @@ def test_from_timm_reads_the_architecture_from_keys_and_shapes(timm_state):
 def test_outputs_match_timm_within_1e_4(timm_state, depthwise):
   """The four stage outputs, pre-logits and logits of timm's model, from its own state dict."""
   reference = np.load(TIMM_OUTPUTS)
-  module, params = convnext_weights.from_timm(timm_state, depthwise=depthwise)
+  module, params = convnext_weights.from_timm(timm_state, forms=forms.resolve("cpu", jnp.float32, depthwise=depthwise))
   images = _nchw_to_nhwc(reference["input_nchw"])
 
   @jax.jit

@@ -1,1 +1,1 @@
-"""Benchmarks. Run `python -m artstyle_jax.bench {backbone,step,data} --help`."""
+"""Benchmarks. Run `python -m artstyle_jax.bench {backbone,step,memory,cost,data,profile,suite} --help`."""

@@ -7,7 +7,7 @@ import sys
 
 from artstyle_jax import host_memory
 
-BENCHMARKS = ("backbone", "step", "memory", "data", "profile", "suite")
+BENCHMARKS = ("backbone", "step", "memory", "cost", "data", "profile", "suite")
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,8 @@
 """Times a backbone: ours (JAX, jitted) against the same network in PyTorch.
 
   python -m artstyle_jax.bench backbone [--model convnext_tiny|resnet50|...] [--image-size 224] [--batch 8]
-      [--steps 5] [--warmup 2] [--dtype float32] [--depthwise auto] [--mlp-grad auto] [--no-torch]
+      [--steps 5] [--warmup 2] [--dtype float32] [--depthwise auto] [--mlp-grad auto] [--patchify auto]
+      [--no-torch]
 
 ConvNeXt is timed against transformers' ConvNextModel, ResNet-50 against the plain-torch
 torchvision ResNet-50 of `bench/torch_resnet.py` (BatchNorm in eval mode, as ours is frozen).
@@ -24,9 +25,8 @@ import numpy as np
 from artstyle_jax import cli
 from artstyle_jax.bench import timing
 from artstyle_jax.models import convnext
-from artstyle_jax.models.cpu import depthwise
+from artstyle_jax.models import forms as forms_lib
 from artstyle_jax.models import resnet
-from artstyle_jax.models.cpu.block_mlp import resolve_mlp_grad
 
 
 def _parse(argv: list[str]):
@@ -43,6 +43,8 @@ def _parse(argv: list[str]):
                     flag_values=flag_values)
   flags.DEFINE_enum("mlp-grad", "auto", ("auto", "autodiff", "manual"), "gradient form of ConvNeXt blocks' "
                     "pointwise part (models/cpu/block_mlp.py)", flag_values=flag_values)
+  flags.DEFINE_enum("patchify", "auto", ("auto", "conv", "matmul"), "form of the stem's and downsampling layers' "
+                    "convolutions", flag_values=flag_values)
   flags.DEFINE_bool("no-torch", False, "time ours only", flag_values=flag_values)
   flags.DEFINE_bool("forward-only", False, "time the forward alone (feature extraction, what the probes run)",
                     flag_values=flag_values)
@@ -52,6 +54,12 @@ def _parse(argv: list[str]):
   return args
 
 
+def model_forms(args) -> forms_lib.Forms:
+  """The ConvNeXt's forms the flags ask for, 'auto' chosen for the default device's platform."""
+  return forms_lib.resolve(forms_lib.platform_of(jax.devices()[0]), jnp.dtype(args.dtype),
+                           depthwise=args.depthwise, mlp_grad=args.mlp_grad, patchify=args.patchify)
+
+
 def _jax_runs(args) -> tuple[dict, dict]:
   """Ours: ({'forward': run, 'train': run}, facts), each run timing one waited-for call of the
   compiled program; the programs are compiled (and called once; the train program not with
@@ -59,8 +67,7 @@ def _jax_runs(args) -> tuple[dict, dict]:
   if args.model in resnet.SIZES:
     module = resnet.create(args.model, dtype=jnp.dtype(args.dtype))
   else:
-    module = convnext.create(args.model, dtype=jnp.dtype(args.dtype), depthwise=args.depthwise,
-                             mlp_grad=args.mlp_grad)
+    module = convnext.create(args.model, dtype=jnp.dtype(args.dtype), forms=model_forms(args))
   images = jax.random.normal(jax.random.key(0), (args.batch, args.image_size, args.image_size, 3))
   params = jax.jit(module.init)(jax.random.key(1), images)
 
@@ -151,29 +158,26 @@ def _train_text(timings: dict) -> str:
   return f"  forward+backward {timings['train_s']:.4f} s/it ({timings['train_images_per_s']:.1f} img/s)"
 
 
-def _depthwise_form(args) -> str:
-  """The depthwise convolution's form, e.g. 'shift, C++, fused with LayerNorm' ('' for a ResNet)."""
-  if args.model in resnet.SIZES:
-    return ""
-  form = depthwise.resolve_depthwise(args.depthwise)
-  if form == "shift" and jax.default_backend() == "cpu":
-    if convnext.compiled_cpu_forms(args.depthwise, args.mlp_grad, jnp.dtype(args.dtype)):
-      form += ", C++, fused with LayerNorm"
-    else:
-      form += ", C++" if depthwise.compiled_kernels(convnext.DW_KERNEL) else ", XLA"
-  return form
+def depthwise_description(forms: forms_lib.Forms) -> str:
+  """The depthwise convolution's form, e.g. 'shift, C++, fused with LayerNorm'."""
+  if forms.fused_block:
+    return "shift, C++, fused with LayerNorm"
+  if forms.depthwise == "shift":
+    return "shift, C++" if forms.compiled_kernels else "shift, XLA"
+  return forms.depthwise
 
 
 def main(argv: list[str]) -> int:
   args = _parse(argv)
+  forms = None if args.model in resnet.SIZES else model_forms(args)
   result = {"benchmark": "backbone", "model": args.model, "image_size": args.image_size,
             "batch": args.batch, "steps": args.steps, "dtype": args.dtype,
-            "backend": jax.default_backend(), "depthwise": _depthwise_form(args),
-            "mlp_grad": "" if args.model in resnet.SIZES else resolve_mlp_grad(args.mlp_grad, args.dtype),
-            "cores": _available_cores()}
-  forms = "" if args.model in resnet.SIZES else f", depthwise={result['depthwise']}, mlp_grad={result['mlp_grad']}"
+            "backend": jax.default_backend(), "depthwise": "" if forms is None else depthwise_description(forms),
+            "forms": None if forms is None else forms.as_dict(), "cores": _available_cores()}
+  forms_text = "" if forms is None else (f", depthwise={result['depthwise']}, mlp_grad={forms.mlp_grad}, "
+                                         f"patchify={forms.patchify}")
   print(f"{args.model} {args.image_size}px batch {args.batch}, {result['cores']} cores, "
-        f"JAX on {result['backend']} ({args.dtype}{forms})")
+        f"JAX on {result['backend']} ({args.dtype}{forms_text})")
   ours, theirs = _time(args)
   result["jax"] = ours
   print(f"  jax    forward {ours['forward_s']:.4f} s/it ({ours['forward_images_per_s']:.1f} img/s)"

@@ -9,6 +9,9 @@ Memory is affine in the batch, so a line through the figures gives the bytes per
 fixed bytes (train state, gradients, updates) and the largest per-device batch within
 --limit_gib. JSON line last.
 
+The network's forms ('auto' in the config) are those of the platform compiled for (the TPU's
+with --topology), and the JSON line names them.
+
 --topology compiles for the first --num_devices chips of a Cloud TPU topology
 (`jax.experimental.topologies`, names as 'v4:2x2x1', 'v5e:2x2', 'v5p:2x2x1', 'v6e:2x2'),
 deviceless: it needs libtpu (`pip install 'jax[tpu]'`) but no TPU, so it runs on a CPU host, and
@@ -32,6 +35,7 @@ import numpy as np
 
 from artstyle_jax import cli
 from artstyle_jax import sharding
+from artstyle_jax import step
 from artstyle_jax.bench import step as bench_step
 
 _GIB = 2**30
@@ -45,7 +49,19 @@ def topology_devices(name: str) -> list:
   try:
     return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
   except RuntimeError as e:
+    if "lockfile" in str(e):
+      raise SystemExit(f"--topology={name}: another process holds libtpu (one deviceless compile at a time "
+                       f"per host): {e}") from e
     raise SystemExit(f"--topology={name} needs libtpu (pip install 'jax[tpu]'): {e}") from e
+
+
+def first_topology_devices(topology: str, num_devices: int) -> list:
+  """The first `num_devices` devices of a Cloud TPU topology; SystemExit naming the range if it
+  has fewer."""
+  devices = topology_devices(topology)
+  if not 1 <= num_devices <= len(devices):
+    raise SystemExit(f"--num_devices must be in [1, {len(devices)}] for {topology}")
+  return devices[:num_devices]
 
 
 def fit_line(peak_bytes_by_batch: dict[int, int], limit_bytes: float) -> dict:
@@ -88,18 +104,13 @@ def main(argv: Sequence[str]) -> int:
     raise SystemExit(f"--batch_sizes needs two positive sizes or more, got {flag_values.batch_sizes}")
   config = ml_collections.ConfigDict(flag_values.config.to_dict())
   if flag_values.topology:
-    devices = topology_devices(flag_values.topology)
-    if not 1 <= flag_values.num_devices <= len(devices):
-      raise SystemExit(f"--num_devices must be in [1, {len(devices)}] for {flag_values.topology}")
-    devices = devices[:flag_values.num_devices]
-    if config.model.depthwise == "auto":
-      config.model.depthwise = "conv"  # what 'auto' picks on a TPU; here it would follow this CPU host
+    devices = first_topology_devices(flag_values.topology, flag_values.num_devices)
   else:
     devices = jax.devices()
   mesh = sharding.create_mesh(config.mesh.fsdp, devices)
   result = {
       "model": config.model.name, "image_size": config.image_size, "dtype": config.model.dtype,
-      "remat": config.model.remat, "depthwise": config.model.depthwise, "topology": flag_values.topology,
+      "remat": config.model.remat, "forms": step.model_forms(config, mesh).as_dict(), "topology": flag_values.topology,
       "device_kind": devices[0].device_kind, "num_devices": mesh.size, "limit_gib": flag_values.limit_gib,
   }
   print(f"{config.model.name} {config.image_size}px {config.model.dtype} remat={config.model.remat} "

@@ -28,7 +28,7 @@ import numpy as np
 
 from artstyle_jax import cli
 from artstyle_jax.models import convnext
-from artstyle_jax.models.cpu.depthwise import resolve_depthwise
+from artstyle_jax.models import forms as forms_lib
 
 DEPTHWISE, NORM, GELU, DENSE, PATCHIFY, TRANSPOSE, OTHER = (
     "7x7 depthwise", "LayerNorm", "GELU", "pointwise Dense", "stem/downsample conv",
@@ -121,8 +121,13 @@ def _thunk_seconds(run, steps: int) -> collections.Counter:
   return seconds
 
 
-def _profile_jax(args) -> dict[str, dict[str, float]]:
-  module = convnext.create(args.model, depthwise=args.depthwise)
+def _model_forms(args) -> forms_lib.Forms:
+  """The forms of the profiled float32 ConvNeXt, 'auto' chosen for the default device's platform."""
+  return forms_lib.resolve(forms_lib.platform_of(jax.devices()[0]), jnp.float32, depthwise=args.depthwise)
+
+
+def _profile_jax(args, forms: forms_lib.Forms) -> dict[str, dict[str, float]]:
+  module = convnext.create(args.model, forms=forms)
   images = jax.random.normal(jax.random.key(0), (args.batch, args.image_size, args.image_size, 3))
   params = jax.jit(module.init)(jax.random.key(1), images)
   forward = jax.jit(lambda p, x: module.apply(p, x)).lower(params, images).compile()
@@ -201,9 +206,10 @@ def _cell(table: dict, kind: str) -> str:
 
 def main(argv) -> int:
   args = _parse(argv)
+  forms = _model_forms(args)
   result = {"benchmark": "profile", "model": args.model, "image_size": args.image_size,
-            "batch": args.batch, "steps": args.steps, "depthwise": resolve_depthwise(args.depthwise)}
-  ours = _profile_jax(args)
+            "batch": args.batch, "steps": args.steps, "depthwise": forms.depthwise, "forms": forms.as_dict()}
+  ours = _profile_jax(args, forms)
   result["jax"] = ours
   theirs = None if args.no_torch else _profile_torch(args)
   result["torch"] = theirs

@@ -7,9 +7,9 @@ Times the train step of the config (random initialisation, random float32 views,
 all devices) after warm-up: the median of `--steps` steps, each waited for. Prints, last, one
 JSON line: step_s, images_per_s,
 flops_per_step, achieved_flops_per_s, mfu (model FLOPs per second over the devices' peak: the
-dense bfloat16 peak of the accelerator from the table below, or on CPU a measured large float32
-matmul), the device kind and the peak used, and XLA's memory analysis of the compiled step per
-device.
+dense bfloat16 peak of the accelerator from the table of `chips`, or on CPU a measured large float32
+matmul), the device kind and the peak used, the network's forms (those of the devices' platform)
+and XLA's memory analysis of the compiled step per device.
 
 FLOPs are XLA's cost analysis of the step as lowered (the program as written, all devices).
 `compiled_flops_per_step` is the analysis of the compiled program (summed over devices); it
@@ -25,7 +25,7 @@ image what the student's backward keeps from its forward (the residuals of its V
 schedule does not realise the saving of remat (its memory analysis of a rematerialised step is
 no smaller), so on CPU the estimate is the figure to read for remat.
 """
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 import functools
 import json
 import math
@@ -45,38 +45,16 @@ from artstyle_jax import optim
 from artstyle_jax import sharding
 from artstyle_jax import state as state_lib
 from artstyle_jax import step
+from artstyle_jax.bench import chips
 from artstyle_jax.bench import timing
 
-# Dense bfloat16 peak FLOP/s of one JAX device (one chip), by `device_kind`.
-TPU_PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,  # v5e
-    "TPU v5e": 197e12,
-    "TPU v5": 459e12,  # v5p
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,  # v6e (Trillium)
-    "TPU v6e": 918e12,
-}
-# GPUs by a substring of `device_kind` (e.g. "NVIDIA H100 80GB HBM3"); the first match wins.
-GPU_PEAK_FLOPS = (
-    ("A100", 312e12),
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),  # SXM
-    ("H200", 989e12),
-)
 _GIB = 2**30
 
 
 def peak_flops_per_device(device: jax.Device) -> float | None:
-  """Dense bfloat16 peak FLOP/s of an accelerator from the tables; None if unknown."""
-  kind = device.device_kind
-  if kind in TPU_PEAK_FLOPS:
-    return TPU_PEAK_FLOPS[kind]
-  for name, peak in GPU_PEAK_FLOPS:
-    if name.lower() in kind.lower():
-      return peak
-  return None
+  """Dense bfloat16 peak FLOP/s of an accelerator from the table (`chips`); None if unknown."""
+  chip = chips.chip_of(device)
+  return None if chip is None else chip.peak_flops_per_s
 
 
 def measured_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
@@ -114,12 +92,14 @@ def _flops(analysis) -> float:
 
 
 class StepProgram:
-  """The config's train step on `mesh`, lowered from abstract shapes."""
+  """The config's train step on `mesh`, lowered from abstract shapes; the network in the forms
+  of `platform` when given (a program lowered here for another platform), else of the mesh's."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, platform: str | None = None):
     self.config, self.mesh = config, mesh
     sharding.check_batch_divides(config.batch_size, mesh)
-    backbone, head = step.build_backbone(config), step.build_head(config)
+    backbone, head = step.build_backbone(config, mesh, platform=platform), step.build_head(config)
+    self.forms = backbone.forms
     optimizer, schedule = optim.create(config, steps_per_epoch=1000)
     self.create = functools.partial(
         step.create_state, config=config, backbone=backbone, head=head, optimizer=optimizer, mesh=mesh)
@@ -204,10 +184,11 @@ def _tree_bytes(tree) -> int:
   return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def residual_estimate(config: ml_collections.ConfigDict, limit_bytes: float) -> dict:
+def residual_estimate(config: ml_collections.ConfigDict, mesh, limit_bytes: float, platform: str | None = None) -> dict:
   """Largest batch per device (replicated parameters) from the state's size and the student's
-  VJP residuals per image (from abstract batches of 1 and 2 images; nothing is compiled)."""
-  backbone, head = step.build_backbone(config), step.build_head(config)
+  VJP residuals per image (from abstract batches of 1 and 2 images; nothing is compiled), the
+  network in the forms of `platform`, else of `mesh`'s."""
+  backbone, head = step.build_backbone(config, mesh, platform=platform), step.build_head(config)
   optimizer, _ = optim.create(config, steps_per_epoch=1000)
   state = jax.eval_shape(
       functools.partial(state_lib.create, config=config, backbone=backbone, head=head, optimizer=optimizer),
@@ -281,14 +262,14 @@ def main(argv: Sequence[str]) -> int:
   result = {
       "benchmark": "step", "model": config.model.name, "image_size": config.image_size, "batch_size": config.batch_size,
       "dtype": config.model.dtype, "remat": config.model.remat, "device_kind": device.device_kind,
-      "platform": device.platform, "num_devices": mesh.size,
+      "platform": device.platform, "num_devices": mesh.size, "forms": step.model_forms(config, mesh).as_dict(),
   }
   print(f"{config.model.name} {config.image_size}px batch {config.batch_size} {config.model.dtype} "
         f"remat={config.model.remat} on {mesh.size} x {device.device_kind}", flush=True)
 
   if flag_values.fit_memory_gib:
     limit = flag_values.fit_memory_gib * _GIB
-    result["residual_estimate"] = residual_estimate(config, limit)
+    result["residual_estimate"] = residual_estimate(config, mesh, limit)
     print(f"estimate from residuals: {result['residual_estimate']}", flush=True)
     result["xla_memory_analysis"] = fit_batch(config, mesh, limit)
     print(json.dumps(result))

@@ -96,7 +96,7 @@ def _backbone(config: ml_collections.ConfigDict, params: Any, module: Optional[n
               mesh: jax.sharding.Mesh) -> Backbone:
   """The backbone `evaluate_backbone` is given, its parameters replicated over `mesh`."""
   if module is None:
-    module = step_lib.build_backbone(config)
+    module = step_lib.build_backbone(config, mesh)
     if params is None:
       return Backbone(module, workdir_lib.random_backbone_params(config, module, mesh), config.model.name, True)
     return Backbone(module, params, config.model.name, False)
@@ -290,7 +290,7 @@ def evaluate_weights(source: str, config: ml_collections.ConfigDict, out_dir: st
   workdir_lib.open_splits(config)  # A missing dataset is refused before the backbone is loaded.
   source = models.RANDOM_PREFIX + config.model.name if source == "random" else models.backbones.canonical_source(source)
   backbone, variables = models.load_backbone(source, seed=config.seed, dtype=config_lib.compute_dtype(config),
-                                             depthwise=config.model.depthwise)
+                                             forms=step_lib.model_forms(config, mesh))
   config = weights_config(config, backbone, overridden)
   logging.info("loaded %s (%s)", source, models.model_name(backbone))
   results = evaluate_backbone(config, variables["params"], out_dir, mesh=mesh, backbone=backbone, weights=source,

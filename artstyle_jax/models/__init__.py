@@ -1,6 +1,7 @@
 """Networks: the ConvNeXt and ResNet backbones, the projection head, and weight import.
 
 - `convnext`, `resnet`, `heads`: the networks.
+- `forms`: which form of each ConvNeXt part a program computes, chosen for its platform.
 - `cpu/`: the ConvNeXt's CPU-only forms (C++ kernels, hand-written gradients).
 - `torch_weights` (reading torch files, one error type), `convnext_weights` (timm, transformers,
   the hub), `resnet_weights` (the public self-supervised checkpoints' layouts),

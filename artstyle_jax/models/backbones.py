@@ -29,6 +29,7 @@ from artstyle_jax import paths
 from artstyle_jax.models import authors_checkpoint
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
+from artstyle_jax.models import forms as forms_lib
 from artstyle_jax.models import resnet
 from artstyle_jax.models import resnet_weights
 from artstyle_jax.models import torch_weights
@@ -47,10 +48,10 @@ def random_init_key(seed: int) -> jax.Array:
   return jax.random.split(jax.random.PRNGKey(seed), 4)[0]
 
 
-def create(name: str, *, dtype: Any = jnp.float32, depthwise: str = "auto") -> nn.Module:
-  """An untrained backbone by name (`MODEL_NAMES`)."""
+def create(name: str, *, dtype: Any = jnp.float32, forms: forms_lib.Forms = forms_lib.PLAIN) -> nn.Module:
+  """An untrained backbone by name (`MODEL_NAMES`); a ConvNeXt in `forms`."""
   if name in convnext.SIZES:
-    return convnext.create(name, dtype=dtype, depthwise=depthwise)
+    return convnext.create(name, dtype=dtype, forms=forms)
   if name in resnet.SIZES:
     return resnet.create(name, dtype=dtype)
   raise BackboneError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
@@ -90,7 +91,7 @@ def num_parameters(variables: Any) -> int:
   return int(sum(np.size(leaf) for path, leaf in leaves if path[-1].key not in ("mean", "var")))
 
 
-def _from_safetensors(path: str, dtype: Any, depthwise: str) -> tuple[nn.Module, Any]:
+def _from_safetensors(path: str, dtype: Any, forms: forms_lib.Forms) -> tuple[nn.Module, Any]:
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   with safe_open(path, framework="numpy") as f:
     keys = list(f.keys())
@@ -98,7 +99,7 @@ def _from_safetensors(path: str, dtype: Any, depthwise: str) -> tuple[nn.Module,
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     _, module, params = resnet_weights.from_state_dict(load_file(path), dtype=dtype)
     return module, params
-  return convnext_weights.load_pretrained(path, dtype=dtype, depthwise=depthwise)
+  return convnext_weights.load_pretrained(path, dtype=dtype, forms=forms)
 
 
 def _is_authors_checkpoint(loaded: Any) -> bool:
@@ -106,24 +107,24 @@ def _is_authors_checkpoint(loaded: Any) -> bool:
   return isinstance(model, dict) and any(str(k).startswith("net.net.") for k in model)
 
 
-def _from_torch_file(path: str, dtype: Any, depthwise: str) -> tuple[nn.Module, Any]:
+def _from_torch_file(path: str, dtype: Any, forms: forms_lib.Forms) -> tuple[nn.Module, Any]:
   loaded = torch_weights.load(path)
   if _is_authors_checkpoint(loaded):
     student = authors_checkpoint.read(path).networks["student"]
-    return convnext_weights.from_timm(student.backbone, dtype=dtype, depthwise=depthwise)
+    return convnext_weights.from_timm(student.backbone, dtype=dtype, forms=forms)
   _, module, params = resnet_weights.from_state_dict(torch_weights.tensors_of(loaded, path), dtype=dtype)
   return module, params
 
 
-def _from_file(path: str, dtype: Any, depthwise: str) -> tuple[nn.Module, Any]:
+def _from_file(path: str, dtype: Any, forms: forms_lib.Forms) -> tuple[nn.Module, Any]:
   if os.path.isdir(path):
     weights = os.path.join(path, "model.safetensors")
     if not os.path.isfile(weights):
       raise FileNotFoundError(f"directory {path} has no model.safetensors")
-    return _from_safetensors(weights, dtype, depthwise)
+    return _from_safetensors(weights, dtype, forms)
   if path.endswith(".safetensors"):
-    return _from_safetensors(path, dtype, depthwise)
-  return _from_torch_file(path, dtype, depthwise)
+    return _from_safetensors(path, dtype, forms)
+  return _from_torch_file(path, dtype, forms)
 
 
 def canonical_source(source: str) -> str:
@@ -133,14 +134,14 @@ def canonical_source(source: str) -> str:
 
 
 def load_backbone(source: str, *, seed: int = 0, dtype: Any = jnp.float32,
-                  depthwise: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
+                  forms: forms_lib.Forms = forms_lib.PLAIN) -> tuple[nn.Module, dict[str, Any]]:
   """(module, {'params': ...}) of the backbone `source` names (see the module docstring).
 
   Args:
     source: 'random:MODEL', a hub id, or a local file or directory.
     seed: the seed of a random initialisation.
     dtype: compute dtype of the module (parameters are float32).
-    depthwise: ConvNeXt's depthwise convolution form ('auto', 'conv', 'shift').
+    forms: a ConvNeXt's forms (`forms.resolve` for the platform it runs on).
 
   Raises:
     FileNotFoundError: a path that does not exist, or a hub id neither downloadable nor cached.
@@ -152,14 +153,14 @@ def load_backbone(source: str, *, seed: int = 0, dtype: Any = jnp.float32,
     if not name:
       raise BackboneError(f"a random backbone needs a model: {RANDOM_PREFIX}MODEL, MODEL one of "
                           f"{', '.join(MODEL_NAMES)}")
-    module = create(name, dtype=dtype, depthwise=depthwise)
+    module = create(name, dtype=dtype, forms=forms)
     return module, {"params": init_params(module, seed)}
   local = paths.resolve(source)
   try:
     if os.path.exists(local):
-      module, params = _from_file(local, dtype, depthwise)
+      module, params = _from_file(local, dtype, forms)
     elif convnext_weights.HUB_ID.fullmatch(source) and not source.startswith((".", "~")) and not source.endswith(_FILE_EXTENSIONS):
-      module, params = _from_safetensors(convnext_weights.safetensors_path(source), dtype, depthwise)
+      module, params = _from_safetensors(convnext_weights.safetensors_path(source), dtype, forms)
     else:
       raise FileNotFoundError(f"{source}: no such file or directory, and not a hub id like "
                               "timm/convnext_base.fb_in22k_ft_in1k")

@@ -7,6 +7,11 @@ head (global average pool -> LayerNorm -> Linear) when the module has one.
 Numerics: parameters are float32; convolutions and matmuls run in `dtype`; LayerNorm statistics
 and the residual stream stay float32, so stage outputs are float32 whatever `dtype` is.
 
+Forms: the depthwise convolution, the blocks' pointwise gradient and the patchify convolutions
+each have a plain form and a CPU form (`forms.Forms`, the CPU's in `cpu/`); a program chooses
+them for the platform it compiles for (`forms.resolve`) and passes them as `forms`. The default,
+`forms.PLAIN`, is the accelerators'.
+
 Weights from timm and transformers: `convnext_weights`.
 """
 from collections.abc import Sequence
@@ -17,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from artstyle_jax.models.cpu.block_mlp import (LAYER_NORM_EPS, MlpGrad, MlpParams, depthwise_block, depthwise_block_available,
-                                          gelu, layer_norm, pointwise_mlp, resolve_mlp_grad)
-from artstyle_jax.models.cpu.depthwise import Impl, depthwise_conv, resolve_depthwise
+from artstyle_jax.models.cpu.block_mlp import (LAYER_NORM_EPS, CompiledLayerNorm, MlpParams, depthwise_block, gelu,
+                                               pointwise_mlp)
+from artstyle_jax.models.cpu.depthwise import shift_conv
+from artstyle_jax.models.forms import PLAIN, Forms
 
 # timm's model sizes: name -> (depths, dims).
 SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -46,28 +52,9 @@ def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
                       use_fast_variance=False, name=name)
 
 
-class _CompiledLayerNorm(nn.Module):
-  """`_layer_norm` in float32 as the CPU's compiled kernel (`block_mlp.layer_norm`): the same
-  parameters, the same function."""
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
-    return layer_norm(x.astype(jnp.float32), scale, bias)
-
-
-def compiled_cpu_forms(depthwise: Impl, mlp_grad: MlpGrad, dtype: Any) -> bool:
-  """Whether a network of these forms runs on the CPU's compiled kernels: blocks whose 'shift'
-  convolution and LayerNorm are one kernel ('manual' pointwise gradient, float32;
-  `block_mlp.depthwise_block`), and the stem's and downsampling layers' LayerNorms as kernels of
-  their own (`block_mlp.layer_norm`)."""
-  return (resolve_mlp_grad(mlp_grad, dtype) == "manual" and resolve_depthwise(depthwise) == "shift"
-          and depthwise_block_available(DW_KERNEL))
-
-
-def _norm(name: str | None, dtype: Any, compiled: bool) -> nn.Module:
-  return _CompiledLayerNorm(name=name) if compiled else _layer_norm(name, dtype)
+def _norm(name: str | None, dtype: Any, forms: Forms) -> nn.Module:
+  """The stem's and the downsampling layers' LayerNorm, a compiled kernel in the fused CPU forms."""
+  return CompiledLayerNorm(name=name) if forms.fused_block else _layer_norm(name, dtype)
 
 
 def pool(feature_map: jax.Array) -> jax.Array:
@@ -91,17 +78,42 @@ def stochastic_depth_rates(depths: Sequence[int], rate: float) -> list[tuple[flo
   return [tuple(rates[start:stop]) for start, stop in zip(starts[:-1], starts[1:])]
 
 
+def depthwise_conv(x: jax.Array, kernel: jax.Array, forms: Forms = PLAIN) -> jax.Array:
+  """Depthwise convolution of an NHWC batch, stride 1, 'SAME' padding, in the form `forms.depthwise`.
+
+  Args:
+    x: (B, H, W, C) input.
+    kernel: (k, k, 1, C) per-channel weights (flax's HWIO layout for a grouped conv), k odd.
+    forms: 'conv' is one grouped convolution, 'shift' the CPU's form (`cpu/depthwise.py`).
+
+  Returns:
+    (B, H, W, C) in the dtype of `x`: out[b, h, w, c] = sum_{i,j} x[b, h+i-p, w+j-p, c] *
+    kernel[i, j, 0, c], p = (k - 1) // 2, zeros outside the image (cross-correlation, as torch).
+  """
+  k = kernel.shape[0]
+  if kernel.ndim != 4 or kernel.shape[1] != k or kernel.shape[2] != 1 or k % 2 != 1:
+    raise ValueError(f"kernel must have shape (k, k, 1, C) with k odd, got {kernel.shape}")
+  if x.ndim != 4 or x.shape[-1] != kernel.shape[-1]:
+    raise ValueError(f"x must be (B, H, W, {kernel.shape[-1]}), got {x.shape}")
+  if forms.depthwise == "shift":
+    return shift_conv(x, kernel, forms.compiled_kernels)
+  pad = (k - 1) // 2
+  return jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+
+
 class DepthwiseConv(nn.Module):
   """7x7 depthwise convolution with bias; params 'kernel' (7, 7, 1, C) and 'bias' (C,)."""
   features: int
   dtype: Any = jnp.float32
-  impl: Impl = "auto"
+  forms: Forms = PLAIN
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", _dense_init, (DW_KERNEL, DW_KERNEL, 1, self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    x = depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
+    x = depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.forms)
     return x + bias.astype(self.dtype)
 
 
@@ -110,15 +122,15 @@ class PatchifyConv(nn.Module):
   nn.Conv's parameters: 'kernel' (p, p, C_in, features) and 'bias' (features,), float32; inputs,
   kernel and bias cast to `dtype`, output `dtype`.
 
-  On the CPU backend (`as_matmul=None`) it runs as one matmul of the non-overlapping patches
-  ((B, H/p, W/p, p*p*C_in) @ (p*p*C_in, features)): XLA:CPU's convolution of this shape took
-  4-14% of the forward more than the matmul at ConvNeXt-atto 128 px and -tiny 224 px. Elsewhere
-  the convolution, which GPU and TPU libraries run well.
+  `form` 'conv' is the convolution, which GPU and TPU libraries run well; 'matmul' (the CPU's,
+  `Forms.patchify`) one matmul of the non-overlapping patches ((B, H/p, W/p, p*p*C_in) @
+  (p*p*C_in, features)): XLA:CPU's convolution of this shape took 4-14% of the forward more than
+  the matmul at ConvNeXt-atto 128 px and -tiny 224 px.
   """
   features: int
   patch: int
   dtype: Any = jnp.float32
-  as_matmul: bool | None = None
+  form: str = "conv"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -126,8 +138,7 @@ class PatchifyConv(nn.Module):
     kernel = self.param("kernel", _dense_init, (p, p, channels, self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-    as_matmul = jax.default_backend() == "cpu" if self.as_matmul is None else self.as_matmul
-    if as_matmul:
+    if self.form == "matmul":
       batch, height, width = x.shape[:3]
       patches = x.reshape(batch, height // p, p, width // p, p, channels).transpose(0, 1, 3, 2, 4, 5)
       y = patches.reshape(batch, height // p, width // p, p * p * channels) @ kernel.reshape(-1, self.features)
@@ -171,28 +182,27 @@ class Block(nn.Module):
   """ConvNeXt block: dwconv 7x7 -> LayerNorm -> Linear 4C -> GELU -> Linear C -> layer scale
   -> drop path -> residual. Input and output (B, H, W, C) float32.
 
-  `mlp_grad` picks how the pointwise part is differentiated ('auto', 'autodiff', 'manual'; see
-  `block_mlp`): the parameters and the outputs are the same either way. Where
-  `compiled_cpu_forms` holds, the block computes its convolution and LayerNorm as one kernel
+  `forms.mlp_grad` picks how the pointwise part is differentiated ('autodiff', or 'manual',
+  `block_mlp.pointwise_mlp`): the parameters and the outputs are the same either way. Where
+  `forms.fused_block` holds, the block computes its convolution and LayerNorm as one kernel
   (`block_mlp.depthwise_block`).
   """
   dim: int
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
-  depthwise: Impl = "auto"
-  mlp_grad: MlpGrad = "auto"
+  forms: Forms = PLAIN
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     gamma_init = nn.initializers.constant(LAYER_SCALE_INIT)
-    if compiled_cpu_forms(self.depthwise, self.mlp_grad, self.dtype):
+    if self.forms.fused_block:
       dw_kernel, dw_bias = _DepthwiseParams(self.dim, name="conv_dw")()
       y = depthwise_block(x, dw_kernel[:, :, 0, :], dw_bias, self._mlp_params(gamma_init))
-    elif resolve_mlp_grad(self.mlp_grad, self.dtype) == "manual":
-      y = DepthwiseConv(self.dim, self.dtype, self.depthwise, name="conv_dw")(x)
+    elif self.forms.mlp_grad == "manual":
+      y = DepthwiseConv(self.dim, self.dtype, self.forms, name="conv_dw")(x)
       y = pointwise_mlp(y, self._mlp_params(gamma_init))
     else:
-      y = DepthwiseConv(self.dim, self.dtype, self.depthwise, name="conv_dw")(x)
+      y = DepthwiseConv(self.dim, self.dtype, self.forms, name="conv_dw")(x)
       y = _layer_norm("norm", self.dtype)(y)
       y = nn.Dense(4 * self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc1")(y)
       y = gelu(y)
@@ -219,18 +229,17 @@ class Stage(nn.Module):
   downsample: bool
   dtype: Any = jnp.float32
   remat: bool = False
-  depthwise: Impl = "auto"
-  mlp_grad: MlpGrad = "auto"
+  forms: Forms = PLAIN
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.downsample:
-      x = _norm("downsample_norm", self.dtype, compiled_cpu_forms(self.depthwise, self.mlp_grad, self.dtype))(x)
-      x = PatchifyConv(self.dim, 2, self.dtype, name="downsample_conv")(x)
+      x = _norm("downsample_norm", self.dtype, self.forms)(x)
+      x = PatchifyConv(self.dim, 2, self.dtype, self.forms.patchify, name="downsample_conv")(x)
       x = x.astype(jnp.float32)
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     for index, rate in enumerate(self.drop_path_rates):
-      x = block(self.dim, rate, self.dtype, self.depthwise, self.mlp_grad, name=f"blocks_{index}")(x, train)
+      x = block(self.dim, rate, self.dtype, self.forms, name=f"blocks_{index}")(x, train)
     return x
 
 
@@ -256,9 +265,8 @@ class ConvNeXt(nn.Module):
       `drop_path_rate * n / (N - 1)` (timm's linear rule). Needs a 'dropout' rng when training.
     dtype: compute dtype of convolutions and matmuls (params stay float32).
     remat: rematerialise each block in the backward pass (`nn.remat`), to save memory.
-    depthwise: 7x7 depthwise convolution form, 'auto' (by backend), 'conv' or 'shift'.
-    mlp_grad: gradient form of the blocks' pointwise part, 'auto' (by backend and dtype),
-      'autodiff' or 'manual' (`block_mlp`).
+    forms: the form of the depthwise convolution, the blocks' pointwise gradient and the patchify
+      convolutions (`forms.Forms`; `forms.resolve` chooses them for a platform).
     num_classes: size of the classifier head used by `classify`; 0 for none.
 
   `__call__(x, train=False)` maps (B, H, W, 3) to the list of the stage outputs
@@ -269,21 +277,20 @@ class ConvNeXt(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
-  depthwise: Impl = "auto"
-  mlp_grad: MlpGrad = "auto"
+  forms: Forms = PLAIN
   num_classes: int = 0
 
   def setup(self):
     if len(self.depths) != len(self.dims) or not self.depths:
       raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must be non-empty "
                        "and of equal length")
-    resolve_depthwise(self.depthwise)
-    resolve_mlp_grad(self.mlp_grad, self.dtype)
-    self.stem_conv = PatchifyConv(self.dims[0], 4, self.dtype)
-    self.stem_norm = _norm(None, jnp.float32, compiled_cpu_forms(self.depthwise, self.mlp_grad, self.dtype))
+    if not isinstance(self.forms, Forms):
+      raise TypeError(f"forms must be a forms.Forms, got {self.forms!r}")
+    self.forms.check_dtype(self.dtype)
+    self.stem_conv = PatchifyConv(self.dims[0], 4, self.dtype, self.forms.patchify)
+    self.stem_norm = _norm(None, jnp.float32, self.forms)
     self.stages = [
-        Stage(dim, rates, downsample=index > 0, dtype=self.dtype, remat=self.remat,
-              depthwise=self.depthwise, mlp_grad=self.mlp_grad)
+        Stage(dim, rates, downsample=index > 0, dtype=self.dtype, remat=self.remat, forms=self.forms)
         for index, (dim, rates) in enumerate(
             zip(self.dims, stochastic_depth_rates(self.depths, self.drop_path_rate)))]
     if self.num_classes:
@@ -312,7 +319,7 @@ class ConvNeXt(nn.Module):
 
 def create(name: str, **overrides) -> ConvNeXt:
   """ConvNeXt of one of timm's sizes ('convnext_atto' ... 'convnext_xlarge'); `overrides` sets
-  the other attributes (drop_path_rate, dtype, remat, depthwise, mlp_grad, num_classes)."""
+  the other attributes (drop_path_rate, dtype, remat, forms, num_classes)."""
   if name not in SIZES:
     raise ValueError(f"unknown ConvNeXt size {name!r}; known: {', '.join(SIZES)}")
   depths, dims = SIZES[name]

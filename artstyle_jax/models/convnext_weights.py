@@ -135,7 +135,7 @@ def params_from_timm(module: ConvNeXt, state_dict: Mapping[str, Any]) -> dict:
 def from_timm(state_dict: Mapping[str, Any], **overrides) -> tuple[ConvNeXt, dict]:
   """(module, params) from a timm ConvNeXt state dict; depths, dims and num_classes (from
   `head.fc`, 0 without head keys) are read from the keys and shapes. `overrides` sets the other
-  module attributes (dtype, remat, drop_path_rate, depthwise)."""
+  module attributes (dtype, remat, drop_path_rate, forms)."""
   state_dict = {_timm_key(k): v for k, v in torch_weights.as_numpy(state_dict).items()}
   module = ConvNeXt(**_architecture(state_dict, _TIMM_PATTERNS), **overrides)
   return module, _convert(module, state_dict, _TIMM_PATTERNS)
@@ -162,7 +162,7 @@ def load_pretrained(source: str, **overrides) -> tuple[ConvNeXt, dict]:
       Face hub id such as 'timm/convnext_base.fb_in22k_ft_in1k' (downloaded with huggingface_hub,
       or taken from its cache when offline, e.g. HF_HUB_OFFLINE=1).
     **overrides: module attributes other than the architecture (dtype, remat, drop_path_rate,
-      depthwise).
+      forms).
   """
   state_dict = load_file(safetensors_path(source))
   if _is_hf_layout(state_dict):

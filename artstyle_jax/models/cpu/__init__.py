@@ -5,6 +5,7 @@
   branch and the LayerNorm as compiled kernels.
 - `kernels` (`kernels.cc`): the C++ kernels those call, built with the host's compiler at first use.
 
-On GPU and TPU none of this runs: the network uses the grouped convolution and autodiff. Each
-form computes the same function as the plain one (tests hold them to 1e-5).
+A program picks them for the CPU through `forms.resolve`; on GPU and TPU none of this runs: the
+network uses the grouped convolution and autodiff. Each form computes the same function as the
+plain one (tests hold them to 1e-5).
 """

@@ -4,7 +4,7 @@ Per token (last axis C): LayerNorm (eps 1e-6, two-pass variance) -> Linear C->4C
 -> Linear 4C->C -> layer scale, all float32, the same operations in the same order as flax's
 `nn.LayerNorm` and `nn.Dense` (convnext.Block's 'autodiff' form), so the outputs are equal.
 
-Gradient forms ('mlp_grad' of convnext.Block):
+Gradient forms (`Forms.mlp_grad` of convnext.Block):
 - 'autodiff': flax's modules differentiated by JAX. Its forward writes out every intermediate
   the backward reads (LayerNorm output, GELU output, second Linear's output); on XLA:CPU those
   writes split the forward's fusions of LayerNorm and GELU into the matmuls, so the forward
@@ -14,11 +14,11 @@ Gradient forms ('mlp_grad' of convnext.Block):
   them and gets the layer-scale gradient from the (4C, C) product it needs for the second
   Linear anyway (sum_t g * (a W2 + b2) = sum_k W2 * (a^T g) + b2 * sum_t g). One block's
   forward+backward at (16, 32, 32, 40): 88 -> 64 ms; gradients equal to autodiff's within 1e-6.
-'auto' is 'manual' on the CPU for float32 blocks, 'autodiff' elsewhere (GPU and TPU fuse either
-way, and bfloat16 blocks keep flax's casts).
+'manual' is the CPU's form for float32 blocks (`forms.resolve`); GPU and TPU fuse either way,
+and bfloat16 blocks keep flax's casts.
 
 `depthwise_block` is the whole branch, depthwise convolution first, for a 'manual' block whose
-convolution is the 'shift' form where the compiled kernels run: the convolution and the
+convolution is the 'shift' form on the compiled kernels (`Forms.fused_block`): the convolution and the
 LayerNorm are one C++ kernel (`cpu_kernels.depthwise_norm`), whose outputs go to the Linear
 layers without another pass (XLA:CPU otherwise fuses the LayerNorm into the first matmul's
 input, which its matmul then recomputes per tile). Its backward is `pointwise_mlp`'s, then the
@@ -28,15 +28,13 @@ network: a custom call is a boundary that XLA:CPU's YNNPACK fusion does not grow
 from those LayerNorms' reductions over whole blocks, into graphs several times slower than their
 parts).
 """
-from typing import Any, Literal, NamedTuple
+from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from artstyle_jax.models.cpu import kernels as cpu_kernels
-from artstyle_jax.models.cpu import depthwise
-
-MlpGrad = Literal["auto", "autodiff", "manual"]
 
 LAYER_NORM_EPS = 1e-6
 _SQRT_HALF = 0.7071067811865476
@@ -55,18 +53,6 @@ def gelu(x: jax.Array) -> jax.Array:
 def _gelu_derivative(x: jax.Array) -> jax.Array:
   """d gelu / dx = Phi(x) + x phi(x)."""
   return 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF)) + x * (_INV_SQRT_2PI * jnp.exp(-0.5 * x * x))
-
-
-def resolve_mlp_grad(impl: MlpGrad, dtype: Any) -> Literal["autodiff", "manual"]:
-  """The gradient form for the current default backend and the block's compute dtype."""
-  if impl not in ("auto", "autodiff", "manual"):
-    raise ValueError(f"mlp_grad must be 'auto', 'autodiff' or 'manual', got {impl!r}")
-  if impl == "manual" and jnp.dtype(dtype) != jnp.float32:
-    raise ValueError(f"mlp_grad='manual' computes in float32; the block's dtype is {jnp.dtype(dtype).name} "
-                     "(use 'auto' or 'autodiff')")
-  if impl == "auto":
-    return "manual" if jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32 else "autodiff"
-  return impl
 
 
 class MlpParams(NamedTuple):
@@ -166,17 +152,12 @@ def _pointwise_mlp_bwd(residuals, grad_out: jax.Array):
 pointwise_mlp.defvjp(_forward, _pointwise_mlp_bwd)
 
 
-def depthwise_block_available(k: int) -> bool:
-  """Whether `depthwise_block` can run here: the CPU, with the compiled kernels for k x k taps."""
-  return depthwise.compiled_kernels(k)
-
-
 @jax.custom_vjp
 def depthwise_block(x: jax.Array, taps: jax.Array, dw_bias: jax.Array, params: MlpParams) -> jax.Array:
   """A ConvNeXt block's residual branch on the CPU: depthwise convolution (taps (k, k, C), bias
   (C,)) -> LayerNorm -> Linear 4C -> GELU -> Linear C -> layer scale of (B, H, W, C) float32;
   returns (B, H, W, C) float32. The convolution and the LayerNorm run as one compiled kernel
-  (`cpu_kernels.depthwise_norm`), the rest as `pointwise_mlp`. Needs `depthwise_block_available`."""
+  (`cpu_kernels.depthwise_norm`, k in `cpu_kernels.CONV_SIZES`), the rest as `pointwise_mlp`."""
   with jax.named_scope("conv_dw"):
     normed = cpu_kernels.depthwise_norm(x, taps, dw_bias, params.norm_scale, params.norm_bias, LAYER_NORM_EPS)
   return _mlp(normed, params)[0]
@@ -226,3 +207,14 @@ def _layer_norm_bwd(residuals, grad_out):
 
 
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class CompiledLayerNorm(nn.Module):
+  """flax's `nn.LayerNorm(epsilon=1e-6, use_fast_variance=False)` in float32 as `layer_norm`: the
+  same parameters ('scale', 'bias', (C,) float32), the same function."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+    return layer_norm(x.astype(jnp.float32), scale, bias)

@@ -1,21 +1,20 @@
-"""Depthwise (per-channel) 2-D convolution, stride 1, 'SAME' padding, in two interchangeable forms.
+"""The 'shift' form of the depthwise (per-channel) 2-D convolution, stride 1, 'SAME' padding: the
+CPU's form of what `convnext.depthwise_conv` computes with a grouped convolution ('conv'), which
+XLA:CPU runs very slowly.
 
-- 'conv': one `lax.conv_general_dilated` with `feature_group_count = C`. Fast on GPU and TPU,
-  whose convolution libraries have depthwise kernels; very slow on XLA:CPU.
-- 'shift': the CPU form. On the CPU with the compiled kernels (`cpu_kernels`, k = 3, 5, 7), a
-  C++ loop; elsewhere the sum over the k*k taps of shifted slices of the padded input times a
-  per-channel weight, which XLA:CPU fuses into one vectorised loop (1.2 to 2x slower than the
-  C++ loop). Its gradient is written by hand (`jax.custom_vjp`): the input gradient is the same
-  convolution with the flipped kernel; the kernel gradient, on the CPU, a C++ kernel, else a
-  cache-sized tiling of shifted-product reductions (autodiff of the shifts and XLA's
-  grouped-convolution gradient are both several times slower on CPU, the tiling 5-12x slower
-  than the C++ loop).
+With the compiled kernels (`cpu_kernels`, k = 3, 5, 7; `Forms.compiled_kernels`), a C++ loop;
+else the sum over the k*k taps of shifted slices of the padded input times a per-channel weight,
+which XLA:CPU fuses into one vectorised loop (1.2 to 2x slower than the C++ loop) and any other
+platform runs too. Its gradient is written by hand (`jax.custom_vjp`): the input gradient is the
+same convolution with the flipped kernel; the kernel gradient, with the compiled kernels, a C++
+kernel, else a cache-sized tiling of shifted-product reductions (autodiff of the shifts and XLA's
+grouped-convolution gradient are both several times slower on CPU, the tiling 5-12x slower than
+the C++ loop).
 
-Both compute `out[b, h, w, c] = sum_{i, j} x[b, h + i - p, w + j - p, c] * kernel[i, j, 0, c]`
+It computes `out[b, h, w, c] = sum_{i, j} x[b, h + i - p, w + j - p, c] * kernel[i, j, 0, c]`
 with `p = (k - 1) // 2` and zeros outside the image (cross-correlation, as torch and flax).
 """
 import functools
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -23,48 +22,22 @@ from jax import lax
 
 from artstyle_jax.models.cpu import kernels as cpu_kernels
 
-Impl = Literal["auto", "conv", "shift"]
-
-
-def resolve_depthwise(impl: Impl) -> Literal["conv", "shift"]:
-  """Chooses the form for the current default backend when `impl` is 'auto'."""
-  if impl == "auto":
-    return "shift" if jax.default_backend() == "cpu" else "conv"
-  if impl not in ("conv", "shift"):
-    raise ValueError(f"depthwise must be 'auto', 'conv' or 'shift', got {impl!r}")
-  return impl
-
 
 # Jitted so that, called outside jit (e.g. an eager `module.init`), the k*k taps compile as one
 # program rather than op by op.
-@functools.partial(jax.jit, static_argnames="impl")
-def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: Impl = "auto") -> jax.Array:
-  """Depthwise convolution of an NHWC batch.
+@functools.partial(jax.jit, static_argnames="compiled_kernels")
+def shift_conv(x: jax.Array, kernel: jax.Array, compiled_kernels: bool = False) -> jax.Array:
+  """Depthwise convolution of an NHWC batch as shifted slices.
 
   Args:
     x: (B, H, W, C) input.
     kernel: (k, k, 1, C) per-channel weights (flax's HWIO layout for a grouped conv), k odd.
-    impl: 'conv', 'shift', or 'auto' (pick by backend).
+    compiled_kernels: run on the C++ kernels (XLA:CPU only) where they cover k.
 
   Returns:
-    (B, H, W, C), in the dtype of `x`; the 'shift' form accumulates in float32.
+    (B, H, W, C), in the dtype of `x`, accumulated in float32.
   """
-  k = kernel.shape[0]
-  if kernel.ndim != 4 or kernel.shape[1] != k or kernel.shape[2] != 1 or k % 2 != 1:
-    raise ValueError(f"kernel must have shape (k, k, 1, C) with k odd, got {kernel.shape}")
-  if x.ndim != 4 or x.shape[-1] != kernel.shape[-1]:
-    raise ValueError(f"x must be (B, H, W, {kernel.shape[-1]}), got {x.shape}")
-  if resolve_depthwise(impl) == "conv":
-    pad = (k - 1) // 2
-    return lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
-  return _shift_conv(x, kernel[:, :, 0, :].astype(x.dtype))
-
-
-def compiled_kernels(k: int) -> bool:
-  """Whether the 'shift' form of a k x k convolution runs as the compiled C++ kernels here."""
-  return jax.default_backend() == "cpu" and k in cpu_kernels.CONV_SIZES and cpu_kernels.available()
+  return _shift_conv(x, kernel[:, :, 0, :].astype(x.dtype), compiled_kernels)
 
 
 def _pad_same(x: jax.Array, k: int) -> jax.Array:
@@ -124,33 +97,32 @@ def _shift_kernel_grad(x: jax.Array, grad_out: jax.Array, k: int) -> jax.Array:
   return lax.fori_loop(0, height // rows, tile, jnp.zeros((k, k, channels), jnp.float32))
 
 
-def _convolve(x: jax.Array, taps: jax.Array) -> jax.Array:
-  """The 'shift' form's convolution, taps (k, k, C): the C++ kernel where it runs, else XLA's sum."""
-  if compiled_kernels(taps.shape[0]):
+def _convolve(x: jax.Array, taps: jax.Array, compiled_kernels: bool) -> jax.Array:
+  """The convolution with taps (k, k, C): the C++ kernel where it runs, else XLA's sum."""
+  if compiled_kernels and taps.shape[0] in cpu_kernels.CONV_SIZES:
     return cpu_kernels.depthwise_conv(x, taps, jnp.zeros(taps.shape[-1], jnp.float32)).astype(x.dtype)
   return _shift_forward(x, taps)
 
 
-@jax.custom_vjp
-def _shift_conv(x: jax.Array, taps: jax.Array) -> jax.Array:
-  return _convolve(x, taps)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _shift_conv(x: jax.Array, taps: jax.Array, compiled_kernels: bool) -> jax.Array:
+  return _convolve(x, taps, compiled_kernels)
 
 
-def _shift_conv_fwd(x, taps):
-  return _convolve(x, taps), (x, taps)
+def _shift_conv_fwd(x, taps, compiled_kernels):
+  return _convolve(x, taps, compiled_kernels), (x, taps)
 
 
-def _shift_conv_bwd(residuals, grad_out):
+def _shift_conv_bwd(compiled_kernels, residuals, grad_out):
   x, taps = residuals
   k = taps.shape[0]
   # The adjoint of a cross-correlation is the cross-correlation with the flipped kernel.
-  grad_x = _convolve(grad_out, taps[::-1, ::-1]).astype(x.dtype)
-  if jax.default_backend() == "cpu" and cpu_kernels.available():
+  grad_x = _convolve(grad_out, taps[::-1, ::-1], compiled_kernels).astype(x.dtype)
+  if compiled_kernels:
     grad_taps = cpu_kernels.depthwise_kernel_grad(x, grad_out, k)
   else:
     grad_taps = _shift_kernel_grad(x, grad_out, k)
-  grad_taps = grad_taps.astype(taps.dtype)
-  return grad_x, grad_taps
+  return grad_x, grad_taps.astype(taps.dtype)
 
 
 _shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
