@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from safetensors.numpy import load_file
 import torch
@@ -82,6 +84,16 @@ def relative_error(actual, expected) -> float:
   """max |actual - expected| / max |expected|, both taken as float32 arrays."""
   expected = np.asarray(expected, np.float32)
   return float(np.max(np.abs(np.asarray(actual, np.float32) - expected)) / np.max(np.abs(expected)))
+
+
+def gradient_recorder() -> optax.GradientTransformation:
+  """An optimiser that moves nothing and keeps, as its state, the gradient it was last given:
+  a train step made with it returns, as the new state's `opt_state`, exactly the gradient the
+  step computed (the tree `optimizer.update` received), so that a test can compare that gradient
+  leaf by leaf with an independent one."""
+  return optax.GradientTransformation(
+      init=lambda params: jax.tree.map(jnp.zeros_like, params),
+      update=lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
 
 
 # Files.
