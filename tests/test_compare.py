@@ -54,10 +54,19 @@ def test_every_entry_becomes_a_row_and_a_failing_one_does_not_stop_the_others(co
 
 
 def test_the_ours_row_is_what_eval_gives_for_the_workdir(compared):
+  """The eval program run by itself on the same workdir (its own process, the same kNN k) scores
+  it exactly as the comparison's row says: kNN top-1 and the fast linear probe's top-1, top-5 and
+  mean per-class accuracy, of the same checkpoint step."""
   cwd, _ = compared
-  ours = json.loads((cwd / "cmp" / "entries" / "ours" / "knn.json").read_text())
+  process = run_program("eval", "--workdir=ours", "--config.knn_k=5", cwd=cwd)
+  assert process.returncode == 0, process.stderr[-3000:]
+  knn = json.loads((cwd / "ours" / "eval" / "knn.json").read_text())
+  linear = json.loads((cwd / "ours" / "eval" / "linear_fast.json").read_text())
   row = {r["name"]: r for r in json.loads((cwd / "cmp" / "comparison.json").read_text())["entries"]}["ours"]
-  assert row["knn_top1"] == ours["top1"] and ours["k"] == 5 and ours["step"] == 2
+  assert knn["k"] == 5 and knn["step"] == row["step"] == 2
+  assert row["knn_top1"] == knn["top1"]
+  assert (row["linear_top1"], row["linear_top5"], row["linear_mean_per_class_accuracy"]) == (
+      linear["top1"], linear["top5"], linear["mean_per_class_accuracy"])
 
 
 def test_the_table_and_the_chart_show_every_row(compared):
