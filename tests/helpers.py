@@ -5,10 +5,13 @@ and the authors' PyTorch checkpoint.
 Test files import from here (pytest puts tests/ on sys.path); no test file imports another.
 Fixtures several files use are in conftest.py.
 """
+import contextlib
 import os
 import pathlib
+import socket
 import subprocess
 import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -150,6 +153,39 @@ def start_program(program: str, *args, cwd=REPO, env=None, **popen_kwargs) -> su
   running; `popen_kwargs` (stdout, stderr, text ...) go to subprocess.Popen."""
   return subprocess.Popen([sys.executable, "-m", f"artstyle_jax.{program}", *map(str, args)], cwd=cwd,
                           env=program_env(env), **popen_kwargs)
+
+
+def run_program_killed_after_step(program: str, step: int, *args, **kwargs):
+  """`python -m artstyle_jax.PROGRAM ARGS` run by run_python (same keywords) in a process that
+  kills itself with SIGKILL right after it has logged the training metrics of `step`
+  (metric_writer.MetricWriter.write_train; the program must log that step): a kill -9 at a known
+  point of the run instead of a signal raced against it from outside. The process's return code
+  is then -9."""
+  code = textwrap.dedent(f"""
+      import os, runpy, signal, sys
+      from artstyle_jax import metric_writer
+      write_train = metric_writer.MetricWriter.write_train
+      def write_train_then_die(self, step, metrics):
+        write_train(self, step, metrics)
+        if step == {int(step)}:
+          os.kill(os.getpid(), signal.SIGKILL)
+      metric_writer.MetricWriter.write_train = write_train_then_die
+      sys.argv = [{program!r}] + sys.argv[1:]
+      runpy.run_module("artstyle_jax.{program}", run_name="__main__", alter_sys=True)
+  """)
+  return run_python("-c", code, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def reserved_port():
+  """A free TCP port of 127.0.0.1, held bound (with SO_REUSEPORT, not listening) until the block
+  ends: no other process can take it meanwhile (an ordinary bind is refused), while a server that
+  binds with SO_REUSEPORT, as gRPC (jax.distributed's coordinator) does by default, can use it.
+  A port found free and released before use could be taken by anyone in between."""
+  with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    yield s.getsockname()[1]
 
 
 # Training runs.
