@@ -5,13 +5,18 @@ and the authors' PyTorch checkpoint.
 Test files import from here (pytest puts tests/ on sys.path); no test file imports another.
 Fixtures several files use are in conftest.py.
 """
+import contextlib
 import os
 import pathlib
+import socket
 import subprocess
 import sys
+import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from safetensors.numpy import load_file
 import torch
@@ -84,6 +89,16 @@ def relative_error(actual, expected) -> float:
   return float(np.max(np.abs(np.asarray(actual, np.float32) - expected)) / np.max(np.abs(expected)))
 
 
+def gradient_recorder() -> optax.GradientTransformation:
+  """An optimiser that moves nothing and keeps, as its state, the gradient it was last given:
+  a train step made with it returns, as the new state's `opt_state`, exactly the gradient the
+  step computed (the tree `optimizer.update` received), so that a test can compare that gradient
+  leaf by leaf with an independent one."""
+  return optax.GradientTransformation(
+      init=lambda params: jax.tree.map(jnp.zeros_like, params),
+      update=lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+
+
 # Files.
 
 def file_stamps(root) -> dict[str, tuple[float, int]]:
@@ -138,6 +153,39 @@ def start_program(program: str, *args, cwd=REPO, env=None, **popen_kwargs) -> su
   running; `popen_kwargs` (stdout, stderr, text ...) go to subprocess.Popen."""
   return subprocess.Popen([sys.executable, "-m", f"artstyle_jax.{program}", *map(str, args)], cwd=cwd,
                           env=program_env(env), **popen_kwargs)
+
+
+def run_program_killed_after_step(program: str, step: int, *args, **kwargs):
+  """`python -m artstyle_jax.PROGRAM ARGS` run by run_python (same keywords) in a process that
+  kills itself with SIGKILL right after it has logged the training metrics of `step`
+  (metric_writer.MetricWriter.write_train; the program must log that step): a kill -9 at a known
+  point of the run instead of a signal raced against it from outside. The process's return code
+  is then -9."""
+  code = textwrap.dedent(f"""
+      import os, runpy, signal, sys
+      from artstyle_jax import metric_writer
+      write_train = metric_writer.MetricWriter.write_train
+      def write_train_then_die(self, step, metrics):
+        write_train(self, step, metrics)
+        if step == {int(step)}:
+          os.kill(os.getpid(), signal.SIGKILL)
+      metric_writer.MetricWriter.write_train = write_train_then_die
+      sys.argv = [{program!r}] + sys.argv[1:]
+      runpy.run_module("artstyle_jax.{program}", run_name="__main__", alter_sys=True)
+  """)
+  return run_python("-c", code, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def reserved_port():
+  """A free TCP port of 127.0.0.1, held bound (with SO_REUSEPORT, not listening) until the block
+  ends: no other process can take it meanwhile (an ordinary bind is refused), while a server that
+  binds with SO_REUSEPORT, as gRPC (jax.distributed's coordinator) does by default, can use it.
+  A port found free and released before use could be taken by anyone in between."""
+  with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    yield s.getsockname()[1]
 
 
 # Training runs.

@@ -7,6 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 import pytest
+import scipy.ndimage
 import torch
 
 from artstyle_jax.bench import torch_resnet
@@ -54,21 +55,67 @@ def test_every_entry_becomes_a_row_and_a_failing_one_does_not_stop_the_others(co
 
 
 def test_the_ours_row_is_what_eval_gives_for_the_workdir(compared):
+  """The eval program run by itself on the same workdir (its own process, the same kNN k) scores
+  it exactly as the comparison's row says: kNN top-1 and the fast linear probe's top-1, top-5 and
+  mean per-class accuracy, of the same checkpoint step."""
   cwd, _ = compared
-  ours = json.loads((cwd / "cmp" / "entries" / "ours" / "knn.json").read_text())
+  process = run_program("eval", "--workdir=ours", "--config.knn_k=5", cwd=cwd)
+  assert process.returncode == 0, process.stderr[-3000:]
+  knn = json.loads((cwd / "ours" / "eval" / "knn.json").read_text())
+  linear = json.loads((cwd / "ours" / "eval" / "linear_fast.json").read_text())
   row = {r["name"]: r for r in json.loads((cwd / "cmp" / "comparison.json").read_text())["entries"]}["ours"]
-  assert row["knn_top1"] == ours["top1"] and ours["k"] == 5 and ours["step"] == 2
+  assert knn["k"] == 5 and knn["step"] == row["step"] == 2
+  assert row["knn_top1"] == knn["top1"]
+  assert (row["linear_top1"], row["linear_top5"], row["linear_mean_per_class_accuracy"]) == (
+      linear["top1"], linear["top5"], linear["mean_per_class_accuracy"])
+
+
+# matplotlib's first two default colours, with which comparison.png draws the kNN and the linear bars.
+KNN_BLUE, LINEAR_ORANGE = (31, 119, 180), (255, 127, 14)
+
+
+def drawn_bars(chart, colour):
+  """The horizontal bars of `colour` in the chart (an RGB array): [(top, bottom, left, right)] of
+  each connected region of exactly that colour that starts at the plot's left edge (x = 0 of the
+  axes, where every bar starts; the legend's patch of that colour does not), top to bottom."""
+  regions = scipy.ndimage.find_objects(scipy.ndimage.label(np.all(chart == colour, axis=-1))[0])
+  boxes = [(rows.start, rows.stop, cols.start, cols.stop) for rows, cols in regions]
+  left = min(box[2] for box in boxes)
+  return sorted(box for box in boxes if box[2] <= left + 1)
 
 
 def test_the_table_and_the_chart_show_every_row(compared):
+  """The table has a line per entry, the failed one saying so; the chart, read back from the PNG,
+  has one kNN bar and one linear bar per evaluated entry, in the entries' order from the top at
+  evenly spaced rows, the failed entry's row empty, each bar as long as its figure (one scale for
+  all, within a pixel)."""
   cwd, process = compared
   table = (cwd / "cmp" / "comparison.md").read_text()
   assert table.startswith("# ") and "| method | backbone | params | kNN top-1 |" in table
   assert "| moco_v2 | resnet50 | 23.5M |" in table and "| missing | failed | - | - |" in table
   assert "- missing (nowhere/moco.pth) failed: " in table
   assert table in process.stdout
-  chart = np.asarray(Image.open(cwd / "cmp" / "comparison.png"))
-  assert chart.ndim == 3 and chart.shape[0] > 200 and chart.std() > 0
+  entries = json.loads((cwd / "cmp" / "comparison.json").read_text())["entries"]
+  evaluated = [i for i, r in enumerate(entries) if r["error"] is None]
+  assert evaluated == [0, 1, 3] and all(entries[i]["knn_top1"] > 0 and entries[i]["linear_top1"] > 0 for i in evaluated)
+
+  chart = np.asarray(Image.open(cwd / "cmp" / "comparison.png").convert("RGB"))
+  knn, linear = drawn_bars(chart, KNN_BLUE), drawn_bars(chart, LINEAR_ORANGE)
+  assert len(knn) == len(linear) == len(evaluated), (knn, linear)
+  # Each entry's row: its kNN bar directly above its linear bar; the boundary between them marks the row.
+  for (_, knn_bottom, _, _), (linear_top, _, _, _) in zip(knn, linear):
+    assert abs(knn_bottom - linear_top) <= 2
+  rows = np.array([bottom for _, bottom, _, _ in knn], float)
+  pitch, first = np.polyfit(evaluated, rows, 1)
+  assert pitch > 2 * (knn[0][1] - knn[0][0]) and np.max(np.abs(first + pitch * np.array(evaluated) - rows)) <= 1
+  # Lengths: pixels = scale * percent + offset, one scale for all six bars, the offset the few pixels
+  # of the bars' ends that the axis line and anti-aliasing leave out of the exact colour (measured:
+  # 8.2 px per percent, -2 px, every bar on the line to the pixel; bound: 1 px, the PNG's resolution).
+  lengths = np.array([right - left for _, _, left, right in knn + linear], float)
+  percents = np.array([100 * entries[i][key] for key in ("knn_top1", "linear_top1") for i in evaluated])
+  scale, offset = np.polyfit(percents, lengths, 1)
+  assert len(set(percents)) >= 3 and abs(offset) <= 3, (lengths, percents)
+  assert np.max(np.abs(lengths - (scale * percents + offset))) <= 1, (lengths, percents)
 
 
 def test_every_evaluated_entry_has_its_feature_map(compared):

@@ -2,22 +2,15 @@
 jax.distributed over 127.0.0.1 (gloo collectives), train exactly as one process of four devices."""
 import json
 import os
-import socket
 import subprocess
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from helpers import start_program, tiny_train_flags
+from helpers import reserved_port, start_program, tiny_train_flags
 
 NUM_STEPS = 4
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def start_train(workdir, data, log_path, num_devices, *flags):
@@ -66,12 +59,12 @@ def test_two_processes_of_two_devices_train_as_one_process_of_four(tmp_path, syn
   logged once, by process 0; the same final checkpoint (parameters, teachers, optimiser state,
   queue), written jointly by both processes."""
   single_dir, multi_dir = tmp_path / "single", tmp_path / "multi"
-  coordinator = f"--coordinator_address=127.0.0.1:{free_port()}"
   logs = [tmp_path / "single.log", tmp_path / "process_0.log", tmp_path / "process_1.log"]
-  processes = [start_train(single_dir, synthetic_data, logs[0], 4)]
-  processes += [start_train(multi_dir, synthetic_data, logs[1 + i], 2, coordinator, "--num_processes=2",
-                            f"--process_id={i}") for i in range(2)]
-  wait_all(processes, timeout=420)
+  with reserved_port() as port:  # held until the run ends: no other process can take it first
+    processes = [start_train(single_dir, synthetic_data, logs[0], 4)]
+    processes += [start_train(multi_dir, synthetic_data, logs[1 + i], 2, f"--coordinator_address=127.0.0.1:{port}",
+                              "--num_processes=2", f"--process_id={i}") for i in range(2)]
+    wait_all(processes, timeout=420)
   outputs = [log.read_text() for log in logs]
   for process, output in zip(processes, outputs):
     assert process.returncode == 0, output[-3000:]

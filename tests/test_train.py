@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import assert_trees_equal, checkpoint_steps, file_stamps, restored_state, run_program, start_program
+from helpers import (assert_trees_equal, checkpoint_steps, file_stamps, restored_state, run_program,
+                     run_program_killed_after_step, start_program)
 from helpers import tiny_train_flags
 
 
@@ -41,19 +42,16 @@ def straight_run(tmp_path_factory, synthetic_data):
 
 
 def test_resumed_run_equals_uninterrupted_run_bit_for_bit(straight_run, tmp_path, synthetic_data):
-  """6 steps straight == 3 steps, kill -9, then a restart that resumes at step 3 and runs 3 more:
+  """6 steps straight == a run killed with SIGKILL right after its step 4 (checkpoint 3 written,
+  step 4 done and logged, not checkpointed), then a restart that resumes at step 3 and runs 3 more:
   every array of the train state identical, and the same loss at every step."""
   straight = straight_run
   interrupted = tmp_path / "interrupted"
-  process = start_program("train", *train_flags(interrupted, synthetic_data, "--config.num_steps=6",
-                                                "--config.checkpoint_every_steps=3"),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.monotonic() + 240
-  while 3 not in checkpoint_steps(interrupted) and process.poll() is None and time.monotonic() < deadline:
-    time.sleep(0.005)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert checkpoint_steps(interrupted) == [3], "the first run had to die between its checkpoints 3 and 6"
+  killed = run_program_killed_after_step(
+      "train", 4, *train_flags(interrupted, synthetic_data, "--config.num_steps=6", "--config.checkpoint_every_steps=3"),
+      timeout=300)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert checkpoint_steps(interrupted) == [3]
 
   result = run_train(interrupted, synthetic_data, "--config.num_steps=6", "--config.checkpoint_every_steps=3")
   assert result.returncode == 0, result.stderr
