@@ -14,10 +14,15 @@ Programs:
               (backbone params, images (B, S, S, 3)) -> (B, C) float32
   predict     the style probabilities predict computes from those features with the probe eval
               saved: (backbone params, probe, images) -> (B, K) float32
+
+`StepProgram` is the train step over abstract state and batch, which the benchmarks also compile
+(bench memory, cost and step); `with_batch` gives a config another global batch.
 """
 from collections.abc import Callable, Sequence
 import collections
 import dataclasses
+import functools
+import math
 import re
 from typing import Any
 
@@ -25,11 +30,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from artstyle_jax import eval as eval_lib
+from artstyle_jax import config_lib
 from artstyle_jax import features
+from artstyle_jax import optim
 from artstyle_jax import sharding
+from artstyle_jax import state as state_lib
 from artstyle_jax import step
-from artstyle_jax.bench import step as bench_step
 from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.models import forms as forms_lib
 
@@ -49,9 +55,57 @@ class Program:
   forms: forms_lib.Forms
 
 
+class StepProgram:
+  """The config's train step on `mesh`, lowered from abstract shapes; the network in the forms
+  of `platform` when given (a program lowered here for another platform), else of the mesh's."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, platform: str | None = None):
+    self.config, self.mesh = config, mesh
+    sharding.check_batch_divides(config.batch_size, mesh)
+    backbone, head = step.build_backbone(config, mesh, platform=platform), step.build_head(config)
+    self.forms = backbone.forms
+    optimizer, schedule = optim.create(config, steps_per_epoch=1000)
+    self.create = functools.partial(
+        step.create_state, config=config, backbone=backbone, head=head, optimizer=optimizer, mesh=mesh)
+    abstract_state = jax.eval_shape(
+        functools.partial(state_lib.create, config=config, backbone=backbone, head=head, optimizer=optimizer),
+        jax.random.PRNGKey(0))
+    self.state_shardings = sharding.state_sharding(abstract_state, mesh, config.mesh.fsdp_min_size)
+    self.abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, self.state_shardings)
+    views = ("student", "weak", "style") if config.style_teacher else ("student", "weak")
+    shape = (config.batch_size, config.image_size, config.image_size, 3)
+    self.views = views
+    self.abstract_batch = {
+        v: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding.batch_sharding(mesh)) for v in views}
+    train_step = step.make_train_step(config, backbone, head, optimizer, schedule, mesh=mesh)
+    self.jitted = step.compile_train_step(train_step, self.state_shardings, mesh)
+
+  def lower(self):
+    return self.jitted.lower(self.abstract_state, self.abstract_batch)
+
+  def random_batch(self) -> dict[str, jax.Array]:
+    shape = (self.config.batch_size, self.config.image_size, self.config.image_size, 3)
+
+    @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(self.mesh))
+    def make(key):
+      keys = jax.random.split(key, len(self.views))
+      return {v: jax.random.normal(k, shape, jnp.float32) for v, k in zip(self.views, keys)}
+
+    return make(jax.random.PRNGKey(1))
+
+
+def with_batch(config: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
+  """The config at another global batch; the queue grows to the next multiple of it if needed."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.batch_size = batch_size
+  config.queue_size = math.ceil(config.queue_size / batch_size) * batch_size
+  return config_lib.validate(config)
+
+
 def train_step_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, platform: str) -> Program:
   """The config's train step on `mesh` as train.py compiles it, the network in `platform`'s forms."""
-  program = bench_step.StepProgram(config, mesh, platform=platform)
+  program = StepProgram(config, mesh, platform=platform)
   return Program("train_step", program.jitted, (program.abstract_state, program.abstract_batch), program.forms)
 
 
@@ -67,7 +121,7 @@ def _backbone_and_params(config: ml_collections.ConfigDict, mesh: jax.sharding.M
 
 def _abstract_images(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> jax.ShapeDtypeStruct:
   """Eval's and predict's image batch: (B, S, S, 3) float32 over the mesh's devices."""
-  shape = (eval_lib.extraction_batch_size(config, mesh), config.image_size, config.image_size, 3)
+  shape = (features.extraction_batch_size(config, mesh), config.image_size, config.image_size, 3)
   return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding.batch_sharding(mesh))
 
 

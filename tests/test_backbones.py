@@ -16,8 +16,8 @@ from artstyle_jax.bench import torch_resnet
 from artstyle_jax.models import convnext
 from artstyle_jax.models import resnet
 from artstyle_jax.models import resnet_weights
-from helpers import (AUTHORS_DEPTHS, AUTHORS_DIMS, FIXTURES, assert_trees_equal, relative_error,
-                     write_authors_checkpoint)
+from authors_checkpoint import AUTHORS_DEPTHS, AUTHORS_DIMS, write_authors_checkpoint
+from helpers import FIXTURES, assert_trees_equal, relative_error
 
 
 @pytest.fixture(scope="module")

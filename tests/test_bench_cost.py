@@ -74,11 +74,14 @@ def test_tpu_path_compiles_each_batch_and_fits_the_memory_line(monkeypatch, caps
     assert figures["flops_per_device"] > 0 and figures["model_flops"] > 0 and 0 < figures["mfu_ceiling"]
 
 
-def test_one_target_is_required():
-  with pytest.raises(SystemExit, match="give one of --topology"):
-    cost.main(["cost", *TINY])
-  with pytest.raises(SystemExit, match="give one of --topology"):
-    cost.main(["cost", *TINY, "--topology=v5e:2x2", "--gpu=h100"])
+def test_one_target_is_required(capsys):
+  """Neither or both of --topology and --gpu: exit status 1 and one error line naming both."""
+  for target in ((), ("--topology=v5e:2x2", "--gpu=h100")):
+    with pytest.raises(SystemExit) as exit_info:
+      cost.main(["cost", *TINY, *target])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: give one of --topology (a Cloud TPU, e.g. v5e:2x2) or --gpu (e.g. h100)"]
 
 
 def _libtpu_installed() -> bool:

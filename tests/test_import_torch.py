@@ -1,11 +1,11 @@
 """import_torch turns a checkpoint of the authors' PyTorch code into a workdir train/eval/predict use.
 
-The checkpoint is helpers.write_authors_checkpoint's, written with torch exactly as the authors'
-code writes it: their model (student `net.net`, teachers `encoder_k.net` and `encoder_style.net`
-with timm features-only ConvNeXt keys, heads `head_q/k/style` with `linear` and `out`, buffers
-`queue` (D, K) and `queue_ptr`), a torch SGD over `model.parameters()` after one step, and the
-epoch. The student is the timm fixture (ConvNeXt depths (1, 1, 2, 1), dims (8, 16, 24, 32)), the
-teachers perturbed copies.
+The checkpoint is tests/authors_checkpoint.py's, written with torch exactly as the authors' code
+writes it: their model (student `net.net`, teachers `encoder_k.net` and `encoder_style.net` with
+timm features-only ConvNeXt keys, heads `head_q/k/style` with `linear` and `out`, buffers `queue`
+(D, K) and `queue_ptr`), a torch SGD over `model.parameters()` after one step, and the epoch. The
+student is the timm fixture (ConvNeXt depths (1, 1, 2, 1), dims (8, 16, 24, 32)), the teachers
+perturbed copies.
 """
 import dataclasses
 import functools
@@ -24,19 +24,17 @@ from artstyle_jax import optim
 from artstyle_jax import sharding
 from artstyle_jax import state as state_lib
 from artstyle_jax import step as step_lib
-from artstyle_jax.data import sources
 from artstyle_jax.models import convnext
 from artstyle_jax import authors_import
-from helpers import (AUTHORS_DEPTHS as DEPTHS, AuthorsModel, AUTHORS_DIMS as DIMS, AUTHORS_EPOCH as EPOCH, AUTHORS_HIDDEN as HIDDEN,
-                     AUTHORS_PROJ as PROJ, AUTHORS_PTR as PTR, AUTHORS_QUEUE as QUEUE, FIXTURES, REPO,
-                     FeaturesOnlyConvNeXt, assert_trees_equal, config_path, file_contents, relative_error, run_python,
-                     timm_features_only_state_dict, write_authors_checkpoint)
+from authors_checkpoint import (AUTHORS_DEPTHS as DEPTHS, AUTHORS_DIMS as DIMS, AUTHORS_EPOCH as EPOCH,
+                                AUTHORS_HIDDEN as HIDDEN, AUTHORS_OVERRIDES, AUTHORS_PROJ as PROJ, AUTHORS_PTR as PTR,
+                                AUTHORS_QUEUE as QUEUE, AUTHORS_SIZE, AuthorsModel, FeaturesOnlyConvNeXt,
+                                authors_paper_config, authors_size_registered, timm_features_only_state_dict,
+                                write_authors_checkpoint)
+from helpers import FIXTURES, REPO, assert_trees_equal, file_contents, relative_error, run_python
 
-PAPER = config_path("paper")
-FIXTURE_SIZE = "convnext_test_fixture"
 ITERS_PER_EPOCH = 5
 # Batch 4 divides the queue of 16; 32 px is the smallest image size the config accepts.
-OVERRIDES = ("batch_size=4", "image_size=32")
 
 
 def expected_backbone(torch_state):
@@ -77,7 +75,7 @@ def run_cli(*args, cwd=REPO):
   """`python -m artstyle_jax.tools.import_torch ARGS` run from `cwd`, with the fixture's ConvNeXt
   size registered."""
   program = (f"import runpy, sys; from artstyle_jax.models import convnext; "
-             f"convnext.SIZES[{FIXTURE_SIZE!r}] = ({DEPTHS}, {DIMS}); "
+             f"convnext.SIZES[{AUTHORS_SIZE!r}] = ({DEPTHS}, {DIMS}); "
              f"sys.argv = ['import_torch'] + sys.argv[1:]; "
              f"runpy.run_module('artstyle_jax.tools.import_torch', run_name='__main__')")
   return run_python("-c", program, *args, cwd=cwd, timeout=300)
@@ -85,14 +83,8 @@ def run_cli(*args, cwd=REPO):
 
 @pytest.fixture(scope="module", autouse=True)
 def fixture_size():
-  """Makes the fixture's ConvNeXt a named size, as convnext_atto ... convnext_xlarge are."""
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setitem(convnext.SIZES, FIXTURE_SIZE, (DEPTHS, DIMS))
+  with authors_size_registered():
     yield
-
-
-def paper_config(*overrides):
-  return config_lib.load(PAPER, OVERRIDES + overrides)
 
 
 class Imported:
@@ -103,7 +95,7 @@ class Imported:
     self.model, self.torch_optimizer = write_authors_checkpoint(root / "authors.pth")
     self.workdir = str(root / "workdir")
     self.cli = run_cli("authors.pth", "--workdir=workdir", f"--iters_per_epoch={ITERS_PER_EPOCH}",
-                       *(f"--config.{o}" for o in OVERRIDES), cwd=root)
+                       *(f"--config.{o}" for o in AUTHORS_OVERRIDES), cwd=root)
     assert self.cli.returncode == 0, self.cli.stderr
     self.config = checkpoints.load_config(self.workdir)
     # XLA:CPU compiles a train step in the plain forms (the grouped depthwise convolution) several
@@ -146,12 +138,12 @@ def test_cli_writes_config_and_one_state_checkpoint_at_epoch_times_iters(importe
            if p.is_dir()}
   assert items == {"state"}
   config = imported.config
-  assert (config.model.name, config.model.proj_hidden_dim, config.model.proj_dim) == (FIXTURE_SIZE, HIDDEN, PROJ)
+  assert (config.model.name, config.model.proj_hidden_dim, config.model.proj_dim) == (AUTHORS_SIZE, HIDDEN, PROJ)
   assert (config.queue_size, config.batch_size, config.share_teachers) == (QUEUE, 4, False)
   assert (config.optim.momentum, config.optim.weight_decay) == (0.9, 5e-4)
   assert f"step {imported.step}" in imported.cli.stdout
   assert (f"python -m artstyle_jax.train --config={config_lib.packaged_config('paper.py')} --workdir={imported.workdir} --config.batch_size=4 "
-          f"--config.image_size=32 --config.model.name={FIXTURE_SIZE} --config.model.proj_dim={PROJ} "
+          f"--config.image_size=32 --config.model.name={AUTHORS_SIZE} --config.model.proj_dim={PROJ} "
           f"--config.model.proj_hidden_dim={HIDDEN} --config.queue_size={QUEUE} --config.share_teachers=False"
           ) in imported.cli.stdout
 
@@ -336,7 +328,7 @@ def test_identical_teachers_import_as_one_shared_copy(tmp_path):
   """Teachers W and S equal in the checkpoint: the state keeps one copy (share_teachers, equal momenta)."""
   model, _ = write_authors_checkpoint(tmp_path / "authors.pth", identical_teachers=True)
   checkpoint = authors_import.read(str(tmp_path / "authors.pth"))
-  config = authors_import.checkpoint_config(checkpoint, paper_config())
+  config = authors_import.checkpoint_config(checkpoint, authors_paper_config())
   state = authors_import.to_state(checkpoint, config, step=7)
   assert config.share_teachers and list(state.teachers) == ["weak"]
   assert_trees_equal(state.teachers["weak"], expected_network(model.encoder_style, model.head_style))
@@ -351,108 +343,3 @@ def test_optimizer_over_the_student_parameters_alone_maps_the_same_buffers(tmp_p
   assert any(np.any(v) for v in every.momentum.backbone.values())
   jax.tree.map(np.testing.assert_array_equal, dataclasses.asdict(student_only.momentum),
                dataclasses.asdict(every.momentum))
-
-
-def _renamed(checkpoint, old, new):
-  checkpoint[new] = checkpoint.pop(old)
-  return checkpoint
-
-
-def _edit_model(checkpoint, drop=(), add=(), **replace):
-  model = checkpoint["model"]
-  for key in list(model):
-    if key.startswith(tuple(drop)):
-      del model[key]
-  for key in add:
-    model[key] = torch.zeros(3)
-  model.update(replace)
-  return checkpoint
-
-
-def _edit_optimizer(checkpoint, **group):
-  checkpoint["optimizer"]["param_groups"][0].update(group)
-  return checkpoint
-
-
-BAD_CHECKPOINTS = {
-    "state_dict_key": (lambda c: _renamed(c, "model", "state_dict"),
-                       r"missing model; unexpected state_dict"),
-    "bare_state_dict": (lambda c: c["model"],
-                        r"missing model, optimizer, epoch; unexpected encoder_k.*\(\d+ in all\)"),
-    "head_missing_and_classifier_added": (
-        lambda c: _edit_model(c, drop=["head_style.out.bias"], add=["net.fc.weight"]),
-        r"missing head_style\.out\.bias; unexpected model keys net\.fc\.weight"),
-    "teacher_lacks_a_block": (
-        lambda c: _edit_model(c, drop=["encoder_style.net.stages_2.blocks.1."]),
-        r"encoder_style\.net\.\* has keys the student lacks \(none\) and lacks keys the student has "
-        r"\(stages_2\.blocks\.1\.conv_dw\.bias"),
-    "queue_ptr_past_the_queue": (lambda c: _edit_model(c, queue_ptr=torch.tensor([QUEUE])),
-                                 rf"queue_ptr {QUEUE} is outside the queue of {QUEUE} keys"),
-    "queue_not_of_head_dim": (lambda c: _edit_model(c, queue=torch.zeros(PROJ + 1, QUEUE)),
-                              rf"queue has shape \({PROJ + 1}, {QUEUE}\), expected \(D, K\) with D={PROJ}"),
-    "epoch_not_an_integer": (lambda c: {**c, "epoch": 2.5}, r"'epoch' is 2\.5"),
-    "nesterov": (lambda c: _edit_optimizer(c, nesterov=True), r"no Nesterov"),
-    "optimizer_of_another_model": (lambda c: _edit_optimizer(c, params=list(range(5))),
-                                   r"the optimizer holds 5 parameters"),
-}
-
-
-@pytest.mark.parametrize("name", BAD_CHECKPOINTS)
-def test_refuses_a_file_that_is_not_an_authors_checkpoint(name, tmp_path):
-  """Each defect is named in the error (what is missing or unexpected), before the workdir exists."""
-  transform, message = BAD_CHECKPOINTS[name]
-  write_authors_checkpoint(tmp_path / "bad.pth", transform=transform)
-  with pytest.raises(authors_import.CheckpointError, match=message):
-    authors_import.import_checkpoint(str(tmp_path / "bad.pth"), str(tmp_path / "workdir"), paper_config(), step=1)
-  assert not (tmp_path / "workdir").exists()
-
-
-def test_refuses_a_file_torch_cannot_read(tmp_path):
-  (tmp_path / "notes.pth").write_text("not a checkpoint")
-  with pytest.raises(authors_import.CheckpointError, match=r"torch.load\(weights_only=True\) cannot read it"):
-    authors_import.read(str(tmp_path / "notes.pth"))
-
-
-def test_overrides_that_contradict_the_checkpoint_are_refused_optimiser_ones_win(tmp_path):
-  """--config.model.proj_dim or share_teachers=True against two different teachers are errors;
-  an overridden optim.momentum is kept instead of the checkpoint's."""
-  write_authors_checkpoint(tmp_path / "authors.pth")
-  checkpoint = authors_import.read(str(tmp_path / "authors.pth"))
-  with pytest.raises(authors_import.CheckpointError, match=rf"--config\.model\.proj_dim=64 \(the checkpoint has {PROJ}\)"):
-    authors_import.checkpoint_config(checkpoint, paper_config("model.proj_dim=64"), ["model.proj_dim"])
-  with pytest.raises(authors_import.CheckpointError, match="its two teachers differ"):
-    authors_import.checkpoint_config(checkpoint, paper_config("share_teachers=True"), ["share_teachers"])
-  config = authors_import.checkpoint_config(checkpoint, paper_config("optim.momentum=0.8"), ["optim.momentum"])
-  assert (config.optim.momentum, config.optim.weight_decay, config.model.proj_dim) == (0.8, 5e-4, PROJ)
-
-
-def test_step_is_epoch_times_iters_per_epoch_or_given():
-  checkpoint, config = dataclasses.replace(_any_checkpoint(), epoch=EPOCH), paper_config()
-  assert authors_import.import_step(checkpoint, config, iters_per_epoch=ITERS_PER_EPOCH) == EPOCH * ITERS_PER_EPOCH
-  assert authors_import.import_step(checkpoint, config, step=4) == 4
-  assert authors_import.import_step(dataclasses.replace(checkpoint, epoch=0), config) == 0
-  with pytest.raises(authors_import.CheckpointError, match="give --config.dataset.data_dir .*, --iters_per_epoch or --step"):
-    authors_import.import_step(checkpoint, config)
-  with pytest.raises(authors_import.CheckpointError, match="not both"):
-    authors_import.import_step(checkpoint, config, iters_per_epoch=ITERS_PER_EPOCH, step=4)
-
-
-def test_iters_per_epoch_defaults_to_train_py_count_on_the_dataset(synthetic_data):
-  """With a dataset in the config, an epoch is the training split's size // batch_size."""
-  data_dir, name = synthetic_data
-  config = paper_config(f"dataset.name={name}", f"dataset.data_dir={data_dir}")
-  num_examples = len(sources.open_split(name, data_dir, config.dataset.train_split))
-  checkpoint = dataclasses.replace(_any_checkpoint(), epoch=EPOCH)
-  assert authors_import.import_step(checkpoint, config) == EPOCH * (num_examples // config.batch_size)
-
-
-def _any_checkpoint():
-  network = authors_import.TorchNetwork({}, {})
-  return authors_import.TorchCheckpoint(networks={"student": network}, momentum=network, queue=np.zeros((PROJ, QUEUE)),
-                                      queue_ptr=0, epoch=0, sgd_momentum=0.9, weight_decay=5e-4)
-
-
-def test_a_convnext_of_no_known_size_is_refused():
-  with pytest.raises(authors_import.CheckpointError, match=r"depths \(1, 1, 1, 1\).*convnext_atto.*convnext_xlarge"):
-    authors_import.model_name((1, 1, 1, 1), DIMS)
-  assert authors_import.model_name((3, 3, 27, 3), (128, 256, 512, 1024)) == "convnext_base"

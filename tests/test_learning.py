@@ -59,11 +59,11 @@ def pretrained(tmp_path_factory, styles):
   """(workdir, train process, the logged records) of the short pretraining, and eval's kNN results
   of its random initialisation (eval --random_init on the workdir: the student's first state)."""
   workdir = tmp_path_factory.mktemp("learning") / "run"
-  train = run_program("train", *tiny_train_flags(workdir, styles, *RUN), env=FAST_XLA, timeout=300)
+  train = run_program("train", *tiny_train_flags(workdir, styles, *RUN), env=FAST_XLA, timeout=900)
   assert train.returncode == 0, train.stderr[-3000:]
   with open(workdir / "metrics.jsonl") as f:
     records = [json.loads(line) for line in f]
-  random_init = run_program("eval", f"--workdir={workdir}", "--random_init", env=FAST_XLA, timeout=300)
+  random_init = run_program("eval", f"--workdir={workdir}", "--random_init", env=FAST_XLA, timeout=900)
   assert random_init.returncode == 0, random_init.stderr[-3000:]
   with open(workdir / "eval" / "random_init" / "knn.json") as f:
     random_init_knn = json.load(f)

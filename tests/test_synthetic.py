@@ -77,7 +77,7 @@ def test_an_image_does_not_depend_on_how_many_are_written(tmp_path):
 
 def test_cli_writes_the_same_tree_as_the_function(tmp_path):
   """The program, run from tmp_path with --out relative to it, writes the tree write_tree writes."""
-  result = run_program("data.synthetic", "--out", "cli", "--per-class", "2", "--size", "32", "--seed", "3",
+  result = run_program("data.synthetic", "--out=cli", "--per_class=2", "--size=32", "--seed=3",
                        cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   n = len(synthetic.STYLES)

@@ -41,6 +41,7 @@ import numpy as np
 
 from artstyle_jax import cli
 from artstyle_jax import config_lib
+from artstyle_jax import export
 from artstyle_jax import optim
 from artstyle_jax import sharding
 from artstyle_jax import state as state_lib
@@ -91,61 +92,13 @@ def _flops(analysis) -> float:
   return float(analysis["flops"])
 
 
-class StepProgram:
-  """The config's train step on `mesh`, lowered from abstract shapes; the network in the forms
-  of `platform` when given (a program lowered here for another platform), else of the mesh's."""
-
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, platform: str | None = None):
-    self.config, self.mesh = config, mesh
-    sharding.check_batch_divides(config.batch_size, mesh)
-    backbone, head = step.build_backbone(config, mesh, platform=platform), step.build_head(config)
-    self.forms = backbone.forms
-    optimizer, schedule = optim.create(config, steps_per_epoch=1000)
-    self.create = functools.partial(
-        step.create_state, config=config, backbone=backbone, head=head, optimizer=optimizer, mesh=mesh)
-    abstract_state = jax.eval_shape(
-        functools.partial(state_lib.create, config=config, backbone=backbone, head=head, optimizer=optimizer),
-        jax.random.PRNGKey(0))
-    self.state_shardings = sharding.state_sharding(abstract_state, mesh, config.mesh.fsdp_min_size)
-    self.abstract_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, self.state_shardings)
-    views = ("student", "weak", "style") if config.style_teacher else ("student", "weak")
-    shape = (config.batch_size, config.image_size, config.image_size, 3)
-    self.views = views
-    self.abstract_batch = {
-        v: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding.batch_sharding(mesh)) for v in views}
-    train_step = step.make_train_step(config, backbone, head, optimizer, schedule, mesh=mesh)
-    self.jitted = step.compile_train_step(train_step, self.state_shardings, mesh)
-
-  def lower(self):
-    return self.jitted.lower(self.abstract_state, self.abstract_batch)
-
-  def random_batch(self) -> dict[str, jax.Array]:
-    shape = (self.config.batch_size, self.config.image_size, self.config.image_size, 3)
-
-    @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(self.mesh))
-    def make(key):
-      keys = jax.random.split(key, len(self.views))
-      return {v: jax.random.normal(k, shape, jnp.float32) for v, k in zip(self.views, keys)}
-
-    return make(jax.random.PRNGKey(1))
-
-
-def with_batch(config: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
-  """The config at another global batch; the queue grows to the next multiple of it if needed."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.batch_size = batch_size
-  config.queue_size = math.ceil(config.queue_size / batch_size) * batch_size
-  return config_lib.validate(config)
-
-
 def _model_flops(config: ml_collections.ConfigDict, mesh, lowered_flops: float) -> float:
   """FLOPs of the step as lowered without rematerialisation."""
   if not config.model.remat:
     return lowered_flops
   plain = ml_collections.ConfigDict(config.to_dict())
   plain.model.remat = False
-  return _flops(StepProgram(plain, mesh).lower().cost_analysis())
+  return _flops(export.StepProgram(plain, mesh).lower().cost_analysis())
 
 
 def fit_batch(config: ml_collections.ConfigDict, mesh, limit_bytes: float) -> dict:
@@ -159,7 +112,7 @@ def fit_batch(config: ml_collections.ConfigDict, mesh, limit_bytes: float) -> di
 
   def peak(per_device: int) -> int:
     if per_device not in tried:
-      program = StepProgram(with_batch(config, per_device * devices), mesh)
+      program = export.StepProgram(export.with_batch(config, per_device * devices), mesh)
       tried[per_device] = memory_analysis(program.lower().compile())["peak_bytes"]
       print(f"per-device batch {per_device}: {tried[per_device] / _GIB:.2f} GiB", flush=True)
     return tried[per_device]
@@ -275,7 +228,7 @@ def main(argv: Sequence[str]) -> int:
     print(json.dumps(result))
     return 0
 
-  program = StepProgram(config, mesh)
+  program = export.StepProgram(config, mesh)
   start = time.perf_counter()
   lowered = program.lower()
   compiled = lowered.compile()

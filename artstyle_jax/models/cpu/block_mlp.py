@@ -8,12 +8,12 @@ Gradient forms (`Forms.mlp_grad` of convnext.Block):
 - 'autodiff': flax's modules differentiated by JAX. Its forward writes out every intermediate
   the backward reads (LayerNorm output, GELU output, second Linear's output); on XLA:CPU those
   writes split the forward's fusions of LayerNorm and GELU into the matmuls, so the forward
-  inside a training step ran 1.7x slower than the inference forward.
+  inside a training step ran markedly slower than the inference forward.
 - 'manual' (`pointwise_mlp`, a `jax.custom_vjp`): the forward keeps only its input, each
   token's mean and 1/std and the first Linear's output; the backward recomputes the rest from
   them and gets the layer-scale gradient from the (4C, C) product it needs for the second
-  Linear anyway (sum_t g * (a W2 + b2) = sum_k W2 * (a^T g) + b2 * sum_t g). One block's
-  forward+backward at (16, 32, 32, 40): 88 -> 64 ms; gradients equal to autodiff's within 1e-6.
+  Linear anyway (sum_t g * (a W2 + b2) = sum_k W2 * (a^T g) + b2 * sum_t g). Gradients equal
+  to autodiff's within 1e-6; the gain: artstyle_jax/PERFORMANCE.md.
 'manual' is the CPU's form for float32 blocks (`forms.resolve`); GPU and TPU fuse either way,
 and bfloat16 blocks keep flax's casts.
 
@@ -45,7 +45,7 @@ def gelu(x: jax.Array) -> jax.Array:
   """Exact GELU in torch's form, x/2 * (1 + erf(x/sqrt(2))).
 
   Same function as `jax.nn.gelu(approximate=False)`, which uses erfc for accuracy far in the
-  negative tail (irrelevant here); this erf form is about 1.3x faster on XLA:CPU.
+  negative tail (irrelevant here); this erf form compiles to fewer operations on XLA:CPU.
   """
   return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT_HALF))
 

@@ -3,8 +3,8 @@ XLA's own code generation does poorly on the CPU: ConvNeXt's depthwise convoluti
 
 - `depthwise_conv`: the k x k depthwise convolution (k = 3, 5, 7) with bias. XLA:CPU fuses the
   k*k shifted multiply-adds into one loop that reloads every tap for every output; the C++ loop
-  keeps a strip of outputs and a kernel row's taps in vector registers, 1.2 to 2x faster alone
-  (more in the network, where XLA fuses the LayerNorm after it into the next matmul).
+  keeps a strip of outputs and a kernel row's taps in vector registers (its gain is larger in
+  the network, where XLA would fuse the LayerNorm after it into the next matmul).
 - `depthwise_norm` / `depthwise_norm_residuals`: the same convolution followed by the block's
   LayerNorm, computed on each strip while it is in the L1 cache; the second also returns what
   the LayerNorm's gradient needs (normalised input, 1/std).
@@ -14,7 +14,9 @@ XLA's own code generation does poorly on the CPU: ConvNeXt's depthwise convoluti
   convolution, one fused graph that runs several times slower than its parts.
 - `depthwise_kernel_grad`: the convolution's kernel gradient. XLA:CPU computes it as k*k shifted
   product-reductions, each a pass over the activations; the C++ loop makes one pass, keeping
-  the k*k*C sums in the cache, 5 to 12x faster at ConvNeXt's shapes on 2 cores.
+  the k*k*C sums in the cache.
+
+Measured gains, each with its machine and date: artstyle_jax/PERFORMANCE.md.
 
 The kernels run on XLA's intra-op thread pool, in chunks of rows whose results do not depend
 on the thread that ran them: every call gives the same bits.

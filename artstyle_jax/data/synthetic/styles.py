@@ -1,6 +1,5 @@
-"""A procedural art-style dataset: the embedded data of the demo and the tests.
-
-Ten styles, each a way of putting paint down rather than a thing depicted:
+"""The ten styles of the procedural art-style dataset, each a way of putting paint down rather
+than a thing depicted:
 
   brushstroke    short thick strokes following a smooth flow field over an underpainting
   pointillism    dense round dots of unmixed colours on two offset jittered grids
@@ -18,41 +17,16 @@ one distribution shared by all styles (hue uniform, saturation and value broad),
 neither object identity nor mean colour separates the classes: texture does (scale, edge
 sharpness, orientation statistics, frequency content). All images get a little canvas
 grain.
-
-Output: a class-per-folder tree that `builders.image_folder` reads,
-
-  <out>/train/<style>/<style>_00000.jpg ...   `per_class` images per style
-  <out>/test/<style>/...                      `test_per_class` (default per_class // 4)
-  <out>/valid/<style>/...                     only with val_per_class > 0
-
-Every image is rendered from its own generator seeded by (seed, split, style, index), so
-the files are byte-identical for a seed (given the same NumPy and Pillow builds: float
-rounding or the JPEG library may differ between them), and an image does not depend on
-how many others are written. CLI:
-
-  python -m artstyle_jax.data.synthetic --out DIR --per-class N --size S [--seed K]
-      [--test-per-class M] [--val-per-class V]
 """
 from __future__ import annotations
 
-import argparse
 import colorsys
 import functools
-import os
-import shutil
-import sys
-import time
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
-
-from artstyle_jax import paths
-from artstyle_jax.data import images
-
-JPEG_QUALITY = 90
-SPLIT_CODES = {"train": 0, "test": 1, "valid": 2}
 
 Renderer = Callable[[np.random.Generator, int], np.ndarray]
 
@@ -334,95 +308,3 @@ def render(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
   canvas = STYLES[style](rng, size).astype(np.float32)
   canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(rng.uniform(1.0, 5.0))
   return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
-
-
-def image_rng(seed: int, split: str, style: str, index: int) -> np.random.Generator:
-  """The generator of one image, independent of every other image's."""
-  return np.random.default_rng([seed, SPLIT_CODES[split], list(STYLES).index(style), index])
-
-
-def write_tree(out_dir: str | os.PathLike, *, per_class: int, size: int, seed: int = 0,
-               test_per_class: int | None = None, val_per_class: int = 0,
-               styles: Sequence[str] = tuple(STYLES)) -> dict[str, int]:
-  """Writes the class-per-folder tree (see module docstring).
-
-  Returns:
-    {split folder: number of images written}.
-  """
-  if test_per_class is None:
-    test_per_class = max(1, per_class // 4)
-  counts = {"train": per_class, "test": test_per_class, "valid": val_per_class}
-  if per_class < 1 or test_per_class < 0 or val_per_class < 0:
-    raise ValueError(f"need per_class >= 1 and non-negative test/val counts, got {counts}")
-  written = {}
-  for split, count in counts.items():
-    if count == 0:
-      continue
-    for style in styles:
-      folder = os.path.join(os.fspath(out_dir), split, style)
-      os.makedirs(folder, exist_ok=True)
-      for index in range(count):
-        pixels = render(style, size, image_rng(seed, split, style, index))
-        data = images.encode_jpeg(Image.fromarray(pixels, "RGB"), JPEG_QUALITY)
-        with open(os.path.join(folder, f"{style}_{index:05d}.jpg"), "wb") as f:
-          f.write(data)
-    written[split] = count * len(styles)
-  return written
-
-
-def build_dataset(data_dir: str | os.PathLike, *, per_class: int, size: int, seed: int = 0,
-                  test_per_class: int | None = None, val_per_class: int = 0) -> str:
-  """Writes the tree under data_dir/synthetic_trees/ and builds it as an image_folder dataset.
-
-  Returns:
-    The dataset name to pass to `sources.open_split` ('image_folder/synthetic_...').
-  """
-  # TFDS takes seconds to import; only this function needs it, not the CLI.
-  from artstyle_jax.data import builders  # pylint: disable=g-import-not-at-top
-
-  if test_per_class is None:
-    test_per_class = max(1, per_class // 4)
-  name = f"synthetic_{size}px_{per_class}_{test_per_class}_{val_per_class}_seed{seed}"
-  tree = os.path.join(os.fspath(data_dir), "synthetic_trees", name)
-  if not os.path.isdir(tree):
-    partial = f"{tree}.partial-{os.getpid()}"
-    write_tree(partial, per_class=per_class, size=size, seed=seed,
-               test_per_class=test_per_class, val_per_class=val_per_class)
-    try:
-      os.rename(partial, tree)
-    except OSError:
-      if not os.path.isdir(tree):
-        raise
-      shutil.rmtree(partial)  # Another process wrote the same (byte-identical) tree first.
-  builder = builders.build("image_folder", tree, data_dir,
-                           config=builders.FolderConfig(name=name),
-                           image_policy=images.ImagePolicy(min_side=size))
-  return builders.dataset_name(builder)
-
-
-def main(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m artstyle_jax.data.synthetic",
-      description="Write the procedural art-style dataset as a class-per-folder tree.")
-  parser.add_argument("--out", required=True, type=paths.resolve, help="output directory")
-  parser.add_argument("--per-class", "--per_class", type=int, required=True,
-                      help="training images per style")
-  parser.add_argument("--size", type=int, required=True, help="image side in pixels")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--test-per-class", "--test_per_class", type=int, default=None,
-                      help="test images per style (default: per-class // 4, at least 1)")
-  parser.add_argument("--val-per-class", "--val_per_class", type=int, default=0,
-                      help="validation images per style (default 0: no valid/ split)")
-  args = parser.parse_args(argv)
-  start = time.perf_counter()
-  written = write_tree(args.out, per_class=args.per_class, size=args.size, seed=args.seed,
-                       test_per_class=args.test_per_class, val_per_class=args.val_per_class)
-  seconds = time.perf_counter() - start
-  total = sum(written.values())
-  print(f"wrote {written} ({total} images, {len(STYLES)} styles, {args.size} px) to {args.out} "
-        f"in {seconds:.2f} s")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
