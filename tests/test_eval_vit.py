@@ -8,6 +8,7 @@ import pathlib
 import pytest
 
 from artstyle_jax import checkpoints
+from artstyle_jax import comparison
 from artstyle_jax import prediction
 from artstyle_jax.evaluators import protocol
 from artstyle_jax.models import vit
@@ -66,3 +67,14 @@ def test_eval_of_a_dinov2_directory_writes_results_at_a_patch_multiple_and_a_hea
   query = sorted(pathlib.Path(synthetic_data[0]).rglob("*.jpg"))[0]
   lines = prediction.predict(str(cwd / "out"), [str(query)], top_k=3)
   assert lines[0] == str(query) and len(lines) == 4
+
+
+def test_compare_takes_a_transformers_directory_as_weights_and_a_workdir_as_a_workdir(tmp_path):
+  """Both hold a config.json; only transformers' names a model_type."""
+  transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+      hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, image_size=16,
+      patch_size=8)).save_pretrained(tmp_path / "clip")
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "config.json").write_text(json.dumps({"model": {"name": "convnext_atto"}}))
+  assert not comparison.Entry("clip", str(tmp_path / "clip")).is_workdir
+  assert comparison.Entry("run", str(tmp_path / "run")).is_workdir

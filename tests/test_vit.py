@@ -164,3 +164,19 @@ def test_a_missing_tensor_is_refused_naming_it(tmp_path):
   save_file(weights, f"{directory}/model.safetensors")
   with pytest.raises(models.BackboneError, match=r"nothing was loaded: missing parameters \(1\): blocks_1/norm2/scale"):
     models.load_backbone(directory)
+
+
+def test_a_hub_id_loads_from_the_local_cache_without_a_download(tmp_path, monkeypatch):
+  """A snapshot laid out as huggingface_hub caches it (refs/main -> snapshots/<commit>/)."""
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  reference, _ = _dinov2(tmp_path)
+  repository = tmp_path / "hub" / "models--someone--tiny-dinov2"
+  (repository / "refs").mkdir(parents=True)
+  (repository / "refs" / "main").write_text("0" * 40)
+  reference.save_pretrained(repository / "snapshots" / ("0" * 40))
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  images = _images(28)
+  with torch.no_grad():
+    expected = reference(pixel_values=_torch_images(images))
+  _close(_ours("someone/tiny-dinov2", images).pooler_output, expected.pooler_output)

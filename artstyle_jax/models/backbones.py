@@ -143,6 +143,15 @@ def _from_file(path: str, dtype: Any, forms: forms_lib.Forms) -> tuple[nn.Module
   return _from_torch_file(path, dtype, forms)
 
 
+def is_transformers_directory(path: str) -> bool:
+  """Whether `path` is a local directory of transformers files: its config.json names a
+  model_type (as transformers writes it; a training workdir's config.json has none)."""
+  try:
+    return "model_type" in vit_weights.read_config(path)
+  except (torch_weights.CheckpointError, TypeError):
+    return False
+
+
 def canonical_source(source: str) -> str:
   """`source` as it loads from any working directory: a local path made absolute, others as given."""
   local = paths.resolve(source)
@@ -176,7 +185,11 @@ def load_backbone(source: str, *, seed: int = 0, dtype: Any = jnp.float32,
     if os.path.exists(local):
       module, params = _from_file(local, dtype, forms)
     elif convnext_weights.HUB_ID.fullmatch(source) and not source.startswith((".", "~")) and not source.endswith(_FILE_EXTENSIONS):
-      module, params = _from_safetensors(convnext_weights.safetensors_path(source), dtype, forms)
+      cached = vit_weights.cached_directory(source)
+      if cached:
+        module, params = vit_weights.load_directory(cached, dtype=dtype)
+      else:
+        module, params = _from_safetensors(convnext_weights.safetensors_path(source), dtype, forms)
     else:
       raise FileNotFoundError(f"{source}: no such file or directory, and not a hub id like "
                               "timm/convnext_base.fb_in22k_ft_in1k")

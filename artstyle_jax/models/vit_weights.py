@@ -1,7 +1,8 @@
 """DINOv2 and CLIP vision weights from transformers' files, into `vit.ViT`.
 
-A directory as `save_pretrained` writes it, or a Hugging Face hub snapshot: config.json and
-model.safetensors (or pytorch_model.bin). config.json's `model_type` names the layout:
+A directory as `save_pretrained` writes it, or a hub id whose snapshot is in the local Hugging Face
+cache (`cached_directory`; nothing is downloaded): config.json and model.safetensors (or
+pytorch_model.bin). config.json's `model_type` names the layout:
 
   dinov2              `Dinov2Model`: embeddings.*, encoder.layer.<i>.*, layernorm.*
   clip_vision_model   `CLIPVisionModel` or `CLIPVisionModelWithProjection`: [vision_model.]embeddings.*,
@@ -24,6 +25,7 @@ import os
 import re
 from typing import Any, NamedTuple
 
+import huggingface_hub
 import numpy as np
 
 from artstyle_jax.models import torch_weights
@@ -208,6 +210,19 @@ def directory_model_type(directory: str) -> str | None:
     return model_type(read_config(directory))
   except CheckpointError:
     return None
+
+
+def cached_directory(hub_id: str) -> str | None:
+  """The local Hugging Face cache's snapshot of `hub_id` (its main revision) when it holds a
+  config.json of MODEL_TYPES; None otherwise. Nothing is downloaded."""
+  try:
+    config = huggingface_hub.try_to_load_from_cache(hub_id, CONFIG_FILE)
+  except ValueError:  # Not a valid repository id.
+    return None
+  if not isinstance(config, str):
+    return None
+  directory = os.path.dirname(config)
+  return directory if directory_model_type(directory) else None
 
 
 def load_directory(directory: str, **overrides) -> tuple[ViT, dict]:
