@@ -8,13 +8,14 @@
 Each entry is evaluated as `eval` would (weighted kNN and the --mode linear probe, on the
 config's dataset) and becomes one row of the table:
 
-- a workdir of ours (a directory with config.json): its latest checkpoint's student, with its saved
-  config and the --config overrides given here;
+- a workdir of ours (a directory with our config.json): its latest checkpoint's student, with its
+  saved config and the --config overrides given here;
 - any other SOURCE is a backbone for `models.load_backbone` (a hub id such as
   timm/convnext_base.fb_in22k_ft_in1k, the ImageNet initialisation before our training; a
-  ResNet-50 checkpoint of MoCo, SwAV, MMSelfSup, ...; an authors' .pth; random:MODEL, or `random`
-  for the random initialisation of the config's model), evaluated with --config (default
-  configs/paper.py) and its overrides, a ResNet normalised with the ImageNet constants.
+  ResNet-50 checkpoint of MoCo, SwAV, MMSelfSup, ...; an authors' .pth; a directory of a DINOv2
+  or CLIP model's transformers files; random:MODEL, or `random` for the random initialisation of
+  the config's model), evaluated with --config (default configs/paper.py) and its overrides, a
+  ResNet normalised with the ImageNet constants, a ViT with its own constants and image size.
 
 Outputs in OUT: comparison.json (every row, with its error if it failed), comparison.md (the
 table: method, backbone, parameters, kNN top-1, linear top-1 / top-5, mean per-class accuracy),

@@ -42,7 +42,8 @@ class Entry:
   def __init__(self, name: str, source: str):
     self.name = name
     self.source = models.backbones.canonical_source(source)
-    self.is_workdir = (epath.Path(self.source) / checkpoints.CONFIG_FILE).exists()
+    self.is_workdir = ((epath.Path(self.source) / checkpoints.CONFIG_FILE).exists()
+                       and not models.backbones.is_transformers_directory(self.source))
 
 
 def parse_entries(values: Sequence[str]) -> list[Entry]:

@@ -13,10 +13,13 @@ paper and baseline probes' values).
 
 External backbones: with --weights=SOURCE (`models.load_backbone`: a hub id such as
 timm/convnext_base.fb_in22k_ft_in1k, a ConvNeXt .safetensors file, an authors' .pth, a ResNet-50
-checkpoint of MoCo, SwAV, MMSelfSup, torchvision, ..., or random:MODEL) no training run is needed:
-the config is configs/paper.py with the --config overrides (dataset.name and dataset.data_dir at
-least). A ResNet is normalised with the ImageNet constants unless views.student is overridden;
-a ConvNeXt with the paper's student constants. Results go to OUT/eval/, with the config used.
+checkpoint of MoCo, SwAV, MMSelfSup, torchvision, ..., a directory of a DINOv2 or CLIP model's
+transformers files, or random:MODEL) no training run is needed: the config is configs/paper.py
+with the --config overrides (dataset.name and dataset.data_dir at least). A ResNet is normalised
+with the ImageNet constants unless views.student is overridden; a DINOv2 or CLIP ViT with its
+own constants at its own image size (`models.vit_weights`) unless views.student or image_size is
+overridden (the size then rounded to a multiple of the patch); a ConvNeXt with the paper's
+student constants. Results go to OUT/eval/, with the config used.
 
 `--config.key=value` overrides the workdir's saved config.json, e.g. `dataset.data_dir` when the
 dataset moved, or `dataset.eval_split=validation`; keys that fix the model's shapes cannot change.
@@ -53,7 +56,8 @@ WEIGHTS_CONFIG = config_lib.packaged_config("paper.py")
 _WORKDIR = paths.DEFINE_path("workdir", None, "Workdir of a training run (config.json and checkpoints/); with "
                              "--weights, the directory for the results.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "Evaluate this backbone instead of a training run's "
-                               "(models.load_backbone: a hub id, a .safetensors / .pth file, random:MODEL); the "
+                               "(models.load_backbone: a hub id, a .safetensors / .pth file, a DINOv2 or CLIP "
+                               "transformers directory, random:MODEL); the "
                                "config is configs/paper.py with the --config overrides.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default the latest.")
 _MODE = flags.DEFINE_enum("mode", "fast", probes.MODES, "Linear probe: 'fast' (features once, fitted on device), "

@@ -11,13 +11,17 @@ import numpy as np
 from artstyle_jax import sharding
 from artstyle_jax.data import pipeline
 from artstyle_jax.models import convnext
+from artstyle_jax.models import vit
 
 FeatureFn = Callable[[Any, jax.Array], jax.Array]
 
 
 def pooled(module: nn.Module, variables: Mapping[str, Any], images: jax.Array) -> jax.Array:
-  """(B, C) float32 global average of the last stage's map of a backbone (ConvNeXt or ResNet,
-  as `models.load_backbone` returns them) on (B, H, W, 3) float32 normalised images."""
+  """(B, C) float32 features of a backbone (as `models.load_backbone` returns it) on (B, H, W, 3)
+  float32 normalised images: a ConvNeXt's or ResNet's global average of its last stage's map, a
+  ViT's `feature` (`vit` says which vector)."""
+  if isinstance(module, vit.ViT):
+    return module.apply(variables, images).feature
   return convnext.pool(module.apply(variables, images, train=False)[-1])
 
 

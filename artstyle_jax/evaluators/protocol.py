@@ -265,14 +265,24 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict, *, step: O
 def weights_config(config: ml_collections.ConfigDict, backbone: nn.Module,
                    overridden: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
   """`config` for evaluating an external backbone: a ResNet gets the ImageNet normalisation its
-  checkpoints were trained with, unless views.student.mean / .std are among the `overridden` keys."""
+  checkpoints were trained with, a ViT its family's normalisation and image size
+  (`vit_weights.preprocessing`), each unless views.student.mean / .std / image_size are among the
+  `overridden` keys; a ViT's image size is then rounded to a multiple of its patch size."""
   config = config.copy_and_resolve_references()
   if isinstance(backbone, models.resnet.ResNet):
-    with config.unlocked():
-      if "views.student.mean" not in overridden:
-        config.views.student.mean = view_specs.IMAGENET_MEAN
-      if "views.student.std" not in overridden:
-        config.views.student.std = view_specs.IMAGENET_STD
+    mean, std, image_size = view_specs.IMAGENET_MEAN, view_specs.IMAGENET_STD, config.image_size
+  elif isinstance(backbone, models.vit.ViT):
+    mean, std, image_size = models.vit_weights.preprocessing(backbone)
+    image_size = config.image_size if "image_size" in overridden else image_size
+    image_size = models.vit_weights.compatible_image_size(backbone, image_size)
+  else:
+    return config
+  with config.unlocked():
+    if "views.student.mean" not in overridden:
+      config.views.student.mean = mean
+    if "views.student.std" not in overridden:
+      config.views.student.std = std
+    config.image_size = image_size
   return config
 
 

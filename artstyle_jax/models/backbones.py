@@ -9,12 +9,18 @@ Sources:
   ORG/NAME                 a Hugging Face hub id of a timm or transformers ConvNeXt, or of a
                            timm ResNet (e.g. timm/convnext_base.fb_in22k_ft_in1k)
   FILE.safetensors, DIR    the same weights saved locally (DIR holding model.safetensors)
+  DIR (transformers)       a DINOv2 or CLIP vision transformer: config.json (model_type dinov2,
+                           clip_vision_model or clip) and model.safetensors or pytorch_model.bin
+                           (`vit_weights`); a hub id of one loads from the local Hugging Face
+                           cache only
   FILE.pth / .pt / .tar    torch.save output: an authors' checkpoint ({'model', 'optimizer',
                            'epoch'}: its student backbone, `net.net.*`), or a ResNet state dict in
                            one of `resnet`'s formats (torchvision, MoCo, MMSelfSup, SwAV)
 
-Local paths are taken relative to the working directory (`paths.resolve`). Both families map NHWC
-float32 normalised images to their list of stage outputs; `features.pooled` averages the last.
+Local paths are taken relative to the working directory (`paths.resolve`). ConvNeXt and ResNet map
+NHWC float32 normalised images to their list of stage outputs, a ViT to `vit.Outputs`;
+`features.pooled` gives the feature vector of each. `preferred_inputs` says how a backbone's
+images are normalised and sized when the user does not.
 """
 import functools
 import os
@@ -33,6 +39,8 @@ from artstyle_jax.models import forms as forms_lib
 from artstyle_jax.models import resnet
 from artstyle_jax.models import resnet_weights
 from artstyle_jax.models import torch_weights
+from artstyle_jax.models import vit
+from artstyle_jax.models import vit_weights
 
 RANDOM_PREFIX = "random:"
 MODEL_NAMES = tuple(convnext.SIZES) + tuple(resnet.SIZES)
@@ -75,9 +83,12 @@ def _features_only(module: nn.Module, params: Any) -> tuple[nn.Module, Any]:
 
 
 def model_name(module: nn.Module) -> str:
-  """'resnet50', 'convnext_base', ...: the size of a module `load_backbone` returns."""
+  """'resnet50', 'convnext_base', 'dinov2_vit(width=384, depth=12, patch=14)', ...: the size of a
+  module `load_backbone` returns."""
   if isinstance(module, resnet.ResNet):
     return module.name_of_size
+  if isinstance(module, vit.ViT):
+    return f"{module.family}_vit(width={module.width}, depth={module.depth}, patch={module.patch_size})"
   for name, (depths, dims) in convnext.SIZES.items():
     if (tuple(depths), tuple(dims)) == (tuple(module.depths), tuple(module.dims)):
       return name
@@ -119,12 +130,26 @@ def _from_torch_file(path: str, dtype: Any, forms: forms_lib.Forms) -> tuple[nn.
 def _from_file(path: str, dtype: Any, forms: forms_lib.Forms) -> tuple[nn.Module, Any]:
   if os.path.isdir(path):
     weights = os.path.join(path, "model.safetensors")
+    has_config = os.path.isfile(os.path.join(path, vit_weights.CONFIG_FILE))
+    # A ConvNeXt's transformers directory also has a config.json: its model_type tells them apart.
+    if vit_weights.directory_model_type(path) or (has_config and not os.path.isfile(weights)):
+      return vit_weights.load_directory(path, dtype=dtype)
     if not os.path.isfile(weights):
-      raise FileNotFoundError(f"directory {path} has no model.safetensors")
+      raise ValueError("the directory holds neither model.safetensors (a ConvNeXt or ResNet) nor config.json "
+                       "(a DINOv2 or CLIP model's transformers files)")
     return _from_safetensors(weights, dtype, forms)
   if path.endswith(".safetensors"):
     return _from_safetensors(path, dtype, forms)
   return _from_torch_file(path, dtype, forms)
+
+
+def is_transformers_directory(path: str) -> bool:
+  """Whether `path` is a local directory of transformers files: its config.json names a
+  model_type (as transformers writes it; a training workdir's config.json has none)."""
+  try:
+    return "model_type" in vit_weights.read_config(path)
+  except (torch_weights.CheckpointError, TypeError):
+    return False
 
 
 def canonical_source(source: str) -> str:
@@ -160,7 +185,11 @@ def load_backbone(source: str, *, seed: int = 0, dtype: Any = jnp.float32,
     if os.path.exists(local):
       module, params = _from_file(local, dtype, forms)
     elif convnext_weights.HUB_ID.fullmatch(source) and not source.startswith((".", "~")) and not source.endswith(_FILE_EXTENSIONS):
-      module, params = _from_safetensors(convnext_weights.safetensors_path(source), dtype, forms)
+      cached = vit_weights.cached_directory(source)
+      if cached:
+        module, params = vit_weights.load_directory(cached, dtype=dtype)
+      else:
+        module, params = _from_safetensors(convnext_weights.safetensors_path(source), dtype, forms)
     else:
       raise FileNotFoundError(f"{source}: no such file or directory, and not a hub id like "
                               "timm/convnext_base.fb_in22k_ft_in1k")
