@@ -5,6 +5,7 @@ line per backbone and setting kind with the spread shaded."""
 import json
 
 import numpy as np
+from matplotlib.collections import PolyCollection
 from PIL import Image
 import pytest
 
@@ -124,11 +125,13 @@ def test_chart_draws_a_line_per_backbone_and_kind_with_the_spread_shaded(tmp_pat
                                                                        "label_efficiency": None}]}
   fig = label_efficiency_chart.draw_label_efficiency_chart(comparison, tmp_path / "label_efficiency.png")
   knn_axes = fig.axes[0]
-  lines = {line.get_label(): line for line in knn_axes.get_lines()}
+  lines = {line.get_label(): line for line in knn_axes.get_lines() if not line.get_label().startswith("_")}
   assert sorted(lines) == ["moco (fraction)", "moco (shots)", "ours (fraction)", "ours (shots)"]
   np.testing.assert_allclose(lines["ours (shots)"].get_xdata(), [1.0, 5.0])
   np.testing.assert_allclose(lines["ours (shots)"].get_ydata(), [100 * (0.325 + 0.01), 100 * (0.325 + 0.05)])
   assert lines["ours (shots)"].get_color() != lines["moco (shots)"].get_color()
-  assert len(knn_axes.collections) == 4  # a shaded band per line
+  # A shaded band per line of several points (shots), an error bar for the one-point fraction lines.
+  bands = [c for c in knn_axes.collections if isinstance(c, PolyCollection)]
+  assert len(bands) == 2 and len(knn_axes.containers) == 2
   with Image.open(tmp_path / "label_efficiency.png") as image:
     assert (image.format, image.size) == ("PNG", (1200, 500))

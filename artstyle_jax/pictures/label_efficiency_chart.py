@@ -9,6 +9,8 @@ from matplotlib.figure import Figure
 from artstyle_jax.pictures import figure
 
 _PANELS = (("knn", "kNN"), ("linear", "linear probe (fast)"))
+_METRIC_LABELS = {"top1": "top-1 accuracy", "top5": "top-5 accuracy",
+                  "mean_per_class_accuracy": "mean per-class accuracy", "macro_f1": "macro-F1"}
 # Shots (the same number of images in every class) and fractions (every class its share) are
 # different draws: each has its own line style, in the backbone's colour.
 _KINDS = (("shots", "-", "o", "shots"), ("fraction", "--", "s", "fraction"))
@@ -20,7 +22,7 @@ def draw_label_efficiency_chart(comparison: Mapping[str, Any], path: str | os.Pa
   linear probe (right) against the mean labelled images per class (log scale), a colour per entry
   of `comparison` (what comparison.json holds) that has few-label settings: shots solid with
   circles, fractions dashed with squares, the mean over label seeds drawn and mean ± one standard
-  deviation shaded. Saved as a PNG at `path` when given. 12 x 5 inches: 1200 x 500 px."""
+  deviation shaded (an error bar for a line of one point). Saved as a PNG at `path` when given. 12 x 5 inches: 1200 x 500 px."""
   fig = figure.new_figure((12, 5))
   fig.set_layout_engine("constrained")
   axes_pair = fig.subplots(1, 2, sharey=True)
@@ -37,14 +39,16 @@ def draw_label_efficiency_chart(comparison: Mapping[str, Any], path: str | os.Pa
         mean = [100.0 * s[method][metric]["mean"] for s in points]
         std = [100.0 * (s[method][metric]["std"] or 0.0) for s in points]
         axes.plot(x, mean, linestyle=style, marker=marker, color=colour, label=f"{entry['name']} ({kind_label})")
-        if any(std):
+        if any(std) and len(points) == 1:
+          axes.errorbar(x, mean, yerr=std, color=colour, capsize=4, linestyle="none")
+        elif any(std):
           axes.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
                             color=colour, alpha=0.2, linewidth=0)
     axes.set_xscale("log")
     axes.set_xlabel("labelled training images per class (mean)")
     axes.set_title(title)
     axes.grid(True, which="major", alpha=0.3)
-  axes_pair[0].set_ylabel(f"{metric} accuracy (%)" if metric.startswith("top") else f"{metric} (%)")
+  axes_pair[0].set_ylabel(f"{_METRIC_LABELS[metric]} (%)")
   if entries:
     axes_pair[1].legend(loc="lower right", fontsize=8)
   plan = comparison.get("label_plan") or {}
