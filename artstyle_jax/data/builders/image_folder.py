@@ -66,6 +66,13 @@ def split_files(files_by_class: dict[str, list[epath.Path]], names: list[str], m
                               test_fraction=config.test_fraction)
   files = [base.SourceFile(path, base.relative_key(path, manual_dir), label)
            for label, name in enumerate(names) for path in files_by_class.get(name, ())]
+  return split_by_artist(files, names, config)
+
+
+def split_by_artist(files: list[base.SourceFile], names: list[str],
+                    config: FolderConfig) -> dict[str, list[base.SourceFile]]:
+  """`artists.split_by_artist` of `files` into 'test', 'validation' (when config.val_fraction > 0)
+  and 'train', with config's fractions and seed."""
   held_out = [(base.TEST, config.test_fraction)] + (
       [(base.VALIDATION, config.val_fraction)] if config.val_fraction > 0 else [])
   return artists.split_by_artist(files, names, seed=config.seed, held_out=held_out, rest=base.TRAIN)

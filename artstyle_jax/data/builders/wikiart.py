@@ -15,8 +15,8 @@ Where to get it: the "WikiArt Dataset" folder of the ArtGAN repository
 Splits: 'train' is style_train.csv and 'test' is style_val.csv (the ArtGAN "val" list is
 the held-out set papers report on). Label names and indices are those of
 style_class.txt. Listed files that are missing or unreadable are skipped and reported.
-These lists split the paintings at random, so most test artists also have paintings in train;
-the build logs how many (file names are `<artist>_<title>.jpg`, `artists`).
+These lists split the paintings, not the artists: the build logs how many test artists also
+have paintings in train (file names are `<artist>_<title>.jpg`, `artists`).
 
 `WikiArtByArtist` ('wikiart_artist/<config>', built by `builders.build('wikiart', ...,
 config=FolderConfig(split_by='artist'))` or `--split_by=artist`) pools both lists and splits
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from etils import epath
 
-from artstyle_jax.data.builders import artists
 from artstyle_jax.data.builders import base
 from artstyle_jax.data.builders import image_folder
 
@@ -74,12 +73,8 @@ class WikiArtByArtist(WikiArt):
 
   def _list_files(self, manual_dir):
     names, listed = super()._list_files(manual_dir)
-    config = self.builder_config
-    held_out = [(base.TEST, config.test_fraction)] + (
-        [(base.VALIDATION, config.val_fraction)] if config.val_fraction > 0 else [])
     pooled = {file.key: file for split in (base.TRAIN, base.TEST) for file in listed[split]}
-    return names, artists.split_by_artist(list(pooled.values()), names, seed=config.seed, held_out=held_out,
-                                          rest=base.TRAIN)
+    return names, image_folder.split_by_artist(list(pooled.values()), names, self.builder_config)
 
 
 def _find_lists_dir(manual_dir: epath.Path) -> epath.Path:
