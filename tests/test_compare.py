@@ -144,8 +144,9 @@ def test_a_bad_command_is_refused_in_one_line_and_writes_nothing(tmp_path, synth
 def test_few_label_json_table_and_chart_come_out_of_compare(compared):
   """Every evaluated entry has its label_efficiency.json, whose settings are its row's: the sizes the
   synthetic split's 8 images of each of 10 classes give, two seeds each (the whole split: the same
-  subset for both, a spread of 0); the table gains a few-label table, a cell per entry and setting,
-  and label_efficiency.png is drawn; the failed entry's cells are empty."""
+  subset for both, a kNN spread of 0, and seed 0's probe is the entry's fast probe); the table gains
+  a few-label table, a cell per entry and setting, and label_efficiency.png is drawn; the failed
+  entry's cells are empty."""
   cwd, _ = compared
   comparison = json.loads((cwd / "cmp" / "comparison.json").read_text())
   assert comparison["label_plan"] == {"settings": ["50%", "100%", "1-shot", "2-shot"], "seeds": 2}
@@ -157,7 +158,11 @@ def test_few_label_json_table_and_chart_come_out_of_compare(compared):
     for setting in few_label["settings"]:
       for method in ("knn", "linear"):
         assert len(setting[method]["top1"]["values"]) == 2 and 0.0 <= setting[method]["macro_f1"]["mean"] <= 1.0
-    assert few_label["settings"][1]["linear"]["top1"]["std"] == 0.0
+    everything = few_label["settings"][1]
+    assert everything["knn"]["top1"]["std"] == 0.0
+    linear = json.loads((cwd / "cmp" / "entries" / name / "linear_fast.json").read_text())
+    assert everything["linear"]["top1"]["values"][0] == linear["top1"]
+    assert everything["linear_weight_decay"][0] == linear["weight_decay"]
   assert rows["missing"]["label_efficiency"] is None
   table = (cwd / "cmp" / "comparison.md").read_text()
   assert "| method | 50% | 100% | 1-shot | 2-shot |" in table and "| missing | - | - | - | - |" in table

@@ -12,7 +12,9 @@ import pytest
 from artstyle_jax import config_lib
 from artstyle_jax.evaluators import knn
 from artstyle_jax.evaluators import label_efficiency
+from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.evaluators import metrics
+from artstyle_jax.evaluators import probes
 from artstyle_jax.pictures import label_efficiency_chart
 
 # 3 classes of 40, 12 and 5 training images, interleaved.
@@ -89,9 +91,14 @@ def test_figures_are_mean_and_sample_std_of_each_seeds_classification_results():
   full, two_shot = results["settings"]
   assert (full["num_labelled"], two_shot["num_labelled"], two_shot["labels_per_class"]) == (57, 6, 2.0)
   assert results["label_seeds"] == [0, 1, 2] and results["nested"] is True
+  # All the labels: the same subset for every seed, the kNN deterministic; the probe's held-out
+  # fifth is the seed's, and seed 0's probe is eval's fast probe of config.seed 0.
+  assert full["knn"]["top1"]["std"] == 0.0
+  head, settings = probes.fit_fast_probe(train[None], LABELS, 3, 0)
+  expected = metrics.classification_results(np.asarray(linear_probe.apply_head(head, test)), test_labels)
+  assert full["linear"]["macro_f1"]["values"][0] == expected["macro_f1"]
+  assert full["linear_weight_decay"][0] == settings["weight_decay"] and len(two_shot["linear_weight_decay"]) == 3
   for method in ("knn", "linear"):
-    # All the labels are the same subset for every seed, and both fits are deterministic.
-    assert full[method]["top1"]["std"] == 0.0
     for metric in label_efficiency.METRICS:
       spread = two_shot[method][metric]
       assert spread["mean"] == pytest.approx(np.mean(spread["values"]))
