@@ -11,8 +11,8 @@ Draws (`draw_subset`): for label seed i, each class's images are put in a random
 `np.random.default_rng([i, class])`, and a setting takes the first images of every class's order.
 The subsets of one seed are therefore nested: a setting that takes at least as many images of
 every class as another holds all of its images (1 shot within 5 shots, 10% within 50%). A seed
-gives the same subsets on every run and for every backbone: the label seeds are 0 .. N-1, whatever the config's
-seed, so that the rows of a comparison are scored on the same labels.
+gives the same subsets on every run and for every backbone: the label seeds are 0 .. N-1,
+whatever the config's seed, so that the rows of a comparison are scored on the same labels.
 
 Per setting and seed, on the subset's features:
 - kNN: `knn.knn_classify` with config.knn_k neighbours, at most the subset's size;

@@ -22,7 +22,8 @@ def draw_label_efficiency_chart(comparison: Mapping[str, Any], path: str | os.Pa
   linear probe (right) against the mean labelled images per class (log scale), a colour per entry
   of `comparison` (what comparison.json holds) that has few-label settings: shots solid with
   circles, fractions dashed with squares, the mean over label seeds drawn and mean ± one standard
-  deviation shaded (an error bar for a line of one point). Saved as a PNG at `path` when given. 12 x 5 inches: 1200 x 500 px."""
+  deviation shaded (an error bar for a line of one point). Saved as a PNG at `path` when given.
+  12 x 5 inches: 1200 x 500 px."""
   fig = figure.new_figure((12, 5))
   fig.set_layout_engine("constrained")
   axes_pair = fig.subplots(1, 2, sharey=True)
