@@ -4,6 +4,7 @@
   python -m artstyle_jax.compare --entry=NAME=SOURCE_OR_WORKDIR [--entry=...] --workdir=OUT
       [--mode=fast|paper|baseline] [--config=configs/paper.py] [--config.key=value ...]
       [--paper_epochs=N --paper_batch_size=N --probe_learning_rate=LR ...] [--batch_size=N] [--embedding]
+      [--label_fractions=F,... --shots=S,... --label_seeds=N]
 
 Each entry is evaluated as `eval` would (weighted kNN and the --mode linear probe, on the
 config's dataset) and becomes one row of the table:
@@ -18,9 +19,13 @@ config's dataset) and becomes one row of the table:
   ResNet normalised with the ImageNet constants, a ViT with its own constants and image size.
 
 Outputs in OUT: comparison.json (every row, with its error if it failed), comparison.md (the
-table: method, backbone, parameters, kNN top-1, linear top-1 / top-5, mean per-class accuracy),
-comparison.png (bar chart of the top-1 figures), and entries/NAME/ with each entry's eval outputs
-(with --embedding, its t-SNE map of the test split's features too: entries/NAME/embedding.png).
+table: method, backbone, parameters, then the kNN's and the linear probe's top-1, top-5, mean
+per-class accuracy and macro-F1), comparison.png (bar chart of the top-1 figures), and
+entries/NAME/ with each entry's eval outputs (with --embedding, its t-SNE map of the test split's
+features too: entries/NAME/embedding.png). With --label_fractions or --shots (as eval's: every
+entry scored on the same label subsets), comparison.md gains a few-label table and
+label_efficiency.png draws top-1 against labels per class, a line per entry, the spread over the
+--label_seeds shaded; each entry's figures are in entries/NAME/label_efficiency.json.
 One progress line per entry; an entry that fails is reported (a line on stderr, a row that says
 why) and the others go on. Exit status 1 when an entry failed, or when the command is refused
 (one error line, nothing written).
@@ -35,6 +40,7 @@ from artstyle_jax import cli
 from artstyle_jax import comparison
 from artstyle_jax import config_lib
 from artstyle_jax import paths
+from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.evaluators import probes
 from artstyle_jax.pictures import embedding_map
 
@@ -47,6 +53,7 @@ _MODE = flags.DEFINE_enum("mode", "fast", probes.MODES, "Linear probe of every e
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images per feature-extraction step; default "
                                    "config.batch_size rounded up to a multiple of the device count.", lower_bound=1)
 probes.define_probe_flags()
+label_efficiency.define_flags()
 _EMBEDDING = flags.DEFINE_bool("embedding", False, "Also draw each entry's t-SNE map of the test split's features, "
                                f"entries/NAME/{embedding_map.EMBEDDING_FILE}.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the backbone sources (dataset, image size, "
@@ -59,12 +66,14 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _WORKDIR.value:
     cli.fail("--workdir is required")
+  label_plan = label_efficiency.plan_from_flags(flags.FLAGS)
   results = comparison.compare(comparison.parse_entries(_ENTRY.value), _CONFIG.value, _WORKDIR.value,
                                overrides=cli.config_overrides(sys.argv[1:]), mode=_MODE.value,
-                               batch_size=_BATCH_SIZE.value, embedding=_EMBEDDING.value,
+                               batch_size=_BATCH_SIZE.value, embedding=_EMBEDDING.value, label_plan=label_plan,
                                **probes.probe_flag_options(flags.FLAGS))
   print(comparison.format_table(results), end="")
-  print(f"written to {_WORKDIR.value}: {comparison.RESULTS_FILE}, {comparison.TABLE_FILE}, {comparison.CHART_FILE}, "
+  charts = [comparison.CHART_FILE] + ([comparison.LABEL_CHART_FILE] if label_plan else [])
+  print(f"written to {_WORKDIR.value}: {comparison.RESULTS_FILE}, {comparison.TABLE_FILE}, {', '.join(charts)}, "
         f"{comparison.ENTRIES_DIR}/")
   if any(r["error"] for r in results["entries"]):
     sys.exit(1)

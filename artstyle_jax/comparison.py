@@ -6,8 +6,12 @@ each: a workdir of ours (a directory with config.json: its latest checkpoint's s
 saved config and the overrides), or any other source of a backbone for `models.load_backbone`,
 evaluated with the config. An entry that fails is reported (a line on stderr, a row that says
 why) and the others go on. Written in the workdir: comparison.json (every row, with its error if
-it failed), comparison.md (the table: method, backbone, parameters, kNN top-1, linear top-1 /
-top-5, mean per-class accuracy) and comparison.png (`pictures.comparison_chart`).
+it failed), comparison.md (the table: method, backbone, parameters, then top-1, top-5, mean
+per-class accuracy and macro-F1 of the kNN and of the linear probe) and comparison.png
+(`pictures.comparison_chart`). With a few-label plan (`evaluators.label_efficiency`), every row
+also holds its settings' figures, comparison.md a second table (top-1, mean ± std over the label
+seeds, per setting) and label_efficiency.png draws top-1 against labels per class
+(`pictures.label_efficiency_chart`).
 """
 from collections.abc import Mapping, Sequence
 import json
@@ -26,12 +30,15 @@ from artstyle_jax import config_lib
 from artstyle_jax import models
 from artstyle_jax import sharding
 from artstyle_jax import workdir as workdir_lib
+from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.evaluators import protocol
 from artstyle_jax.pictures import comparison_chart
+from artstyle_jax.pictures import label_efficiency_chart
 
 RESULTS_FILE = "comparison.json"
 TABLE_FILE = "comparison.md"
 CHART_FILE = "comparison.png"
+LABEL_CHART_FILE = "label_efficiency.png"
 ENTRIES_DIR = "entries"
 _NAME = re.compile(r"[\w.+-]+")
 
@@ -87,14 +94,17 @@ def evaluate_entry(entry: Entry, config: ml_collections.ConfigDict, overrides: S
 
 def row(entry: Entry, results: Optional[Mapping[str, Mapping[str, Any]]], error: Optional[str],
         seconds: float) -> dict[str, Any]:
-  """One row of comparison.json; the figures are None for an entry that failed."""
+  """One row of comparison.json; the figures are None for an entry that failed, 'label_efficiency'
+  (the settings of `label_efficiency.evaluate`) None without a few-label plan."""
   knn, linear = (results or {}).get("knn"), (results or {}).get("linear")
+  few_label = (results or {}).get("label_efficiency")
   return {
       "name": entry.name, "source": entry.source, "kind": "workdir" if entry.is_workdir else "weights",
       "model": knn and knn["model"], "num_parameters": knn and knn["num_parameters"],
-      "step": knn and knn["step"], "knn_top1": knn and knn["top1"], "linear_method": linear and linear["method"],
-      "linear_top1": linear and linear["top1"], "linear_top5": linear and linear["top5"],
-      "linear_mean_per_class_accuracy": linear and linear["mean_per_class_accuracy"],
+      "step": knn and knn["step"], "linear_method": linear and linear["method"],
+      **{f"{method}_{metric}": result and result[metric]
+         for method, result in (("knn", knn), ("linear", linear)) for metric in label_efficiency.METRICS},
+      "label_efficiency": few_label and few_label["settings"],
       "error": error, "seconds": round(seconds, 1),
   }
 
@@ -109,26 +119,53 @@ def _millions(count: Optional[int]) -> str:
 
 def format_table(comparison: Mapping[str, Any]) -> str:
   """comparison.md: a heading naming the dataset and protocol, the Markdown table, the failures."""
+  figures = [f"{method}_{metric}" for method in label_efficiency.METHODS for metric in label_efficiency.METRICS]
   lines = [f"# {comparison['dataset']} ({comparison['test_split']} split), linear probe: {comparison['mode']}", "",
-           "| method | backbone | params | kNN top-1 | linear top-1 | linear top-5 | per-class mean accuracy |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+           "| method | backbone | params | kNN top-1 | kNN top-5 | kNN per-class mean | kNN macro-F1 | linear top-1 "
+           "| linear top-5 | linear per-class mean | linear macro-F1 |",
+           "| --- " * (3 + len(figures)) + "|"]
   for r in comparison["entries"]:
     backbone = "failed" if r["error"] else r["model"]
-    lines.append(f"| {r['name']} | {backbone} | {_millions(r['num_parameters'])} | {_percent(r['knn_top1'])} | "
-                 f"{_percent(r['linear_top1'])} | {_percent(r['linear_top5'])} | "
-                 f"{_percent(r['linear_mean_per_class_accuracy'])} |")
+    lines.append(f"| {r['name']} | {backbone} | {_millions(r['num_parameters'])} | "
+                 + " | ".join(_percent(r[key]) for key in figures) + " |")
+  lines += _label_efficiency_table(comparison)
   failed = [r for r in comparison["entries"] if r["error"]]
   if failed:
     lines += [""] + [f"- {r['name']} ({r['source']}) failed: {r['error']}" for r in failed]
   return "\n".join(lines) + "\n"
 
 
+def _mean_std(spread: Optional[Mapping[str, Any]]) -> str:
+  if spread is None:
+    return "-"
+  return _percent(spread["mean"]) + ("" if spread["std"] is None else f" ± {_percent(spread['std'])}")
+
+
+def _label_efficiency_table(comparison: Mapping[str, Any]) -> list[str]:
+  """The few-label table's lines (none without a plan): a row per entry, a column per setting,
+  cells 'kNN / linear' top-1."""
+  plan = comparison.get("label_plan")
+  if not plan:
+    return []
+  lines = ["", f"Few labels: top-1 (%), kNN / linear, mean ± std over label seeds 0-{plan['seeds'] - 1}", "",
+           "| method | " + " | ".join(plan["settings"]) + " |", "| --- " * (1 + len(plan["settings"])) + "|"]
+  for r in comparison["entries"]:
+    by_name = {s["name"]: s for s in r["label_efficiency"] or ()}
+    cells = [f"{_mean_std(by_name[name]['knn']['top1'])} / {_mean_std(by_name[name]['linear']['top1'])}"
+             if name in by_name else "-" for name in plan["settings"]]
+    lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def write_outputs(out: epath.Path, comparison: Mapping[str, Any]) -> None:
-  """comparison.json, comparison.md and comparison.png in `out` (process 0)."""
+  """comparison.json, comparison.md, comparison.png and, with a few-label plan, label_efficiency.png
+  in `out` (process 0)."""
   out.mkdir(parents=True, exist_ok=True)
   (out / RESULTS_FILE).write_text(json.dumps(comparison, indent=2, allow_nan=False) + "\n")
   (out / TABLE_FILE).write_text(format_table(comparison))
   comparison_chart.draw_comparison_chart(comparison, out / CHART_FILE)
+  if comparison.get("label_plan"):
+    label_efficiency_chart.draw_label_efficiency_chart(comparison, out / LABEL_CHART_FILE)
 
 
 def compare(entries: Sequence[Entry], config: ml_collections.ConfigDict, workdir: str, *,
@@ -140,10 +177,12 @@ def compare(entries: Sequence[Entry], config: ml_collections.ConfigDict, workdir
     config: the --config file with `overrides` applied (backbone sources use it).
     overrides: the "key=value" overrides, applied to the workdirs' saved configs too.
     mode: the linear probe, 'fast', 'paper' or 'baseline'.
-    options: `protocol.evaluate_backbone`'s (batch_size, paper_epochs, paper_batch_size, probe, embedding).
+    options: `protocol.evaluate_backbone`'s (batch_size, paper_epochs, paper_batch_size, probe, embedding,
+      label_plan).
 
   Returns:
-    What comparison.json holds: dataset, test_split, mode and one `row` per entry.
+    What comparison.json holds: dataset, test_split, mode, label_plan ({'settings': names, 'seeds'}
+    or None) and one `row` per entry.
   Raises:
     ConfigError, FileNotFoundError: an unusable config or dataset, before anything is written.
   """
@@ -170,7 +209,9 @@ def compare(entries: Sequence[Entry], config: ml_collections.ConfigDict, workdir
     r = rows[-1]
     print(f"[{index}/{len(entries)}] {entry.name}: {r['model']}, kNN top-1 {_percent(r['knn_top1'])}%, linear "
           f"top-1 {_percent(r['linear_top1'])}% ({r['seconds']:.0f} s)", flush=True)
+  plan = options.get("label_plan")
   comparison = {"dataset": config.dataset.name, "test_split": config.dataset.eval_split, "mode": mode,
+                "label_plan": plan and {"settings": [s.name for s in plan.settings], "seeds": plan.seeds},
                 "entries": rows}
   if jax.process_index() == 0:
     write_outputs(out, comparison)

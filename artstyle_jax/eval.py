@@ -1,7 +1,8 @@
 """Evaluation of a trained student: weighted kNN and a linear probe on its pooled features.
 
   python -m artstyle_jax.eval --workdir=DIR [--step=N] [--mode=fast|paper|baseline] [--augmented_copies=N]
-      [--random_init] [--embedding] [--config.key=value ...]
+      [--random_init] [--embedding] [--label_fractions=F,... --shots=S,... --label_seeds=N]
+      [--config.key=value ...]
   python -m artstyle_jax.eval --weights=SOURCE --workdir=OUT --config.dataset.name=NAME
       --config.dataset.data_dir=DIR [--mode=...] [--embedding] [--config.key=value ...]
 
@@ -21,6 +22,11 @@ own constants at its own image size (`models.vit_weights`) unless views.student 
 overridden (the size then rounded to a multiple of the patch); a ConvNeXt with the paper's
 student constants. Results go to OUT/eval/, with the config used.
 
+Few labels: --label_fractions (e.g. 0.01,0.1,1.0: that share of every class's training images,
+at least one) and --shots (e.g. 1,5,10 images per class), each drawn --label_seeds times (default
+3), score the kNN and the fast linear probe fitted on those labels only, on the same features
+(`evaluators.label_efficiency`): label_efficiency.json and a table.
+
 `--config.key=value` overrides the workdir's saved config.json, e.g. `dataset.data_dir` when the
 dataset moved, or `dataset.eval_split=validation`; keys that fix the model's shapes cannot change.
 `--random_init` evaluates the untrained backbone of `config.seed` (the student's initialisation
@@ -31,6 +37,7 @@ the checkpoint step inside:
   knn.json, knn_confusion.png                 `metrics.classification_results` plus the settings
   linear_<mode>.json, linear_<mode>_confusion.png
   linear_head.npz                             the probe for predict (`evaluators.head_file`)
+  label_efficiency.json                       with --label_fractions or --shots: mean and std per setting
   embedding.png                               with --embedding: t-SNE map of the test features
 and the tables on stdout. A refused evaluation (no checkpoint, no such step, a missing dataset)
 exits 1 with one error line before anything is written.
@@ -47,6 +54,7 @@ from artstyle_jax import cli
 from artstyle_jax import config_lib
 from artstyle_jax import paths
 from artstyle_jax import workdir
+from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.evaluators import probes
 from artstyle_jax.evaluators import protocol
 from artstyle_jax.pictures import embedding_map
@@ -68,6 +76,7 @@ _AUGMENTED_COPIES = flags.DEFINE_integer("augmented_copies", 0, "Fast mode: augm
 _RANDOM_INIT = flags.DEFINE_bool("random_init", False, "Evaluate the random initialisation of config.seed instead "
                                  "of a checkpoint (results in DIR/eval/random_init/).")
 probes.define_probe_flags()
+label_efficiency.define_flags()
 _EMBEDDING = flags.DEFINE_bool("embedding", False, f"Also draw the test split's features as a t-SNE map, "
                                f"DIR/eval/{embedding_map.EMBEDDING_FILE}.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images per feature-extraction step, a multiple of the "
@@ -107,7 +116,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   options = {"mode": _MODE.value, "augmented_copies": _AUGMENTED_COPIES.value, "batch_size": _BATCH_SIZE.value,
-             "embedding": _EMBEDDING.value, **probes.probe_flag_options(flags.FLAGS)}
+             "embedding": _EMBEDDING.value, "label_plan": label_efficiency.plan_from_flags(flags.FLAGS),
+             **probes.probe_flag_options(flags.FLAGS)}
   if _WEIGHTS.value:
     out = workdir.eval_dir(_WORKDIR.value)
     protocol.evaluate_weights(_WEIGHTS.value, flags.FLAGS.config, out, overridden=cli.override_keys(sys.argv[1:]),

@@ -16,8 +16,8 @@ from helpers import FAST_COMPILING, config_path, make_workdir, run_program
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory, synthetic_data):
-  """compare run from a fresh directory with relative paths, the maps asked for too: (its directory,
-  the process)."""
+  """compare run from a fresh directory with relative paths, the maps and two few-label settings of
+  each kind over two label seeds asked for too: (its directory, the process)."""
   cwd = tmp_path_factory.mktemp("compare")
   make_workdir(cwd / "ours", synthetic_data)
   torch.manual_seed(0)
@@ -27,6 +27,7 @@ def compared(tmp_path_factory, synthetic_data):
   data_dir, name = synthetic_data
   process = run_program("compare", "--entry=ours=ours", "--entry=moco_v2=moco_v2_200ep_pretrain.pth.tar",
                         "--entry=missing=nowhere/moco.pth", "--entry=random=random", "--workdir=cmp", "--embedding",
+                        "--label_fractions=0.5,1.0", "--shots=1,2", "--label_seeds=2",
                         f"--config={config_path('tiny')}", f"--config.dataset.name={name}",
                         f"--config.dataset.data_dir={os.path.relpath(data_dir, cwd)}", "--config.knn_k=5",
                         f"--config.{FAST_COMPILING}", cwd=cwd)
@@ -95,6 +96,8 @@ def test_the_table_and_the_chart_show_every_row(compared):
   assert "| moco_v2 | resnet50 | 23.5M |" in table and "| missing | failed | - | - |" in table
   assert "- missing (nowhere/moco.pth) failed: " in table
   assert table in process.stdout
+  assert ("| method | backbone | params | kNN top-1 | kNN top-5 | kNN per-class mean | kNN macro-F1 | linear top-1 "
+          "| linear top-5 | linear per-class mean | linear macro-F1 |") in table
   entries = json.loads((cwd / "cmp" / "comparison.json").read_text())["entries"]
   evaluated = [i for i, r in enumerate(entries) if r["error"] is None]
   assert evaluated == [0, 1, 3] and all(entries[i]["knn_top1"] > 0 and entries[i]["linear_top1"] > 0 for i in evaluated)
@@ -136,3 +139,32 @@ def test_a_bad_command_is_refused_in_one_line_and_writes_nothing(tmp_path, synth
     assert process.returncode == 1 and process.stderr.strip().splitlines()[-1].startswith("error: "), process.stderr
     assert message in process.stderr.strip().splitlines()[-1]
   assert not (tmp_path / "out").exists()
+
+
+def test_few_label_json_table_and_chart_come_out_of_compare(compared):
+  """Every evaluated entry has its label_efficiency.json, whose settings are its row's: the sizes the
+  synthetic split's 8 images of each of 10 classes give, two seeds each (the whole split: the same
+  subset for both, a kNN spread of 0, and seed 0's probe is the entry's fast probe); the table gains
+  a few-label table, a cell per entry and setting, and label_efficiency.png is drawn; the failed
+  entry's cells are empty."""
+  cwd, _ = compared
+  comparison = json.loads((cwd / "cmp" / "comparison.json").read_text())
+  assert comparison["label_plan"] == {"settings": ["50%", "100%", "1-shot", "2-shot"], "seeds": 2}
+  rows = {r["name"]: r for r in comparison["entries"]}
+  for name in ("ours", "moco_v2", "random"):
+    few_label = json.loads((cwd / "cmp" / "entries" / name / "label_efficiency.json").read_text())
+    assert few_label["settings"] == rows[name]["label_efficiency"] and few_label["label_seeds"] == [0, 1]
+    assert [s["num_labelled"] for s in few_label["settings"]] == [40, 80, 10, 20]
+    for setting in few_label["settings"]:
+      for method in ("knn", "linear"):
+        assert len(setting[method]["top1"]["values"]) == 2 and 0.0 <= setting[method]["macro_f1"]["mean"] <= 1.0
+    everything = few_label["settings"][1]
+    assert everything["knn"]["top1"]["std"] == 0.0
+    linear = json.loads((cwd / "cmp" / "entries" / name / "linear_fast.json").read_text())
+    assert everything["linear"]["top1"]["values"][0] == linear["top1"]
+    assert everything["linear_weight_decay"][0] == linear["weight_decay"]
+  assert rows["missing"]["label_efficiency"] is None
+  table = (cwd / "cmp" / "comparison.md").read_text()
+  assert "| method | 50% | 100% | 1-shot | 2-shot |" in table and "| missing | - | - | - | - |" in table
+  with Image.open(cwd / "cmp" / "label_efficiency.png") as image:
+    assert (image.format, image.size) == ("PNG", (1200, 500))

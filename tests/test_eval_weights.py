@@ -73,6 +73,8 @@ def test_the_program_writes_results_the_config_and_a_head_predict_applies(evalua
     (["--weights=random:convnext_atto", "--config.no_such_key=1"], "unknown config key 'no_such_key'"),
     (["--weights=random:vgg16"], "unknown model 'vgg16'"),
     (["--weights=nowhere/resnet50.pth"], "nowhere/resnet50.pth: no such file or directory"),
+    (["--weights=random:convnext_atto", "--label_fractions=0.1", "--shots=1,0"],
+     "--shots: '0' is not a whole number of images per class >= 1"),
 ])
 def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, synthetic_data, args, message):
   data_dir, name = synthetic_data

@@ -1,4 +1,4 @@
-"""Classification metrics from class scores: top-k, per-class accuracy, confusion matrix.
+"""Classification metrics from class scores: top-k, per-class accuracy, macro-F1, confusion matrix.
 
 Host-side NumPy: the inputs are small (examples x classes) and the results go to JSON.
 Predictions are `argmax` over classes (the first class wins a tie); the top-k sets are taken
@@ -79,6 +79,20 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, np.diag(confusion) / np.maximum(counts, 1), np.nan)
 
 
+def macro_f1(confusion: np.ndarray) -> float:
+  """Mean over classes of F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c), from a (K, K) confusion matrix.
+
+  The mean runs over the classes that occur among the true labels or the predictions; a class
+  with examples that is never predicted counts 0. This is scikit-learn's
+  `f1_score(labels, predicted, average="macro", zero_division=0)`.
+  """
+  confusion = np.asarray(confusion)
+  true_positives = np.diag(confusion).astype(np.float64)
+  occurring = confusion.sum(axis=0) + confusion.sum(axis=1)  # = 2 TP + FP + FN
+  present = occurring > 0
+  return float(np.mean(2.0 * true_positives[present] / occurring[present]))
+
+
 def classification_results(scores, labels, class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """All the metrics of one evaluation, as a JSON-serialisable dict of plain Python values.
 
@@ -89,7 +103,8 @@ def classification_results(scores, labels, class_names: Optional[Sequence[str]] 
 
   Returns:
     {'num_examples', 'num_classes', 'top1', 'top5', 'top5_k' (the k used, min(5, K)),
-     'mean_per_class_accuracy' (over classes with examples), 'class_names',
+     'mean_per_class_accuracy' (the balanced accuracy: mean recall over the classes with
+     examples, scikit-learn's `balanced_accuracy_score`), 'macro_f1' (`macro_f1`), 'class_names',
      'per_class': [{'name', 'count', 'accuracy' (None when count is 0)}],
      'confusion_matrix': K lists of K ints, rows true, columns predicted}.
     Accuracies are fractions in [0, 1].
@@ -112,6 +127,7 @@ def classification_results(scores, labels, class_names: Optional[Sequence[str]] 
       "top5": top_k_accuracy(scores, labels, 5),
       "top5_k": int(min(5, num_classes)),
       "mean_per_class_accuracy": float(np.mean(recall[present])),
+      "macro_f1": macro_f1(confusion),
       "class_names": class_names,
       "per_class": [
           {"name": name, "count": int(count), "accuracy": float(acc) if count else None}

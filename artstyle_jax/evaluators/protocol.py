@@ -18,6 +18,7 @@ Outputs (process 0), in the output directory, each tagged with the checkpoint st
   knn.json, knn_confusion.png                 `metrics.classification_results` plus the settings
   linear_<mode>.json, linear_<mode>_confusion.png
   linear_head.npz                             the probe for prediction (`head_file`)
+  label_efficiency.json                       with a `label_plan`: the few-label settings (`label_efficiency`)
   embedding.png                               with `embedding`: t-SNE map of the test features
 and, with `verbose`, the tables on stdout. A refused evaluation raises before anything is written.
 """
@@ -47,6 +48,7 @@ from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
 from artstyle_jax.evaluators import head_file
 from artstyle_jax.evaluators import knn
+from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.evaluators import metrics
 from artstyle_jax.evaluators import probes
@@ -137,9 +139,9 @@ def _title(result: Mapping[str, Any]) -> str:
 
 
 def write_outputs(out_dir: str | os.PathLike, results: Mapping[str, Mapping[str, Any]],
-                  head: Mapping[str, np.ndarray]) -> None:
-  """<method>.json and <method>_confusion.png per results entry, and linear_head.npz
-  (`head_file.head_arrays`), each replacing its file whole."""
+                  head: Mapping[str, np.ndarray], few_label: Optional[Mapping[str, Any]] = None) -> None:
+  """<method>.json and <method>_confusion.png per results entry, linear_head.npz
+  (`head_file.head_arrays`) and, when given, label_efficiency.json, each replacing its file whole."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory() as tmp:
@@ -147,6 +149,8 @@ def write_outputs(out_dir: str | os.PathLike, results: Mapping[str, Mapping[str,
       report.write_json(result, os.path.join(tmp, f"{method}.json"))
       confusion.draw_confusion_matrix(result, _title(result), os.path.join(tmp, f"{method}_confusion.png"))
     head_file.write(tmp, head)
+    if few_label is not None:
+      report.write_json(few_label, os.path.join(tmp, label_efficiency.RESULTS_FILE))
     for name in sorted(os.listdir(tmp)):
       paths.write_atomically(out / name, pathlib.Path(tmp, name).read_bytes())
 
@@ -158,7 +162,8 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
                       batch_size: Optional[int] = None, step: Optional[int] = None,
                       mesh: Optional[jax.sharding.Mesh] = None, verbose: bool = True,
                       probe: Optional[Mapping[str, float]] = None, backbone: Optional[nn.Module] = None,
-                      weights: Optional[str] = None, embedding: bool = False) -> dict[str, dict[str, Any]]:
+                      weights: Optional[str] = None, embedding: bool = False,
+                      label_plan: Optional[label_efficiency.Plan] = None) -> dict[str, dict[str, Any]]:
   """kNN and linear probe of one backbone on config.dataset; writes `out_dir` (module docstring).
 
   Args:
@@ -179,12 +184,14 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
     backbone: the module of `backbone_params` when it is not config.model's ConvNeXt (an
       external backbone, `models.load_backbone`); `weights` is then the source it came from.
     embedding: also draw the t-SNE map of the test split's features, `embedding.EMBEDDING_FILE`.
+    label_plan: also the few-label settings of `label_efficiency` on the same features.
 
   Returns:
     {'knn': results, 'linear': results}, each `metrics.classification_results` plus 'method'
     ('knn', 'linear_fast', 'linear_paper' or 'linear_baseline'), 'step', 'random_init', 'model',
     'weights', 'num_parameters', 'dataset', 'train_split', 'test_split', 'num_train', 'image_size'
-    and the method's settings.
+    and the method's settings; with a `label_plan`, 'label_efficiency' too
+    (`label_efficiency.evaluate`'s dict with the same common keys).
   Raises:
     ConfigError, FileNotFoundError: unusable options or dataset, before anything is written.
   """
@@ -210,6 +217,11 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
             "train_split": config.dataset.train_split, "test_split": config.dataset.eval_split,
             "num_train": int(len(train_labels)), "image_size": int(config.image_size)}
 
+  few_label = None
+  if label_plan is not None:  # first: a setting the split cannot give is refused before any fit
+    few_label = {"method": "label_efficiency", **common,
+                 **label_efficiency.evaluate(label_plan, train_features, train_labels, test_features, test_labels,
+                                             class_names, config.knn_k)}
   knn_results = {**score_knn(train_features, train_labels, test_features, test_labels, class_names, config.knn_k),
                  **common}
   if mode == "fast":
@@ -224,17 +236,23 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
                     "method": f"linear_{mode}", **settings, **common}
 
   results = {"knn": knn_results, "linear": linear_results}
+  if label_plan is not None:
+    results["label_efficiency"] = few_label
   if jax.process_index() == 0:
-    write_outputs(out_dir, {r["method"]: r for r in results.values()},
-                  head_file.head_arrays(head, config, class_names, mode, step, evaluated.model_name, weights))
+    write_outputs(out_dir, {r["method"]: r for r in (knn_results, linear_results)},
+                  head_file.head_arrays(head, config, class_names, mode, step, evaluated.model_name, weights),
+                  few_label)
     if embedding:
       title = (f"{evaluated.model_name} ({figure.describe_step(None if evaluated.random_init else step)}), "
                f"{config.dataset.name} {config.dataset.eval_split}")
       embedding_map.draw_embedding(test_features, test_labels, class_names, title,
                                    epath.Path(out_dir) / embedding_map.EMBEDDING_FILE, seed=config.seed)
     if verbose:
-      for result in results.values():
+      for result in (knn_results, linear_results):
         print(report.format_table(result, title=_title(result)) + "\n", flush=True)
+      if few_label is not None:
+        print(label_efficiency.format_table(few_label, title=_title({**few_label, "method": "few labels"}))
+              + "\n", flush=True)
   return results
 
 

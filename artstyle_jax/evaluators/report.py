@@ -23,6 +23,7 @@ def format_table(results: Mapping[str, Any], title: str = "") -> str:
   lines.append("-" * len(header))
   lines.append(f"{'mean per class':<{name_width}}  {'':>{count_width}}  "
                f"{_percent(results['mean_per_class_accuracy']):>8}")
+  lines.append(f"{'macro F1':<{name_width}}  {'':>{count_width}}  {_percent(results['macro_f1']):>8}")
   lines.append(f"{'top-1':<{name_width}}  {results['num_examples']:>{count_width}}  {_percent(results['top1']):>8}")
   lines.append(f"{'top-' + str(results['top5_k']):<{name_width}}  {results['num_examples']:>{count_width}}  "
                f"{_percent(results['top5']):>8}")

@@ -5,6 +5,8 @@
 - `confusion`: the confusion matrix of one evaluation (<method>_confusion.png);
 - `retrieval_sheet`: images with their predicted styles and closest gallery images (predict's --sheet);
 - `comparison_chart`: the kNN and linear probe top-1 of every row of a comparison (comparison.png).
+- `label_efficiency_chart`: accuracy against labels per class, a line per row of a comparison
+  (label_efficiency.png).
 
 Every picture is drawn on a bare `matplotlib.figure.Figure` with the Agg canvas (no display,
 matplotlib's global backend left alone), carries a title naming the model, the step and the

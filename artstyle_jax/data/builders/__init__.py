@@ -1,6 +1,7 @@
 """TFDS builders of the art-style datasets; they write ArrayRecord and need no TensorFlow.
 
-  wikiart       WikiArt, 27 styles, ArtGAN train/val lists  (builders/wikiart.py)
+  wikiart       WikiArt, 27 styles, ArtGAN train/val lists  (builders/wikiart.py);
+                with FolderConfig(split_by='artist'): wikiart_artist/<config>, split by artist
   pandora18k    Pandora18k, 18 styles, seeded split          (builders/pandora18k.py)
   flickr_style  Flickr Style, 20 styles, train/test lists    (builders/flickr_style.py)
   image_folder  any class-per-folder tree                    (builders/image_folder.py)
@@ -27,6 +28,7 @@ from artstyle_jax.data.builders.image_folder import FolderConfig
 from artstyle_jax.data.builders.image_folder import ImageFolder
 from artstyle_jax.data.builders.pandora18k import Pandora18k
 from artstyle_jax.data.builders.wikiart import WikiArt
+from artstyle_jax.data.builders.wikiart import WikiArtByArtist
 
 BUILDERS: dict[str, type[base.ArtStyleBuilder]] = {
     cls.name: cls for cls in (WikiArt, Pandora18k, FlickrStyle, ImageFolder)
@@ -45,17 +47,24 @@ def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
     manual_dir: the downloaded copy, laid out as the builder's module docstring says.
     data_dir: TFDS data directory the ArrayRecord files go to.
     config: for 'image_folder' and 'pandora18k', a FolderConfig (its name names the
-      dataset: image_folder/<name>) or the name of a predefined one; None: 'default'.
+      dataset: image_folder/<name>) or the name of a predefined one; None: 'default'. For
+      'wikiart', a FolderConfig with split_by='artist' builds `WikiArtByArtist`
+      (wikiart_artist/<name>); None: the ArtGAN lists.
     image_policy: how unusual images are treated (artstyle_jax.data.images).
     num_workers: image decoding threads.
 
   Returns:
     The builder; `builder.build_report` maps each split to its SplitReport (empty when
-    the dataset was already built), also written to <dataset dir>/build_report.json.
+    the dataset was already built), also written to <dataset dir>/build_report.json, with
+    `builder.artist_overlap` (None when file names carry no artist) under 'artist_overlap'.
   """
   if dataset not in BUILDERS:
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
   builder_class = BUILDERS[dataset]
+  if dataset == WikiArt.name and isinstance(config, FolderConfig):
+    if config.split_by != "artist":
+      raise ValueError("wikiart is split by its ArtGAN lists, or by artist with a config of split_by='artist'")
+    builder_class = WikiArtByArtist
   if isinstance(config, FolderConfig):
     config = _predefined_name_or_config(builder_class, config)
   builder = builder_class(data_dir=os.fspath(data_dir), config=config,
@@ -64,6 +73,8 @@ def build(dataset: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
       download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
   if builder.build_report:
     report = {split: r.to_json() for split, r in builder.build_report.items()}
+    if builder.artist_overlap is not None:
+      report["artist_overlap"] = builder.artist_overlap.to_json()
     with open(os.path.join(os.fspath(builder.data_dir), REPORT_FILE), "w") as f:
       json.dump(report, f, indent=1)
   else:
@@ -84,10 +95,10 @@ def _predefined_name_or_config(builder_class: type[base.ArtStyleBuilder],
   predefined = {c.name: c for c in builder_class.BUILDER_CONFIGS}.get(config.name)
   if predefined is None:
     return config
-  settings = lambda c: (c.seed, c.val_fraction, c.test_fraction)
+  settings = lambda c: (c.seed, c.val_fraction, c.test_fraction, c.split_by)
   if settings(predefined) != settings(config):
     raise ValueError(
         f"{builder_class.name} config {config.name!r} is predefined with (seed, val_fraction, "
-        f"test_fraction) = {settings(predefined)}, not {settings(config)}: give these "
+        f"test_fraction, split_by) = {settings(predefined)}, not {settings(config)}: give these "
         "settings a config name of their own")
   return config.name

@@ -11,7 +11,10 @@ Builders subclass `ArtStyleBuilder` and implement `_list_files(manual_dir)`, ret
 label names and, per split, the files with their labels. Each file is read once, in
 parallel threads (PIL releases the GIL while decoding and encoding): good files become
 examples, bad ones are skipped with a warning naming the file and the reason, and the
-per-split counts are logged at the end of the split and kept in `builder.build_report`.
+per-split counts are logged at the end of the split and kept in `builder.build_report`. A
+builder whose file names carry the artist (`_file_names_carry_artists`, WikiArt's
+`<artist>_<title>.jpg`) also logs how many test artists have paintings in train
+(`builder.artist_overlap`, `artists.ArtistOverlap`).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from artstyle_jax.data import images
+from artstyle_jax.data.builders import artists
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
@@ -85,6 +89,7 @@ class ArtStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.image_policy = image_policy
     self.num_workers = num_workers or min(8, os.cpu_count() or 1)
     self.build_report: dict[str, SplitReport] = {}
+    self.artist_overlap: artists.ArtistOverlap | None = None
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -105,6 +110,11 @@ class ArtStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _list_files(self, manual_dir: epath.Path) -> tuple[list[str], dict[str, list[SourceFile]]]:
     """Returns (label_names, {split: files}) for the manual directory."""
 
+  def _file_names_carry_artists(self) -> bool:
+    """Whether the file names are `<artist>_<title>`, so that the build reports the artists the
+    test split shares with train."""
+    return False
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = epath.Path(dl_manager.manual_dir)
     if not manual_dir.is_dir():
@@ -120,6 +130,10 @@ class ArtStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise ValueError(f"{self.name}: no image files found under {manual_dir}")
     self.info.features["label"].names = names
     self.build_report = {split: SplitReport() for split in splits}
+    if self._file_names_carry_artists() and TRAIN in splits and TEST in splits:
+      self.artist_overlap = artists.overlap(splits[TRAIN], splits[TEST])
+      if self.artist_overlap is not None:
+        logging.info("%s artists: %s", self.name, self.artist_overlap.summary())
     return {split: self._generate_examples(split, files) for split, files in splits.items()}
 
   def _generate_examples(self, split: str, files: Sequence[SourceFile]):

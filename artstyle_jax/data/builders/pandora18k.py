@@ -55,6 +55,9 @@ class Pandora18k(base.ArtStyleBuilder):
                        f"{root}: {names}")
     return names, splits
 
+  def _file_names_carry_artists(self):
+    return self.builder_config.split_by == "artist"
+
 
 def _descend_single_folder(manual_dir: epath.Path) -> epath.Path:
   """The folder to read: manual_dir, or its only entry when that is a folder."""

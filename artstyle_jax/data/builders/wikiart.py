@@ -15,12 +15,20 @@ Where to get it: the "WikiArt Dataset" folder of the ArtGAN repository
 Splits: 'train' is style_train.csv and 'test' is style_val.csv (the ArtGAN "val" list is
 the held-out set papers report on). Label names and indices are those of
 style_class.txt. Listed files that are missing or unreadable are skipped and reported.
+These lists split the paintings, not the artists: the build logs how many test artists also
+have paintings in train (file names are `<artist>_<title>.jpg`, `artists`).
+
+`WikiArtByArtist` ('wikiart_artist/<config>', built by `builders.build('wikiart', ...,
+config=FolderConfig(split_by='artist'))` or `--split_by=artist`) pools both lists and splits
+them by artist (`artists.split_by_artist`): no artist on two sides, each style about the
+config's test (and validation) fraction, deterministic for its seed.
 """
 from __future__ import annotations
 
 from etils import epath
 
 from artstyle_jax.data.builders import base
+from artstyle_jax.data.builders import image_folder
 
 LIST_FILES = {"names": "style_class.txt", base.TRAIN: "style_train.csv", base.TEST: "style_val.csv"}
 
@@ -51,6 +59,22 @@ class WikiArt(base.ArtStyleBuilder):
                                      len(names))
               for split in (base.TRAIN, base.TEST)}
     return names, splits
+
+  def _file_names_carry_artists(self):
+    return True
+
+
+class WikiArtByArtist(WikiArt):
+  """WikiArt paintings labelled with their style, split by artist (no artist on two sides)."""
+
+  name = "wikiart_artist"
+  BUILDER_CONFIGS = [image_folder.FolderConfig(name="default", split_by="artist",
+                                               description="by artist, seed 0, 20% test, no validation")]
+
+  def _list_files(self, manual_dir):
+    names, listed = super()._list_files(manual_dir)
+    pooled = {file.key: file for split in (base.TRAIN, base.TEST) for file in listed[split]}
+    return names, image_folder.split_by_artist(list(pooled.values()), names, self.builder_config)
 
 
 def _find_lists_dir(manual_dir: epath.Path) -> epath.Path:
