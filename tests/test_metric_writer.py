@@ -49,7 +49,7 @@ def test_on_gcs_each_flush_uploads_every_record_and_a_resumed_run_adds_an_object
   only appears once finished), after each flush every record so far is, a resumed start writes
   metrics-002.jsonl beside the first start's unchanged object, and read_records reads both
   from the bucket. (TensorBoard's events are left out: tensorboardX's gs:// file uploads itself
-  again at interpreter exit, after this session's emulator has stopped; test_gcs_workdir.py
+  again at interpreter exit, after the tests' emulator has stopped; test_gcs_workdir.py
   finds them in the bucket.)"""
   for key, value in gcs.env.items():
     monkeypatch.setenv(key, value)

@@ -1,7 +1,6 @@
 """The training program: checkpoints that survive kill -9 and SIGTERM, non-finite losses, bad input,
 a workdir of another model. Relative paths, damaged checkpoints and failed saves: test_train_checkpoints.py."""
 import json
-import os
 import shutil
 import signal
 import subprocess
