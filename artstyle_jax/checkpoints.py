@@ -5,7 +5,7 @@ Layout of a workdir:
   config.json            the config the run was started with (`save_config` / `load_config`)
   checkpoints/<step>/    Orbax: item 'state' (the whole TrainState) and, for checkpoints
                          written by training, item 'data' (the Grain iterator of each process)
-  metrics.jsonl, tb/     metrics (train.py)
+  metrics-NNN.jsonl, tb/ metrics, a JSONL file per run of train.py (`metric_writer`)
   eval/                  evaluation results and the linear head (eval.py)
 
 Every program that writes to a workdir refuses one whose config describes another model

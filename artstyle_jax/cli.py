@@ -16,7 +16,6 @@ its own flags with `parse_command`.
 """
 from collections.abc import Callable, Sequence
 import functools
-import os
 import pathlib
 import sys
 import types
@@ -135,15 +134,30 @@ def define_distributed_flags() -> None:
   flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 
 
+def tpu_cluster() -> str | None:
+  """The Cloud TPU cluster this process runs in as jax.distributed's own detection finds it:
+  'gketpu' (GKE, from TPU_WORKER_HOSTNAMES or TPU_PROCESS_ADDRESSES) or 'gcetpu' (a TPU VM or
+  pod slice, from its metadata server); None anywhere else. Both ask only on a Cloud TPU VM (jax
+  found TPU chips and libtpu at import), so a CPU or GPU host makes no network request."""
+  from jax._src.clusters import cloud_tpu_cluster  # jax's detection has no public entry point
+
+  for cluster in (cloud_tpu_cluster.GkeTpuCluster, cloud_tpu_cluster.GceTpuCluster):
+    if cluster.is_env_present():
+      return cluster.name
+  return None
+
+
 def join_distributed() -> None:
-  """Joins a multi-process run when one is described by the flags of `define_distributed_flags`
-  (when the program has them) or by a Cloud TPU environment, whose peers JAX finds by itself."""
+  """Joins a multi-process run: the one the flags of `define_distributed_flags` describe (when
+  the program has them and --coordinator_address is given, as on GPU clusters), else, on a Cloud
+  TPU VM or pod slice, the slice's (`tpu_cluster`: every host one process, found by JAX). A
+  CPU or GPU host without those flags runs alone."""
   coordinator = flags.FLAGS["coordinator_address"].value if "coordinator_address" in flags.FLAGS else None
   if coordinator is not None:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=flags.FLAGS.num_processes,
                                process_id=flags.FLAGS.process_id)
-  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
-    jax.distributed.initialize()
+  elif (cluster := tpu_cluster()) is not None:
+    jax.distributed.initialize(cluster_detection_method=cluster)
 
 
 def run(main: Callable[[list[str]], None], *, flags_parser: Callable[[list[str]], list[str]] | None = None,

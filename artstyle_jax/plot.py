@@ -3,11 +3,12 @@
   python -m artstyle_jax.plot --workdir=DIR [--compare=DIR2 ...] [--out=PNG]
 
 Draws the loss terms, the total, the learning rate, the gradient norm and the kNN monitor of
-DIR's metrics.jsonl against step, and with --compare those of other workdirs overlaid (an ablation
-beside its baseline). Training draws DIR/curves.png itself at every checkpoint; this program draws
-the same from any workdir, finished, running or copied from elsewhere. The default output is
+DIR's metrics files (metrics-NNN.jsonl, one per run of train on it) against step, and with
+--compare those of other workdirs overlaid (an ablation beside its baseline). Training draws
+DIR/curves.png itself at every checkpoint; this program draws the same from any workdir,
+finished, running or copied from elsewhere. The default output is
 DIR/curves.png alone, DIR/curves_compare.png with --compare. A workdir without config.json or
-metrics.jsonl: one error line, exit 1, nothing written.
+metrics files: one error line, exit 1, nothing written.
 """
 from absl import app
 from etils import epath
@@ -18,7 +19,7 @@ from artstyle_jax.pictures import curves
 
 COMPARE_FILE = "curves_compare.png"
 
-_WORKDIR = paths.DEFINE_path("workdir", None, "Workdir of a training run (config.json, metrics.jsonl).",
+_WORKDIR = paths.DEFINE_path("workdir", None, "Workdir of a training run (config.json, metrics-NNN.jsonl).",
                              required=True)
 _COMPARE = paths.DEFINE_multi_path("compare", [], "Workdirs of other runs to overlay; repeat the flag for each.")
 _OUT = paths.DEFINE_path("out", None, "The PNG to write; default DIR/curves.png, or DIR/curves_compare.png "

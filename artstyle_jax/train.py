@@ -7,7 +7,7 @@ CPU/GPU clusters; on Cloud TPU VMs `jax.distributed.initialize()` finds its peer
 Running again on a workdir resumes from its latest checkpoint, batch for batch. SIGTERM or
 SIGINT saves a checkpoint and exits 0; a non-finite loss stops the run (exit 1) and keeps the
 last good checkpoint. At the checkpoints, at most once a minute, and at the last step,
-DIR/curves.png is redrawn from DIR/metrics.jsonl.
+DIR/curves.png is redrawn from DIR/metrics-NNN.jsonl (a file per run of train on DIR).
 """
 from absl import app
 from absl import flags

@@ -4,7 +4,7 @@ One process or many (`jax.distributed`, joined before this runs). Running again 
 resumes from its latest checkpoint, batch for batch. SIGTERM or SIGINT saves a checkpoint and
 ends the run; a non-finite loss stops it (TrainingError) and keeps the last good checkpoint. At
 the checkpoints, at most once a minute, and at the last step, WORKDIR/curves.png is redrawn from
-WORKDIR/metrics.jsonl (`curves.refresh_curves`); with config.knn_every_steps a weighted kNN on
+WORKDIR/metrics-NNN.jsonl (`curves.refresh_curves`); with config.knn_every_steps a weighted kNN on
 the held-out split monitors the student's features.
 """
 import functools
@@ -205,9 +205,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("step %d: kNN top-1 on %s %.4f", step, config.dataset.eval_split, knn_top1)
       if step % config.checkpoint_every_steps == 0 or step == total_steps or stopping:
         check_finite(step, jax.device_get(metrics), workdir)
+        writer.flush()  # every record up to the checkpoint is kept, in an object store too
         checkpoints.save(mngr, step, state, data_iterator, force=True)
-        if (step == total_steps or stopping or curves_drawn_at is None
-            or time.monotonic() - curves_drawn_at >= curves.CURVES_MIN_INTERVAL_S):
+        if (step < total_steps and not stopping
+            and (curves_drawn_at is None or time.monotonic() - curves_drawn_at >= curves.CURVES_MIN_INTERVAL_S)):
           curves.refresh_curves(workdir)
           curves_drawn_at = time.monotonic()
       if stopping:
@@ -216,4 +217,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     writer.close()
     checkpoints.finish(mngr)
+  curves.refresh_curves(workdir)  # the last drawing, from every record the closed writer wrote
   return last_metrics

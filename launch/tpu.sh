@@ -12,15 +12,17 @@ source "$ROOT/launch/lib.sh"
 PROG=tpu.sh
 DRY_RUN=0
 PROJECT=""
+GCLOUD_TRACK=""  # set for one call of tpu_vm: a gcloud release track (alpha)
 
 # Where things live on each worker, relative to the ssh user's home directory.
 readonly REMOTE_SRC=artstyle-jax
 readonly REMOTE_VENV=artstyle-venv
 readonly ARCHIVE=artstyle-jax.tar.gz
 readonly LOCAL_ARCHIVE="$ROOT/build/$ARCHIVE"
-# Printed by every worker after installing: its process index, local and global device counts.
-readonly DEVICE_REPORT="import jax; print(jax.process_index(), jax.local_device_count(), \
-jax.device_count())"
+# Printed by every worker after installing, once all have joined the slice as the programs do
+# (cli.join_distributed): its process index, the process count, local and global device counts.
+readonly DEVICE_REPORT="from artstyle_jax import cli; cli.join_distributed(); import jax; \
+print(jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())"
 
 usage() {
   cat <<EOF
@@ -33,20 +35,24 @@ Commands:
                                       v2-alpha-tpuv5-lite (v5e), v2-alpha-tpuv5 (v5p),
                                       v2-alpha-tpuv6e (v6e)
              --spot                   a Spot VM: cheaper, may be preempted at any time
+           v2, v3, v4 and v5e are created with Autocheckpoint (gcloud alpha
+           --autocheckpoint-enabled): a maintenance event first sends SIGTERM, and
+           training saves a checkpoint and exits
   install  install the project and jax[tpu] in ~/$REMOTE_VENV on every worker; ships this
            checkout's committed HEAD (git archive) unless --repo is given
              --repo=URL [--ref=REF]   git clone URL (and check out REF) on every worker instead
              --python=PYTHON          the Ubuntu package (python3.N or python3) that makes the
                                       virtual environment; default python3.11 (the images'
                                       python3 is 3.10, older than JAX supports)
-  train    start training in the background on all workers; log ~/artstyle-train.log
+  train    start training in the background on all workers; log ~/artstyle-train.log,
+           copied to WORKDIR/logs/train-HOSTNAME.log every 5 minutes and at the end
              --bucket=BUCKET          gs:// bucket for the defaults below
              --workdir=gs://...       checkpoints and metrics; default gs://BUCKET/runs/NAME
              --data-dir=gs://...      TFDS data_dir; default gs://BUCKET/tensorflow_datasets
              --config=PATH            config file inside the repository; default configs/paper.py
              --config.KEY=VALUE       passed through to the trainer (any number)
   eval     start the linear-probe evaluation in the background on all workers;
-           log ~/artstyle-eval.log
+           log ~/artstyle-eval.log, copied to WORKDIR/logs/eval-HOSTNAME.log
              --bucket=BUCKET | --workdir=gs://...   as for train
              --step=N                 checkpoint step; default the latest
   logs     follow a worker's log (Ctrl-C to stop following)
@@ -92,11 +98,15 @@ allowed_flags() {
 
 # Prints the remote shell command that starts JOB_ARGS in the background from the repository
 # checkout, with its output appended to ~/artstyle-JOB.log and its pid in ~/artstyle-JOB.pid,
-# so that the ssh session can end while the job runs. Refuses to start a second copy.
+# so that the ssh session can end while the job runs. Refuses to start a second copy. Beside
+# it, a watcher copies the log to WORKDIR/logs/JOB-HOSTNAME.log every 5 minutes and when the
+# job ends (finished, failed or stopped): the VM's disk goes with the VM.
 background_command() {
-  local job=$1
-  shift
+  local job=$1 workdir=$2
+  shift 2
   local log="../artstyle-$job.log" pid="../artstyle-$job.pid"
+  local copy="gcloud storage cp --quiet $log $(shell_quote "$workdir/logs/$job-")\$(hostname).log"
+  local watcher="while ! timeout 300 tail --pid=\"\$(cat $pid)\" -f /dev/null; do $copy; done; $copy"
   join_steps \
     "set -e" \
     "cd $REMOTE_SRC" \
@@ -105,7 +115,7 @@ background_command() {
     "exit 1" \
     "fi" \
     "nohup $(shell_join "$@") >> $log 2>&1 < /dev/null & echo \$! > $pid" \
-    "echo \"\$(hostname): $job started, log ~/artstyle-$job.log\""
+    "nohup bash -c $(shell_quote "$watcher") > /dev/null 2>&1 < /dev/null & echo \"\$(hostname): $job started, log ~/artstyle-$job.log\""
 }
 
 # Prints STEPS as one line of shell, separated by "; ".
@@ -119,9 +129,19 @@ join_steps() {
   printf '%s' "$line"
 }
 
-# Runs `gcloud compute tpus tpu-vm ARGS...`, in --project when one was given.
+# Whether Cloud TPU's Autocheckpoint (a SIGTERM, then up to 5 minutes before a maintenance event
+# takes the VM) is offered for an accelerator type: v2, v3, v4 and v5e, by gcloud's alpha track.
+autocheckpoint_supported() {
+  case $1 in
+    v2-* | v3-* | v4-* | v5litepod-* | v5e-*) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+# Runs `gcloud [GCLOUD_TRACK] compute tpus tpu-vm ARGS...` (GCLOUD_TRACK: a release track, e.g.
+# alpha), in --project when one was given.
 tpu_vm() {
-  local -a command=(gcloud compute tpus tpu-vm "$@")
+  local -a command=(gcloud ${GCLOUD_TRACK:+"$GCLOUD_TRACK"} compute tpus tpu-vm "$@")
   [[ -z $PROJECT ]] || command+=("--project=$PROJECT")
   run "${command[@]}"
 }
@@ -235,7 +255,11 @@ main() {
       local -a create=(create "$name" "--zone=$zone" "--accelerator-type=$accelerator_type"
         "--version=$runtime_version")
       (( ! spot )) || create+=(--spot)
-      tpu_vm "${create[@]}"
+      if autocheckpoint_supported "$accelerator_type"; then
+        GCLOUD_TRACK=alpha tpu_vm "${create[@]}" --autocheckpoint-enabled
+      else
+        tpu_vm "${create[@]}"
+      fi
       ;;
     install)
       local fetch
@@ -279,7 +303,7 @@ main() {
         [[ -z $step ]] || job_args+=("--step=$step")
       fi
       tpu_vm ssh "$name" "--zone=$zone" --worker=all --command \
-        "$(background_command "$cmd" "../$REMOTE_VENV/bin/python" "${job_args[@]}")"
+        "$(background_command "$cmd" "$workdir" "../$REMOTE_VENV/bin/python" "${job_args[@]}")"
       ;;
     logs)
       tpu_vm ssh "$name" "--zone=$zone" "--worker=$worker" --command \

@@ -1,5 +1,6 @@
 """Test session setup: CPU only, eight virtual host devices in the test processes so sharding
-tests can build meshes, a shared compilation cache, and a built synthetic dataset."""
+tests can build meshes, a shared compilation cache, a built synthetic dataset, and a Google
+Cloud Storage emulator."""
 import atexit
 import os
 import shutil
@@ -53,6 +54,15 @@ def synthetic_data(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   name = synthetic.build_dataset(data_dir, per_class=8, size=64, seed=0, test_per_class=2)
   return str(data_dir), name
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A Google Cloud Storage emulator for the session (tests/gcs_emulator.py): its GcsEmulator."""
+  import gcs_emulator
+
+  with gcs_emulator.running(tmp_path_factory.mktemp("gcs") / "buckets") as emulator:
+    yield emulator
 
 
 @pytest.fixture

@@ -16,6 +16,10 @@ from launch_recorder import GPU, GPU_CHECK, RECORDER, TPU, write_executable
 
 Q_REPO = shlex.quote(str(REPO))
 VM = ["--name=art-pod", "--zone=us-central2-b"]
+# What every worker runs after installing: it joins the slice as the programs do, then prints its
+# process index, the process count, its local and the global device count.
+DEVICE_REPORT = ("from artstyle_jax import cli; cli.join_distributed(); import jax;"
+                 " print(jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())")
 
 
 def test_shell_quoting_is_pythons_shlex_quote_and_round_trips():
@@ -28,23 +32,25 @@ def test_shell_quoting_is_pythons_shlex_quote_and_round_trips():
   assert shlex.split(result.stdout) == words
 
 
-def test_create_defaults_to_a_v4_32_slice_with_the_jax_runtime(launch):
+def test_create_defaults_to_a_v4_32_slice_with_the_jax_runtime_and_autocheckpoint(launch):
   assert launch.dry_run(TPU, "create", *VM) == [
-      "gcloud compute tpus tpu-vm create art-pod --zone=us-central2-b --accelerator-type=v4-32"
-      " --version=tpu-ubuntu2204-base"]
+      "gcloud alpha compute tpus tpu-vm create art-pod --zone=us-central2-b --accelerator-type=v4-32"
+      " --version=tpu-ubuntu2204-base --autocheckpoint-enabled"]
 
 
-@pytest.mark.parametrize("accelerator_type, runtime_version", [
-    ("v3-32", "tpu-ubuntu2204-base"),
-    ("v5litepod-16", "v2-alpha-tpuv5-lite"),
-    ("v5p-64", "v2-alpha-tpuv5"),
-    ("v6e-8", "v2-alpha-tpuv6e"),
+@pytest.mark.parametrize("accelerator_type, runtime_version, autocheckpoint", [
+    ("v3-32", "tpu-ubuntu2204-base", True),
+    ("v5litepod-16", "v2-alpha-tpuv5-lite", True),
+    ("v5p-64", "v2-alpha-tpuv5", False),
+    ("v6e-8", "v2-alpha-tpuv6e", False),
 ])
-def test_create_picks_the_runtime_version_for_the_accelerator_type(
-    launch, accelerator_type, runtime_version):
+def test_create_picks_the_runtime_version_and_autocheckpoint_for_the_accelerator_type(
+    launch, accelerator_type, runtime_version, autocheckpoint):
+  """Autocheckpoint (gcloud's alpha track) where Cloud TPU offers it: v2 to v4 and v5e."""
+  track, flag = ("alpha ", " --autocheckpoint-enabled") if autocheckpoint else ("", "")
   assert launch.dry_run(TPU, "create", *VM, f"--accelerator-type={accelerator_type}") == [
-      f"gcloud compute tpus tpu-vm create art-pod --zone=us-central2-b"
-      f" --accelerator-type={accelerator_type} --version={runtime_version}"]
+      f"gcloud {track}compute tpus tpu-vm create art-pod --zone=us-central2-b"
+      f" --accelerator-type={accelerator_type} --version={runtime_version}{flag}"]
 
 
 def test_create_spot_vm_with_explicit_runtime_version_in_a_project(launch):
@@ -69,8 +75,7 @@ def test_install_ships_the_committed_head_and_installs_jax_tpu_with_python_3_11_
       " rm -rf artstyle-jax; tar -xzf artstyle-jax.tar.gz; python3.11 -m venv artstyle-venv;"
       " artstyle-venv/bin/pip install -q --upgrade pip;"
       " artstyle-venv/bin/pip install -q -e \"./artstyle-jax[tpu]\" gcsfs -c artstyle-jax/launch/constraints.txt;"
-      " artstyle-venv/bin/python -c \"import jax; print(jax.process_index(),"
-      " jax.local_device_count(), jax.device_count())\"'"]
+      f" artstyle-venv/bin/python -c \"{DEVICE_REPORT}\"'"]
 
 
 def test_install_from_a_repository_clones_it_on_every_worker_with_the_chosen_python(launch):
@@ -83,28 +88,34 @@ def test_install_from_a_repository_clones_it_on_every_worker_with_the_chosen_pyt
       " artstyle-jax; git -C artstyle-jax checkout --quiet v0.1.0;"
       " python3.12 -m venv artstyle-venv; artstyle-venv/bin/pip install -q --upgrade pip;"
       " artstyle-venv/bin/pip install -q -e \"./artstyle-jax[tpu]\" gcsfs -c artstyle-jax/launch/constraints.txt;"
-      " artstyle-venv/bin/python -c \"import jax; print(jax.process_index(),"
-      " jax.local_device_count(), jax.device_count())\"' --project=my-project"]
+      f" artstyle-venv/bin/python -c \"{DEVICE_REPORT}\"' --project=my-project"]
 
 
-def background(job, job_args):
-  """The remote command that tpu.sh runs on every worker to start JOB in the background."""
+def background(job, job_args, workdir):
+  """The remote command that tpu.sh runs on every worker to start JOB in the background, and
+  beside it the watcher that copies its log into WORKDIR/logs every 5 minutes and at its end."""
+  copy = f"gcloud storage cp --quiet ../artstyle-{job}.log {workdir}/logs/{job}-$(hostname).log"
+  watcher = f"while ! timeout 300 tail --pid=\"$(cat ../artstyle-{job}.pid)\" -f /dev/null; do {copy}; done; {copy}"
   return (
       f"set -e; cd artstyle-jax; if kill -0 \"$(cat ../artstyle-{job}.pid 2>/dev/null)\""
       f" 2>/dev/null; then echo \"$(hostname): {job} is already running\" >&2; exit 1; fi;"
       f" nohup ../artstyle-venv/bin/python {job_args} >> ../artstyle-{job}.log 2>&1"
       f" < /dev/null & echo $! > ../artstyle-{job}.pid;"
+      f" nohup bash -c {shlex.quote(watcher)} > /dev/null 2>&1 < /dev/null &"
       f" echo \"$(hostname): {job} started, log ~/artstyle-{job}.log\"")
+
+
+SSH_ALL = "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command "
 
 
 def test_train_starts_the_paper_config_on_all_workers_with_workdir_and_data_in_the_bucket(
     launch):
   [line] = launch.dry_run(TPU, "train", *VM, "--bucket=gs://my-bucket/")
-  assert line == (
-      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command '"
-      + background("train", "-m artstyle_jax.train --config=configs/paper.py"
-                   " --workdir=gs://my-bucket/runs/art-pod"
-                   " --config.dataset.data_dir=gs://my-bucket/tensorflow_datasets") + "'")
+  assert line == SSH_ALL + shlex.quote(
+      background("train", "-m artstyle_jax.train --config=configs/paper.py"
+                 " --workdir=gs://my-bucket/runs/art-pod"
+                 " --config.dataset.data_dir=gs://my-bucket/tensorflow_datasets",
+                 "gs://my-bucket/runs/art-pod"))
 
 
 def test_train_passes_workdir_data_dir_config_and_overrides_through_quoted(launch):
@@ -112,27 +123,20 @@ def test_train_passes_workdir_data_dir_config_and_overrides_through_quoted(launc
       TPU, "train", *VM, "--workdir", "gs://runs/exp1", "--data-dir", "gs://data/tfds",
       "--config", "configs/tiny.py", "--config.batch_size=256",
       "--config.views.student.mean=(0.5, 0.5, 0.5)", "--config.note=it's")
-  assert line == (
-      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command '"
-      + background("train", "-m artstyle_jax.train --config=configs/tiny.py"
-                   " --workdir=gs://runs/exp1 --config.dataset.data_dir=gs://data/tfds"
-                   " --config.batch_size=256"
-                   " '\"'\"'--config.views.student.mean=(0.5, 0.5, 0.5)'\"'\"'"
-                   " '\"'\"'--config.note=it'\"'\"'\"'\"'\"'\"'\"'\"'s'\"'\"'") + "'")
-  remote_command = shlex.split(line)[-1]
-  assert remote_command == background("train", shlex.join([
+  job_args = shlex.join([
       "-m", "artstyle_jax.train", "--config=configs/tiny.py", "--workdir=gs://runs/exp1",
       "--config.dataset.data_dir=gs://data/tfds", "--config.batch_size=256",
-      "--config.views.student.mean=(0.5, 0.5, 0.5)", "--config.note=it's"]))
+      "--config.views.student.mean=(0.5, 0.5, 0.5)", "--config.note=it's"])
+  assert job_args.endswith(" '--config.views.student.mean=(0.5, 0.5, 0.5)' '--config.note=it'\"'\"'s'")
+  assert line == SSH_ALL + shlex.quote(background("train", job_args, "gs://runs/exp1"))
+  assert shlex.split(line)[-1] == background("train", job_args, "gs://runs/exp1")
 
 
 def test_eval_starts_the_linear_probe_on_all_workers(launch):
-  assert launch.dry_run(TPU, "eval", *VM, "--bucket=my-bucket") == [
-      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command '"
-      + background("eval", "-m artstyle_jax.eval --workdir=gs://my-bucket/runs/art-pod") + "'"]
-  assert launch.dry_run(TPU, "eval", *VM, "--workdir=gs://runs/exp1", "--step=5000") == [
-      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=all --command '"
-      + background("eval", "-m artstyle_jax.eval --workdir=gs://runs/exp1 --step=5000") + "'"]
+  assert launch.dry_run(TPU, "eval", *VM, "--bucket=my-bucket") == [SSH_ALL + shlex.quote(
+      background("eval", "-m artstyle_jax.eval --workdir=gs://my-bucket/runs/art-pod", "gs://my-bucket/runs/art-pod"))]
+  assert launch.dry_run(TPU, "eval", *VM, "--workdir=gs://runs/exp1", "--step=5000") == [SSH_ALL + shlex.quote(
+      background("eval", "-m artstyle_jax.eval --workdir=gs://runs/exp1 --step=5000", "gs://runs/exp1"))]
 
 
 def test_logs_follows_the_train_log_of_worker_0_or_the_chosen_job_and_worker(launch):
@@ -160,9 +164,13 @@ def test_delete_asks_gcloud_for_confirmation_unless_yes(launch):
 
 
 def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(launch, tmp_path):
-  """Plays a worker: the command tpu.sh sends over ssh, run by bash in the home directory."""
+  """Plays a worker: the command tpu.sh sends over ssh, run by bash in the home directory; once
+  stop has ended the job, the worker's log is copied into the workdir's logs/ (gcloud storage
+  cp, a recording stand-in here)."""
   home = tmp_path / "home"
   (home / "artstyle-jax").mkdir(parents=True)
+  write_executable(home / "bin" / "gcloud", RECORDER)
+  copies = home / "gcloud-calls"
   write_executable(home / "artstyle-venv" / "bin" / "python",
                    "#!/usr/bin/env bash\necho training\n"
                    "printf '%s\\n' \"$PWD\" \"$@\" > ../argv.part\nmv ../argv.part ../argv\n"
@@ -173,7 +181,8 @@ def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(launc
 
   def on_worker(line):
     return subprocess.run(["bash", "-c", shlex.split(line)[-1]], cwd=home, capture_output=True,
-                          text=True, timeout=30, env=dict(os.environ, HOME=str(home)))
+                          text=True, timeout=30, env=dict(os.environ, HOME=str(home), LAUNCH_TEST_CALLS=str(copies),
+                                                          PATH=f"{home / 'bin'}{os.pathsep}{os.environ['PATH']}"))
 
   started = on_worker(train_line)
   assert started.returncode == 0, started.stderr
@@ -198,6 +207,13 @@ def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(launc
   assert stopped.stdout.endswith(": train stopped\n")
   assert not (home / "artstyle-train.pid").exists()
   assert on_worker(stop_line).stdout.endswith(": train was not running\n")
+  deadline = time.monotonic() + 10
+  while not (copies.exists() and copies.read_text().endswith("\036")) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  hostname = subprocess.run(["hostname"], capture_output=True, text=True, check=True).stdout.strip()
+  assert copies.read_text() == "\037".join(
+      ["gcloud", "storage", "cp", "--quiet", "../artstyle-train.log",
+       f"gs://my-bucket/runs/art-pod/logs/train-{hostname}.log"]) + "\036"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -24,6 +24,7 @@ import json
 
 import pytest
 
+from artstyle_jax import metric_writer
 from artstyle_jax.data import synthetic
 from helpers import run_program, tiny_train_flags
 
@@ -61,8 +62,7 @@ def pretrained(tmp_path_factory, styles):
   workdir = tmp_path_factory.mktemp("learning") / "run"
   train = run_program("train", *tiny_train_flags(workdir, styles, *RUN), env=FAST_XLA, timeout=900)
   assert train.returncode == 0, train.stderr[-3000:]
-  with open(workdir / "metrics.jsonl") as f:
-    records = [json.loads(line) for line in f]
+  records = metric_writer.read_records(workdir)
   random_init = run_program("eval", f"--workdir={workdir}", "--random_init", env=FAST_XLA, timeout=900)
   assert random_init.returncode == 0, random_init.stderr[-3000:]
   with open(workdir / "eval" / "random_init" / "knn.json") as f:
@@ -89,7 +89,7 @@ def test_a_short_pretraining_lowers_its_loss_and_beats_chance_and_its_random_ini
 
 def test_the_knn_monitor_scores_at_its_interval_and_the_views_are_made_on_the_device(pretrained):
   """With knn_every_steps=20 the monitor logs the held-out kNN top-1 at steps 20 and 40, no other,
-  as metrics.jsonl records and log lines; the run made its photometric views inside the step
+  as metrics records and log lines; the run made its photometric views inside the step
   (photometric_on_device=True, saved in config.json) and trained every step with finite losses."""
   workdir, train, records, _ = pretrained
   knn = {r["step"]: r["knn_top1"] for r in records if "knn_top1" in r}

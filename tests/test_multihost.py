@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from artstyle_jax import metric_writer
 from helpers import reserved_port, start_program, tiny_train_flags
 
 NUM_STEPS = 4
@@ -39,8 +40,7 @@ def wait_all(processes, timeout):
 
 
 def logged_losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [(r["step"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
+  return [(r["step"], r["loss"]) for r in metric_writer.read_records(workdir) if "loss" in r]
 
 
 def checkpointed_state(workdir, step):

@@ -1,5 +1,5 @@
 """The pictures: each a PNG of its stated size, titled with model, step and dataset, and drawn
-from what it claims (the curves from metrics.jsonl, the map from the features, the sheet's
+from what it claims (the curves from the metrics files, the map from the features, the sheet's
 thumbnails from the matches in order); a picture that cannot be drawn never stops training."""
 import json
 import logging
@@ -30,14 +30,15 @@ def png_size(path):
     return image.size
 
 
-def write_run(workdir, steps, *, knn_every=0, seed=0, dataset="image_folder/synthetic"):
-  """A workdir as training leaves it for the curves: config.json and metrics.jsonl of `steps`
-  (random values), a kNN record every `knn_every` steps. Returns {metric: {step: value}}."""
+def write_run(workdir, steps, *, knn_every=0, seed=0, dataset="image_folder/synthetic", start=1):
+  """A workdir as training leaves it for the curves: config.json and the metrics file of its
+  `start`-th start of train, records of `steps` (random values), a kNN record every `knn_every`
+  steps. Returns {metric: {step: value}}."""
   config = tiny_data_config(("/nowhere", dataset))
   checkpoints.save_config(str(workdir), config)
   rng = np.random.default_rng(seed)
   logged = {}
-  with open(workdir / metric_writer.METRICS_FILE, "a") as f:
+  with open(workdir / metric_writer.START_FILE.format(start=start), "a") as f:
     for step in steps:
       record = {term: float(rng.uniform(0.1, 2.0)) for term in TERMS}
       f.write(json.dumps({"step": step, "time": 0.0, **record}) + "\n")
@@ -55,15 +56,16 @@ def lines_by_gid(fig):
 
 
 def test_curves_draw_every_logged_value_the_last_record_of_a_step_winning(tmp_path):
-  """Each metric's raw line is metrics.jsonl's (step, value) pairs; a resumed run's steps logged
-  twice (here 21-25) show their second value, a line cut short is skipped; the smoothed line spans the same steps; the title
-  names model, last step and dataset; 1600 x 800 px."""
+  """Each metric's raw line is the (step, value) pairs of the metrics files; the steps a resumed
+  run logged again (here 21-25, in the second start's file) show their second value, a line cut
+  short is skipped; the smoothed line spans the same steps; the title names model, last step and
+  dataset; 1600 x 800 px."""
   workdir = tmp_path / "run"
   workdir.mkdir()
   first = write_run(workdir, range(1, 26), knn_every=10)
-  with open(workdir / metric_writer.METRICS_FILE, "a") as f:
+  with open(workdir / metric_writer.START_FILE.format(start=1), "a") as f:
     f.write('{"step": 26, "time": 0.0, "loss": 1.\n')  # cut short by a kill -9
-  second = write_run(workdir, range(21, 41), knn_every=10, seed=1)
+  second = write_run(workdir, range(21, 41), knn_every=10, seed=1, start=2)
   fig = curves.write_curves([str(workdir)], workdir / "curves.png")
   assert png_size(workdir / "curves.png") == (1600, 800)
   lines = lines_by_gid(fig)
@@ -100,7 +102,7 @@ def test_smoothing_follows_the_trend_and_leaves_short_series_alone():
 
 def test_plot_program_overlays_runs_and_refuses_a_workdir_without_metrics(tmp_path):
   """--workdir=a --compare=b (relative, from the user's directory): one picture with both runs'
-  lines, at a/curves_compare.png; b never ran the kNN monitor. A workdir with no metrics.jsonl:
+  lines, at a/curves_compare.png; b never ran the kNN monitor. A workdir with no metrics file:
   one error line, exit 1, nothing written."""
   for name in ("a", "b"):
     (tmp_path / name).mkdir()
@@ -120,13 +122,13 @@ def test_plot_program_overlays_runs_and_refuses_a_workdir_without_metrics(tmp_pa
   result = run_program("plot", "--workdir=c", cwd=tmp_path, timeout=120)
   assert result.returncode == 1
   assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
-      f"error: {tmp_path / 'c'} holds no metrics.jsonl: the run has logged nothing yet"]
+      f"error: {tmp_path / 'c'} holds no metrics-*.jsonl: the run has logged nothing yet"]
   assert "Traceback" not in result.stderr and sorted(os.listdir(tmp_path / "c")) == before
 
 
 def test_a_curve_that_cannot_be_drawn_is_one_warning_and_no_exception(tmp_path, caplog):
   """Training redraws the curves at each checkpoint; a workdir it cannot draw (here no
-  metrics.jsonl) must not stop the run: False, one warning line, no file."""
+  metrics file) must not stop the run: False, one warning line, no file."""
   (tmp_path / "run").mkdir()
   with caplog.at_level(logging.WARNING):
     assert curves.refresh_curves(str(tmp_path / "run")) is False
@@ -206,13 +208,13 @@ def test_gallery_classes_are_first_folders_of_a_class_per_folder_tree():
 
 
 def test_curves_of_a_run_that_has_logged_nothing_yet_say_so_in_every_panel_without_a_warning(tmp_path):
-  """A first checkpoint before the first logged step: metrics.jsonl exists but is empty; every
+  """A first checkpoint before the first logged step: the metrics file exists but is empty; every
   panel says 'not logged', no legend is drawn and matplotlib warns of nothing (a warning would
   be noise on the training's stderr)."""
   workdir = tmp_path / "run"
   workdir.mkdir()
   checkpoints.save_config(str(workdir), tiny_data_config(("/nowhere", "image_folder/synthetic")))
-  (workdir / metric_writer.METRICS_FILE).touch()
+  (workdir / metric_writer.START_FILE.format(start=1)).touch()
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     fig = curves.write_curves([str(workdir)], workdir / "curves.png")

@@ -1,7 +1,6 @@
 """The training program: checkpoints that survive kill -9 and SIGTERM, non-finite losses, bad input,
 a workdir of another model. Relative paths, damaged checkpoints and failed saves: test_train_checkpoints.py."""
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -11,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from artstyle_jax import metric_writer
 from helpers import (assert_trees_equal, checkpoint_steps, file_stamps, restored_state, run_program,
                      run_program_killed_after_step, start_program)
 from helpers import tiny_train_flags
@@ -28,8 +28,8 @@ def run_train(workdir, data, *overrides):
 
 
 def logged_losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+  """{step: loss} of every start of train on the workdir, a later start's record of a step winning."""
+  return {r["step"]: r["loss"] for r in metric_writer.read_records(workdir) if "loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, synthetic_data):
   workdir = tmp_path / "run"
   process = start_program("train", *train_flags(workdir, synthetic_data, "--config.num_steps=100000"),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  metrics = workdir / "metrics.jsonl"
+  metrics = workdir / metric_writer.START_FILE.format(start=1)
   deadline = time.monotonic() + 240
   while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
     assert process.poll() is None, process.stderr.read()

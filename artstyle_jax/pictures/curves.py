@@ -1,7 +1,6 @@
 """Training curves: the loss terms, the learning rate, the gradient norm and the kNN monitor of
-one or more runs' metrics.jsonl against step, in one picture (curves.png)."""
+one or more runs' metrics files against step, in one picture (curves.png)."""
 from collections.abc import Sequence
-import json
 import os
 from typing import NamedTuple
 
@@ -19,7 +18,7 @@ CURVES_FILE = "curves.png"
 # Training redraws the curves at a checkpoint at most this often (seconds), and at its last step.
 CURVES_MIN_INTERVAL_S = 60.0
 
-# (metrics.jsonl key, panel title) of the curves picture, in reading order.
+# (metrics record key, panel title) of the curves picture, in reading order.
 CURVE_PANELS = (
     ("loss", "total loss"),
     ("rel_weak", "relation loss, weak teacher"),
@@ -45,40 +44,35 @@ class Run(NamedTuple):
   metrics: dict[str, Series]
 
 
-def read_metrics(path: str | os.PathLike) -> dict[str, Series]:
-  """{metric: (steps, values)} of a metric_writer JSONL file, 'step' and 'time' left out.
+def metric_series(records: Sequence[dict]) -> dict[str, Series]:
+  """{metric: (steps, values)} of metric_writer records, 'step' and 'time' left out.
 
   A resumed run logs again the steps between its last checkpoint and the point where it died:
-  the last record of a step wins. A line that is not a record of numbers with a step (one cut
-  short by a run killed while writing it) is skipped.
+  the last record of a step wins. A record that is not numbers with a step is skipped.
   """
   by_key: dict[str, dict[int, float]] = {}
-  with epath.Path(path).open() as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-        step = int(record.pop("step"))
-        record.pop("time", None)
-        values = {key: float(value) for key, value in record.items()}
-      except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-        continue
-      for key, value in values.items():
-        by_key.setdefault(key, {})[step] = value
+  for record in records:
+    try:
+      step = int(record["step"])
+      values = {key: float(value) for key, value in record.items() if key not in ("step", "time")}
+    except (KeyError, TypeError, ValueError):
+      continue
+    for key, value in values.items():
+      by_key.setdefault(key, {})[step] = value
   return {key: (np.array(sorted(values), np.int64), np.array([values[s] for s in sorted(values)], np.float64))
           for key, values in by_key.items()}
 
 
 def run_from_workdir(workdir: str) -> Run:
-  """The curves of a training workdir (its metrics.jsonl and config.json).
+  """The curves of a training workdir (its metrics files and config.json).
 
   Raises:
-    WorkdirError: no config.json, or no metrics.jsonl (nothing logged yet).
+    WorkdirError: no config.json, or no metrics file (nothing logged yet).
   """
   config = checkpoints.load_config(workdir)
-  path = epath.Path(workdir) / metric_writer.METRICS_FILE
-  if not path.exists():
-    raise checkpoints.WorkdirError(f"{workdir} holds no {metric_writer.METRICS_FILE}: the run has logged nothing yet")
-  metrics = read_metrics(path)
+  if not metric_writer.metrics_files(workdir):
+    raise checkpoints.WorkdirError(f"{workdir} holds no metrics-*.jsonl: the run has logged nothing yet")
+  metrics = metric_series(metric_writer.read_records(workdir))
   last_step = max((int(steps[-1]) for steps, _ in metrics.values()), default=0)
   return Run(label=epath.Path(workdir).name, metrics=metrics,
              description=f"{config.model.name}, step {last_step}, {config.dataset.name}")
@@ -139,7 +133,7 @@ def write_curves(workdirs: Sequence[str], path: str | os.PathLike) -> Figure:
   """Draws the curves of one or more workdirs (`draw_curves`) into the PNG at `path`.
 
   Raises:
-    WorkdirError: a workdir without config.json or metrics.jsonl.
+    WorkdirError: a workdir without config.json or metrics files.
   """
   runs = [run_from_workdir(workdir) for workdir in workdirs]
   if len({run.label for run in runs}) < len(runs):  # workdirs of the same name: their paths tell them apart
@@ -150,7 +144,7 @@ def write_curves(workdirs: Sequence[str], path: str | os.PathLike) -> Figure:
 
 
 def refresh_curves(workdir: str) -> bool:
-  """Redraws workdir/curves.png from the run's metrics.jsonl, on process 0 only.
+  """Redraws workdir/curves.png from the run's metrics files, on process 0 only.
 
   Training calls it at its checkpoints: a picture must never stop a run, so any failure is one
   warning line and False.
