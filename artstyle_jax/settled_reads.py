@@ -4,8 +4,10 @@ Orbax reads a checkpoint's arrays as tasks of a fresh asyncio event loop and clo
 soon as the first read fails. The other reads, still pending, are collected later; each then
 raises from its `finally` and Python prints "Exception ignored in: <coroutine object
 _read_array_index_and_device_put ...>" with a traceback, hundreds of them for a train state. Under
-`settled()`, a loop cancels its pending tasks and awaits them before it closes, so a failed
-restore ends with its one exception and nothing else.
+`settled()`, a loop awaits its pending tasks before it closes, so a failed restore ends with its
+one exception and nothing else. They are awaited, not cancelled: a cancelled read's TensorStore
+future still completes later and then calls into the closed loop ("Event loop is closed"); the
+reads left are those of one checkpoint, which a restore was reading anyway.
 """
 import asyncio
 import contextlib
@@ -13,13 +15,11 @@ from collections.abc import Iterator
 
 
 class _SettlingLoop(asyncio.SelectorEventLoop):
-  """An event loop that cancels and awaits the tasks still pending when it is closed."""
+  """An event loop that awaits the tasks still pending when it is closed."""
 
   def close(self) -> None:
     if not self.is_closed() and not self.is_running():
       pending = [task for task in asyncio.all_tasks(self) if not task.done()]
-      for task in pending:
-        task.cancel()
       if pending:
         self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     super().close()
