@@ -70,7 +70,10 @@ class StopRequest:
       return requested
     if step % every_steps:
       return False
-    return bool(np.any(multihost_utils.process_allgather(np.array(requested))))
+    agreed = bool(np.any(multihost_utils.process_allgather(np.array(requested))))
+    if agreed and not requested:
+      self.signal_name = "a stop signal to another process"
+    return agreed
 
 
 def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
