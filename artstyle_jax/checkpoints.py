@@ -13,11 +13,11 @@ Every program that writes to a workdir refuses one whose config describes anothe
 `restore_newest`: a checkpoint whose files every process finds damaged (truncated, undecodable,
 a data file missing), twice, is moved aside to checkpoints/<step>.corrupt, never deleted, and the
 one before it is used; one that fails otherwise, or on some processes only, is left in place and
-the program stops with one line saying so. A save that
-fails (disk full, no permission, a bucket that refuses writes) raises SaveError, whose message is
-the one line a program prints.
+the program stops with one line saying so. A save that fails (disk full, no permission, a bucket
+that refuses writes) raises SaveError, whose message is the one line a program prints.
 """
 from collections.abc import Callable, Iterator, Mapping
+import contextlib
 import json
 import os
 import re
@@ -279,9 +279,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
   """
   directory = epath.Path(mngr.directory) / str(step)
   try:
-    with settled_reads.settled():
-      state = ocp.StandardCheckpointHandler().restore(directory / "state",
-                                                     args=ocp.args.StandardRestore(abstract_state))
+    with settled_reads.settled(), contextlib.closing(ocp.StandardCheckpointHandler()) as handler:
+      state = handler.restore(directory / "state", args=ocp.args.StandardRestore(abstract_state))
     if data_iterator is not None and (directory / "data").exists():
       saved_count = pipeline.restore_position(directory / "data", data_iterator)
       if saved_count != jax.process_count():
@@ -320,8 +319,8 @@ def restore_subtree(workdir: str, step: int, target: Any) -> Any:
   """
   directory = epath.Path(workdir) / CHECKPOINT_DIR
   try:
-    with settled_reads.settled():
-      return ocp.PyTreeCheckpointHandler().restore(directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+    with settled_reads.settled(), contextlib.closing(ocp.PyTreeCheckpointHandler()) as handler:
+      return handler.restore(directory / str(step) / "state", args=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
   except Exception as e:  # As in `restore`.
     error = _read_error(e, step, directory)
