@@ -200,8 +200,9 @@ def test_any_array_file_damaged_gives_one_warning_the_right_checkpoint_and_nothi
     tmp_path, monkeypatch, caplog, capfd):
   """Each file of checkpoint 2's arrays truncated in turn to a quarter, half, three quarters (so
   that a different array is the first to fail): one warning line and checkpoint 1 as saved, or
-  checkpoint 2 as saved where the file holds nothing its index uses; the former at least once. No exception reaches Python's unraisable hook (abandoned reads of the damaged
-  checkpoint collected), no traceback on stderr."""
+  checkpoint 2 as saved where the file holds nothing its index uses; the former at least once.
+  No exception reaches Python's unraisable hook (abandoned reads of the damaged checkpoint
+  collected), no traceback on stderr."""
   source = tmp_path / "source"
   with checkpoints.manager(str(source)) as mngr:
     for step in (1, 2):

@@ -116,7 +116,7 @@ def test_a_read_failing_on_one_process_only_moves_nothing_and_stops_every_proces
     assert "Traceback" not in log
   assert "cut short on process 1" in [line for line in logs[1].splitlines() if line.startswith("error:")][0]
   assert file_contents(workdir / "checkpoints") == before
-  assert checkpoint_steps(workdir) == [2, 4] and not any(".corrupt" in name for name in os.listdir(workdir / "checkpoints"))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
 
 
 def test_a_run_saved_by_two_processes_resumes_on_one_at_the_same_global_example(
@@ -127,8 +127,9 @@ def test_a_run_saved_by_two_processes_resumes_on_one_at_the_same_global_example(
   workdir = tmp_path / "run"
   shutil.copytree(two_process_run, workdir)
   shutil.rmtree(workdir / "checkpoints" / "4")
+  two_devices = f"--xla_force_host_platform_device_count=2 {FAST_CPU}"
   result = run_program("train", *train_flags(workdir, synthetic_data), timeout=300,
-                       env={"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {FAST_CPU}"})
+                       env={"JAX_PLATFORMS": "cpu", "XLA_FLAGS": two_devices})
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Resumed from the checkpoint of step 2" in result.stderr
   lines = [line for line in result.stderr.splitlines() if "was saved by 2 processes, this run has 1" in line]
