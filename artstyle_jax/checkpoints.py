@@ -10,12 +10,14 @@ Layout of a workdir:
 
 Every program that writes to a workdir refuses one whose config describes another model
 (`check_compatible`), before it writes anything. Programs that read checkpoints go through
-`restore_newest`: a checkpoint whose files are damaged (truncated, missing, unparsable) is moved
-aside to checkpoints/<step>.corrupt, never deleted, and the one before it is used. A save that
-fails (disk full, no permission, a bucket that refuses writes) raises SaveError, whose message is
-the one line a program prints.
+`restore_newest`: a checkpoint whose files every process finds damaged (truncated, undecodable,
+a data file missing), twice, is moved aside to checkpoints/<step>.corrupt, never deleted, and the
+one before it is used; one that fails otherwise, or on some processes only, is left in place and
+the program stops with one line saying so. A save that fails (disk full, no permission, a bucket
+that refuses writes) raises SaveError, whose message is the one line a program prints.
 """
 from collections.abc import Callable, Iterator, Mapping
+import contextlib
 import json
 import os
 import re
@@ -26,7 +28,12 @@ import grain
 from etils import epath
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+
+from artstyle_jax import agreement
+from artstyle_jax import settled_reads
+from artstyle_jax.data import pipeline
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -39,9 +46,14 @@ SHAPE_KEYS = ("model.name", "model.proj_hidden_dim", "model.proj_dim", "queue_si
 
 
 CORRUPT_SUFFIX = ".corrupt"
-# How TensorStore reports a file it cannot read back (truncated, missing, undecodable); Orbax
-# passes it on as the message of a ValueError, or of an Exception around one.
-_STORAGE_FAILURE = re.compile(r"\b(OUT_OF_RANGE|DATA_LOSS|FAILED_PRECONDITION|NOT_FOUND|UNKNOWN):")
+# How TensorStore reports a file it read back and found damaged (truncated, undecodable, a data
+# file the index names missing); Orbax passes it on as the message of a ValueError, or of an
+# Exception around one.
+_DAMAGE = re.compile(r"\b(OUT_OF_RANGE|DATA_LOSS|FAILED_PRECONDITION):")
+# TensorStore's codes for a read that failed for another reason, which on an object store may be
+# a passing one (a dropped connection, a 404 from an overloaded frontend).
+_STORAGE_FAILURE = re.compile(r"\b(NOT_FOUND|UNKNOWN|UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED|ABORTED|"
+                              r"INTERNAL|CANCELLED|PERMISSION_DENIED|UNAUTHENTICATED):")
 # TensorStore's note of the OS error under a failed write, e.g. "File too large [os_error_code='27']".
 _OS_ERROR_CODE = re.compile(r"os_error_code[=:]\s*'?(\d+)")
 _TMP_STEP = re.compile(r"(\d+)\.orbax-checkpoint-tmp")
@@ -59,6 +71,16 @@ class DamagedCheckpointError(WorkdirError):
   def __init__(self, step: int, directory: Any, reason: str):
     self.step, self.reason = step, reason
     super().__init__(f"checkpoint {step} in {directory} is damaged ({reason})")
+
+
+class UnreadableCheckpointError(WorkdirError):
+  """A checkpoint that could not be read for a reason that may pass (a storage error, a read that
+  failed on some processes only); it is left in place. `reason` is the one-line account."""
+
+  def __init__(self, step: int, directory: Any, reason: str):
+    self.step, self.reason = step, reason
+    super().__init__(f"checkpoint {step} in {directory} could not be read ({reason}): it is left in place; run "
+                     f"again, or move it aside (to {step}{CORRUPT_SUFFIX}) if this persists")
 
 
 class SaveError(RuntimeError):
@@ -152,16 +174,32 @@ def _first_line(error: BaseException) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
-def damage_reason(error: BaseException) -> str | None:
-  """Why reading a checkpoint failed when its files are damaged; None for a failure of another
-  kind (a model that does not fit the checkpoint, a device out of memory)."""
+def _code_line(error: BaseException, codes: re.Pattern[str]) -> str | None:
+  """From the first of `error`'s causes whose message holds one of `codes`, the line from it."""
   for cause in _causes(error):
-    if isinstance(cause, (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError, EOFError)):
-      return f"{type(cause).__name__}: {_first_line(cause)}"
-    match = _STORAGE_FAILURE.search(str(cause))
+    match = codes.search(str(cause))
     if match:
       return str(cause)[match.start():].strip().splitlines()[0]
   return None
+
+
+def damage_reason(error: BaseException) -> str | None:
+  """Why reading a checkpoint failed when its files are damaged (data lost, out of range,
+  undecodable metadata); None for a failure of another kind (a storage error that may pass, a
+  model that does not fit the checkpoint, a device out of memory)."""
+  for cause in _causes(error):
+    if isinstance(cause, (json.JSONDecodeError, UnicodeDecodeError, EOFError)):
+      return f"{type(cause).__name__}: {_first_line(cause)}"
+  return _code_line(error, _DAMAGE)
+
+
+def storage_failure(error: BaseException) -> str | None:
+  """Why reading a checkpoint failed when the storage failed (a missing file, an unavailable or
+  refusing store): a failure that may pass, not proof of damage; None for another kind."""
+  for cause in _causes(error):
+    if isinstance(cause, OSError) and not isinstance(cause, UnicodeDecodeError):
+      return f"{type(cause).__name__}: {_first_line(cause)}"
+  return _code_line(error, _STORAGE_FAILURE)
 
 
 def os_reason(error: BaseException) -> str:
@@ -227,28 +265,47 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
             ) -> tuple[Any, Any]:
   """Restores the state at `step` into `abstract_state`'s shapes and shardings.
 
-  The data iterator, when given, is restored in place from the checkpoint's 'data' item; a
-  checkpoint without one (imported from PyTorch) leaves it at its start.
+  The data iterator, when given, is restored in place from the checkpoint's 'data' item, also
+  one saved by another number of processes (`pipeline.restore_position`; one log line says so); a
+  checkpoint without one (imported from PyTorch) leaves it at its start. Nothing here waits for
+  the other processes: each reads alone (`restore_newest` brings their verdicts together).
 
   Returns:
     (state, data_iterator).
   Raises:
     DamagedCheckpointError: the checkpoint's files cannot be read back.
+    UnreadableCheckpointError: the storage failed in a way that may pass.
     WorkdirError: the checkpoint's arrays do not fit `abstract_state`.
   """
-  items = {"state": ocp.args.StandardRestore(abstract_state)}
-  if data_iterator is not None and (epath.Path(mngr.directory) / str(step) / "data").exists():
-    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  directory = epath.Path(mngr.directory) / str(step)
   try:
-    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    with settled_reads.settled(), contextlib.closing(ocp.StandardCheckpointHandler()) as handler:
+      state = handler.restore(directory / "state", args=ocp.args.StandardRestore(abstract_state))
+    if data_iterator is not None and (directory / "data").exists():
+      saved_count = pipeline.restore_position(directory / "data", data_iterator)
+      if saved_count != jax.process_count():
+        logging.info("The data iterator of checkpoint %d was saved by %d processes, this run has %d: the input "
+                     "continues at global batch %d", step, saved_count, jax.process_count(), step)
   except Exception as e:  # TensorStore's read errors come as a bare Exception.
-    reason = damage_reason(e)
-    if reason is not None:
-      raise DamagedCheckpointError(step, mngr.directory, reason) from e
-    if isinstance(e, (ValueError, KeyError)):
-      raise WorkdirError(f"checkpoint {step} in {mngr.directory} does not fit this model: {e}") from e
-    raise
-  return restored["state"], restored["data"] if "data" in items else data_iterator
+    raise _read_error(e, step, mngr.directory) from e
+  return state, data_iterator
+
+
+def _read_error(error: Exception, step: int, directory: Any) -> Exception:
+  """What a failed read of checkpoint `step` is to the programs."""
+  if isinstance(error, WorkdirError):
+    return error
+  if isinstance(error, pipeline.PositionError):
+    return WorkdirError(f"checkpoint {step} in {directory}: {error}")
+  reason = damage_reason(error)
+  if reason is not None:
+    return DamagedCheckpointError(step, directory, reason)
+  reason = storage_failure(error)
+  if reason is not None:
+    return UnreadableCheckpointError(step, directory, reason)
+  if isinstance(error, (ValueError, KeyError)):
+    return WorkdirError(f"checkpoint {step} in {directory} does not fit this model: {error}")
+  return error
 
 
 def restore_subtree(workdir: str, step: int, target: Any) -> Any:
@@ -257,33 +314,45 @@ def restore_subtree(workdir: str, step: int, target: Any) -> Any:
 
   Raises:
     DamagedCheckpointError: the checkpoint's files cannot be read back.
+    UnreadableCheckpointError: the storage failed in a way that may pass.
     ValueError, KeyError: the checkpoint holds no such subtree, or one of other shapes.
   """
   directory = epath.Path(workdir) / CHECKPOINT_DIR
   try:
-    with ocp.PyTreeCheckpointer() as checkpointer:
-      return checkpointer.restore(directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+    with settled_reads.settled(), contextlib.closing(ocp.PyTreeCheckpointHandler()) as handler:
+      return handler.restore(directory / str(step) / "state", args=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
   except Exception as e:  # As in `restore`.
-    reason = damage_reason(e)
-    if reason is not None:
-      raise DamagedCheckpointError(step, directory, reason) from e
+    error = _read_error(e, step, directory)
+    if isinstance(error, WorkdirError):
+      raise error from e
     raise
 
 
 def move_aside(directory: Any, step: int) -> epath.Path:
   """Renames checkpoint `step` in `directory` to <step>.corrupt (<step>.corrupt1, ... when taken),
-  where Orbax no longer sees it and nothing deletes it; returns the new path."""
+  where Orbax no longer sees it and nothing deletes it; returns the new path. Every process
+  calls it; process 0 renames."""
   source = epath.Path(directory) / str(step)
   target, n = source.with_name(f"{step}{CORRUPT_SUFFIX}"), 0
   while target.exists():
     n += 1
     target = source.with_name(f"{step}{CORRUPT_SUFFIX}{n}")
+  agreement.barrier(f"move_aside_{step}_named")  # every process named the target before it exists
   if jax.process_index() == 0:
     source.rename(target)
-  if jax.process_count() > 1:
-    ocp.multihost.sync_global_processes(f"artstyle_jax_moved_aside_{step}")
+  agreement.barrier(f"move_aside_{step}_moved")
   return target
+
+
+def _disagreement(step: int, directory: Any, error: Exception | None, verdicts: np.ndarray) -> Exception:
+  """The error every process raises when not all of them found checkpoint `step` damaged."""
+  if error is not None and not isinstance(error, DamagedCheckpointError):
+    return error
+  failed = ", ".join(str(int(i)) for i in np.flatnonzero(verdicts != agreement.READ))
+  why = f" ({error.reason})" if error is not None else ""
+  return UnreadableCheckpointError(step, directory, f"process {failed} of {len(verdicts)} could not read it{why}, "
+                                   "the others could")
 
 
 def restore_newest(mngr: ocp.CheckpointManager, read: Callable[[int], T], step: int | None = None
@@ -291,22 +360,30 @@ def restore_newest(mngr: ocp.CheckpointManager, read: Callable[[int], T], step: 
   """(read(s), s) for the newest checkpoint s of `mngr` that reads back, or for `step` when one
   is asked for; None when no checkpoint is left.
 
-  `read(s)` raises DamagedCheckpointError for a checkpoint it cannot read back (as `restore` and
-  `restore_subtree` do). Such a checkpoint met on the way is moved aside (`move_aside`) with one
-  warning line naming it and why, and the one before it is tried; a damaged `step` asked for is
-  the error, left where it is.
+  Every process calls this. `read(s)` raises DamagedCheckpointError for a checkpoint whose
+  files are damaged and UnreadableCheckpointError for a storage failure that may pass (as
+  `restore` and `restore_subtree` do); either is tried once more. Then the processes compare
+  verdicts: a checkpoint every process found damaged is moved aside (`move_aside`) with one
+  warning line naming it and why, and the one before it is tried. When any process failed
+  otherwise, or only some found it damaged, every process raises (that process its own error,
+  the others UnreadableCheckpointError) and the checkpoint stays where it is. A damaged `step`
+  asked for is the error, left where it is.
   """
-  if step is not None:
-    return read(step), step
+  candidates = [step] if step is not None else sorted(mngr.all_steps(), reverse=True)
   moved = False
   try:
-    for candidate in sorted(mngr.all_steps(), reverse=True):
-      try:
-        return read(candidate), candidate
-      except DamagedCheckpointError as e:
-        logging.warning("%s: moved it aside to %s, trying the checkpoint before it", e,
-                        move_aside(mngr.directory, candidate))
-        moved = True
+    for candidate in candidates:
+      result, error, verdicts = agreement.read_on_every_process(
+          read, candidate, retried=(DamagedCheckpointError, UnreadableCheckpointError), damage=DamagedCheckpointError)
+      if (verdicts == agreement.READ).all():
+        return result, candidate
+      if step is not None and error is not None:
+        raise error
+      if not (verdicts == agreement.DAMAGED).all():
+        raise _disagreement(candidate, mngr.directory, error, verdicts)
+      logging.warning("%s: moved it aside to %s, trying the checkpoint before it", error,
+                      move_aside(mngr.directory, candidate))
+      moved = True
     return None
   finally:
     if moved:

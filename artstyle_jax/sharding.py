@@ -13,6 +13,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from artstyle_jax import config_lib
 from artstyle_jax import state as state_lib
 
 DATA_AXIS = "data"
@@ -39,8 +40,14 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_divides(batch_size: int, mesh: Mesh) -> None:
+  """Raises ConfigError, naming a batch_size that splits, when `batch_size` does not split evenly
+  over the mesh's devices."""
   if batch_size % mesh.size:
-    raise ValueError(f"the global batch of {batch_size} does not split evenly over {mesh.size} devices")
+    fit = max(1, round(batch_size / mesh.size)) * mesh.size
+    raise config_lib.ConfigError(
+        f"the global batch_size {batch_size} does not split evenly over the {mesh.size} devices: pass "
+        f"--config.batch_size={fit} ({fit // mesh.size} per device; queue_size must stay a multiple of it), or "
+        f"start from configs/paper_pod.py:{mesh.size}, which sizes the batch per device")
 
 
 def param_sharding(shape: Sequence[int], mesh: Mesh, min_size: int) -> NamedSharding:

@@ -2,10 +2,12 @@
 
 One process or many (`jax.distributed`, joined before this runs). Running again on a workdir
 resumes from its latest checkpoint, batch for batch. SIGTERM or SIGINT saves a checkpoint and
-ends the run; a non-finite loss stops it (TrainingError) and keeps the last good checkpoint. At
-the checkpoints, at most once a minute, and at the last step, WORKDIR/curves.png is redrawn from
-WORKDIR/metrics-NNN.jsonl (`curves.refresh_curves`); with config.knn_every_steps a weighted kNN on
-the held-out split monitors the student's features.
+ends the run (after the step under way; on several processes, at the next multiple of
+log_every_steps, so that they agree on it without a collective at every step); a non-finite loss
+stops it (TrainingError) and keeps the last good checkpoint. At the checkpoints, at most once a
+minute, and at the last step, WORKDIR/curves.png is redrawn from WORKDIR/metrics-NNN.jsonl
+(`curves.refresh_curves`); with config.knn_every_steps a weighted kNN on the held-out split
+monitors the student's features.
 """
 import functools
 import signal
@@ -56,12 +58,22 @@ class StopRequest:
     signal.signal(signal.SIGTERM, self)
     signal.signal(signal.SIGINT, self)
 
-  def agreed(self) -> bool:
-    """True when any process was asked to stop; every process gets the same answer."""
+  def agreed(self, step: int, every_steps: int) -> bool:
+    """Whether to stop after `step`; every process gets the same answer.
+
+    On one process: whether a signal came, at every step. On several: whether any process got
+    one, asked every `every_steps` steps only (False between), since the question is a
+    collective that would make each step wait for the one before to finish on the device.
+    """
     requested = self.signal_name is not None
     if jax.process_count() == 1:
       return requested
-    return bool(np.any(multihost_utils.process_allgather(np.array(requested))))
+    if step % every_steps:
+      return False
+    agreed = bool(np.any(multihost_utils.process_allgather(np.array(requested))))
+    if agreed and not requested:
+      self.signal_name = "a stop signal to another process"
+    return agreed
 
 
 def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
@@ -194,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if pending is not None:
         check_finite(pending[0], jax.device_get(pending[1]), workdir)
       pending = (step, metrics)
-      stopping = stop.agreed()
+      stopping = stop.agreed(step, config.log_every_steps)
       if step % config.log_every_steps == 0 or step == total_steps or stopping:
         last_metrics = jax.device_get(metrics)
         check_finite(step, last_metrics, workdir)
@@ -215,7 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.warning("%s received: saved the checkpoint of step %d, exiting", stop.signal_name, step)
         break
   finally:
-    writer.close()
-    checkpoints.finish(mngr)
+    try:
+      checkpoints.finish(mngr)
+    finally:
+      writer.close()  # after the last save: the records reach the store with the checkpoint they describe
   curves.refresh_curves(workdir)  # the last drawing, from every record the closed writer wrote
   return last_metrics

@@ -5,11 +5,12 @@ import pathlib
 import pytest
 
 from artstyle_jax import config_lib
+from artstyle_jax import optim
 from artstyle_jax.data import pipeline
 from helpers import config_path, load_config
 
 PAPER = config_path("paper")
-NAMES = ("paper", "single_teacher", "no_gram", "info_nce", "distinct_momenta", "tiny")
+NAMES = ("paper", "single_teacher", "no_gram", "info_nce", "distinct_momenta", "tiny", "paper_pod")
 
 
 def _flat(config, prefix=""):
@@ -48,6 +49,20 @@ def test_paper_config_holds_the_published_defaults():
   assert tuple(c.views.student.std) == tuple(c.views.style.std) == (0.2675, 0.2565, 0.2761)
   assert (tuple(c.views.weak.mean), tuple(c.views.weak.std)) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
   assert c.model.dtype == "float32" and not c.model.remat
+
+
+@pytest.mark.parametrize("chips", [8, 16, 64, 256])
+def test_the_pod_config_sizes_the_batch_per_chip_and_scales_the_learning_rate_linearly(chips):
+  """paper_pod.py:CHIPS: 32 images per chip, the paper's rate 0.001 times batch / 16, the queue
+  the paper's 4096 rounded up to a multiple of the batch; beyond those and the TPU host's input
+  and compute settings, the paper's config."""
+  config = config_lib.load(f"{config_path('paper_pod')}:{chips}")
+  assert config.batch_size == 32 * chips
+  assert optim.base_learning_rate(config.optim, config.batch_size) == pytest.approx(0.001 * config.batch_size / 16)
+  assert config.queue_size % config.batch_size == 0 and 4096 <= config.queue_size < 4096 + config.batch_size
+  changes = {k: v for k, v in _flat(config).items() if v != _flat(config_lib.load(PAPER))[k]}
+  assert changes.keys() <= {"batch_size", "queue_size", "model.dtype", "photometric_on_device", "dataset.num_workers",
+                            "checkpoint_every_steps"}
 
 
 def test_ablations_change_only_what_they_name():

@@ -125,6 +125,30 @@ def test_resuming_from_an_orbax_checkpoint_gives_the_batches_of_an_uninterrupted
   manager.close()
 
 
+def test_a_position_saved_by_two_processes_continues_one_process_at_the_same_global_batch(source, transform, tmp_path):
+  """Grain's files of two processes after 3 batches each (process_<i>-of-2.json): a one-process
+  stream set from them yields global batch 3 next, process 0's part then process 1's; files whose
+  positions differ are refused."""
+  def stream(index, count):
+    return iter(pipeline.train_dataset(source, transform, global_batch_size=4, seed=3, process_index=index,
+                                       process_count=count))
+
+  parts = []
+  for index in range(2):
+    iterator = stream(index, 2)
+    for _ in range(3):
+      next(iterator)
+    (tmp_path / f"process_{index}-of-2.json").write_text(json.dumps(iterator.get_state()))
+    parts.append(next(iterator)["index"])
+  resumed = stream(0, 1)
+  assert pipeline.restore_position(tmp_path, resumed) == 2
+  np.testing.assert_array_equal(next(resumed)["index"], np.concatenate(parts))
+
+  (tmp_path / "process_1-of-2.json").write_text(json.dumps(stream(1, 2).get_state()))
+  with pytest.raises(pipeline.PositionError, match="saved different data iterator positions"):
+    pipeline.restore_position(tmp_path, stream(0, 1))
+
+
 def test_three_view_batches_follow_the_batch_contract(source):
   config = ml_collections.ConfigDict({
       "image_size": 16, "photometric_on_device": False,

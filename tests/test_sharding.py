@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from artstyle_jax import config_lib
 from artstyle_jax import optim
 from artstyle_jax import sharding
 from artstyle_jax import step
@@ -106,9 +107,12 @@ def test_param_sharding_splits_the_largest_dimension_that_divides():
   assert sharding.param_sharding((1024, 512), sharding.create_mesh(fsdp=1), min_size=1).spec == P()
 
 
-def test_batch_that_does_not_split_over_the_devices_is_refused():
-  with pytest.raises(ValueError, match="does not split evenly over 8 devices"):
+def test_batch_that_does_not_split_over_the_devices_is_refused_naming_one_that_does():
+  """12 over 8 devices: a ConfigError (one line from the programs) naming batch_size 16 and the
+  pod config sized per device."""
+  with pytest.raises(config_lib.ConfigError, match="does not split evenly over the 8 devices") as e:
     sharding.check_batch_divides(12, sharding.create_mesh())
+  assert "--config.batch_size=16 (2 per device" in str(e.value) and "configs/paper_pod.py:8" in str(e.value)
 
 
 def test_shard_batch_builds_global_arrays_split_over_the_batch_axis():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from artstyle_jax import metric_writer
+from artstyle_jax import training
 from helpers import (assert_trees_equal, checkpoint_steps, file_stamps, restored_state, run_program,
                      run_program_killed_after_step, start_program)
 from helpers import tiny_train_flags
@@ -86,6 +87,24 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, synthetic_data):
   steps = checkpoint_steps(workdir)
   assert len(steps) == 1 and 2 <= steps[0] < 100000
   assert max(logged_losses(workdir)) == steps[0]
+
+
+def test_on_several_processes_the_stop_is_agreed_every_log_interval_without_a_collective_between(monkeypatch):
+  """Two processes (jax's count and all-gather stood in for), SIGTERM to the other one: no
+  collective at steps between multiples of 5, so no step waits for the one before; at step 10
+  one all-gather, and the answer is to stop, with the other process named as the reason."""
+  gathered = []
+
+  def allgather(value):
+    gathered.append(bool(value))
+    return np.array([bool(value), True])
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(training.multihost_utils, "process_allgather", allgather)
+  stop = training.StopRequest()
+  assert [stop.agreed(step, 5) for step in range(6, 10)] == [False] * 4 and gathered == []
+  assert stop.agreed(10, 5) and gathered == [False]
+  assert stop.signal_name == "a stop signal to another process"
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_data):

@@ -20,13 +20,17 @@ whatever `num_workers`; the iterator's position is saved with Orbax through Grai
   mngr.save(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
   mngr.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(iterator)))
 
-(restore into an iterator of the same pipeline, built with the same number of workers).
+(restore into an iterator of the same pipeline, built with the same number of workers). Grain
+writes one file per process, process_<i>-of-<n>.json; `restore_position` reads them also into a
+run on another number of processes.
 """
 import dataclasses
+import json
 import math
 from typing import Any, Callable, Optional, Protocol
 
 from absl import flags
+from etils import epath
 import grain
 import jax
 import numpy as np
@@ -206,3 +210,36 @@ def eval_dataset(source: RandomAccessSource, transform: Transform, *, global_bat
   slots = grain.MapDataset.range(layout.batches_per_epoch * layout.per_host_batch_size)
   batches = slots.map_with_index(_EvalExample(source, transform, layout)).batch(layout.per_host_batch_size)
   return _prefetched(batches, num_workers, num_threads, prefetch_batches)
+
+
+class PositionError(ValueError):
+  """A saved iterator position that cannot be restored."""
+
+
+def restore_position(directory: epath.Path, iterator: Any) -> int:
+  """Sets `iterator` to the position Grain's checkpoint handler saved in `directory` (files
+  process_<i>-of-<n>.json); returns n, the number of processes that saved it.
+
+  The training streams of all processes stand at the same batch, and batch k holds the same
+  global examples whatever the number of processes (see the module's layout), so a run on another
+  number of processes continues from the one position all the files hold: each process then
+  takes its own part of the same global batch k.
+
+  Raises:
+    PositionError: no position saved, or processes that saved different ones.
+  """
+  index, count = jax.process_index(), jax.process_count()
+  own = directory / f"process_{index}-of-{count}.json"
+  files = [own] if own.exists() else sorted(directory.glob("process_*-of-*.json"))
+  if not files:
+    raise PositionError(f"{directory} holds no data iterator position")
+  positions = [json.loads(f.read_text()) for f in files]
+  if any(position != positions[0] for position in positions):
+    raise PositionError(f"the {len(files)} processes that wrote {directory} saved different data iterator "
+                        "positions: the run cannot continue on another number of processes")
+  if isinstance(iterator, grain.DatasetIterator):
+    iterator.set_state(positions[0])
+    iterator.start_prefetch()
+  else:
+    iterator.set_state(json.dumps(positions[0]).encode())
+  return count if own.exists() else len(files)
