@@ -111,8 +111,8 @@ def health_metrics(config: ml_collections.ConfigDict, f_student: jax.Array, z_st
     teacher's softmax over the queue, nats, log K uniform).
   """
   f_student, z_student, targets, queue = jax.lax.stop_gradient((f_student, z_student, targets, queue))
-  signals = {"health/pooled_rank": health.effective_rank(convnext.pool(f_student)),
-             "health/proj_rank": health.effective_rank(z_student),
+  signals = {"health/pooled_rank": health.effective_rank(convnext.pool(f_student), via_gram=True),
+             "health/proj_rank": health.effective_rank(z_student, via_gram=True),
              "health/proj_std": health.normalised_std(z_student)}
   for view, (_, z_t) in targets.items():
     signals[f"health/cos_{view}"] = health.mean_cosine(z_student, z_t)

@@ -38,6 +38,15 @@ def test_effective_rank_of_a_batch_is_bounded_by_its_rows_and_ignores_scale():
   np.testing.assert_allclose(health.effective_rank(1000 * x), rank, rtol=1e-4)
 
 
+@pytest.mark.parametrize("rank", [3, 31])
+def test_a_batchs_effective_rank_through_its_gram_matrix_is_the_svds(rank):
+  """The train step's cheaper path (eigenvalues of the 32 x 32 Gram matrix) gives the SVD's rank
+  on a batch of 32 rows in 128 dimensions, spanning 3 or all 31 centred directions; 0 collapsed."""
+  x = rank_r_features(rank, num=32, dim=128, seed=5)
+  np.testing.assert_allclose(health.effective_rank(x, via_gram=True), health.effective_rank(x), rtol=1e-3)
+  assert float(health.effective_rank(np.tile(x[:1], (32, 1)), via_gram=True)) == 0.0
+
+
 @pytest.mark.parametrize("dim", [16, 128])
 def test_std_of_normalised_isotropic_vectors_is_one_over_sqrt_d(dim):
   """4096 isotropic Gaussian vectors: each coordinate of the unit vector has variance 1/D, so

@@ -173,12 +173,16 @@ def test_health_signals_are_measured_on_the_steps_own_embeddings_and_the_start_o
   rank of B rows is at most B - 1."""
   setup, _, metrics, reference = paper_one_step()
   z_s, queue = reference["z_s"], setup.initial.queue
-  expected = {"health/proj_rank": health.effective_rank(z_s), "health/proj_std": health.normalised_std(z_s)}
+  # The step takes a batch's ranks through its Gram matrix (test_health: within 1e-3 of the SVD's).
+  expected = {"health/proj_rank": health.effective_rank(z_s, via_gram=True),
+              "health/proj_std": health.normalised_std(z_s)}
   for view, z_t in (("weak", reference["z_w"]), ("style", reference["z_y"])):
     expected[f"health/cos_{view}"] = health.mean_cosine(z_s, z_t)
     expected[f"health/entropy_{view}"] = health.softmax_entropy(health.queue_logits(z_t, queue, 0.04))
+  # 1e-3: the reference's embeddings agree to about 1e-6, and a rank of 4 rows (3 values, one
+  # small) moves by about 1e-4 with them.
   for name, value in expected.items():
-    np.testing.assert_allclose(metrics[name], value, rtol=1e-4, err_msg=name)
+    np.testing.assert_allclose(metrics[name], value, rtol=1e-3, err_msg=name)
   assert 1.0 <= metrics["health/pooled_rank"] <= BATCH - 1 + 1e-4
 
 
