@@ -34,8 +34,11 @@ when config.init is 'random') instead of a checkpoint, as a baseline.
 
 Outputs (process 0), in DIR/eval/ (DIR/eval/random_init/ with --random_init), each tagged with
 the checkpoint step inside:
-  knn.json, knn_confusion.png                 `metrics.classification_results` plus the settings
+  knn.json, knn_confusion.png                 `metrics.classification_results` plus the settings,
+                                              the test features' retrieval of training images
+                                              (precision@k, mAP@k: `evaluators.retrieval`)
   linear_<mode>.json, linear_<mode>_confusion.png
+each JSON and table with the test features' effective rank and first-PC share (`evaluators.health`)
   linear_head.npz                             the probe for predict (`evaluators.head_file`)
   label_efficiency.json                       with --label_fractions or --shots: mean and std per setting
   embedding.png                               with --embedding: t-SNE map of the test features

@@ -27,6 +27,7 @@ _START = re.compile(r"^metrics-(\d+)\.jsonl$")
 # The one file of workdirs trained before metrics were kept per start: read as the first start's.
 LEGACY_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
+HEALTH_PREFIX = "health/"  # feature-health signals: in TensorBoard and the JSONL file, not on the console line
 
 
 def metrics_files(workdir: str | epath.PathLike) -> list[epath.Path]:
@@ -120,7 +121,8 @@ class MetricWriter:
     if not self.enabled:
       return
     self.write_scalars(step, scalars)
-    terms = " ".join(f"{k} {float(v):.4f}" for k, v in scalars.items() if k not in ("lr", "images_per_s"))
+    terms = " ".join(f"{k} {float(v):.4f}" for k, v in scalars.items()
+                     if k not in ("lr", "images_per_s") and not k.startswith(HEALTH_PREFIX))
     speed = f" {scalars['images_per_s']:.1f} img/s" if "images_per_s" in scalars else ""
     line = f"step {step}/{self.total_steps} {terms} lr {float(scalars['lr']):.3g}{speed}{eta}"
     if self._progress is not None:

@@ -10,7 +10,9 @@ on, each image prepared as the dataset builders prepare a file (`images.prepare_
 mode to 8-bit RGB) and then as eval's test images (`views.EvalView` with the head's size and
 normalisation). With --gallery, every image file under GALLERY (recursively, by extension) is
 embedded the same way and ranked by the cosine similarity of its pooled student features to
-each query's (`knn.nearest_neighbours`). A head that `eval --weights=SOURCE --workdir=DIR` trained
+each query's, both whitened with the gallery's statistics (`evaluators.retrieval`). When GALLERY
+is a class-per-folder tree, a last line gives the precision@k and mAP@k (k = --num_matches) of
+each gallery image ranking the others. A head that `eval --weights=SOURCE --workdir=DIR` trained
 is applied on that external backbone (`models.load_backbone(SOURCE)`, with the config eval saved
 in DIR/eval/config.json).
 
@@ -20,6 +22,7 @@ Output on stdout, per image: its path, then one line per style, most probable fi
   IMAGE
     style  0.8312  impressionism
     match  0.9731  GALLERY/some/painting.jpg
+  gallery retrieval (each of its 1000 images against the others, whitened features): precision@5 0.4120  mAP@5 0.3510
 
 With --sheet, the same is drawn into OUT.png: a row per image, the image with its styles under
 it, then its matches as thumbnails with their similarity and, when GALLERY is a class-per-folder

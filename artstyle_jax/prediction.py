@@ -5,8 +5,10 @@ saved (`head_file`), applied to the pooled features of the backbone that head wa
 (the checkpoint of its step, the random initialisation, or an external backbone). Each image is
 prepared as the dataset builders prepare a file (`images.prepare_image`: any mode to 8-bit RGB)
 and then as evaluation's test images (`views.EvalView` with the head's size and normalisation).
-A gallery is ranked by the cosine similarity of its images' features to each query's
-(`knn.nearest_neighbours`), and the whole can be drawn as a retrieval sheet.
+A gallery is ranked by the cosine similarity of its images' features to each query's, in the
+representation `retrieval.REPRESENTATION` (`retrieval.represent`, from the gallery's statistics);
+on a class-per-folder gallery, the precision@k and mAP@k of ranking each gallery image against
+the others are reported too; the whole can be drawn as a retrieval sheet.
 """
 from collections.abc import Sequence
 import os
@@ -25,8 +27,8 @@ from artstyle_jax import step as step_lib
 from artstyle_jax import workdir as workdir_lib
 from artstyle_jax.data import images
 from artstyle_jax.evaluators import head_file
-from artstyle_jax.evaluators import knn
 from artstyle_jax.evaluators import linear_probe
+from artstyle_jax.evaluators import retrieval
 from artstyle_jax.pictures import figure
 from artstyle_jax.pictures import retrieval_sheet
 
@@ -142,7 +144,10 @@ def predict(workdir: str, paths: Sequence[str], *, top_k: int = 5, gallery: str 
   """Per image of `paths`: its path, then `  style  <probability>  <style>` for its `top_k` styles,
   most probable first, and with a `gallery`, `  match  <similarity>  <path>` for its `num_matches`
   closest gallery images, most similar first; with `sheet`, the same drawn as a retrieval sheet
-  (`retrieval_sheet.draw_retrieval_sheet`) into that PNG.
+  (`retrieval_sheet.draw_retrieval_sheet`) into that PNG. A class-per-folder gallery (every image
+  in a folder under it, the first folder its class) of at least two images adds a last line,
+  `gallery retrieval ...`: precision@k and mAP@k (k = `num_matches`, at most the gallery's size
+  less one) of each gallery image ranking the others (`retrieval.evaluate_retrieval`).
 
   Raises:
     BadImageError: a query image cannot be read (checked before any model is loaded), or a
@@ -161,21 +166,39 @@ def predict(workdir: str, paths: Sequence[str], *, top_k: int = 5, gallery: str 
   predictor = Predictor(workdir)
   query_embeddings = predictor.embed(queries)
   probabilities, classes = predictor.styles(query_embeddings, top_k)
-  matches = None
+  matches, scores = None, None
   if gallery_paths:
     gallery_embeddings = predictor.embed(ImageFiles(gallery_paths))
-    similarities, indices = knn.nearest_neighbours(gallery_embeddings, query_embeddings,
-                                                   k=min(num_matches, len(gallery_paths)))
-    matches = np.asarray(similarities), np.asarray(indices)
+    matches = retrieval.rank(*retrieval.represent(gallery_embeddings, query_embeddings, retrieval.REPRESENTATION),
+                             k=min(num_matches, len(gallery_paths)))
+    scores = gallery_retrieval(gallery, gallery_paths, gallery_embeddings, num_matches)
   lines = []
   for i, path in enumerate(paths):
     lines.append(path)
     lines += [f"  style  {p:.4f}  {predictor.head.class_names[c]}" for p, c in zip(probabilities[i], classes[i])]
     if matches is not None:
       lines += [f"  match  {s:.4f}  {gallery_paths[j]}" for s, j in zip(matches[0][i], matches[1][i])]
+  if scores is not None:
+    k = scores["retrieval_k"]
+    lines.append(f"gallery retrieval (each of its {scores['num_queries']} images against the others, "
+                 f"{scores['representation']} features): precision@{k} {scores['precision_at_k']:.4f}  "
+                 f"mAP@{k} {scores['map_at_k']:.4f}")
   if sheet is not None:
     draw_sheet(predictor, paths, (probabilities, classes), matches, gallery, gallery_paths, sheet)
   return lines
+
+
+def gallery_retrieval(gallery: str, gallery_paths: list[str], embeddings: np.ndarray,
+                      num_matches: int) -> dict[str, Any] | None:
+  """`retrieval.evaluate_retrieval` of a class-per-folder gallery ranked against itself (leave one
+  out), k = num_matches at most N - 1; None for a gallery of one image or not class-per-folder."""
+  classes = retrieval_sheet.folder_classes(gallery, gallery_paths)
+  if len(gallery_paths) < 2 or None in classes:
+    return None
+  names = sorted(set(classes))
+  labels = np.array([names.index(c) for c in classes])
+  return retrieval.evaluate_retrieval(embeddings, labels, None, None, min(num_matches, len(gallery_paths) - 1),
+                                      retrieval.REPRESENTATION)
 
 
 def draw_sheet(predictor: Predictor, paths: Sequence[str], styles: tuple[np.ndarray, np.ndarray],

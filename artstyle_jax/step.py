@@ -23,6 +23,7 @@ from artstyle_jax import config_lib
 from artstyle_jax import losses
 from artstyle_jax import sharding
 from artstyle_jax import state as state_lib
+from artstyle_jax.evaluators import health
 from artstyle_jax.models import convnext
 from artstyle_jax.models import forms as forms_lib
 from artstyle_jax.models import heads
@@ -92,6 +93,35 @@ def _relation_loss(config: ml_collections.ConfigDict) -> Callable[[jax.Array, ja
       losses.relation_alignment_loss, student_temp=config.loss.student_temp, teacher_temp=config.loss.teacher_temp)
 
 
+def health_metrics(config: ml_collections.ConfigDict, f_student: jax.Array, z_student: jax.Array,
+                   targets: Mapping[str, tuple[jax.Array, jax.Array]], queue: jax.Array) -> Metrics:
+  """Feature-health signals of one step from its own tensors (`evaluators.health`).
+
+  Args:
+    f_student: (B, h, w, C) the student's last-stage map.
+    z_student: (B, D) the student's embeddings.
+    targets: {view: (f_t, z_t)} of each teacher.
+    queue: (K, D) the queue the relation loss compared against.
+
+  Returns:
+    'health/pooled_rank' and 'health/proj_rank' (effective ranks of the batch's pooled features
+    and embeddings, at most B - 1), 'health/proj_std' (std of the normalised embeddings,
+    1/sqrt(D) healthy, 0 collapsed), and per teacher view 'health/cos_<view>' (mean cosine of
+    student and teacher embeddings) and, with the relation loss, 'health/entropy_<view>' (the
+    teacher's softmax over the queue, nats, log K uniform).
+  """
+  f_student, z_student, targets, queue = jax.lax.stop_gradient((f_student, z_student, targets, queue))
+  signals = {"health/pooled_rank": health.effective_rank(convnext.pool(f_student), via_gram=True),
+             "health/proj_rank": health.effective_rank(z_student, via_gram=True),
+             "health/proj_std": health.normalised_std(z_student)}
+  for view, (_, z_t) in targets.items():
+    signals[f"health/cos_{view}"] = health.mean_cosine(z_student, z_t)
+    if config.loss.relation != "info_nce":
+      signals[f"health/entropy_{view}"] = health.softmax_entropy(
+          health.queue_logits(z_t, queue, config.loss.teacher_temp))
+  return signals
+
+
 def make_train_step(
     config: ml_collections.ConfigDict,
     backbone: nn.Module,
@@ -109,7 +139,8 @@ def make_train_step(
   `config.loss.relation` is 'info_nce'); every term of a present teacher is computed and
   reported, those of weight 0 carry no gradient. The style terms and the style view are absent
   without a style teacher. Metrics: 'loss', the terms, 'lr' (this step's rate), 'grad_norm'
-  (global L2 norm of the loss gradient, before weight decay).
+  (global L2 norm of the loss gradient, before weight decay), and the feature-health signals of
+  `health_metrics`.
 
   With a `mesh` whose `fsdp` axis is larger than 1, each network's parameters are gathered
   (all-gathered from their FSDP shards) where it runs, so that activations stay split over the
@@ -143,9 +174,9 @@ def make_train_step(
         terms[f"rel_{view}"] = relation_loss(z_s, z_t, state.queue)
         terms[f"gram_{view}"] = losses.gram_alignment_loss(f_s, f_t)
       loss = sum(weights[term] * value for term, value in terms.items() if weights[term])
-      return loss, terms
+      return loss, (terms, f_s, z_s)
 
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (terms, f_s, z_s)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # 6. Optimiser step on the student.
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -157,7 +188,8 @@ def make_train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, teachers=teachers, opt_state=opt_state,
         queue=queue, queue_ptr=queue_ptr, rng=rng)
-    metrics = {"loss": loss, **terms, "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
+    metrics = {"loss": loss, **terms, "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads),
+               **health_metrics(config, f_s, z_s, targets, state.queue)}
     return new_state, metrics
 
   return train_step

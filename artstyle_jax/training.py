@@ -7,7 +7,10 @@ log_every_steps, so that they agree on it without a collective at every step); a
 stops it (TrainingError) and keeps the last good checkpoint. At the checkpoints, at most once a
 minute, and at the last step, WORKDIR/curves.png is redrawn from WORKDIR/metrics-NNN.jsonl
 (`curves.refresh_curves`); with config.knn_every_steps a weighted kNN on the held-out split
-monitors the student's features.
+monitors the student's features. The step's feature-health
+signals are logged with its metrics, and one warning says when an effective rank falls under
+config.health.rank_warning_fraction of its first logged value, that of step 1: the
+initialisation's (`RankWatch`).
 """
 import functools
 import signal
@@ -35,6 +38,7 @@ from artstyle_jax.data import pipeline
 from artstyle_jax.data import sources
 from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
+from artstyle_jax.evaluators import health
 from artstyle_jax.evaluators import knn
 from artstyle_jax.models import convnext
 from artstyle_jax.pictures import curves
@@ -112,8 +116,9 @@ def open_train_data(config: ml_collections.ConfigDict) -> tuple[Any, int]:
 
 
 def knn_monitor(config, backbone, mesh, train_source, eval_source):
-  """`evaluate(backbone_params) -> top-1` of a weighted kNN on the held-out split, features of the
-  training split as the bank."""
+  """`evaluate(backbone_params) -> {'knn_top1', 'knn_rank', 'knn_pc1_share'}`: the top-1 of a
+  weighted kNN on the held-out split, features of the training split as the bank, and the
+  effective rank and first-PC share of the held-out split's pooled features."""
   mean, std = view_specs.student_normalisation(config)
   transform = views.EvalView(config.image_size, mean, std)
   feature_fn = features.make_feature_fn(backbone, mesh)
@@ -125,13 +130,43 @@ def knn_monitor(config, backbone, mesh, train_source, eval_source):
 
   num_classes = len(sources.label_names(config.dataset.name, config.dataset.data_dir))
 
-  def evaluate(backbone_params) -> float:
+  def evaluate(backbone_params) -> dict[str, float]:
     bank, bank_labels, _ = extract(train_source, backbone_params)
     queries, query_labels, _ = extract(eval_source, backbone_params)
     result = knn.knn_classify(bank, bank_labels, queries, num_classes, k=config.knn_k)
-    return float(np.mean(np.asarray(result.predictions) == query_labels))
+    return {"knn_top1": float(np.mean(np.asarray(result.predictions) == query_labels)),
+            "knn_rank": float(health.effective_rank(queries)), "knn_pc1_share": float(health.first_pc_share(queries))}
 
   return evaluate
+
+
+class RankWatch:
+  """Warns, once per run, when an effective rank it is shown falls under `fraction` of the first
+  value of the same signal; a resumed run takes its first values from the workdir's metrics files.
+
+  Signals: 'health/pooled_rank' (the step's batch) and 'knn_rank' (the kNN monitor's split).
+  """
+  SIGNALS = ("health/pooled_rank", "knn_rank")
+
+  def __init__(self, workdir: str, fraction: float):
+    self.fraction = fraction
+    self.warned = False
+    self.start = {}
+    for record in metric_writer.read_records(workdir):
+      for name in self.SIGNALS:
+        if name in record:
+          self.start.setdefault(name, float(record[name]))
+
+  def __call__(self, step: int, scalars: dict[str, float]) -> None:
+    for name in self.SIGNALS:
+      if name not in scalars:
+        continue
+      value = float(scalars[name])
+      start = self.start.setdefault(name, value)
+      if not self.warned and value < self.fraction * start:
+        self.warned = True
+        logging.warning("step %d: the effective rank %s fell to %.1f, under %.2f of its first value %.1f: the "
+                        "features are collapsing onto a few dimensions", step, name, value, self.fraction, start)
 
 
 def check_finite(step: int, metrics: dict[str, float], workdir: str) -> None:
@@ -191,6 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     monitor = knn_monitor(config, backbone, mesh, train_source, eval_source)
 
   writer = metric_writer.MetricWriter(workdir, total_steps=total_steps, batch_size=config.batch_size)
+  rank_watch = RankWatch(workdir, config.health.rank_warning_fraction)
   stop = StopRequest()
   stop.install()
   last_metrics: dict[str, float] = {}
@@ -207,14 +243,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         check_finite(pending[0], jax.device_get(pending[1]), workdir)
       pending = (step, metrics)
       stopping = stop.agreed(step, config.log_every_steps)
-      if step % config.log_every_steps == 0 or step == total_steps or stopping:
+      # Step 1 too: its metrics are the initialisation's, the start the health signals are read against.
+      if step % config.log_every_steps == 0 or step in (1, total_steps) or stopping:
         last_metrics = jax.device_get(metrics)
         check_finite(step, last_metrics, workdir)
         writer.write_train(step, last_metrics)
+        rank_watch(step, last_metrics)
       if monitor is not None and (step % config.knn_every_steps == 0 or step == total_steps):
-        knn_top1 = monitor(state.params["backbone"])
-        writer.write_scalars(step, {"knn_top1": knn_top1})
-        logging.info("step %d: kNN top-1 on %s %.4f", step, config.dataset.eval_split, knn_top1)
+        monitored = monitor(state.params["backbone"])
+        writer.write_scalars(step, monitored)
+        rank_watch(step, monitored)
+        logging.info("step %d: kNN top-1 on %s %.4f, effective rank %.1f, first-PC share %.2f", step,
+                     config.dataset.eval_split, monitored["knn_top1"], monitored["knn_rank"],
+                     monitored["knn_pc1_share"])
       if step % config.checkpoint_every_steps == 0 or step == total_steps or stopping:
         check_finite(step, jax.device_get(metrics), workdir)
         writer.flush()  # every record up to the checkpoint is kept, in an object store too

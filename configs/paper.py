@@ -94,6 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.async_checkpointing = True
   config.knn_every_steps = 0  # 0: no kNN monitor during training
   config.knn_k = 20
+  config.health = ml_collections.ConfigDict()
+  # One warning when an effective rank of the features falls under this fraction of its first value.
+  config.health.rank_warning_fraction = 0.25
 
   config.views = ml_collections.ConfigDict()
   config.views.student = _normalisation(STUDENT_STYLE_MEAN, STUDENT_STYLE_STD)

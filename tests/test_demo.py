@@ -79,7 +79,7 @@ def test_demo_draws_the_curves_both_feature_maps_and_a_retrieval_sheet_and_names
   workdir, result = demo_run
   with open(workdir / "demo_results.json") as f:
     drawn = json.load(f)["pictures"]
-  expected = {"curves": (workdir / "pretrain" / "curves.png", (1600, 800)),
+  expected = {"curves": (workdir / "pretrain" / "curves.png", (1600, 1200)),
               "embedding_pretrained": (workdir / "pretrain" / "eval" / "embedding.png", (1000, 700)),
               "embedding_random_init": (workdir / "pretrain" / "eval" / "random_init" / "embedding.png", (1000, 700)),
               "retrieval_sheet": (workdir / "retrieval_sheet.png", (6 * 180, 4 * 260 + 60))}

@@ -18,6 +18,7 @@ from artstyle_jax import workdir as workdir_lib
 from artstyle_jax.data import sources
 from artstyle_jax.data import views
 from artstyle_jax.evaluators import head_file
+from artstyle_jax.evaluators import health
 from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.evaluators import protocol
 from helpers import assert_trees_equal, file_stamps, make_workdir, run_program, shifted
@@ -114,11 +115,18 @@ def test_fast_mode_writes_results_plots_and_the_head_of_the_checkpoint(workdir, 
   assert linear_result["method"] == "linear_fast" and linear_result["augmented_copies"] == 1
   assert linear_result["weight_decay"] in linear_probe.WEIGHT_DECAY_CANDIDATES
   assert evaluated.stdout.count("top-1") == 2 and "linear_fast: convnext_atto (step 2)" in evaluated.stdout
+  assert evaluated.stdout.count("features: effective rank") == 2
+  # The kNN's results also score retrieval: the test images ranking the training images.
+  assert knn_result["representation"] == "whitened" and knn_result["retrieval_k"] == 5
+  assert knn_result["num_queries"] == num_test
+  assert 0.0 <= knn_result["precision_at_k"] <= 1.0 and 0.0 <= knn_result["map_at_k"] <= 1.0
+  assert "retrieval of train images (whitened features): precision@5" in evaluated.stdout
 
 
 def test_saved_head_is_the_one_scored_and_carries_its_inputs(workdir, evaluated, synthetic_data):
   """The head in linear_head.npz, on the step-2 backbone's test features, gives the reported top-1;
-  the file names the classes, the step and the transform predict must use."""
+  the file names the classes, the step and the transform predict must use; the reported effective
+  rank and first-PC share are those of the same features."""
   path, config, _ = workdir
   assert evaluated.returncode == 0, evaluated.stderr
   with np.load(path / "eval" / "linear_head.npz") as saved:
@@ -138,7 +146,13 @@ def test_saved_head_is_the_one_scored_and_carries_its_inputs(workdir, evaluated,
       config, feature_fn, params, sources.open_split(name, data_dir, "test"), transform, mesh, 8)
   logits = linear_probe.apply_head({"kernel": head["kernel"], "bias": head["bias"]}, test_features)
   top1 = float(np.mean(np.argmax(np.asarray(logits), axis=1) == test_labels))
-  assert top1 == json.loads((path / "eval" / "linear_fast.json").read_text())["top1"]
+  result = json.loads((path / "eval" / "linear_fast.json").read_text())
+  assert top1 == result["top1"]
+  # The features' health the outputs report is that of these test features.
+  assert result["feature_dim"] == 320
+  assert result["effective_rank"] == pytest.approx(float(health.effective_rank(test_features)), rel=1e-4)
+  assert result["first_pc_share"] == pytest.approx(float(health.first_pc_share(test_features)), rel=1e-4)
+  assert 1.0 <= result["effective_rank"] <= 320 and 1 / 320 <= result["first_pc_share"] <= 1.0
 
 
 def test_paper_mode_of_a_random_init_goes_to_its_own_directory(workdir, evaluated, dataset):

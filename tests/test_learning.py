@@ -22,6 +22,7 @@ compiled in half the time; the whole test takes about 50 s on 2 cores.
 """
 import json
 
+import numpy as np
 import pytest
 
 from artstyle_jax import metric_writer
@@ -96,6 +97,15 @@ def test_the_knn_monitor_scores_at_its_interval_and_the_views_are_made_on_the_de
   assert sorted(knn) == [KNN_EVERY, STEPS] and all(0.0 <= v <= 1.0 for v in knn.values())
   for step, value in knn.items():
     assert f"step {step}: kNN top-1 on test {value:.4f}" in train.stderr
+  # With it, the held-out features' effective rank (at most the 160 test images' 159 and the 320
+  # channels) and first-PC share; every step's record carries the batch's health signals.
+  monitored = [r for r in records if "knn_top1" in r]
+  assert all(1.0 <= r["knn_rank"] <= 159 and 0.0 < r["knn_pc1_share"] <= 1.0 for r in monitored)
+  steps = [r for r in records if "loss" in r]
+  assert all(1.0 <= r["health/pooled_rank"] <= 15 and 1.0 <= r["health/proj_rank"] <= 15 for r in steps)
+  assert all(0.0 <= r["health/proj_std"] <= 1.2 / np.sqrt(128) for r in steps)
+  assert all(-1.0 <= r[f"health/cos_{view}"] <= 1.0 for r in steps for view in ("weak", "style"))
+  assert all(0.0 <= r[f"health/entropy_{view}"] <= np.log(64) + 1e-4 for r in steps for view in ("weak", "style"))
   with open(workdir / "config.json") as f:
     saved = json.load(f)
   assert saved["photometric_on_device"] is True and saved["knn_every_steps"] == KNN_EVERY

@@ -16,7 +16,11 @@ from artstyle_jax.pictures import embedding_map
 from artstyle_jax.pictures import retrieval_sheet
 from helpers import run_program, tiny_data_config
 
-TERMS = ("loss", "rel_weak", "rel_style", "gram_weak", "gram_style", "lr", "grad_norm")
+TERMS = ("loss", "rel_weak", "rel_style", "gram_weak", "gram_style", "lr", "grad_norm", "health/pooled_rank",
+         "health/proj_rank", "health/proj_std", "health/cos_weak", "health/cos_style", "health/entropy_weak",
+         "health/entropy_style")
+KNN_SIGNALS = ("knn_top1", "knn_rank", "knn_pc1_share")
+CURVES_SIZE = (1600, 1200)
 
 
 def png_size(path):
@@ -45,9 +49,10 @@ def write_run(workdir, steps, *, knn_every=0, seed=0, dataset="image_folder/synt
       for term, value in record.items():
         logged.setdefault(term, {})[step] = value
       if knn_every and step % knn_every == 0:
-        value = float(rng.uniform())
-        f.write(json.dumps({"step": step, "time": 0.0, "knn_top1": value}) + "\n")
-        logged.setdefault("knn_top1", {})[step] = value
+        record = {signal: float(rng.uniform()) for signal in KNN_SIGNALS}
+        f.write(json.dumps({"step": step, "time": 0.0, **record}) + "\n")
+        for signal, value in record.items():
+          logged.setdefault(signal, {})[step] = value
   return logged
 
 
@@ -59,7 +64,7 @@ def test_curves_draw_every_logged_value_the_last_record_of_a_step_winning(tmp_pa
   """Each metric's raw line is the (step, value) pairs of the metrics files; the steps a resumed
   run logged again (here 21-25, in the second start's file) show their second value, a line cut
   short is skipped; the smoothed line spans the same steps; the title names model, last step and
-  dataset; 1600 x 800 px."""
+  dataset; 1600 x 1200 px."""
   workdir = tmp_path / "run"
   workdir.mkdir()
   first = write_run(workdir, range(1, 26), knn_every=10)
@@ -67,9 +72,9 @@ def test_curves_draw_every_logged_value_the_last_record_of_a_step_winning(tmp_pa
     f.write('{"step": 26, "time": 0.0, "loss": 1.\n')  # cut short by a kill -9
   second = write_run(workdir, range(21, 41), knn_every=10, seed=1, start=2)
   fig = curves.write_curves([str(workdir)], workdir / "curves.png")
-  assert png_size(workdir / "curves.png") == (1600, 800)
+  assert png_size(workdir / "curves.png") == CURVES_SIZE
   lines = lines_by_gid(fig)
-  for metric in (*TERMS, "knn_top1"):
+  for metric in (*TERMS, *KNN_SIGNALS):
     expected = {**first[metric], **second[metric]}
     raw = lines[f"run/{metric}/raw"]
     np.testing.assert_array_equal(raw.get_xdata(), sorted(expected))
@@ -111,7 +116,7 @@ def test_plot_program_overlays_runs_and_refuses_a_workdir_without_metrics(tmp_pa
   result = run_program("plot", "--workdir=a", "--compare=b", cwd=tmp_path, timeout=120)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == str(tmp_path / "a" / "curves_compare.png")
-  assert png_size(tmp_path / "a" / "curves_compare.png") == (1600, 800)
+  assert png_size(tmp_path / "a" / "curves_compare.png") == CURVES_SIZE
   runs = [curves.run_from_workdir(str(tmp_path / name)) for name in ("a", "b")]
   drawn = set(lines_by_gid(curves.draw_curves(runs)))
   assert {"a/loss/raw", "b/loss/raw", "a/knn_top1/raw"} <= drawn and "b/knn_top1/raw" not in drawn
@@ -138,7 +143,7 @@ def test_a_curve_that_cannot_be_drawn_is_one_warning_and_no_exception(tmp_path, 
   assert not (tmp_path / "run" / "curves.png").exists()
   write_run(tmp_path / "run", range(1, 5))
   assert curves.refresh_curves(str(tmp_path / "run")) is True
-  assert png_size(tmp_path / "run" / "curves.png") == (1600, 800)
+  assert png_size(tmp_path / "run" / "curves.png") == CURVES_SIZE
 
 
 def test_embedding_map_places_the_features_classes_apart_one_colour_each(tmp_path):
@@ -218,6 +223,6 @@ def test_curves_of_a_run_that_has_logged_nothing_yet_say_so_in_every_panel_witho
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     fig = curves.write_curves([str(workdir)], workdir / "curves.png")
-  assert png_size(workdir / "curves.png") == (1600, 800)
+  assert png_size(workdir / "curves.png") == CURVES_SIZE
   assert all([t.get_text() for t in ax.texts] == ["not logged"] for ax in fig.axes)
   assert all(ax.get_legend() is None for ax in fig.axes) and not lines_by_gid(fig)

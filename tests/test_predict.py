@@ -1,6 +1,8 @@
 """The prediction program: top-k styles from eval's linear head, gallery ranking by style
-similarity, and one clear error line for a bad image or a workdir eval has not seen."""
+similarity with the gallery's retrieval scores, and one clear error line for a bad image or a
+workdir eval has not seen."""
 import functools
+import glob
 import io
 import os
 import shutil
@@ -21,9 +23,12 @@ TOP_K = 3
 
 
 def parse(stdout):
-  """{image path: {'style': [(probability, name)], 'match': [(similarity, path)]}} of predict's output."""
+  """{image path: {'style': [(probability, name)], 'match': [(similarity, path)]}} of predict's output
+  (its gallery retrieval line left out)."""
   parsed, current = {}, None
   for line in stdout.splitlines():
+    if line.startswith("gallery retrieval"):
+      continue
     if not line.startswith("  "):
       current = parsed.setdefault(line, {"style": [], "match": []})
     else:
@@ -100,6 +105,23 @@ def test_gallery_ranking_puts_an_exact_duplicate_of_the_query_first(predicted, i
   similarities = [s for s, _ in matches]
   assert similarities == sorted(similarities, reverse=True)
   assert all(path.endswith(".jpg") for _, path in matches)
+
+
+def test_a_class_per_folder_gallery_gets_its_retrieval_scores_on_the_last_line(predicted):
+  """Every image of the gallery lies under its one class folder 'a': each image's 4 matches among
+  the other 12 are all of its class, precision@4 and mAP@4 1."""
+  assert predicted.stdout.splitlines()[-1] == ("gallery retrieval (each of its 13 images against the others, whitened "
+                                               "features): precision@4 1.0000  mAP@4 1.0000")
+
+
+def test_a_gallery_that_is_not_class_per_folder_gets_no_retrieval_scores(tmp_path, evaluated_workdir, image_paths):
+  queries, gallery = image_paths
+  flat = tmp_path / "flat"
+  flat.mkdir()
+  for i, path in enumerate(sorted(glob.glob(os.path.join(gallery, "a", "*.jpg")))):
+    shutil.copy(path, flat / f"{i}.jpg")
+  lines = prediction.predict(str(evaluated_workdir), queries[:1], gallery=str(flat), num_matches=2)
+  assert lines[-1].startswith("  match") and not any(line.startswith("gallery retrieval") for line in lines)
 
 
 def test_sheet_draws_each_image_then_its_printed_matches_in_order(tmp_path, evaluated_workdir, image_paths,

@@ -17,11 +17,14 @@ from artstyle_jax import optim
 from artstyle_jax import sharding
 from artstyle_jax import state as state_lib
 from artstyle_jax import step
+from artstyle_jax.evaluators import health
 from artstyle_jax.models import convnext
 from artstyle_jax.models import heads
 from helpers import PLAIN_COSINE, relative_error, small_step_config
 
 BATCH = 4
+SINGLE_TEACHER_HEALTH = ("health/pooled_rank", "health/proj_rank", "health/proj_std", "health/cos_weak",
+                         "health/entropy_weak")
 
 
 def tiny_config(*overrides, base="tiny"):
@@ -164,6 +167,25 @@ def test_loss_terms_use_ema_teachers_and_the_start_of_step_queue():
     np.testing.assert_allclose(metrics[name], value, rtol=1e-5, err_msg=name)
 
 
+def test_health_signals_are_measured_on_the_steps_own_embeddings_and_the_start_of_step_queue():
+  """The step's feature-health metrics are `evaluators.health` on the student's and teachers'
+  embeddings of the batch and the queue the loss used (teacher temperature 0.04); the pooled
+  rank of B rows is at most B - 1."""
+  setup, _, metrics, reference = paper_one_step()
+  z_s, queue = reference["z_s"], setup.initial.queue
+  # The step takes a batch's ranks through its Gram matrix (test_health: within 1e-3 of the SVD's).
+  expected = {"health/proj_rank": health.effective_rank(z_s, via_gram=True),
+              "health/proj_std": health.normalised_std(z_s)}
+  for view, z_t in (("weak", reference["z_w"]), ("style", reference["z_y"])):
+    expected[f"health/cos_{view}"] = health.mean_cosine(z_s, z_t)
+    expected[f"health/entropy_{view}"] = health.softmax_entropy(health.queue_logits(z_t, queue, 0.04))
+  # 1e-3: the reference's embeddings agree to about 1e-6, and a rank of 4 rows (3 values, one
+  # small) moves by about 1e-4 with them.
+  for name, value in expected.items():
+    np.testing.assert_allclose(metrics[name], value, rtol=1e-3, err_msg=name)
+  assert 1.0 <= metrics["health/pooled_rank"] <= BATCH - 1 + 1e-4
+
+
 def test_student_takes_one_sgd_step_on_the_loss_gradient():
   setup, state, metrics, reference = paper_one_step()
   grads = reference["grads"]
@@ -200,7 +222,7 @@ def test_single_teacher_needs_no_style_view_and_enqueues_weak_keys_only():
   setup = Setup(tiny_config(base="single_teacher"))
   batch = random_batch(1, views=("student", "weak"))
   state, (metrics,) = setup.run([batch])
-  assert set(metrics) == {"loss", "rel_weak", "gram_weak", "lr", "grad_norm"}
+  assert set(metrics) == {"loss", "rel_weak", "gram_weak", "lr", "grad_norm", *SINGLE_TEACHER_HEALTH}
   np.testing.assert_allclose(metrics["loss"], metrics["rel_weak"], rtol=1e-6)
   assert int(state.queue_ptr) == BATCH
 

@@ -16,6 +16,8 @@ checkpoint, `evaluate_weights` a backbone a user names (`models.load_backbone`).
 
 Outputs (process 0), in the output directory, each tagged with the checkpoint step inside:
   knn.json, knn_confusion.png                 `metrics.classification_results` plus the settings
+                                              and the test features' health (`feature_health`),
+                                              their retrieval of training images (`retrieval`)
   linear_<mode>.json, linear_<mode>_confusion.png
   linear_head.npz                             the probe for prediction (`head_file`)
   label_efficiency.json                       with a `label_plan`: the few-label settings (`label_efficiency`)
@@ -47,12 +49,14 @@ from artstyle_jax import workdir as workdir_lib
 from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
 from artstyle_jax.evaluators import head_file
+from artstyle_jax.evaluators import health
 from artstyle_jax.evaluators import knn
 from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.evaluators import metrics
 from artstyle_jax.evaluators import probes
 from artstyle_jax.evaluators import report
+from artstyle_jax.evaluators import retrieval
 from artstyle_jax.pictures import confusion
 from artstyle_jax.pictures import embedding_map
 from artstyle_jax.pictures import figure
@@ -104,6 +108,13 @@ def _backbone(config: ml_collections.ConfigDict, params: Any, module: Optional[n
     return Backbone(module, params, config.model.name, False)
   return Backbone(module, jax.device_put(params, sharding.replicated(mesh)), models.model_name(module),
                   weights.startswith(models.RANDOM_PREFIX))
+
+
+def feature_health(test_features: np.ndarray) -> dict[str, float]:
+  """'effective_rank' and 'first_pc_share' (`evaluators.health`) of the probed (N, C) test features,
+  and 'feature_dim' C: how many directions the backbone's features use (collapse shows as a few)."""
+  return {"effective_rank": float(health.effective_rank(test_features)),
+          "first_pc_share": float(health.first_pc_share(test_features)), "feature_dim": int(test_features.shape[1])}
 
 
 def score_knn(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
@@ -189,9 +200,9 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
   Returns:
     {'knn': results, 'linear': results}, each `metrics.classification_results` plus 'method'
     ('knn', 'linear_fast', 'linear_paper' or 'linear_baseline'), 'step', 'random_init', 'model',
-    'weights', 'num_parameters', 'dataset', 'train_split', 'test_split', 'num_train', 'image_size'
-    and the method's settings; with a `label_plan`, 'label_efficiency' too
-    (`label_efficiency.evaluate`'s dict with the same common keys).
+    'weights', 'num_parameters', 'dataset', 'train_split', 'test_split', 'num_train', 'image_size',
+    the test features' `feature_health` and the method's settings; with a `label_plan`,
+    'label_efficiency' too (`label_efficiency.evaluate`'s dict with the same common keys).
   Raises:
     ConfigError, FileNotFoundError: unusable options or dataset, before anything is written.
   """
@@ -215,7 +226,7 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
   common = {"step": step, "random_init": evaluated.random_init, "model": evaluated.model_name, "weights": weights,
             "num_parameters": models.num_parameters({"params": evaluated.params}), "dataset": config.dataset.name,
             "train_split": config.dataset.train_split, "test_split": config.dataset.eval_split,
-            "num_train": int(len(train_labels)), "image_size": int(config.image_size)}
+            "num_train": int(len(train_labels)), "image_size": int(config.image_size), **feature_health(test_features)}
 
   few_label = None
   if label_plan is not None:  # first: a setting the split cannot give is refused before any fit
@@ -223,7 +234,8 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
                  **label_efficiency.evaluate(label_plan, train_features, train_labels, test_features, test_labels,
                                              class_names, config.knn_k)}
   knn_results = {**score_knn(train_features, train_labels, test_features, test_labels, class_names, config.knn_k),
-                 **common}
+                 **retrieval.evaluate_retrieval(train_features, train_labels, test_features, test_labels,
+                                                retrieval.DEFAULT_K, retrieval.REPRESENTATION), **common}
   if mode == "fast":
     head, settings = _fit_fast(config, extract, train_source, train_features, train_labels, len(class_names),
                                augmented_copies)

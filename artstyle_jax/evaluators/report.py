@@ -11,7 +11,9 @@ def _percent(fraction) -> str:
 
 
 def format_table(results: Mapping[str, Any], title: str = "") -> str:
-  """One line per class (name, count, accuracy), then the overall figures, as a string to print."""
+  """One line per class (name, count, accuracy), then the overall figures and, when `results` has
+  them, the retrieval measures and the features' effective rank and first-PC share, as a string
+  to print."""
   per_class = results["per_class"]
   name_width = max([len("class"), len("mean per class")] + [len(row["name"]) for row in per_class])
   count_width = max(len("count"), len(str(results["num_examples"])))
@@ -27,6 +29,13 @@ def format_table(results: Mapping[str, Any], title: str = "") -> str:
   lines.append(f"{'top-1':<{name_width}}  {results['num_examples']:>{count_width}}  {_percent(results['top1']):>8}")
   lines.append(f"{'top-' + str(results['top5_k']):<{name_width}}  {results['num_examples']:>{count_width}}  "
                f"{_percent(results['top5']):>8}")
+  if "map_at_k" in results:
+    k = results["retrieval_k"]
+    lines.append(f"retrieval of {results['train_split']} images ({results['representation']} features): "
+                 f"precision@{k} {_percent(results['precision_at_k'])}, mAP@{k} {_percent(results['map_at_k'])}")
+  if "effective_rank" in results:
+    lines.append(f"features: effective rank {results['effective_rank']:.1f} of {results['feature_dim']} dimensions, "
+                 f"first principal component {_percent(results['first_pc_share'])} of the variance")
   return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
-"""Training curves: the loss terms, the learning rate, the gradient norm and the kNN monitor of
-one or more runs' metrics files against step, in one picture (curves.png)."""
+"""Training curves: the loss terms, the learning rate, the gradient norm, the kNN monitor and the
+feature-health signals of one or more runs' metrics files against step, in one picture (curves.png)."""
 from collections.abc import Sequence
 import os
 from typing import NamedTuple
@@ -18,19 +18,30 @@ CURVES_FILE = "curves.png"
 # Training redraws the curves at a checkpoint at most this often (seconds), and at its last step.
 CURVES_MIN_INTERVAL_S = 60.0
 
-# (metrics record key, panel title) of the curves picture, in reading order.
+# ((metrics record keys), panel title) of the curves picture, in reading order; a panel of several
+# keys draws each in its own line style and names it in its legend.
 CURVE_PANELS = (
-    ("loss", "total loss"),
-    ("rel_weak", "relation loss, weak teacher"),
-    ("rel_style", "relation loss, style teacher"),
-    ("gram_weak", "Gram loss, weak teacher"),
-    ("gram_style", "Gram loss, style teacher"),
-    ("lr", "learning rate"),
-    ("grad_norm", "gradient norm (before weight decay)"),
-    ("knn_top1", "kNN monitor top-1 (held-out split)"),
+    (("loss",), "total loss"),
+    (("rel_weak",), "relation loss, weak teacher"),
+    (("rel_style",), "relation loss, style teacher"),
+    (("gram_weak",), "Gram loss, weak teacher"),
+    (("gram_style",), "Gram loss, style teacher"),
+    (("lr",), "learning rate"),
+    (("grad_norm",), "gradient norm (before weight decay)"),
+    (("knn_top1", "knn_pc1_share"), "kNN monitor (held-out split)"),
+    (("health/pooled_rank", "health/proj_rank", "knn_rank"), "effective rank (RankMe)"),
+    (("health/proj_std",), "std of normalised projections (1/sqrt(D) healthy)"),
+    (("health/cos_weak", "health/cos_style"), "student-teacher cosine"),
+    (("health/entropy_weak", "health/entropy_style"), "teacher entropy over the queue (nats)"),
 )
-CURVES_GRID = (2, 4)  # rows, columns of panels
-CURVES_INCHES = (16.0, 8.0)  # 1600 x 800 px
+# How a panel of several keys names each in its legend.
+KEY_LABELS = {"knn_top1": "top-1", "knn_pc1_share": "first-PC share", "health/pooled_rank": "pooled, batch",
+              "health/proj_rank": "projection, batch", "knn_rank": "pooled, held-out",
+              "health/cos_weak": "weak", "health/cos_style": "style",
+              "health/entropy_weak": "weak", "health/entropy_style": "style"}
+LINE_STYLES = ("-", "--", ":")
+CURVES_GRID = (3, 4)  # rows, columns of panels
+CURVES_INCHES = (16.0, 12.0)  # 1600 x 1200 px
 FEW_POINTS = 20  # series of at most this many points are drawn with a marker at each
 
 # A series of one metric: (steps (T,) int64 ascending, values (T,) float64).
@@ -93,37 +104,42 @@ def smooth(values: np.ndarray) -> np.ndarray:
 def draw_curves(runs: Sequence[Run]) -> Figure:
   """The panels of `CURVE_PANELS`, each metric against step, the runs overlaid, one colour each:
   the raw values faint, their `smooth`ing solid (the learning rate is drawn raw only). A panel
-  none of the runs logged says so. 1600 x 800 px.
+  none of the runs logged says so. 1600 x 1200 px.
 
   Lines carry gids '<run label>/<metric>/raw' and '<run label>/<metric>/smoothed'.
   """
   fig = figure.new_figure(CURVES_INCHES)
   colours = [f"C{i % 10}" for i in range(len(runs))]
   rows, columns = CURVES_GRID
-  for index, (key, name) in enumerate(CURVE_PANELS):
+  for index, (keys, name) in enumerate(CURVE_PANELS):
     ax = fig.add_subplot(rows, columns, index + 1)
     ax.set_title(name, fontsize=10)
     ax.set_xlabel("step")
     drawn = False
-    for run, colour in zip(runs, colours):
-      if key not in run.metrics:
-        continue
-      steps, values = run.metrics[key]
-      marker = "o" if key == "knn_top1" or len(steps) <= FEW_POINTS else None  # a lone point shows
-      if key == "lr":
-        ax.plot(steps, values, color=colour, label=run.label, gid=f"{run.label}/{key}/raw", marker=marker,
-                markersize=3)
-      else:
-        ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8, gid=f"{run.label}/{key}/raw")
-        ax.plot(steps, smooth(values), color=colour, label=run.label, gid=f"{run.label}/{key}/smoothed",
-                marker=marker, markersize=3)
-      drawn = True
+    for key, style in zip(keys, LINE_STYLES):
+      for run, colour in zip(runs, colours):
+        if key not in run.metrics:
+          continue
+        steps, values = run.metrics[key]
+        label = run.label if len(keys) == 1 else f"{run.label}: {KEY_LABELS[key]}"
+        marker = "o" if key.startswith("knn_") or len(steps) <= FEW_POINTS else None  # a lone point shows
+        if key == "lr":
+          ax.plot(steps, values, color=colour, label=label, gid=f"{run.label}/{key}/raw", marker=marker,
+                  markersize=3)
+        else:
+          ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8, linestyle=style,
+                  gid=f"{run.label}/{key}/raw")
+          ax.plot(steps, smooth(values), color=colour, label=label, gid=f"{run.label}/{key}/smoothed",
+                  linestyle=style, marker=marker, markersize=3)
+        drawn = True
     if not drawn:
       ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
     ax.grid(alpha=0.3)
   labelled = [ax for ax in fig.axes if ax.get_legend_handles_labels()[1]]
-  if labelled:  # nothing logged yet (a first checkpoint before the first log step): no legend
-    labelled[0].legend(fontsize=8)
+  # The first labelled panel names the runs; each panel of several keys names its keys.
+  for ax in labelled:
+    if ax is labelled[0] or len(CURVE_PANELS[fig.axes.index(ax)][0]) > 1:
+      ax.legend(fontsize=8)
   fig.suptitle("Training curves: " + "; ".join(f"{run.label} ({run.description})" for run in runs), wrap=True)
   fig.tight_layout()
   return fig
