@@ -79,7 +79,7 @@ def test_fine_tuning_beats_the_frozen_probe_of_the_same_initialisation(finetuned
   initialisation it started from (same seed, image size and test split) by MARGIN_OVER_FROZEN_PROBE.
 
   Measured with seeds 0 to 2 before the bound was set (fine-tuned / frozen probe top-1 on the 20
-  test images, this recipe): seed 0: 30% / 10%, seed 1: 35% / 15%, seed 2: 40% / 15%. The
+  test images, this recipe, compiled with LLVM's optimisation): seed 0: 30% / 10%, seed 1: 35% / 15%, seed 2: 40% / 15%. The
   smallest margin is 20 points (4 images); the bound, 10 points, is 2 images.
   """
   workdir, _ = finetuned
