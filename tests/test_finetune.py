@@ -7,7 +7,6 @@ ConvNeXt-atto from its random initialisation, batch 16, 8 epochs (40 steps) at c
 recipe with the backbone at the classifier's rate (a random backbone has nothing to preserve).
 """
 import json
-import shutil
 
 from etils import epath
 import jax
@@ -23,6 +22,7 @@ from helpers import FAST_COMPILING
 from helpers import assert_trees_equal
 from helpers import config_path
 from helpers import run_program
+from helpers import run_program_killed_after_step
 
 SOURCE = "random:convnext_atto"
 STEPS = 40
@@ -91,15 +91,16 @@ def test_fine_tuning_beats_the_frozen_probe_of_the_same_initialisation(finetuned
   assert _results(workdir)["top1"] >= frozen["top1"] + MARGIN_OVER_FROZEN_PROBE
 
 
-def test_a_run_resumed_after_a_kill_ends_as_the_uninterrupted_run(finetuned, synthetic_data, tmp_path):
-  """A copy of the run as a kill -9 between its two checkpoints leaves it (checkpoint 20 only, no
-  results), run again, resumes from step 20 and ends with bit-identical parameters, optimiser
-  state and test results."""
+def test_a_run_killed_and_run_again_ends_as_the_uninterrupted_run(finetuned, synthetic_data, tmp_path):
+  """A run killed with SIGKILL after step 30 (its last checkpoint: step 20), run again, resumes
+  from step 20 and ends with bit-identical parameters, optimiser state and test results."""
   workdir, _ = finetuned
+  killed = run_program_killed_after_step("finetune", 30, *_flags("runs/ft", synthetic_data), cwd=tmp_path,
+                                         env=FAST_XLA)
+  assert killed.returncode == -9, killed.stderr[-3000:]
   resumed = tmp_path / "runs" / "ft"
-  shutil.copytree(workdir, resumed)
-  shutil.rmtree(resumed / "checkpoints" / str(STEPS))
-  shutil.rmtree(resumed / "eval")
+  assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [str(CHECKPOINT_EVERY)]
+  assert not finetuning.results_path(resumed).exists()
   process = run_program("finetune", *_flags("runs/ft", synthetic_data), cwd=tmp_path, env=FAST_XLA)
   assert process.returncode == 0, process.stderr[-3000:]
   assert f"Resumed from the checkpoint of step {CHECKPOINT_EVERY}" in process.stderr
