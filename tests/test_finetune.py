@@ -145,4 +145,4 @@ def test_compare_reads_the_fine_tuned_workdir_as_a_row(finetuned, synthetic_data
       "finetuned", None, "convnext_atto", STEPS, "finetune")
   assert (row["linear_top1"], row["linear_macro_f1"], row["knn_top1"]) == (
       expected["top1"], expected["macro_f1"], None)
-  assert f"| ft | convnext_atto |" in (tmp_path / comparison.TABLE_FILE).read_text()
+  assert "| ft | convnext_atto |" in (tmp_path / comparison.TABLE_FILE).read_text()
