@@ -11,6 +11,8 @@ config's dataset) and becomes one row of the table:
 
 - a workdir of ours (a directory with our config.json): its latest checkpoint's student, with its
   saved config and the --config overrides given here;
+- a fine-tuning workdir (python -m artstyle_jax.finetune): not evaluated again, its row's linear
+  columns are the fine-tuned classifier's (DIR/eval/finetune.json), its kNN columns empty;
 - any other SOURCE is a backbone for `models.load_backbone` (a hub id such as
   timm/convnext_base.fb_in22k_ft_in1k, the ImageNet initialisation before our training; a
   ResNet-50 checkpoint of MoCo, SwAV, MMSelfSup, ...; an authors' .pth; a directory of a DINOv2

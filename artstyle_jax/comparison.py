@@ -3,8 +3,9 @@
 `compare(entries, config, workdir)` evaluates each entry as `evaluators.protocol` does (weighted
 kNN and a linear probe, on the config's dataset) into workdir/entries/NAME/, one row of the table
 each: a workdir of ours (a directory with config.json: its latest checkpoint's student, with its
-saved config and the overrides), or any other source of a backbone for `models.load_backbone`,
-evaluated with the config. An entry that fails is reported (a line on stderr, a row that says
+saved config and the overrides), a fine-tuning workdir (`finetuning`: its row's linear columns are
+the fine-tuned classifier's results, read from its eval/finetune.json, its kNN columns empty), or
+any other source of a backbone for `models.load_backbone`, evaluated with the config. An entry that fails is reported (a line on stderr, a row that says
 why) and the others go on. Written in the workdir: comparison.json (every row, with its error if
 it failed), comparison.md (the table: method, backbone, parameters, then top-1, top-5, mean
 per-class accuracy and macro-F1 of the kNN and of the linear probe) and comparison.png
@@ -27,6 +28,7 @@ import ml_collections
 
 from artstyle_jax import checkpoints
 from artstyle_jax import config_lib
+from artstyle_jax import finetuning
 from artstyle_jax import models
 from artstyle_jax import sharding
 from artstyle_jax import workdir as workdir_lib
@@ -49,8 +51,9 @@ class Entry:
   def __init__(self, name: str, source: str):
     self.name = name
     self.source = models.backbones.canonical_source(source)
+    self.is_finetuned = finetuning.is_finetune_workdir(self.source)
     self.is_workdir = ((epath.Path(self.source) / checkpoints.CONFIG_FILE).exists()
-                       and not models.backbones.is_transformers_directory(self.source))
+                       and not models.backbones.is_transformers_directory(self.source) and not self.is_finetuned)
 
 
 def parse_entries(values: Sequence[str]) -> list[Entry]:
@@ -84,6 +87,8 @@ def entry_config(entry: Entry, config: ml_collections.ConfigDict, overrides: Seq
 def evaluate_entry(entry: Entry, config: ml_collections.ConfigDict, overrides: Sequence[str], out_dir: epath.Path,
                    mesh: jax.sharding.Mesh, options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
   """The evaluation's results ({'knn': ..., 'linear': ...}) of one entry, its outputs written to out_dir."""
+  if entry.is_finetuned:
+    return {"linear": finetuning.read_results(entry.source, config)}
   if entry.is_workdir:
     return protocol.evaluate_workdir(entry.source, entry_config(entry, config, overrides), mesh=mesh,
                                      out_dir=out_dir, verbose=False, **options)
@@ -98,10 +103,12 @@ def row(entry: Entry, results: Optional[Mapping[str, Mapping[str, Any]]], error:
   (the settings of `label_efficiency.evaluate`) None without a few-label plan."""
   knn, linear = (results or {}).get("knn"), (results or {}).get("linear")
   few_label = (results or {}).get("label_efficiency")
+  first = knn or linear
+  kind = "finetuned" if entry.is_finetuned else "workdir" if entry.is_workdir else "weights"
   return {
-      "name": entry.name, "source": entry.source, "kind": "workdir" if entry.is_workdir else "weights",
-      "model": knn and knn["model"], "num_parameters": knn and knn["num_parameters"],
-      "step": knn and knn["step"], "linear_method": linear and linear["method"],
+      "name": entry.name, "source": entry.source, "kind": kind,
+      "model": first and first["model"], "num_parameters": first and first["num_parameters"],
+      "step": first and first["step"], "linear_method": linear and linear["method"],
       **{f"{method}_{metric}": result and result[metric]
          for method, result in (("knn", knn), ("linear", linear)) for metric in label_efficiency.METRICS},
       "label_efficiency": few_label and few_label["settings"],

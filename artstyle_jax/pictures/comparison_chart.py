@@ -22,7 +22,8 @@ def draw_comparison_chart(comparison: Mapping[str, Any], path: str | os.PathLike
                              (height / 2, "linear_top1", f"linear top-1 ({comparison['mode']})")):
     values = [100.0 * (r[key] or 0.0) for r in entries]
     bars = axes.barh([p + offset for p in positions], values, height, label=label)
-    axes.bar_label(bars, labels=["failed" if r["error"] else f"{v:.1f}" for r, v in zip(entries, values)],
+    axes.bar_label(bars, labels=["failed" if r["error"] else "-" if r[key] is None else f"{v:.1f}"
+                                     for r, v in zip(entries, values)],
                    padding=2, fontsize=8)
   axes.set_yticks(list(positions), [r["name"] for r in entries])
   axes.invert_yaxis()
