@@ -46,6 +46,8 @@ from artstyle_jax.pictures import embedding_map
 DATA_DIR = "data"
 PRETRAIN_DIR = "pretrain"
 RESULTS_FILE = "demo_results.json"
+# The figures demo_results.json keeps of each backbone's kNN and linear probe, and their margins.
+SUMMARY_METRICS = ("top1", "top5", "mean_per_class_accuracy", "macro_f1")
 SHEET_FILE = "retrieval_sheet.png"
 SHEET_QUERIES = 4  # test paintings on the retrieval sheet, each of another style
 SHEET_MATCHES = 5
@@ -133,9 +135,9 @@ def write_sheet(config: ml_collections.ConfigDict, pretrain_dir: str, path: str)
 
 def summary(results: dict[str, dict[str, Any]], out_dir: epath.Path) -> dict[str, Any]:
   """The figures of one backbone's `protocol.evaluate_backbone` results kept in demo_results.json."""
-  linear, knn = results["linear"], results["knn"]
-  return {"step": linear["step"], "linear_top1": linear["top1"], "linear_top5": linear["top5"],
-          "knn_top1": knn["top1"], "knn_top5": knn["top5"], "results_dir": str(out_dir)}
+  figures = {f"{method}_{metric}": results[method][metric] for method in ("linear", "knn")
+             for metric in SUMMARY_METRICS}
+  return {"step": results["linear"]["step"], **figures, "results_dir": str(out_dir)}
 
 
 def comparison_table(results: dict[str, Any]) -> str:
@@ -228,7 +230,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   results = {name: summary(evaluations[name], out_dirs[name]) for name in BACKBONES}
   results.update({
       "margin": {key: results["pretrained"][key] - results["random_init"][key]
-                 for key in ("linear_top1", "linear_top5", "knn_top1", "knn_top5")},
+                 for key in results["pretrained"] if key not in ("step", "results_dir")},
       "model": config.model.name,
       "image_size": config.image_size,
       "dataset": {"name": config.dataset.name, "data_dir": config.dataset.data_dir,

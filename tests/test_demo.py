@@ -29,16 +29,20 @@ def demo_run(tmp_path_factory):
 
 
 def test_demo_writes_both_evaluations_and_their_margin(demo_run):
-  """demo_results.json: top-1/top-5 of the fast linear probe and the kNN for the pretrained
-  backbone (at the run's last step) and its random initialisation, their differences as the
-  margin, the dataset's sizes; eval.py's files beside it for both backbones."""
+  """demo_results.json: top-1, top-5, mean per-class accuracy and macro-F1 of the fast linear probe
+  and the kNN for the pretrained backbone (at the run's last step) and its random
+  initialisation, their differences as the margin, the dataset's sizes; eval.py's files beside it
+  for both backbones."""
   workdir, result = demo_run
   assert result.returncode == 0, result.stderr
   with open(workdir / "demo_results.json") as f:
     results = json.load(f)
   assert results["pretrained"]["step"] == 2 and results["random_init"]["step"] is None
   assert results["pretrain_steps"] == 2 and results["model"] == "convnext_atto" and results["image_size"] == 32
-  for key in ("linear_top1", "linear_top5", "knn_top1", "knn_top5"):
+  figures = [f"{method}_{metric}" for method in ("linear", "knn")
+             for metric in ("top1", "top5", "mean_per_class_accuracy", "macro_f1")]
+  assert sorted(results["margin"]) == sorted(figures)
+  for key in figures:
     for backbone in ("pretrained", "random_init"):
       assert 0.0 <= results[backbone][key] <= 1.0
     assert results["margin"][key] == pytest.approx(results["pretrained"][key] - results["random_init"][key])
