@@ -14,7 +14,10 @@ _PRECISION = jax.lax.Precision.HIGHEST
 def centred_singular_values(x: jax.Array, *, via_gram: bool = False) -> jax.Array:
   """Singular values of the rows of `x` centred on their mean, those at float32 rounding level
   (under eps * max(N, D) * ||x||_F, as numpy's matrix_rank but against the uncentred features,
-  since centring equal rows leaves only rounding) set to 0.
+  since centring equal rows leaves only rounding) set to 0. Centring takes one direction away:
+  N rows span at most N - 1 centred directions, so with N <= D the smallest value is rounding
+  alone (through the Gram matrix about sqrt(eps) * ||x||_F, different for every summation order,
+  such as another sharding of the batch) and is dropped.
 
   Args:
     x: (N, D) features, any float dtype.
@@ -24,7 +27,7 @@ def centred_singular_values(x: jax.Array, *, via_gram: bool = False) -> jax.Arra
       (values under about sqrt(eps * N) of the largest), so a whole split's features take the SVD.
 
   Returns:
-    (min(N, D),) float32, descending.
+    (min(N - 1, D),) float32, descending.
   """
   if x.ndim != 2:
     raise ValueError(f"features must be (N, D), got shape {x.shape}")
@@ -32,9 +35,10 @@ def centred_singular_values(x: jax.Array, *, via_gram: bool = False) -> jax.Arra
   centred = x - jnp.mean(x, axis=0, keepdims=True)
   if via_gram:
     gram = jnp.matmul(centred, centred.T, precision=_PRECISION)
-    s = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(gram)[::-1], 0.0))[:min(x.shape)]
+    s = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(gram)[::-1], 0.0))
   else:
     s = jnp.linalg.svd(centred, compute_uv=False)
+  s = s[:min(x.shape[0] - 1, x.shape[1])]
   tolerance = jnp.finfo(jnp.float32).eps * max(x.shape) * jnp.linalg.norm(x)
   return jnp.where(s > tolerance, s, 0.0)
 
