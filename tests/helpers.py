@@ -172,6 +172,18 @@ def run_program_killed_after_step(program: str, step: int, *args, **kwargs):
   return run_python("-c", code, *args, **kwargs)
 
 
+def wait_all(processes, timeout):
+  """Waits for every process (subprocess.Popen); kills those still running after `timeout` seconds in all."""
+  try:
+    for process in processes:
+      process.wait(timeout=timeout)
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def reserved_port():
   """A free TCP port of 127.0.0.1, held bound (with SO_REUSEPORT, not listening) until the block

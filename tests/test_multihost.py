@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from artstyle_jax import metric_writer
-from helpers import reserved_port, start_program, tiny_train_flags
+from helpers import reserved_port, start_program, tiny_train_flags, wait_all
 
 NUM_STEPS = 4
 
@@ -25,18 +25,6 @@ def start_train(workdir, data, log_path, num_devices, *flags):
                            "--config.async_checkpointing=False", *flags)
   with open(log_path, "w") as log:
     return start_program("train", *flags, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_all(processes, timeout):
-  """Waits for every process; kills those still running after `timeout` seconds in all."""
-  try:
-    for process in processes:
-      process.wait(timeout=timeout)
-  finally:
-    for process in processes:
-      if process.poll() is None:
-        process.kill()
-        process.wait()
 
 
 def logged_losses(workdir):

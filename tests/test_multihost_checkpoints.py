@@ -13,7 +13,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from artstyle_jax import metric_writer
-from helpers import checkpoint_steps, file_contents, program_env, reserved_port, run_program, tiny_train_flags
+from helpers import (checkpoint_steps, file_contents, program_env, reserved_port, run_program, tiny_train_flags,
+                     wait_all)
 
 # XLA:CPU without LLVM optimisation: the same functions, compiled several times faster.
 FAST_CPU = "--xla_backend_optimization_level=0"
@@ -53,18 +54,6 @@ def start_two_processes(port, log_dir, flags, code=None):
           [*command, *flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
           env=env, stdout=log, stderr=subprocess.STDOUT))
   return processes
-
-
-def wait_all(processes, timeout):
-  """Waits for every process; kills those still running after `timeout` seconds in all."""
-  try:
-    for process in processes:
-      process.wait(timeout=timeout)
-  finally:
-    for process in processes:
-      if process.poll() is None:
-        process.kill()
-        process.wait()
 
 
 def checkpointed_state(workdir, step):
