@@ -1,8 +1,9 @@
 """The dual-teacher objective: relation alignment, Gram alignment and MoCo InfoNCE.
 
-Pure functions on jnp arrays (see artstyle_jax/METHOD.md, "One training step", items 3 and 4). They compute
-in float32 whatever the input dtype, and take global arrays: under `jax.jit` with a batch sharded
-over devices XLA inserts the reductions, so the values do not depend on the sharding.
+Pure functions on jnp arrays (artstyle_jax/METHOD.md, "One training step": the relation and
+Gram alignment losses). They compute in float32 whatever the input dtype, and take global arrays:
+under `jax.jit` with a batch sharded over devices XLA inserts the reductions, so the values do
+not depend on the sharding.
 """
 import jax
 import jax.numpy as jnp
