@@ -48,6 +48,8 @@ PRETRAIN_DIR = "pretrain"
 RESULTS_FILE = "demo_results.json"
 # The figures demo_results.json keeps of each backbone's kNN and linear probe, and their margins.
 SUMMARY_METRICS = ("top1", "top5", "mean_per_class_accuracy", "macro_f1")
+# And of its test features' health (`protocol.feature_health`): a collapse shows here first.
+HEALTH_METRICS = ("effective_rank", "first_pc_share")
 SHEET_FILE = "retrieval_sheet.png"
 SHEET_QUERIES = 4  # test paintings on the retrieval sheet, each of another style
 SHEET_MATCHES = 5
@@ -137,18 +139,23 @@ def summary(results: dict[str, dict[str, Any]], out_dir: epath.Path) -> dict[str
   """The figures of one backbone's `protocol.evaluate_backbone` results kept in demo_results.json."""
   figures = {f"{method}_{metric}": results[method][metric] for method in ("linear", "knn")
              for metric in SUMMARY_METRICS}
-  return {"step": results["linear"]["step"], **figures, "results_dir": str(out_dir)}
+  health = {metric: results["knn"][metric] for metric in HEALTH_METRICS}
+  return {"step": results["linear"]["step"], **figures, **health, "results_dir": str(out_dir)}
 
 
 def comparison_table(results: dict[str, Any]) -> str:
-  """The printed comparison: top-1 of both evaluations per backbone, and pretrained's margin."""
+  """The printed comparison: top-1 of both evaluations and the test features' effective rank per
+  backbone, and pretrained's margin (the rank's as a ratio)."""
   rows = [("random initialisation", results["random_init"]),
           (f"pretrained (step {results['pretrained']['step']})", results["pretrained"])]
-  width = max(len(label) for label, _ in rows)
-  lines = [f"{'':<{width}}  linear probe top-1  kNN top-1",
-           *(f"{label:<{width}}  {100 * r['linear_top1']:>17.1f}%  {100 * r['knn_top1']:>8.1f}%" for label, r in rows),
-           f"{'margin (points)':<{width}}  {100 * results['margin']['linear_top1']:>+18.1f}  "
-           f"{100 * results['margin']['knn_top1']:>+9.1f}"]
+  margin_label = "margin (points; rank ratio)"
+  width = max(len(label) for label in [*(label for label, _ in rows), margin_label])
+  margin = results["margin"]
+  lines = [f"{'':<{width}}  linear probe top-1  kNN top-1  effective rank",
+           *(f"{label:<{width}}  {100 * r['linear_top1']:>17.1f}%  {100 * r['knn_top1']:>8.1f}%  "
+             f"{r['effective_rank']:>14.1f}" for label, r in rows),
+           f"{margin_label:<{width}}  {100 * margin['linear_top1']:>+18.1f}  "
+           f"{100 * margin['knn_top1']:>+9.1f}  {margin['effective_rank_ratio']:>14.2f}"]
   return "\n".join(lines)
 
 
@@ -229,8 +236,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   pretrained_linear = evaluations["pretrained"]["linear"]
   results = {name: summary(evaluations[name], out_dirs[name]) for name in BACKBONES}
   results.update({
-      "margin": {key: results["pretrained"][key] - results["random_init"][key]
-                 for key in results["pretrained"] if key not in ("step", "results_dir")},
+      "margin": {**{key: results["pretrained"][key] - results["random_init"][key]
+                    for key in results["pretrained"] if key not in ("step", "results_dir", *HEALTH_METRICS)},
+                 "effective_rank_ratio": (results["pretrained"]["effective_rank"]
+                                          / results["random_init"]["effective_rank"])},
       "model": config.model.name,
       "image_size": config.image_size,
       "dataset": {"name": config.dataset.name, "data_dir": config.dataset.data_dir,

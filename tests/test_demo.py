@@ -7,12 +7,8 @@ import os
 from PIL import Image
 import pytest
 
-from helpers import FAST_COMPILING, file_stamps, run_program
-
-# Two steps on 20 training images of 32 px: the whole program in a minute of CPU.
-SHORT = ("--config.synthetic.per_class=2", "--config.synthetic.test_per_class=1", "--config.synthetic.size=32",
-         "--config.image_size=32", "--config.batch_size=8", "--config.num_steps=2", "--config.knn_k=4",
-         f"--config.{FAST_COMPILING}")
+from helpers import SHORT_DEMO as SHORT
+from helpers import file_stamps, run_program
 
 
 def run_demo(workdir, *overrides):
@@ -41,11 +37,16 @@ def test_demo_writes_both_evaluations_and_their_margin(demo_run):
   assert results["pretrain_steps"] == 2 and results["model"] == "convnext_atto" and results["image_size"] == 32
   figures = [f"{method}_{metric}" for method in ("linear", "knn")
              for metric in ("top1", "top5", "mean_per_class_accuracy", "macro_f1")]
-  assert sorted(results["margin"]) == sorted(figures)
+  assert sorted(results["margin"]) == sorted([*figures, "effective_rank_ratio"])
   for key in figures:
     for backbone in ("pretrained", "random_init"):
       assert 0.0 <= results[backbone][key] <= 1.0
     assert results["margin"][key] == pytest.approx(results["pretrained"][key] - results["random_init"][key])
+  # The test features' health: at most the 10 test images' rank 9, the first PC's share a fraction.
+  for backbone in ("pretrained", "random_init"):
+    assert 1.0 <= results[backbone]["effective_rank"] <= 9.0 and 0.0 < results[backbone]["first_pc_share"] <= 1.0
+  assert results["margin"]["effective_rank_ratio"] == pytest.approx(
+      results["pretrained"]["effective_rank"] / results["random_init"]["effective_rank"])
   assert {k: results["dataset"][k] for k in ("num_train", "num_test", "num_classes")} == {
       "num_train": 20, "num_test": 10, "num_classes": 10}
   assert results["dataset"]["name"].startswith("image_folder/synthetic_32px_2_1_")
@@ -63,17 +64,23 @@ def test_demo_writes_both_evaluations_and_their_margin(demo_run):
 
 
 def test_demo_prints_the_comparison_side_by_side(demo_run):
-  """One row per backbone with both top-1 figures in percent, then the margin in points."""
+  """One row per backbone with both top-1 figures in percent and the test features' effective
+  rank, then the margins in points and the ratio of the ranks."""
   workdir, result = demo_run
   with open(workdir / "demo_results.json") as f:
     results = json.load(f)
   lines = result.stdout.splitlines()
-  header = next(i for i, line in enumerate(lines) if "linear probe top-1" in line and "kNN top-1" in line)
+  header = next(i for i, line in enumerate(lines)
+                if "linear probe top-1" in line and "kNN top-1" in line and "effective rank" in line)
   random_row, pretrained_row, margin_row = lines[header + 1:header + 4]
   for row, backbone in ((random_row, "random_init"), (pretrained_row, "pretrained")):
-    assert row.split()[-2:] == [f"{100 * results[backbone][k]:.1f}%" for k in ("linear_top1", "knn_top1")]
+    r = results[backbone]
+    assert row.split()[-3:] == [f"{100 * r['linear_top1']:.1f}%", f"{100 * r['knn_top1']:.1f}%",
+                                f"{r['effective_rank']:.1f}"]
   assert random_row.startswith("random initialisation") and pretrained_row.startswith("pretrained (step 2)")
-  assert margin_row.split()[-2:] == [f"{100 * results['margin'][k]:+.1f}" for k in ("linear_top1", "knn_top1")]
+  margin = results["margin"]
+  assert margin_row.split()[-3:] == [f"{100 * margin['linear_top1']:+.1f}", f"{100 * margin['knn_top1']:+.1f}",
+                                     f"{margin['effective_rank_ratio']:.2f}"]
 
 
 def test_demo_draws_the_curves_both_feature_maps_and_a_retrieval_sheet_and_names_them(demo_run):

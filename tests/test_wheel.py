@@ -15,14 +15,12 @@ import zipfile
 
 import pytest
 
+from helpers import SHORT_DEMO
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Not the clone (PYTHONPATH), not the user's site-packages: only what the fresh environment holds.
 ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONNOUSERSITE": "1",
        "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-# test_demo.py's shortening: two steps on 20 training images of 32 px.
-SHORT = ("--config.synthetic.per_class=2", "--config.synthetic.test_per_class=1", "--config.synthetic.size=32",
-         "--config.image_size=32", "--config.batch_size=8", "--config.num_steps=2", "--config.knn_k=4",
-         "--config.model.depthwise=conv")
 
 
 def _run(*command, **kwargs):
@@ -81,7 +79,7 @@ def test_the_installed_demo_runs_from_an_empty_directory(python, tmp_path):
   assert package.is_relative_to(venv) and config.is_relative_to(venv)
   assert config.is_file() and not config.is_symlink() and config.parent.name == "configs"
 
-  result = subprocess.run([str(python), "-m", "artstyle_jax.demo", "--workdir=demo", *SHORT], cwd=empty, env=ENV,
+  result = subprocess.run([str(python), "-m", "artstyle_jax.demo", "--workdir=demo", *SHORT_DEMO], cwd=empty, env=ENV,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr
   assert os.listdir(empty) == ["demo"]
