@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The paper's rate and schedule (base 0.001, linearly scaled to 0.002 at batch 32; a tenth of it
   # after the warm-up), over 8 epochs with 1 of warm-up instead of 25 with 5. A from-scratch peak of
-  # 0.6 collapsed the features to rank 2 (README, "What collapsed the demo's features"): the rank
+  # 0.6 collapses the features to rank 2 (README, "Learning rate and feature collapse"): the rank
   # falls as the rate rises, and no other setting tried (Gram terms, temperatures, queue, warm-up,
   # image size) changed it.
   config.num_epochs = 8

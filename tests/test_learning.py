@@ -3,8 +3,10 @@ self-supervised loss, and its student's kNN accuracy beats chance and the random
 started from. The run also has the kNN monitor on and makes its photometric views on the device.
 
 At CI size: 10 styles x 16 training and x 16 test images of 32 px, ConvNeXt-atto, batch 16, 40
-steps (4 epochs) at learning rate 1.0 with a cosine schedule and no warm-up (from scratch SGD needs
-a high rate, see configs/demo.py), kNN with k = 10 on the 160 test images (chance: 10%).
+steps (4 epochs) at learning rate 1.0 with a cosine schedule and no warm-up (in 40 steps from
+scratch, SGD needs a high rate to move the features at all; over the demo's 248 steps such rates
+collapse them, README "Learning rate and feature collapse"), kNN with k = 10 on the 160 test images
+(chance: 10%).
 
 Measured with seeds 0 to 4 before the bounds were set, as this test runs (kNN top-1 at step 40 /
 eval's of the random initialisation; mean loss of the first 8 steps -> of the last 8):

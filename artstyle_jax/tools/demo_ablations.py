@@ -34,7 +34,7 @@ RESULTS_FILE = "ablations.json"
 # name: (what the run changes, its config overrides). The demo's own settings are the first run.
 RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
     "demo": ("configs/demo.py: the paper's rate and schedule, peak 0.002", ()),
-    "cosine_0.6": ("peak 0.6 (base 0.3) on a continuous cosine: the former demo",
+    "cosine_0.6": ("peak 0.6 (base 0.3) on a continuous cosine",
                    ("optim.base_lr=0.3", "optim.schedule=cosine")),
     "cosine_0.06": ("peak 0.06, cosine", ("optim.base_lr=0.03", "optim.schedule=cosine")),
     "cosine_0.02": ("peak 0.02, cosine", ("optim.base_lr=0.01", "optim.schedule=cosine")),
