@@ -6,7 +6,7 @@ import json
 import pytest
 
 from artstyle_jax.tools import demo_ablations
-from helpers import SHORT_DEMO, run_program
+from helpers import SHORT_DEMO, file_stamps, run_program
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,17 @@ def test_an_unknown_run_is_refused_in_one_line_with_nothing_written(tmp_path):
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and "unknown run 'baroque'" in errors[0] and "cosine_0.6" in errors[0], result.stderr
   assert not (tmp_path / "runs").exists()
+
+
+def test_runs_pretrained_with_another_config_are_refused_before_anything_is_written(ablations):
+  """Running the same runs again with another base config (here more steps) would go on from
+  checkpoints neither config describes: exit 1, one error line naming the key, the directory as
+  it was (the check comes before any run trains)."""
+  cwd, _ = ablations
+  before = file_stamps(cwd / "runs")
+  result = run_program("tools.demo_ablations", "--workdir=runs", "--runs=demo,cosine_0.6", *SHORT_DEMO,
+                       "--config.num_steps=4", cwd=cwd)
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "another config" in errors[0] and "num_steps: 2 there, 4 here" in errors[0]
+  assert file_stamps(cwd / "runs") == before

@@ -87,18 +87,27 @@ def score(config: ml_collections.ConfigDict, params: Any, out_dir: epath.Path, s
           "knn_top1": knn["top1"], "linear_top1": linear["top1"], "step": step}
 
 
-def run_all(base: ml_collections.ConfigDict, workdir: str, names: list[str]) -> dict[str, dict[str, Any]]:
+def run_all(base: ml_collections.ConfigDict, workdir: str, names: list[str]) -> dict[str, dict[str, Any]] | None:
   """Pretrains and scores runs `names` in `workdir` (module docstring); returns ablations.json's
   contents: per run its description, overrides and figures, and the random initialisations'
-  figures under 'random_init_<image size>'."""
+  figures under 'random_init_<image size>'; None when a signal stopped a pretraining (run again
+  to resume it).
+
+  Raises:
+    ConfigError, WorkdirError: an unknown run, a config the demo cannot run, a run's workdir
+      holding checkpoints of another config; before anything is written.
+  """
   configs = {name: run_config(base, name) for name in names}
   root = epath.Path(workdir)
+  for name, config in configs.items():
+    synthetic_demo.check_same_run(str(root / name), config)
   results = {}
   for name, config in configs.items():
     config = synthetic_demo.build_data(config, workdir)
     run_dir = str(root / name)
-    synthetic_demo.check_same_run(run_dir, config)
-    step, _ = synthetic_demo.pretrain(config, run_dir)
+    step, total_steps = synthetic_demo.pretrain(config, run_dir)
+    if step != total_steps:
+      return None
     params, step = workdir_lib.restore_backbone(run_dir, config, step)
     first_rank, last_rank, loss = batch_ranks(run_dir)
     results[name] = {"description": RUNS[name][0], "overrides": list(RUNS[name][1]),
@@ -132,6 +141,10 @@ def main(argv):
   if not _WORKDIR.value:
     cli.fail("--workdir is required")
   results = run_all(_CONFIG.value, _WORKDIR.value, _RUNS.value)
+  if results is None:
+    print(f"a pretraining stopped before its last step; run the same command again to resume it in "
+          f"{_WORKDIR.value}", flush=True)
+    return
   print(markdown_table(results), flush=True)
   print(f"\nResults in {epath.Path(_WORKDIR.value) / RESULTS_FILE}", flush=True)
 
