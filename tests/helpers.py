@@ -150,6 +150,15 @@ def run_program(program: str, *args, **kwargs):
   return run_python("-m", f"artstyle_jax.{program}", *args, **kwargs)
 
 
+def run_eval_weights(cwd, weights: str, data):
+  """`eval --weights=WEIGHTS --workdir=out` run from `cwd` as a user there types it (the dataset
+  `data`, (data_dir, name), by a path relative to cwd) at 64 px, k = 5, batch 8."""
+  data_dir, name = data
+  return run_program("eval", f"--weights={weights}", "--workdir=out", f"--config.dataset.name={name}",
+                     f"--config.dataset.data_dir={os.path.relpath(data_dir, cwd)}", "--config.image_size=64",
+                     "--config.knn_k=5", "--config.batch_size=8", cwd=cwd)
+
+
 def start_program(program: str, *args, cwd=REPO, env=None, **popen_kwargs) -> subprocess.Popen:
   """`python -m artstyle_jax.PROGRAM ARGS` started from `cwd` in program_env(env) and left
   running; `popen_kwargs` (stdout, stderr, text ...) go to subprocess.Popen."""

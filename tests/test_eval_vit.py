@@ -13,7 +13,7 @@ from artstyle_jax import prediction
 from artstyle_jax.evaluators import protocol
 from artstyle_jax.models import vit
 from artstyle_jax.models import vit_weights
-from helpers import run_program, tiny_data_config
+from helpers import run_eval_weights, tiny_data_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -46,11 +46,7 @@ def evaluated_dinov2(tmp_path_factory, synthetic_data):
   config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
                                      image_size=28, patch_size=7)
   transformers.Dinov2Model(config).save_pretrained(cwd / "dinov2")
-  data_dir, name = synthetic_data
-  process = run_program("eval", "--weights=dinov2", "--workdir=out", f"--config.dataset.name={name}",
-                        f"--config.dataset.data_dir={os.path.relpath(data_dir, cwd)}", "--config.image_size=64",
-                        "--config.knn_k=5", "--config.batch_size=8", cwd=cwd)
-  return cwd, process
+  return cwd, run_eval_weights(cwd, "dinov2", synthetic_data)
 
 
 def test_eval_of_a_dinov2_directory_writes_results_at_a_patch_multiple_and_a_head(evaluated_dinov2, synthetic_data):

@@ -14,7 +14,7 @@ from artstyle_jax.data import view_specs
 from artstyle_jax.evaluators import probes
 from artstyle_jax.evaluators import protocol
 from artstyle_jax.models import resnet
-from helpers import run_program, tiny_data_config
+from helpers import run_eval_weights, run_program, tiny_data_config
 
 
 def test_a_resnet_is_normalised_with_imagenet_constants_unless_they_are_overridden(synthetic_data):
@@ -50,11 +50,7 @@ def test_baseline_mode_trains_the_head_with_the_baseline_protocol(tmp_path, synt
 def evaluated_weights(tmp_path_factory, synthetic_data):
   """eval --weights=random:convnext_atto from a fresh directory, relative paths: (cwd, process)."""
   cwd = tmp_path_factory.mktemp("weights")
-  data_dir, name = synthetic_data
-  process = run_program("eval", "--weights=random:convnext_atto", "--workdir=out", f"--config.dataset.name={name}",
-                        f"--config.dataset.data_dir={os.path.relpath(data_dir, cwd)}", "--config.image_size=64",
-                        "--config.knn_k=5", "--config.batch_size=8", cwd=cwd)
-  return cwd, process
+  return cwd, run_eval_weights(cwd, "random:convnext_atto", synthetic_data)
 
 
 def test_the_program_writes_results_the_config_and_a_head_predict_applies(evaluated_weights, synthetic_data):
