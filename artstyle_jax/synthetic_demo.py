@@ -48,7 +48,10 @@ PRETRAIN_DIR = "pretrain"
 RESULTS_FILE = "demo_results.json"
 # The figures demo_results.json keeps of each backbone's kNN and linear probe, and their margins.
 SUMMARY_METRICS = ("top1", "top5", "mean_per_class_accuracy", "macro_f1")
-# And of its test features' health (`protocol.feature_health`): a collapse shows here first.
+SUMMARY_METHODS = ("linear", "knn")
+# Their keys in demo_results.json, as "<method>_<metric>".
+SUMMARY_FIGURES = tuple(f"{method}_{metric}" for method in SUMMARY_METHODS for metric in SUMMARY_METRICS)
+# Kept too, per backbone: its test features' health (`protocol.feature_health`), where a collapse shows.
 HEALTH_METRICS = ("effective_rank", "first_pc_share")
 SHEET_FILE = "retrieval_sheet.png"
 SHEET_QUERIES = 4  # test paintings on the retrieval sheet, each of another style
@@ -137,7 +140,7 @@ def write_sheet(config: ml_collections.ConfigDict, pretrain_dir: str, path: str)
 
 def summary(results: dict[str, dict[str, Any]], out_dir: epath.Path) -> dict[str, Any]:
   """The figures of one backbone's `protocol.evaluate_backbone` results kept in demo_results.json."""
-  figures = {f"{method}_{metric}": results[method][metric] for method in ("linear", "knn")
+  figures = {f"{method}_{metric}": results[method][metric] for method in SUMMARY_METHODS
              for metric in SUMMARY_METRICS}
   health = {metric: results["knn"][metric] for metric in HEALTH_METRICS}
   return {"step": results["linear"]["step"], **figures, **health, "results_dir": str(out_dir)}
@@ -236,8 +239,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   pretrained_linear = evaluations["pretrained"]["linear"]
   results = {name: summary(evaluations[name], out_dirs[name]) for name in BACKBONES}
   results.update({
-      "margin": {**{key: results["pretrained"][key] - results["random_init"][key]
-                    for key in results["pretrained"] if key not in ("step", "results_dir", *HEALTH_METRICS)},
+      "margin": {**{key: results["pretrained"][key] - results["random_init"][key] for key in SUMMARY_FIGURES},
                  "effective_rank_ratio": (results["pretrained"]["effective_rank"]
                                           / results["random_init"]["effective_rank"])},
       "model": config.model.name,

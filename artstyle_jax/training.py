@@ -7,10 +7,9 @@ log_every_steps, so that they agree on it without a collective at every step); a
 stops it (TrainingError) and keeps the last good checkpoint. At the checkpoints, at most once a
 minute, and at the last step, WORKDIR/curves.png is redrawn from WORKDIR/metrics-NNN.jsonl
 (`curves.refresh_curves`); with config.knn_every_steps a weighted kNN on the held-out split
-monitors the student's features. The step's feature-health
-signals are logged with its metrics, and one warning says when an effective rank falls under
-config.health.rank_warning_fraction of its first logged value, that of step 1: the
-initialisation's (`RankWatch`).
+monitors the student's features. The step's feature-health signals are logged with its metrics,
+and one warning says when an effective rank falls under config.health.rank_warning_fraction of
+its first logged value, that of step 1: the initialisation's (`RankWatch`).
 """
 import functools
 import signal

@@ -101,9 +101,12 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, names: list[str]) -> 
   root = epath.Path(workdir)
   for name, config in configs.items():
     synthetic_demo.check_same_run(str(root / name), config)
+  # No run changes config.synthetic: the dataset is built (or found) once, for all of them.
+  data = synthetic_demo.build_data(base, workdir).dataset
   results = {}
   for name, config in configs.items():
-    config = synthetic_demo.build_data(config, workdir)
+    with config.unlocked():
+      config.dataset.name, config.dataset.data_dir = data.name, data.data_dir
     run_dir = str(root / name)
     step, total_steps = synthetic_demo.pretrain(config, run_dir)
     if step != total_steps:
