@@ -27,17 +27,17 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import host_memory
-from artstyle_jax import program_logging
-from artstyle_jax import training
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
+from artstyle_jax.runtime import host_memory
+from artstyle_jax.runtime import program_logging
+from artstyle_jax.runs import pretraining
 from artstyle_jax.data import images
 from artstyle_jax.models import backbones
 from artstyle_jax.models import torch_weights
 
 USER_ERRORS = (config_lib.ConfigError, checkpoints.WorkdirError, checkpoints.SaveError, FileNotFoundError,
-               backbones.BackboneError, torch_weights.CheckpointError, images.BadImageError, training.TrainingError)
+               backbones.BackboneError, torch_weights.CheckpointError, images.BadImageError, pretraining.TrainingError)
 # What absl and config_flags raise for a command line they cannot apply.
 _PARSE_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError)
 _CONFIG_PREFIX = "--config."

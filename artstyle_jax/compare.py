@@ -39,9 +39,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from artstyle_jax import cli
-from artstyle_jax import comparison
-from artstyle_jax import config_lib
-from artstyle_jax import paths
+from artstyle_jax.runs import comparison
+from artstyle_jax.method import config_lib
+from artstyle_jax.storage import paths
 from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.evaluators import probes
 from artstyle_jax.pictures import embedding_map

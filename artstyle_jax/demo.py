@@ -17,9 +17,9 @@ from absl import app
 from ml_collections import config_flags
 
 from artstyle_jax import cli
-from artstyle_jax import config_lib
-from artstyle_jax import paths
-from artstyle_jax import synthetic_demo
+from artstyle_jax.method import config_lib
+from artstyle_jax.storage import paths
+from artstyle_jax.runs import synthetic_demo
 
 DEFAULT_CONFIG = config_lib.packaged_config("demo.py")
 

@@ -52,14 +52,14 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from artstyle_jax import checkpoints
+from artstyle_jax.storage import checkpoints
 from artstyle_jax import cli
-from artstyle_jax import config_lib
-from artstyle_jax import paths
-from artstyle_jax import workdir
+from artstyle_jax.method import config_lib
+from artstyle_jax.storage import paths
+from artstyle_jax.runs import saved_run
 from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.evaluators import probes
-from artstyle_jax.evaluators import protocol
+from artstyle_jax.runs import evaluation
 from artstyle_jax.pictures import embedding_map
 
 WEIGHTS_CONFIG = config_lib.packaged_config("paper.py")
@@ -102,7 +102,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     config, where = config_lib.base_config(str(WEIGHTS_CONFIG), "paper"), str(WEIGHTS_CONFIG)
   else:
     try:
-      config = workdir.saved_config(_WORKDIR.value)
+      config = saved_run.saved_config(_WORKDIR.value)
     except checkpoints.WorkdirError as e:
       cli.fail(e)
     where = f"{_WORKDIR.value}/{checkpoints.CONFIG_FILE}"
@@ -122,12 +122,12 @@ def main(argv):
              "embedding": _EMBEDDING.value, "label_plan": label_efficiency.plan_from_flags(flags.FLAGS),
              **probes.probe_flag_options(flags.FLAGS)}
   if _WEIGHTS.value:
-    out = workdir.eval_dir(_WORKDIR.value)
-    protocol.evaluate_weights(_WEIGHTS.value, flags.FLAGS.config, out, overridden=cli.override_keys(sys.argv[1:]),
+    out = saved_run.eval_dir(_WORKDIR.value)
+    evaluation.evaluate_weights(_WEIGHTS.value, flags.FLAGS.config, out, overridden=cli.override_keys(sys.argv[1:]),
                               **options)
   else:
-    out = workdir.eval_dir(_WORKDIR.value, _RANDOM_INIT.value)
-    protocol.evaluate_workdir(_WORKDIR.value, flags.FLAGS.config, step=_STEP.value, random_init=_RANDOM_INIT.value,
+    out = saved_run.eval_dir(_WORKDIR.value, _RANDOM_INIT.value)
+    evaluation.evaluate_workdir(_WORKDIR.value, flags.FLAGS.config, step=_STEP.value, random_init=_RANDOM_INIT.value,
                               **options)
   logging.info("results written to %s", out)
 

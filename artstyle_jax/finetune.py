@@ -20,9 +20,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from artstyle_jax import cli
-from artstyle_jax import config_lib
-from artstyle_jax import finetuning
-from artstyle_jax import paths
+from artstyle_jax.method import config_lib
+from artstyle_jax.runs import finetuning
+from artstyle_jax.storage import paths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file (default configs/finetune.py).",
                                           lock_config=True)

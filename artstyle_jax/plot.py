@@ -14,7 +14,7 @@ from absl import app
 from etils import epath
 
 from artstyle_jax import cli
-from artstyle_jax import paths
+from artstyle_jax.storage import paths
 from artstyle_jax.pictures import curves
 
 COMPARE_FILE = "curves_compare.png"

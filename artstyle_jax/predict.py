@@ -36,8 +36,8 @@ from absl import flags
 from absl import logging
 
 from artstyle_jax import cli
-from artstyle_jax import paths
-from artstyle_jax import prediction
+from artstyle_jax.storage import paths
+from artstyle_jax.runs import prediction
 
 _WORKDIR = paths.DEFINE_path("workdir", None, "Workdir of a training run on which eval has been run.", required=True)
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Styles to print per image.", lower_bound=1)

@@ -1,4 +1,4 @@
-"""Self-supervised dual-teacher pretraining (`training.train_and_evaluate`).
+"""Self-supervised dual-teacher pretraining (`pretraining.train_and_evaluate`).
 
   python -m artstyle_jax.train --config=configs/paper.py --workdir=DIR [--config.key=value ...]
 
@@ -14,8 +14,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from artstyle_jax import cli
-from artstyle_jax import paths
-from artstyle_jax import training
+from artstyle_jax.storage import paths
+from artstyle_jax.runs import pretraining
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
 _WORKDIR = paths.DEFINE_path("workdir", None, "Directory for checkpoints, metrics and the saved config.")
@@ -26,7 +26,7 @@ cli.define_distributed_flags()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  pretraining.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

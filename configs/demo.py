@@ -6,7 +6,7 @@ Every value that differs from paper.py is set below, with the reason.
 import ml_collections
 from ml_collections import config_dict
 
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:

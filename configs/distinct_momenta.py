@@ -1,5 +1,5 @@
 """Ablation: teachers with different EMA momenta (two parameter copies)."""
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 
 
 def get_config():

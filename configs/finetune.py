@@ -8,7 +8,7 @@ Images, batch and dataset keys are configs/paper.py's; --weights names the backb
 """
 import ml_collections
 
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:

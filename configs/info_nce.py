@@ -1,6 +1,6 @@
 """Ablation: MoCo InfoNCE (temperature 0.2, the teacher's own key positive, the queue negative)
 in place of the relation alignment loss, for both teachers; Gram terms unchanged."""
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 
 
 def get_config():

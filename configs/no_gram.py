@@ -1,6 +1,6 @@
 """Ablation: both teachers, relation alignment only (Gram weights 0; the Gram terms are still
 computed and logged, without gradient)."""
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 
 
 def get_config():

@@ -22,7 +22,7 @@ bfloat16 compute.
 """
 import math
 
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 
 PER_CHIP_BATCH = 32
 PAPER_QUEUE_SIZE = 4096

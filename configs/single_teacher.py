@@ -3,7 +3,7 @@
 No style teacher, no style view, no Gram terms. The relation term has weight 1 (ReSSL's loss,
 not halved) and the queue receives the weak teacher's keys only, B per step.
 """
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 
 
 def get_config():

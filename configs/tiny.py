@@ -1,5 +1,5 @@
 """A small, fast variant for tests and CPU runs: ConvNeXt-atto from scratch, 64 px, batch 8."""
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 
 
 def get_config():

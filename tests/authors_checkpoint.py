@@ -14,7 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 from artstyle_jax.models import convnext
 from helpers import FIXTURES, config_path
 

@@ -21,7 +21,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402  (after the environment above is set)
 
-from artstyle_jax import host_memory  # noqa: E402
+from artstyle_jax.runtime import host_memory  # noqa: E402
 import launch_recorder  # noqa: E402
 
 host_memory.keep_freed_memory()  # As the programs do, before JAX starts its backend.

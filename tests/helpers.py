@@ -19,11 +19,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import optim
-from artstyle_jax import sharding
-from artstyle_jax import step as step_lib
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import optim
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step as step_lib
 
 # Paths.
 
@@ -174,7 +174,7 @@ def run_program_killed_after_step(program: str, step: int, *args, **kwargs):
   is then -9."""
   code = textwrap.dedent(f"""
       import os, runpy, signal, sys
-      from artstyle_jax import metric_writer
+      from artstyle_jax.storage import metric_writer
       write_train = metric_writer.MetricWriter.write_train
       def write_train_then_die(self, step, metrics):
         write_train(self, step, metrics)

@@ -8,10 +8,10 @@ import pytest
 from safetensors.numpy import save_file
 import torch
 
-from artstyle_jax import config_lib
-from artstyle_jax import features
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import features
 from artstyle_jax import models
-from artstyle_jax import training
+from artstyle_jax.runs import pretraining
 from artstyle_jax.bench import torch_resnet
 from artstyle_jax.models import convnext
 from artstyle_jax.models import resnet
@@ -193,9 +193,9 @@ def test_a_path_that_is_neither_a_file_nor_a_hub_id_is_not_found(tmp_path, monke
 def test_trainings_init_takes_a_convnext_source_and_refuses_a_resnet(torch_state, tmp_path):
   path = str(FIXTURES / "timm_convnext_small_random.safetensors")
   student, variables = models.load_backbone(path)
-  params = training.load_backbone_params(ml_collections.ConfigDict({"init": path}), student)
+  params = pretraining.load_backbone_params(ml_collections.ConfigDict({"init": path}), student)
   assert_trees_equal(params, variables["params"])
   torch.save(dict(torch_state), tmp_path / "resnet50.pth")
   config = ml_collections.ConfigDict({"init": str(tmp_path / "resnet50.pth")})
   with pytest.raises(config_lib.ConfigError, match="is a resnet50; the student is a ConvNeXt"):
-    training.load_backbone_params(config, student)
+    pretraining.load_backbone_params(config, student)

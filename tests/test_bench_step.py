@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from artstyle_jax import optim
-from artstyle_jax import state as state_lib
-from artstyle_jax import step
+from artstyle_jax.method import optim
+from artstyle_jax.method import state as state_lib
+from artstyle_jax.method import step
 from artstyle_jax.bench import step as bench_step
 from artstyle_jax.bench import timing
 from artstyle_jax.bench import torch_step

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from artstyle_jax import checkpoints
-from artstyle_jax import settled_reads
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.storage import restore_tasks
 from helpers import assert_trees_equal, file_contents
 
 
@@ -180,10 +180,10 @@ def test_a_failed_restore_under_settled_leaves_no_pending_read_to_complain_when_
     monkeypatch, settled, complaints):
   """A read still pending when the loop closes is collected later and raises from its `except`:
   Python prints "Exception ignored in: <coroutine ...>" (the plain loop, the control, shows it).
-  Under settled_reads.settled() the loop awaits it on close: nothing is reported."""
+  Under restore_tasks.settled() the loop awaits it on close: nothing is reported."""
   unraisable = []
   monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-  with settled_reads.settled() if settled else contextlib.nullcontext():
+  with restore_tasks.settled() if settled else contextlib.nullcontext():
     stand_in_restore()
   gc.collect()
   assert len(unraisable) == complaints

@@ -4,8 +4,8 @@ import pathlib
 
 import pytest
 
-from artstyle_jax import config_lib
-from artstyle_jax import optim
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import optim
 from artstyle_jax.data import pipeline
 from helpers import config_path, load_config
 
@@ -137,6 +137,6 @@ def test_the_packaged_configs_are_the_repository_configs():
 
 def test_a_config_outside_the_repository_derives_from_the_packaged_one(tmp_path):
   (tmp_path / "mine.py").write_text(
-      "from artstyle_jax import config_lib\n\n\ndef get_config():\n"
+      "from artstyle_jax.method import config_lib\n\n\ndef get_config():\n"
       "  config = config_lib.base_config(__file__, 'paper')\n  config.batch_size = 32\n  return config\n")
   assert _flat(config_lib.load(str(tmp_path / "mine.py"))) == {**_flat(config_lib.load(PAPER)), "batch_size": 32}

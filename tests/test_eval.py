@@ -9,18 +9,18 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import features
-from artstyle_jax import sharding
-from artstyle_jax import step as step_lib
-from artstyle_jax import workdir as workdir_lib
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import features
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step as step_lib
+from artstyle_jax.runs import saved_run
 from artstyle_jax.data import sources
 from artstyle_jax.data import views
-from artstyle_jax.evaluators import head_file
-from artstyle_jax.evaluators import health
+from artstyle_jax.runs import head_file
+from artstyle_jax.method import health
 from artstyle_jax.evaluators import linear_probe
-from artstyle_jax.evaluators import protocol
+from artstyle_jax.runs import evaluation
 from helpers import assert_trees_equal, file_stamps, make_workdir, run_program, shifted
 
 
@@ -61,10 +61,10 @@ def dataset(synthetic_data):
 
 def test_restore_reads_the_student_backbone_of_the_latest_or_the_asked_step(workdir):
   path, config, initial = workdir
-  params, step = workdir_lib.restore_backbone(str(path), config)
+  params, step = saved_run.restore_backbone(str(path), config)
   assert step == 2
   assert_trees_equal(params, shifted(initial, 2))
-  params, step = workdir_lib.restore_backbone(str(path), config, step=1)
+  params, step = saved_run.restore_backbone(str(path), config, step=1)
   assert step == 1
   assert_trees_equal(params, shifted(initial, 1))
 
@@ -81,8 +81,8 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_one_before_is_restor
     for f in fs:
       os.truncate(os.path.join(d, f), os.path.getsize(os.path.join(d, f)) // 2)
   with pytest.raises(checkpoints.DamagedCheckpointError, match="checkpoint 2 in .* is damaged"):
-    workdir_lib.restore_backbone(str(copy), config, step=2)
-  params, step = workdir_lib.restore_backbone(str(copy), config)
+    saved_run.restore_backbone(str(copy), config, step=2)
+  params, step = saved_run.restore_backbone(str(copy), config)
   assert step == 1
   assert_trees_equal(params, shifted(initial, 1))
   assert sorted(os.listdir(copy / "checkpoints")) == ["1", "2.corrupt"]
@@ -91,7 +91,7 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_one_before_is_restor
 def test_random_init_is_the_students_initial_backbone(workdir):
   """--random_init evaluates exactly the backbone a config.init='random' run starts from."""
   _, config, initial = workdir
-  params = workdir_lib.random_backbone_params(config, step_lib.build_backbone(config), sharding.create_mesh())
+  params = saved_run.random_backbone_params(config, step_lib.build_backbone(config), sharding.create_mesh())
   assert_trees_equal(params, initial)
 
 
@@ -139,7 +139,7 @@ def test_saved_head_is_the_one_scored_and_carries_its_inputs(workdir, evaluated,
   np.testing.assert_allclose(head["mean"], config.views.student.mean)
 
   mesh = sharding.create_mesh()
-  params, _ = workdir_lib.restore_backbone(str(path), config, mesh=mesh)
+  params, _ = saved_run.restore_backbone(str(path), config, mesh=mesh)
   feature_fn = features.make_feature_fn(step_lib.build_backbone(config), mesh)
   transform = views.EvalView(64, config.views.student.mean, config.views.student.std)
   test_features, test_labels = features.extract_split(
@@ -162,7 +162,7 @@ def test_paper_mode_of_a_random_init_goes_to_its_own_directory(workdir, evaluate
   num_test, class_names = dataset
   assert evaluated.returncode == 0, evaluated.stderr
   before = file_stamps(path / "eval")
-  results = protocol.evaluate_workdir(str(path), config, random_init=True, mode="paper", paper_epochs=1,
+  results = evaluation.evaluate_workdir(str(path), config, random_init=True, mode="paper", paper_epochs=1,
                                       verbose=False)
   assert file_stamps(path / "eval") == {**before, **file_stamps(path / "eval" / "random_init")}
   assert sorted(os.listdir(path / "eval" / "random_init")) == [
@@ -210,6 +210,6 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(tmp_path, w
       config.dataset.eval_split = "validation"
   before = file_stamps(path)
   with pytest.raises(error) as raised:
-    protocol.evaluate_workdir(str(path), config, step=step)
+    evaluation.evaluate_workdir(str(path), config, step=step)
   assert message in str(raised.value) and "\n" not in str(raised.value)
   assert file_stamps(path) == before

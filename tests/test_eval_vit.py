@@ -7,10 +7,10 @@ import pathlib
 
 import pytest
 
-from artstyle_jax import checkpoints
-from artstyle_jax import comparison
-from artstyle_jax import prediction
-from artstyle_jax.evaluators import protocol
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.runs import comparison
+from artstyle_jax.runs import prediction
+from artstyle_jax.runs import evaluation
 from artstyle_jax.models import vit
 from artstyle_jax.models import vit_weights
 from helpers import run_eval_weights, tiny_data_config
@@ -24,7 +24,7 @@ _CLIP = vit.ViT("clip", patch_size=14, width=8, depth=1, num_heads=2, mlp_hidden
 def test_a_vit_is_evaluated_with_its_familys_normalisation_and_size(synthetic_data):
   """DINOv2: ImageNet constants at 224 px; CLIP: its constants at its native 336 px."""
   config = tiny_data_config(synthetic_data)
-  dinov2, clip = protocol.weights_config(config, _DINOV2), protocol.weights_config(config, _CLIP)
+  dinov2, clip = evaluation.weights_config(config, _DINOV2), evaluation.weights_config(config, _CLIP)
   assert (dinov2.views.student.mean, dinov2.views.student.std, dinov2.image_size) == (
       vit_weights.IMAGENET_MEAN, vit_weights.IMAGENET_STD, 224)
   assert (clip.views.student.mean, clip.views.student.std, clip.image_size) == (
@@ -33,7 +33,7 @@ def test_a_vit_is_evaluated_with_its_familys_normalisation_and_size(synthetic_da
 
 def test_an_overridden_size_is_rounded_to_the_patch_and_overridden_constants_kept(synthetic_data):
   config = tiny_data_config(synthetic_data)  # image_size 64
-  kept = protocol.weights_config(config, _DINOV2, overridden=("image_size", "views.student.std"))
+  kept = evaluation.weights_config(config, _DINOV2, overridden=("image_size", "views.student.std"))
   assert kept.image_size == 70 and kept.views.student.std == config.views.student.std
   assert kept.views.student.mean == vit_weights.IMAGENET_MEAN
 

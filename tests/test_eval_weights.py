@@ -7,12 +7,12 @@ import pathlib
 
 import pytest
 
-from artstyle_jax import checkpoints
-from artstyle_jax import prediction
-from artstyle_jax import step as step_lib
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.runs import prediction
+from artstyle_jax.method import step as step_lib
 from artstyle_jax.data import view_specs
 from artstyle_jax.evaluators import probes
-from artstyle_jax.evaluators import protocol
+from artstyle_jax.runs import evaluation
 from artstyle_jax.models import resnet
 from helpers import run_eval_weights, run_program, tiny_data_config
 
@@ -20,10 +20,10 @@ from helpers import run_eval_weights, run_program, tiny_data_config
 def test_a_resnet_is_normalised_with_imagenet_constants_unless_they_are_overridden(synthetic_data):
   config = tiny_data_config(synthetic_data, "knn_k=5")
   resnet50, atto = resnet.create("resnet50"), step_lib.build_backbone(config)
-  assert protocol.weights_config(config, resnet50).views.student.mean == view_specs.IMAGENET_MEAN
-  assert protocol.weights_config(config, resnet50).views.student.std == view_specs.IMAGENET_STD
-  assert protocol.weights_config(config, atto).views.student == config.views.student
-  kept = protocol.weights_config(config, resnet50, overridden=("views.student.mean",))
+  assert evaluation.weights_config(config, resnet50).views.student.mean == view_specs.IMAGENET_MEAN
+  assert evaluation.weights_config(config, resnet50).views.student.std == view_specs.IMAGENET_STD
+  assert evaluation.weights_config(config, atto).views.student == config.views.student
+  kept = evaluation.weights_config(config, resnet50, overridden=("views.student.mean",))
   assert kept.views.student.mean == config.views.student.mean and kept.views.student.std == view_specs.IMAGENET_STD
 
 
@@ -37,7 +37,7 @@ def test_probe_options_are_the_papers_or_the_baselines_each_replaceable():
 
 def test_baseline_mode_trains_the_head_with_the_baseline_protocol(tmp_path, synthetic_data):
   config = tiny_data_config(synthetic_data, "knn_k=5")
-  results = protocol.evaluate_weights("random:convnext_atto", config, tmp_path / "out", mode="baseline",
+  results = evaluation.evaluate_weights("random:convnext_atto", config, tmp_path / "out", mode="baseline",
                                       paper_epochs=2, verbose=False)
   saved = json.loads((tmp_path / "out" / "linear_baseline.json").read_text())
   assert saved["method"] == "linear_baseline" and saved["learning_rate"] == 0.3 and saved["epochs"] == 2

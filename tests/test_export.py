@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from artstyle_jax import config_lib
-from artstyle_jax import export
-from artstyle_jax import sharding
+from artstyle_jax.method import config_lib
+from artstyle_jax.bench import device_programs
+from artstyle_jax.method import sharding
 from artstyle_jax.models import convnext
 from artstyle_jax.models import forms
 
@@ -27,13 +27,13 @@ def _exported(variant: str, program_name: str, platform: str):
   dtype, remat, fsdp, devices = VARIANTS[variant]
   config = config_lib.load(PAPER, SMALL + [f"model.dtype={dtype}", f"model.remat={remat}", f"mesh.fsdp={fsdp}"])
   mesh = sharding.create_mesh(fsdp, jax.devices()[:devices])
-  program = export.BUILDERS[program_name](config, mesh, platform)
-  exported = export.export(program, (platform,))
-  return config, mesh, program, exported, export.scan(exported.mlir_module())
+  program = device_programs.BUILDERS[program_name](config, mesh, platform)
+  exported = device_programs.export(program, (platform,))
+  return config, mesh, program, exported, device_programs.scan(exported.mlir_module())
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
-@pytest.mark.parametrize("program_name", export.PROGRAMS)
+@pytest.mark.parametrize("program_name", device_programs.PROGRAMS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_accelerator_programs_export_without_cpu_kernels_or_callbacks_in_the_configs_dtype(
     variant, program_name, platform):
@@ -64,13 +64,13 @@ def test_the_train_step_keeps_fsdp_shardings_and_remat_in_the_exported_module():
 def test_the_cpu_forms_are_custom_calls_that_scan_finds_and_export_refuses():
   """The check has teeth: the train step in this host's forms holds the C++ kernels."""
   config = config_lib.load(PAPER, SMALL)
-  program = export.train_step_program(config, sharding.create_mesh(1, jax.devices()[:1]), "cpu")
+  program = device_programs.train_step_program(config, sharding.create_mesh(1, jax.devices()[:1]), "cpu")
   assert program.forms.fused_block, "this machine has a C++ compiler: the kernels must build"
-  findings = export.scan(program.jitted.trace(*program.args).lower().as_text())
+  findings = device_programs.scan(program.jitted.trace(*program.args).lower().as_text())
   assert {"artstyle_depthwise_norm", "artstyle_layer_norm", "artstyle_depthwise_kernel_grad"} <= set(
       findings.own_custom_calls)
   with pytest.raises(ValueError, match="custom calls whose targets have no compatibility guarantees"):
-    export.export(program, ("cpu",))
+    device_programs.export(program, ("cpu",))
 
 
 def test_scan_reads_custom_calls_callbacks_and_dtypes():
@@ -80,7 +80,7 @@ def test_scan_reads_custom_calls_callbacks_and_dtypes():
       '%2 = stablehlo.convolution(%x, %k) : (tensor<1x8x8x3xbf16>, tensor<4x4x3x8xbf16>) -> tensor<1x2x2x8xbf16>',
       '%3 = stablehlo.dot_general %p, %q : (tensor<4x8xf32>, tensor<8x2xf32>) -> tensor<4x2xf32>',
       '%4 = stablehlo.add %s, %t : tensor<i32>'])
-  findings = export.scan(text)
+  findings = device_programs.scan(text)
   assert findings.own_custom_calls == ("artstyle_layer_norm",)
   assert findings.host_callbacks == ("xla_ffi_python_cpu_callback",)
   assert findings.convolution_dtypes == {"bf16": 1} and findings.dot_general_dtypes == {"f32": 1}

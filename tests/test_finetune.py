@@ -13,11 +13,11 @@ import jax
 import orbax.checkpoint as ocp
 import pytest
 
-from artstyle_jax import comparison
-from artstyle_jax import config_lib
-from artstyle_jax import finetuning
-from artstyle_jax import sharding
-from artstyle_jax.evaluators import protocol
+from artstyle_jax.runs import comparison
+from artstyle_jax.method import config_lib
+from artstyle_jax.runs import finetuning
+from artstyle_jax.method import sharding
+from artstyle_jax.runs import evaluation
 from helpers import FAST_COMPILING
 from helpers import assert_trees_equal
 from helpers import config_path
@@ -87,7 +87,7 @@ def test_fine_tuning_beats_the_frozen_probe_of_the_same_initialisation(finetuned
   config = config_lib.load(config_path("finetune"), [f"dataset.name={name}", f"dataset.data_dir={data_dir}",
                                                      *RECIPE])
   one_device = sharding.create_mesh(devices=jax.devices()[:1])  # as the program runs: compiled once, not per device
-  frozen = protocol.evaluate_weights(SOURCE, config, tmp_path / "probe", mesh=one_device, verbose=False)["linear"]
+  frozen = evaluation.evaluate_weights(SOURCE, config, tmp_path / "probe", mesh=one_device, verbose=False)["linear"]
   assert _results(workdir)["top1"] >= frozen["top1"] + MARGIN_OVER_FROZEN_PROBE
 
 

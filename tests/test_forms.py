@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import sharding
-from artstyle_jax import step
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step
 from artstyle_jax.models import forms
 from test_export import PAPER, SMALL
 

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from artstyle_jax import metric_writer
+from artstyle_jax.storage import metric_writer
 from artstyle_jax.data import sources
 from helpers import assert_trees_equal, restored_state, run_program, run_program_killed_after_step, tiny_train_flags
 

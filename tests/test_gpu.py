@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artstyle_jax import config_lib
-from artstyle_jax import optim
-from artstyle_jax import sharding
-from artstyle_jax import step
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import optim
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step
 from artstyle_jax.models import convnext
 from artstyle_jax.models import forms
 

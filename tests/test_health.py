@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artstyle_jax import metric_writer
-from artstyle_jax import training
-from artstyle_jax.evaluators import health
+from artstyle_jax.storage import metric_writer
+from artstyle_jax.runs import pretraining
+from artstyle_jax.method import health
 
 
 def rank_r_features(rank, num=1000, dim=64, offset=5.0, seed=0):
@@ -87,7 +87,7 @@ def test_rank_watch_warns_once_when_a_rank_falls_under_its_fraction_of_the_first
   """The first value of each signal is its start; falling under a quarter of it is one warning
   line naming the signal, and later falls say nothing more. A resumed run (the metrics files of
   earlier starts holding the signal) measures against the first value logged there."""
-  watch = training.RankWatch(str(tmp_path), 0.25)
+  watch = pretraining.RankWatch(str(tmp_path), 0.25)
   with caplog.at_level(logging.WARNING):
     watch(1, {"health/pooled_rank": 20.0, "loss": 1.0})
     watch(2, {"health/pooled_rank": 6.0})
@@ -101,4 +101,4 @@ def test_rank_watch_warns_once_when_a_rank_falls_under_its_fraction_of_the_first
 
   (tmp_path / metric_writer.START_FILE.format(start=1)).write_text(
       '{"step": 1, "time": 0, "health/pooled_rank": 20.0}\n{"step": 2, "time": 0, "health/pooled_rank": 6.0}\n')
-  assert training.RankWatch(str(tmp_path), 0.25).start == {"health/pooled_rank": 20.0}
+  assert pretraining.RankWatch(str(tmp_path), 0.25).start == {"health/pooled_rank": 20.0}

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from artstyle_jax import host_memory
+from artstyle_jax.runtime import host_memory
 from helpers import run_python
 
 # A ConvNeXt block's forward and backward (16 x 32 x 32 x 40 activations: about 52 MB of
@@ -15,7 +15,7 @@ from helpers import run_python
 # number of arenas in malloc_info's report) and XLA's count of one call's temporaries and outputs.
 _HEAP_PER_CALL = textwrap.dedent("""
     import ctypes, json, os, sys, tempfile
-    from artstyle_jax import host_memory
+    from artstyle_jax.runtime import host_memory
     changed = host_memory.keep_freed_memory()
     import jax, jax.numpy as jnp
     from artstyle_jax.models import convnext

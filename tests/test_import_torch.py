@@ -18,14 +18,14 @@ import optax
 import pytest
 import torch
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import optim
-from artstyle_jax import sharding
-from artstyle_jax import state as state_lib
-from artstyle_jax import step as step_lib
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import optim
+from artstyle_jax.method import sharding
+from artstyle_jax.method import state as state_lib
+from artstyle_jax.method import step as step_lib
 from artstyle_jax.models import convnext
-from artstyle_jax import authors_import
+from artstyle_jax.runs import authors_import
 from authors_checkpoint import (AUTHORS_DEPTHS as DEPTHS, AUTHORS_DIMS as DIMS, AUTHORS_EPOCH as EPOCH,
                                 AUTHORS_HIDDEN as HIDDEN, AUTHORS_OVERRIDES, AUTHORS_PROJ as PROJ, AUTHORS_PTR as PTR,
                                 AUTHORS_QUEUE as QUEUE, AUTHORS_SIZE, AuthorsModel, FeaturesOnlyConvNeXt,

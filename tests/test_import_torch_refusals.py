@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from artstyle_jax import authors_import
+from artstyle_jax.runs import authors_import
 from artstyle_jax.data import sources
 from authors_checkpoint import (AUTHORS_DIMS as DIMS, AUTHORS_EPOCH as EPOCH, AUTHORS_PROJ as PROJ,
                                 AUTHORS_QUEUE as QUEUE, authors_paper_config, authors_size_registered,

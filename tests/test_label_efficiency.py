@@ -9,7 +9,7 @@ from matplotlib.collections import PolyCollection
 from PIL import Image
 import pytest
 
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 from artstyle_jax.evaluators import knn
 from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.evaluators import linear_probe

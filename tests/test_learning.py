@@ -27,7 +27,7 @@ import json
 import numpy as np
 import pytest
 
-from artstyle_jax import metric_writer
+from artstyle_jax.storage import metric_writer
 from artstyle_jax.data import synthetic
 from helpers import run_program, tiny_train_flags
 

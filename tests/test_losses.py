@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from artstyle_jax import losses
+from artstyle_jax.method import losses
 
 RTOL = 1e-5
 

@@ -5,7 +5,7 @@ import unittest.mock
 
 import pytest
 
-from artstyle_jax import metric_writer
+from artstyle_jax.storage import metric_writer
 
 
 def write(writer, steps):

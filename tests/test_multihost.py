@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from artstyle_jax import metric_writer
+from artstyle_jax.storage import metric_writer
 from helpers import reserved_port, start_program, tiny_train_flags, wait_all
 
 NUM_STEPS = 4

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from artstyle_jax import metric_writer
+from artstyle_jax.storage import metric_writer
 from helpers import (checkpoint_steps, file_contents, program_env, reserved_port, run_program, tiny_train_flags,
                      wait_all)
 

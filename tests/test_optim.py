@@ -9,7 +9,7 @@ import optax
 import pytest
 import torch
 
-from artstyle_jax import optim
+from artstyle_jax.method import optim
 
 
 def test_torch_sgd_equals_torch_optim_sgd_over_five_steps_with_changing_lr():

@@ -4,8 +4,8 @@ import os
 from absl import flags
 import pytest
 
-from artstyle_jax import config_lib
-from artstyle_jax import paths
+from artstyle_jax.method import config_lib
+from artstyle_jax.storage import paths
 from helpers import config_path
 
 

@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from artstyle_jax import checkpoints
-from artstyle_jax import metric_writer
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.storage import metric_writer
 from artstyle_jax.pictures import curves
 from artstyle_jax.pictures import embedding_map
 from artstyle_jax.pictures import retrieval_sheet

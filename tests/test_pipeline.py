@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 from artstyle_jax.bench import data as bench_data
 from artstyle_jax.data import photometric, pipeline, view_specs, views
 

@@ -10,12 +10,12 @@ import shutil
 from PIL import Image
 import pytest
 
-from artstyle_jax import checkpoints
-from artstyle_jax import prediction
-from artstyle_jax import workdir as workdir_lib
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.runs import prediction
+from artstyle_jax.runs import saved_run
 from artstyle_jax.data import images
 from artstyle_jax.data import sources
-from artstyle_jax.evaluators import protocol
+from artstyle_jax.runs import evaluation
 from artstyle_jax.pictures import retrieval_sheet
 from helpers import file_stamps, make_workdir, run_program
 
@@ -42,7 +42,7 @@ def evaluated_workdir(tmp_path_factory, synthetic_data):
   """A workdir with a checkpoint of step 2 and the head of a fast-mode eval."""
   path = tmp_path_factory.mktemp("predict") / "run"
   config, _ = make_workdir(path, synthetic_data, steps=(2,))
-  protocol.evaluate_workdir(str(path), config, verbose=False)
+  evaluation.evaluate_workdir(str(path), config, verbose=False)
   return path
 
 
@@ -198,7 +198,7 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, evalu
     gallery = str(tmp_path / "gallery")
   else:
     workdir = tmp_path / "run"
-    shutil.copytree(evaluated_workdir, workdir, ignore=shutil.ignore_patterns(workdir_lib.EVAL_DIR))
+    shutil.copytree(evaluated_workdir, workdir, ignore=shutil.ignore_patterns(saved_run.EVAL_DIR))
   before = file_stamps(workdir), file_stamps(tmp_path)
   with pytest.raises(error) as raised:
     prediction.predict(str(workdir), paths, gallery=gallery)

@@ -11,13 +11,13 @@ import numpy as np
 import optax
 import pytest
 
-from artstyle_jax import config_lib
-from artstyle_jax import losses
-from artstyle_jax import optim
-from artstyle_jax import sharding
-from artstyle_jax import state as state_lib
-from artstyle_jax import step
-from artstyle_jax.evaluators import health
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import losses
+from artstyle_jax.method import optim
+from artstyle_jax.method import sharding
+from artstyle_jax.method import state as state_lib
+from artstyle_jax.method import step
+from artstyle_jax.method import health
 from artstyle_jax.models import convnext
 from artstyle_jax.models import heads
 from helpers import PLAIN_COSINE, relative_error, small_step_config

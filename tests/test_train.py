@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from artstyle_jax import metric_writer
-from artstyle_jax import training
+from artstyle_jax.storage import metric_writer
+from artstyle_jax.runs import pretraining
 from helpers import (assert_trees_equal, checkpoint_steps, file_stamps, restored_state, run_program,
                      run_program_killed_after_step, start_program)
 from helpers import tiny_train_flags
@@ -100,8 +100,8 @@ def test_on_several_processes_the_stop_is_agreed_every_log_interval_without_a_co
     return np.array([bool(value), True])
 
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  monkeypatch.setattr(training.multihost_utils, "process_allgather", allgather)
-  stop = training.StopRequest()
+  monkeypatch.setattr(pretraining.multihost_utils, "process_allgather", allgather)
+  stop = pretraining.StopRequest()
   assert [stop.agreed(step, 5) for step in range(6, 10)] == [False] * 4 and gathered == []
   assert stop.agreed(10, 5) and gathered == [False]
   assert stop.signal_name == "a stop signal to another process"

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from artstyle_jax import features
+from artstyle_jax.method import features
 from artstyle_jax import models
 from artstyle_jax.models import vit
 from artstyle_jax.models import vit_weights

@@ -72,7 +72,7 @@ def test_the_installed_demo_runs_from_an_empty_directory(python, tmp_path):
   clone: the package is imported from the fresh environment, the default config from inside it."""
   empty = tmp_path / "empty"
   empty.mkdir()
-  where = _run(python, "-c", "import artstyle_jax; from artstyle_jax import config_lib; "
+  where = _run(python, "-c", "import artstyle_jax; from artstyle_jax.method import config_lib; "
                "print(artstyle_jax.__file__); print(config_lib.packaged_config('demo.py'))", cwd=empty)
   package, config = map(pathlib.Path, where.stdout.split())
   venv = python.parents[1]

@@ -5,7 +5,7 @@ Each benchmark prints human-readable lines and, last, one JSON line with its fig
 import importlib
 import sys
 
-from artstyle_jax import host_memory
+from artstyle_jax.runtime import host_memory
 
 BENCHMARKS = ("backbone", "step", "memory", "cost", "data", "profile", "suite")
 

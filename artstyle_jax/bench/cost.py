@@ -30,9 +30,9 @@ import ml_collections
 from ml_collections import config_flags
 
 from artstyle_jax import cli
-from artstyle_jax import export
-from artstyle_jax import sharding
-from artstyle_jax import step
+from artstyle_jax.bench import device_programs
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step
 from artstyle_jax.bench import chips
 from artstyle_jax.bench import memory
 from artstyle_jax.bench import step as bench_step
@@ -53,7 +53,7 @@ def _cost(analysis) -> tuple[float, float]:
 def host_lowered_cost(config: ml_collections.ConfigDict, platform: str) -> tuple[float, float]:
   """(FLOPs, bytes accessed) of the whole step in `platform`'s forms, lowered on one host device."""
   host_mesh = sharding.create_mesh(1, jax.devices("cpu")[:1])
-  return _cost(export.StepProgram(config, host_mesh, platform=platform).lower().cost_analysis())
+  return _cost(device_programs.StepProgram(config, host_mesh, platform=platform).lower().cost_analysis())
 
 
 def model_flops(config: ml_collections.ConfigDict, platform: str) -> float:
@@ -64,8 +64,8 @@ def model_flops(config: ml_collections.ConfigDict, platform: str) -> float:
 
 
 def _tpu_batch(config, mesh, per_device: int, chip: chips.Chip) -> dict:
-  batch_config = export.with_batch(config, per_device * mesh.size)
-  compiled = export.StepProgram(batch_config, mesh).lower().compile()
+  batch_config = device_programs.with_batch(config, per_device * mesh.size)
+  compiled = device_programs.StepProgram(batch_config, mesh).lower().compile()
   flops, bytes_accessed = _cost(compiled.cost_analysis())
   figures = {"peak_bytes": bench_step.memory_analysis(compiled)["peak_bytes"], "flops_per_device": flops,
              "bytes_accessed_per_device": bytes_accessed, "model_flops": model_flops(batch_config, "tpu")}
@@ -73,7 +73,7 @@ def _tpu_batch(config, mesh, per_device: int, chip: chips.Chip) -> dict:
 
 
 def _gpu_batch(config, per_device: int, chip: chips.Chip) -> dict:
-  batch_config = export.with_batch(config, per_device)
+  batch_config = device_programs.with_batch(config, per_device)
   flops, bytes_accessed = host_lowered_cost(batch_config, "cuda")
   figures = {"flops_per_device": flops, "bytes_accessed_per_device": bytes_accessed,
              "model_flops": model_flops(batch_config, "cuda") if config.model.remat else flops}

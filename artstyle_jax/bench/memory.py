@@ -34,9 +34,9 @@ from ml_collections import config_flags
 import numpy as np
 
 from artstyle_jax import cli
-from artstyle_jax import export
-from artstyle_jax import sharding
-from artstyle_jax import step
+from artstyle_jax.bench import device_programs
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step
 from artstyle_jax.bench import step as bench_step
 
 _GIB = 2**30
@@ -119,7 +119,7 @@ def main(argv: Sequence[str]) -> int:
   peaks, memory_by_batch = {}, {}
   for per_device in batch_sizes:
     start = time.perf_counter()
-    program = export.StepProgram(export.with_batch(config, per_device * mesh.size), mesh)
+    program = device_programs.StepProgram(device_programs.with_batch(config, per_device * mesh.size), mesh)
     memory = bench_step.memory_analysis(program.lower().compile())
     peaks[per_device] = memory["peak_bytes"]
     memory_by_batch[str(per_device)] = memory

@@ -40,12 +40,12 @@ from ml_collections import config_flags
 import numpy as np
 
 from artstyle_jax import cli
-from artstyle_jax import config_lib
-from artstyle_jax import export
-from artstyle_jax import optim
-from artstyle_jax import sharding
-from artstyle_jax import state as state_lib
-from artstyle_jax import step
+from artstyle_jax.method import config_lib
+from artstyle_jax.bench import device_programs
+from artstyle_jax.method import optim
+from artstyle_jax.method import sharding
+from artstyle_jax.method import state as state_lib
+from artstyle_jax.method import step
 from artstyle_jax.bench import chips
 from artstyle_jax.bench import timing
 
@@ -98,7 +98,7 @@ def _model_flops(config: ml_collections.ConfigDict, mesh, lowered_flops: float) 
     return lowered_flops
   plain = ml_collections.ConfigDict(config.to_dict())
   plain.model.remat = False
-  return _flops(export.StepProgram(plain, mesh).lower().cost_analysis())
+  return _flops(device_programs.StepProgram(plain, mesh).lower().cost_analysis())
 
 
 def fit_batch(config: ml_collections.ConfigDict, mesh, limit_bytes: float) -> dict:
@@ -112,7 +112,7 @@ def fit_batch(config: ml_collections.ConfigDict, mesh, limit_bytes: float) -> di
 
   def peak(per_device: int) -> int:
     if per_device not in tried:
-      program = export.StepProgram(export.with_batch(config, per_device * devices), mesh)
+      program = device_programs.StepProgram(device_programs.with_batch(config, per_device * devices), mesh)
       tried[per_device] = memory_analysis(program.lower().compile())["peak_bytes"]
       print(f"per-device batch {per_device}: {tried[per_device] / _GIB:.2f} GiB", flush=True)
     return tried[per_device]
@@ -228,7 +228,7 @@ def main(argv: Sequence[str]) -> int:
     print(json.dumps(result))
     return 0
 
-  program = export.StepProgram(config, mesh)
+  program = device_programs.StepProgram(config, mesh)
   start = time.perf_counter()
   lowered = program.lower()
   compiled = lowered.compile()

@@ -23,8 +23,8 @@ from typing import NamedTuple
 from absl import flags
 
 from artstyle_jax import cli
-from artstyle_jax import config_lib
-from artstyle_jax import paths
+from artstyle_jax.method import config_lib
+from artstyle_jax.storage import paths
 
 
 class Entry(NamedTuple):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from artstyle_jax import optim
+from artstyle_jax.method import optim
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
 

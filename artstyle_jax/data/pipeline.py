@@ -35,7 +35,7 @@ import grain
 import jax
 import numpy as np
 
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 
 Transform = Callable[[bytes, np.random.Generator], dict[str, np.ndarray]]
 

@@ -1,2 +1,5 @@
-"""Evaluating frozen features: weighted kNN (`knn`), linear probes (`linear_probe`),
-classification metrics (`metrics`) and their table, JSON and plot (`report`)."""
+"""Evaluating frozen features, algorithms only: weighted kNN (`knn`), linear probes (`linear_probe`,
+`probes`), few-label settings (`label_efficiency`), retrieval (`retrieval`), classification
+metrics (`metrics`) and their table and JSON (`report`).
+
+Imports `method`, `models`, `data`, `storage` and `runtime`; never `runs` or `pictures`."""

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple, Optional
 from absl import flags
 import numpy as np
 
-from artstyle_jax import config_lib
+from artstyle_jax.method import config_lib
 from artstyle_jax.evaluators import knn
 from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.evaluators import metrics

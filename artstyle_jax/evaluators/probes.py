@@ -22,9 +22,9 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from artstyle_jax import config_lib
-from artstyle_jax import features
-from artstyle_jax import sharding
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import features
+from artstyle_jax.method import sharding
 from artstyle_jax.data import pipeline
 from artstyle_jax.data import view_specs
 from artstyle_jax.data import views

@@ -3,7 +3,7 @@ the confusion matrix, is `pictures.confusion`'s.)"""
 import json
 from typing import Any, Mapping
 
-from artstyle_jax import paths
+from artstyle_jax.storage import paths
 
 
 def _percent(fraction) -> str:

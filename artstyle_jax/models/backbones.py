@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from artstyle_jax import paths
+from artstyle_jax.storage import paths
 from artstyle_jax.models import authors_checkpoint
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights

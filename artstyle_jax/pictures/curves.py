@@ -10,8 +10,8 @@ import jax
 from matplotlib.figure import Figure
 import numpy as np
 
-from artstyle_jax import checkpoints
-from artstyle_jax import metric_writer
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.storage import metric_writer
 from artstyle_jax.pictures import figure
 
 CURVES_FILE = "curves.png"

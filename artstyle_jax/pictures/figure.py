@@ -5,7 +5,7 @@ import os
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from artstyle_jax import paths
+from artstyle_jax.storage import paths
 
 DPI = 100
 

@@ -7,7 +7,7 @@ Each run of `RUNS` is the config (default configs/demo.py, with its overrides) p
 overrides, pretrained in DIR/NAME (a train.py workdir: run the command again after an interruption
 and it resumes; a finished run is not repeated) on the demo's dataset, built once in DIR/data. Each
 pretrained backbone, and the random initialisation of every image size the runs use, gets the
-demo's evaluation (`protocol.evaluate_backbone`: fast linear probe and kNN on the test split) in
+demo's evaluation (`evaluation.evaluate_backbone`: fast linear probe and kNN on the test split) in
 DIR/NAME/eval. Printed as a Markdown table and kept in DIR/ablations.json (`RESULTS_FILE`), per
 run: the test features' effective rank and first-PC share, kNN and linear top-1, the training
 batch's pooled-feature rank at the first and the last step, and the last step's loss.
@@ -22,12 +22,12 @@ import ml_collections
 from ml_collections import config_flags
 
 from artstyle_jax import cli
-from artstyle_jax import config_lib
-from artstyle_jax import metric_writer
-from artstyle_jax import paths
-from artstyle_jax import synthetic_demo
-from artstyle_jax import workdir as workdir_lib
-from artstyle_jax.evaluators import protocol
+from artstyle_jax.method import config_lib
+from artstyle_jax.storage import metric_writer
+from artstyle_jax.storage import paths
+from artstyle_jax.runs import synthetic_demo
+from artstyle_jax.runs import saved_run
+from artstyle_jax.runs import evaluation
 from artstyle_jax.evaluators import report
 
 RESULTS_FILE = "ablations.json"
@@ -81,7 +81,7 @@ def batch_ranks(workdir: str) -> tuple[float, float, float]:
 
 def score(config: ml_collections.ConfigDict, params: Any, out_dir: epath.Path, step: int | None) -> dict[str, Any]:
   """The demo's evaluation of one backbone (None: the random initialisation), its figures."""
-  results = protocol.evaluate_backbone(config, params, out_dir, step=step, verbose=False)
+  results = evaluation.evaluate_backbone(config, params, out_dir, step=step, verbose=False)
   knn, linear = results["knn"], results["linear"]
   return {"effective_rank": knn["effective_rank"], "first_pc_share": knn["first_pc_share"],
           "knn_top1": knn["top1"], "linear_top1": linear["top1"], "step": step}
@@ -111,10 +111,10 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, names: list[str]) -> 
     step, total_steps = synthetic_demo.pretrain(config, run_dir)
     if step != total_steps:
       return None
-    params, step = workdir_lib.restore_backbone(run_dir, config, step)
+    params, step = saved_run.restore_backbone(run_dir, config, step)
     first_rank, last_rank, loss = batch_ranks(run_dir)
     results[name] = {"description": RUNS[name][0], "overrides": list(RUNS[name][1]),
-                     **score(config, params, workdir_lib.eval_dir(run_dir), step), "image_size": config.image_size,
+                     **score(config, params, saved_run.eval_dir(run_dir), step), "image_size": config.image_size,
                      "batch_rank_first": first_rank, "batch_rank_last": last_rank, "last_loss": loss}
     baseline = f"{RANDOM_INIT}_{config.image_size}"
     if baseline not in results:

@@ -21,10 +21,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from artstyle_jax import authors_import
+from artstyle_jax.runs import authors_import
 from artstyle_jax import cli
-from artstyle_jax import config_lib
-from artstyle_jax import paths
+from artstyle_jax.method import config_lib
+from artstyle_jax.storage import paths
 
 DEFAULT_CONFIG = config_lib.packaged_config("paper.py")
 

@@ -21,7 +21,7 @@ from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
-from artstyle_jax import paths
+from artstyle_jax.storage import paths
 from artstyle_jax.data import builders
 from artstyle_jax.data import images
 

@@ -10,7 +10,7 @@ import time
 from absl import app
 from absl import flags
 
-from artstyle_jax import paths
+from artstyle_jax.storage import paths
 from artstyle_jax.data import synthetic
 
 _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)

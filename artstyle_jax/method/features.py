@@ -8,7 +8,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from artstyle_jax import sharding
+from artstyle_jax.method import sharding
 from artstyle_jax.data import pipeline
 from artstyle_jax.models import convnext
 from artstyle_jax.models import vit

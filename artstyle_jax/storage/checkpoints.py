@@ -31,8 +31,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from artstyle_jax import agreement
-from artstyle_jax import settled_reads
+from artstyle_jax.runtime import multihost
+from artstyle_jax.storage import restore_tasks
 from artstyle_jax.data import pipeline
 
 CONFIG_FILE = "config.json"
@@ -279,7 +279,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
   """
   directory = epath.Path(mngr.directory) / str(step)
   try:
-    with settled_reads.settled(), contextlib.closing(ocp.StandardCheckpointHandler()) as handler:
+    with restore_tasks.settled(), contextlib.closing(ocp.StandardCheckpointHandler()) as handler:
       state = handler.restore(directory / "state", args=ocp.args.StandardRestore(abstract_state))
     if data_iterator is not None and (directory / "data").exists():
       saved_count = pipeline.restore_position(directory / "data", data_iterator)
@@ -319,7 +319,7 @@ def restore_subtree(workdir: str, step: int, target: Any) -> Any:
   """
   directory = epath.Path(workdir) / CHECKPOINT_DIR
   try:
-    with settled_reads.settled(), contextlib.closing(ocp.PyTreeCheckpointHandler()) as handler:
+    with restore_tasks.settled(), contextlib.closing(ocp.PyTreeCheckpointHandler()) as handler:
       return handler.restore(directory / str(step) / "state", args=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
   except Exception as e:  # As in `restore`.
@@ -338,10 +338,10 @@ def move_aside(directory: Any, step: int) -> epath.Path:
   while target.exists():
     n += 1
     target = source.with_name(f"{step}{CORRUPT_SUFFIX}{n}")
-  agreement.barrier(f"move_aside_{step}_named")  # every process named the target before it exists
+  multihost.barrier(f"move_aside_{step}_named")  # every process named the target before it exists
   if jax.process_index() == 0:
     source.rename(target)
-  agreement.barrier(f"move_aside_{step}_moved")
+  multihost.barrier(f"move_aside_{step}_moved")
   return target
 
 
@@ -349,7 +349,7 @@ def _disagreement(step: int, directory: Any, error: Exception | None, verdicts: 
   """The error every process raises when not all of them found checkpoint `step` damaged."""
   if error is not None and not isinstance(error, DamagedCheckpointError):
     return error
-  failed = ", ".join(str(int(i)) for i in np.flatnonzero(verdicts != agreement.READ))
+  failed = ", ".join(str(int(i)) for i in np.flatnonzero(verdicts != multihost.READ))
   why = f" ({error.reason})" if error is not None else ""
   return UnreadableCheckpointError(step, directory, f"process {failed} of {len(verdicts)} could not read it{why}, "
                                    "the others could")
@@ -373,13 +373,13 @@ def restore_newest(mngr: ocp.CheckpointManager, read: Callable[[int], T], step: 
   moved = False
   try:
     for candidate in candidates:
-      result, error, verdicts = agreement.read_on_every_process(
+      result, error, verdicts = multihost.read_on_every_process(
           read, candidate, retried=(DamagedCheckpointError, UnreadableCheckpointError), damage=DamagedCheckpointError)
-      if (verdicts == agreement.READ).all():
+      if (verdicts == multihost.READ).all():
         return result, candidate
       if step is not None and error is not None:
         raise error
-      if not (verdicts == agreement.DAMAGED).all():
+      if not (verdicts == multihost.DAMAGED).all():
         raise _disagreement(candidate, mngr.directory, error, verdicts)
       logging.warning("%s: moved it aside to %s, trying the checkpoint before it", error,
                       move_aside(mngr.directory, candidate))

@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
 from artstyle_jax import models
-from artstyle_jax import sharding
-from artstyle_jax import step as step_lib
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step as step_lib
 from artstyle_jax.data import sources
 
 EVAL_DIR = "eval"

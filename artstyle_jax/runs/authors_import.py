@@ -42,11 +42,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import optim
-from artstyle_jax import state as state_lib
-from artstyle_jax import step as step_lib
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import optim
+from artstyle_jax.method import state as state_lib
+from artstyle_jax.method import step as step_lib
 from artstyle_jax.data import pipeline
 from artstyle_jax.data import sources
 from artstyle_jax.models import convnext_weights

@@ -38,18 +38,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import features
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import features
 from artstyle_jax import models
-from artstyle_jax import paths
-from artstyle_jax import sharding
-from artstyle_jax import step as step_lib
-from artstyle_jax import workdir as workdir_lib
+from artstyle_jax.storage import paths
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step as step_lib
+from artstyle_jax.runs import saved_run
 from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
-from artstyle_jax.evaluators import head_file
-from artstyle_jax.evaluators import health
+from artstyle_jax.runs import head_file
+from artstyle_jax.method import health
 from artstyle_jax.evaluators import knn
 from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.evaluators import linear_probe
@@ -104,7 +104,7 @@ def _backbone(config: ml_collections.ConfigDict, params: Any, module: Optional[n
   if module is None:
     module = step_lib.build_backbone(config, mesh)
     if params is None:
-      return Backbone(module, workdir_lib.random_backbone_params(config, module, mesh), config.model.name, True)
+      return Backbone(module, saved_run.random_backbone_params(config, module, mesh), config.model.name, True)
     return Backbone(module, params, config.model.name, False)
   return Backbone(module, jax.device_put(params, sharding.replicated(mesh)), models.model_name(module),
                   weights.startswith(models.RANDOM_PREFIX))
@@ -211,7 +211,7 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
   batch_size = features.extraction_batch_size(config, mesh) if batch_size is None else batch_size
   if batch_size < 1 or batch_size % mesh.size:
     raise config_lib.ConfigError(f"the extraction batch of {batch_size} does not split over {mesh.size} devices")
-  train_source, test_source, class_names = workdir_lib.open_splits(config)
+  train_source, test_source, class_names = saved_run.open_splits(config)
   check_splits(config, train_source, test_source, mode=mode, paper_batch_size=paper_batch_size, embedding=embedding)
 
   evaluated = _backbone(config, backbone_params, backbone, weights, mesh)
@@ -281,14 +281,14 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict, *, step: O
   checkpoints.check_compatible(workdir, config)
   config_lib.validate(config)
   if not random_init:
-    workdir_lib.checkpoint_step(workdir, step)
-  workdir_lib.open_splits(config)  # A missing dataset is refused before the backbone is restored.
+    saved_run.checkpoint_step(workdir, step)
+  saved_run.open_splits(config)  # A missing dataset is refused before the backbone is restored.
   mesh = sharding.create_mesh() if mesh is None else mesh
   params = None
   if not random_init:
-    params, step = workdir_lib.restore_backbone(workdir, config, step, mesh)
+    params, step = saved_run.restore_backbone(workdir, config, step, mesh)
     logging.info("restored the student backbone of step %d from %s", step, workdir)
-  out_dir = workdir_lib.eval_dir(workdir, random_init) if out_dir is None else out_dir
+  out_dir = saved_run.eval_dir(workdir, random_init) if out_dir is None else out_dir
   return evaluate_backbone(config, params, out_dir, step=None if random_init else step, mesh=mesh, **options)
 
 
@@ -327,7 +327,7 @@ def evaluate_weights(source: str, config: ml_collections.ConfigDict, out_dir: st
     ConfigError, FileNotFoundError, BackboneError: before anything is written.
   """
   config_lib.validate(config)
-  workdir_lib.open_splits(config)  # A missing dataset is refused before the backbone is loaded.
+  saved_run.open_splits(config)  # A missing dataset is refused before the backbone is loaded.
   source = models.RANDOM_PREFIX + config.model.name if source == "random" else models.backbones.canonical_source(source)
   backbone, variables = models.load_backbone(source, seed=config.seed, dtype=config_lib.compute_dtype(config),
                                              forms=step_lib.model_forms(config, mesh))

@@ -30,12 +30,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from artstyle_jax import config_lib
-from artstyle_jax import features
-from artstyle_jax import optim
-from artstyle_jax import sharding
-from artstyle_jax import state as state_lib
-from artstyle_jax import step
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import features
+from artstyle_jax.method import optim
+from artstyle_jax.method import sharding
+from artstyle_jax.method import state as state_lib
+from artstyle_jax.method import step
 from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.models import forms as forms_lib
 

@@ -19,11 +19,11 @@ import jax
 import ml_collections
 import optax
 
-from artstyle_jax import config_lib
-from artstyle_jax import losses
-from artstyle_jax import sharding
-from artstyle_jax import state as state_lib
-from artstyle_jax.evaluators import health
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import losses
+from artstyle_jax.method import sharding
+from artstyle_jax.method import state as state_lib
+from artstyle_jax.method import health
 from artstyle_jax.models import convnext
 from artstyle_jax.models import forms as forms_lib
 from artstyle_jax.models import heads

@@ -13,8 +13,8 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from artstyle_jax import config_lib
-from artstyle_jax import state as state_lib
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import state as state_lib
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"

@@ -23,21 +23,21 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import features
-from artstyle_jax import metric_writer
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import features
+from artstyle_jax.storage import metric_writer
 from artstyle_jax import models
-from artstyle_jax import optim
-from artstyle_jax import sharding
-from artstyle_jax import step as step_lib
-from artstyle_jax import workdir as workdir_lib
+from artstyle_jax.method import optim
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step as step_lib
+from artstyle_jax.runs import saved_run
 from artstyle_jax.data import photometric
 from artstyle_jax.data import pipeline
 from artstyle_jax.data import sources
 from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
-from artstyle_jax.evaluators import health
+from artstyle_jax.method import health
 from artstyle_jax.evaluators import knn
 from artstyle_jax.models import convnext
 from artstyle_jax.pictures import curves
@@ -110,7 +110,7 @@ def load_backbone_params(config: ml_collections.ConfigDict, backbone: Any) -> An
 
 def open_train_data(config: ml_collections.ConfigDict) -> tuple[Any, int]:
   """(source of the training split, its size); raises as `workdir.open_split`."""
-  source = workdir_lib.open_split(config, config.dataset.train_split)
+  source = saved_run.open_split(config, config.dataset.train_split)
   return source, len(source)
 
 
@@ -221,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   monitor = None
   if config.knn_every_steps:
-    eval_source = workdir_lib.open_split(config, config.dataset.eval_split)
+    eval_source = saved_run.open_split(config, config.dataset.eval_split)
     monitor = knn_monitor(config, backbone, mesh, train_source, eval_source)
 
   writer = metric_writer.MetricWriter(workdir, total_steps=total_steps, batch_size=config.batch_size)

@@ -1,7 +1,7 @@
 """Supervised fine-tuning of a whole backbone plus a linear classifier: `finetune(source, config, workdir)`.
 
 The paper's supervised comparison. The backbone is any source `models.load_backbone` reads
-(normalised and sized as `protocol.weights_config` says for eval --weights), or one of our
+(normalised and sized as `evaluation.weights_config` says for eval --weights), or one of our
 pretraining workdirs (its latest checkpoint's student backbone, `workdir.restore_backbone`).
 It is trained with a classifier on the training split's labels (`supervised_step`: AdamW,
 warm-up + cosine, label smoothing, a lower backbone rate; the views are the linear probe's,
@@ -24,21 +24,21 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import features
-from artstyle_jax import metric_writer
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import features
+from artstyle_jax.storage import metric_writer
 from artstyle_jax import models
-from artstyle_jax import sharding
-from artstyle_jax import step as step_lib
-from artstyle_jax import supervised_step
-from artstyle_jax import training
-from artstyle_jax import workdir as workdir_lib
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step as step_lib
+from artstyle_jax.method import supervised_step
+from artstyle_jax.runs import pretraining
+from artstyle_jax.runs import saved_run
 from artstyle_jax.data import pipeline
 from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
 from artstyle_jax.evaluators import metrics
-from artstyle_jax.evaluators import protocol
+from artstyle_jax.runs import evaluation
 from artstyle_jax.evaluators import report
 from artstyle_jax.pictures import confusion
 
@@ -49,7 +49,7 @@ CONFUSION_FILE = f"{METHOD}_confusion.png"
 
 def results_path(workdir: str | os.PathLike) -> epath.Path:
   """Where a fine-tuning workdir's test results are."""
-  return workdir_lib.eval_dir(os.fspath(workdir)) / RESULTS_FILE
+  return saved_run.eval_dir(os.fspath(workdir)) / RESULTS_FILE
 
 
 def is_finetune_workdir(path: str | os.PathLike) -> bool:
@@ -78,9 +78,9 @@ def load_weights(source: str, config: ml_collections.ConfigDict, mesh: jax.shard
     raise models.BackboneError(f"{source} is a fine-tuning workdir; give the backbone it started from, or a "
                                "pretraining workdir")
   if _is_pretraining_workdir(source):
-    saved = workdir_lib.saved_config(source)
+    saved = saved_run.saved_config(source)
     backbone = step_lib.build_backbone(saved, mesh)
-    params, step = workdir_lib.restore_backbone(source, saved, mesh=mesh)
+    params, step = saved_run.restore_backbone(source, saved, mesh=mesh)
     logging.info("restored the student backbone of step %d from %s", step, source)
     config = config.copy_and_resolve_references()
     with config.unlocked():
@@ -91,7 +91,7 @@ def load_weights(source: str, config: ml_collections.ConfigDict, mesh: jax.shard
     backbone, variables = models.load_backbone(source, seed=config.seed, dtype=config_lib.compute_dtype(config),
                                                forms=step_lib.model_forms(config, mesh))
     params = variables["params"]
-    config = protocol.weights_config(config, backbone, overridden)
+    config = evaluation.weights_config(config, backbone, overridden)
   with config.unlocked():
     config.finetune.weights = source
   return backbone, params, config
@@ -147,7 +147,7 @@ def read_results(workdir: str, config: ml_collections.ConfigDict) -> dict[str, A
 
 
 def _write_results(workdir: str, results: dict[str, Any]) -> None:
-  out = workdir_lib.eval_dir(workdir)
+  out = saved_run.eval_dir(workdir)
   out.mkdir(parents=True, exist_ok=True)
   report.write_json(results, os.fspath(out / RESULTS_FILE))
   title = (f"{METHOD}: {results['model']} ({results['weights']}), step {results['step']}, "
@@ -171,7 +171,7 @@ def finetune(source: str, config: ml_collections.ConfigDict, workdir: str, *, ov
     TrainingError: a non-finite loss. SaveError: a checkpoint could not be written.
   """
   config_lib.validate(config)
-  train_source, test_source, class_names = workdir_lib.open_splits(config)
+  train_source, test_source, class_names = saved_run.open_splits(config)
   mesh = sharding.create_mesh(config.mesh.fsdp)
   sharding.check_batch_divides(config.batch_size, mesh)
   backbone, backbone_params, config = load_weights(source, config, mesh, overridden)
@@ -191,7 +191,7 @@ def finetune(source: str, config: ml_collections.ConfigDict, workdir: str, *, ov
       train_source, views.ProbeTrainView(config.image_size, mean, std), global_batch_size=config.batch_size,
       seed=config.seed, num_workers=config.dataset.num_workers, num_threads=config.dataset.num_threads))
 
-  training.wait_for_all_processes("finetune_state_created")
+  pretraining.wait_for_all_processes("finetune_state_created")
   mngr = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpointing)
   abstract_state = checkpoints.abstract_like(state, shardings)
   restored = checkpoints.restore_newest(mngr, lambda s: checkpoints.restore(mngr, s, abstract_state, data_iterator))
@@ -202,7 +202,7 @@ def finetune(source: str, config: ml_collections.ConfigDict, workdir: str, *, ov
   checkpoints.save_config(workdir, config)
 
   writer = metric_writer.MetricWriter(workdir, total_steps=total_steps, batch_size=config.batch_size)
-  stop = training.StopRequest()
+  stop = pretraining.StopRequest()
   stop.install()
   try:
     for step in range(start_step + 1, total_steps + 1):
@@ -210,10 +210,10 @@ def finetune(source: str, config: ml_collections.ConfigDict, workdir: str, *, ov
       stopping = stop.agreed(step, config.log_every_steps)
       if step % config.log_every_steps == 0 or step == total_steps or stopping:
         logged = jax.device_get(step_metrics)
-        training.check_finite(step, logged, workdir)
+        pretraining.check_finite(step, logged, workdir)
         writer.write_train(step, logged)
       if step % config.checkpoint_every_steps == 0 or step == total_steps or stopping:
-        training.check_finite(step, jax.device_get(step_metrics), workdir)
+        pretraining.check_finite(step, jax.device_get(step_metrics), workdir)
         writer.flush()  # every record up to the checkpoint is kept, in an object store too
         checkpoints.save(mngr, step, state, data_iterator, force=True)
       if stopping:

@@ -20,7 +20,7 @@ import numpy as np
 import tensorboardX
 import tqdm
 
-from artstyle_jax import paths
+from artstyle_jax.storage import paths
 
 START_FILE = "metrics-{start:03d}.jsonl"
 _START = re.compile(r"^metrics-(\d+)\.jsonl$")

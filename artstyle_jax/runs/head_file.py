@@ -12,8 +12,8 @@ from typing import NamedTuple, Optional
 import ml_collections
 import numpy as np
 
-from artstyle_jax import checkpoints
-from artstyle_jax import workdir as workdir_lib
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.runs import saved_run
 from artstyle_jax.data import geometry
 from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
@@ -67,7 +67,7 @@ def load(workdir: str) -> Head:
   Raises:
     WorkdirError: eval has not been run on the workdir, or an older eval wrote the file.
   """
-  path = workdir_lib.eval_dir(workdir) / HEAD_FILE
+  path = saved_run.eval_dir(workdir) / HEAD_FILE
   if not path.exists():
     raise checkpoints.WorkdirError(f"{workdir} has no linear head ({path}): run "
                                    f"`python -m artstyle_jax.eval --workdir={workdir}` first")

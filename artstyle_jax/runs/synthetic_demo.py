@@ -4,12 +4,12 @@
 1. renders the procedural art-style dataset of `config.synthetic` (`data.synthetic`: ten
    texture-defined styles) and builds it as a TFDS dataset in WORKDIR/data;
 2. pretrains the student from its random initialisation with the dual-teacher method
-   (`training.train_and_evaluate`) in WORKDIR/pretrain, a workdir as train.py writes it: run
+   (`pretraining.train_and_evaluate`) in WORKDIR/pretrain, a workdir as train.py writes it: run
    again after an interruption it resumes from the latest checkpoint; a finished run is not
    repeated;
 3. scores the pooled features of the pretrained student backbone and of the random
    initialisation it started from (same architecture, same seed) with the fast linear probe
-   and the weighted kNN on the test split (`protocol.evaluate_backbone`), into
+   and the weighted kNN on the test split (`evaluation.evaluate_backbone`), into
    WORKDIR/pretrain/eval and WORKDIR/pretrain/eval/random_init as eval.py would (so predict.py
    works on WORKDIR/pretrain);
 4. writes the two side by side, WORKDIR/demo_results.json (`RESULTS_FILE`), and the text that
@@ -31,14 +31,14 @@ from etils import epath
 import ml_collections
 import tensorflow_datasets as tfds
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import prediction
-from artstyle_jax import training
-from artstyle_jax import workdir as workdir_lib
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
+from artstyle_jax.runs import prediction
+from artstyle_jax.runs import pretraining
+from artstyle_jax.runs import saved_run
 from artstyle_jax.data import pipeline
 from artstyle_jax.data import synthetic
-from artstyle_jax.evaluators import protocol
+from artstyle_jax.runs import evaluation
 from artstyle_jax.evaluators import report
 from artstyle_jax.pictures import curves
 from artstyle_jax.pictures import embedding_map
@@ -51,7 +51,7 @@ SUMMARY_METRICS = ("top1", "top5", "mean_per_class_accuracy", "macro_f1")
 SUMMARY_METHODS = ("linear", "knn")
 # Their keys in demo_results.json, as "<method>_<metric>".
 SUMMARY_FIGURES = tuple(f"{method}_{metric}" for method in SUMMARY_METHODS for metric in SUMMARY_METRICS)
-# Kept too, per backbone: its test features' health (`protocol.feature_health`), where a collapse shows.
+# Kept too, per backbone: its test features' health (`evaluation.feature_health`), where a collapse shows.
 HEALTH_METRICS = ("effective_rank", "first_pc_share")
 SHEET_FILE = "retrieval_sheet.png"
 SHEET_QUERIES = 4  # test paintings on the retrieval sheet, each of another style
@@ -113,13 +113,13 @@ def build_data(config: ml_collections.ConfigDict, workdir: str) -> ml_collection
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, int]:
   """Runs (or resumes, or finds finished) the pretraining in `workdir`; returns (its latest
   checkpoint's step, the step the run ends at)."""
-  _, num_train = training.open_train_data(config)
+  _, num_train = pretraining.open_train_data(config)
   total_steps = config_lib.total_steps(config, steps_per_epoch=pipeline.steps_per_epoch(num_train, config.batch_size))
   # train_and_evaluate turns SIGTERM and SIGINT into "checkpoint and stop" for good; the rest of
   # the demo has nothing to save, so it gets the usual handlers back.
   handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
   try:
-    training.train_and_evaluate(config, workdir)
+    pretraining.train_and_evaluate(config, workdir)
   finally:
     for signum, handler in handlers.items():
       signal.signal(signum, handler)
@@ -139,7 +139,7 @@ def write_sheet(config: ml_collections.ConfigDict, pretrain_dir: str, path: str)
 
 
 def summary(results: dict[str, dict[str, Any]], out_dir: epath.Path) -> dict[str, Any]:
-  """The figures of one backbone's `protocol.evaluate_backbone` results kept in demo_results.json."""
+  """The figures of one backbone's `evaluation.evaluate_backbone` results kept in demo_results.json."""
   figures = {f"{method}_{metric}": results[method][metric] for method in SUMMARY_METHODS
              for metric in SUMMARY_METRICS}
   health = {metric: results["knn"][metric] for metric in HEALTH_METRICS}
@@ -224,12 +224,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
     return None
 
   logging.info("evaluating the pretrained backbone of step %d and its random initialisation", step)
-  params, step = workdir_lib.restore_backbone(pretrain_dir, config, step)
-  out_dirs = {"pretrained": workdir_lib.eval_dir(pretrain_dir), "random_init": workdir_lib.eval_dir(pretrain_dir, True)}
+  params, step = saved_run.restore_backbone(pretrain_dir, config, step)
+  out_dirs = {"pretrained": saved_run.eval_dir(pretrain_dir), "random_init": saved_run.eval_dir(pretrain_dir, True)}
   evaluations = {
-      "pretrained": protocol.evaluate_backbone(config, params, out_dirs["pretrained"], step=step, verbose=False,
+      "pretrained": evaluation.evaluate_backbone(config, params, out_dirs["pretrained"], step=step, verbose=False,
                                                embedding=True),
-      "random_init": protocol.evaluate_backbone(config, None, out_dirs["random_init"], verbose=False,
+      "random_init": evaluation.evaluate_backbone(config, None, out_dirs["random_init"], verbose=False,
                                                 embedding=True),
   }
   clock.lap("evaluate")

@@ -26,14 +26,14 @@ from etils import epath
 import jax
 import ml_collections
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import finetuning
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
+from artstyle_jax.runs import finetuning
 from artstyle_jax import models
-from artstyle_jax import sharding
-from artstyle_jax import workdir as workdir_lib
+from artstyle_jax.method import sharding
+from artstyle_jax.runs import saved_run
 from artstyle_jax.evaluators import label_efficiency
-from artstyle_jax.evaluators import protocol
+from artstyle_jax.runs import evaluation
 from artstyle_jax.pictures import comparison_chart
 from artstyle_jax.pictures import label_efficiency_chart
 
@@ -81,7 +81,7 @@ def entry_config(entry: Entry, config: ml_collections.ConfigDict, overrides: Seq
   backbone source; a workdir's saved config with the same `overrides` for a workdir."""
   if not entry.is_workdir:
     return config
-  return config_lib.override(workdir_lib.saved_config(entry.source), overrides)
+  return config_lib.override(saved_run.saved_config(entry.source), overrides)
 
 
 def evaluate_entry(entry: Entry, config: ml_collections.ConfigDict, overrides: Sequence[str], out_dir: epath.Path,
@@ -90,9 +90,9 @@ def evaluate_entry(entry: Entry, config: ml_collections.ConfigDict, overrides: S
   if entry.is_finetuned:
     return {"linear": finetuning.read_results(entry.source, config)}
   if entry.is_workdir:
-    return protocol.evaluate_workdir(entry.source, entry_config(entry, config, overrides), mesh=mesh,
+    return evaluation.evaluate_workdir(entry.source, entry_config(entry, config, overrides), mesh=mesh,
                                      out_dir=out_dir, verbose=False, **options)
-  return protocol.evaluate_weights(entry.source, config, out_dir,
+  return evaluation.evaluate_weights(entry.source, config, out_dir,
                                    overridden=tuple(o.split("=", 1)[0] for o in overrides), mesh=mesh,
                                    verbose=False, **options)
 
@@ -184,7 +184,7 @@ def compare(entries: Sequence[Entry], config: ml_collections.ConfigDict, workdir
     config: the --config file with `overrides` applied (backbone sources use it).
     overrides: the "key=value" overrides, applied to the workdirs' saved configs too.
     mode: the linear probe, 'fast', 'paper' or 'baseline'.
-    options: `protocol.evaluate_backbone`'s (batch_size, paper_epochs, paper_batch_size, probe, embedding,
+    options: `evaluation.evaluate_backbone`'s (batch_size, paper_epochs, paper_batch_size, probe, embedding,
       label_plan).
 
   Returns:
@@ -194,7 +194,7 @@ def compare(entries: Sequence[Entry], config: ml_collections.ConfigDict, workdir
     ConfigError, FileNotFoundError: an unusable config or dataset, before anything is written.
   """
   config_lib.validate(config)
-  workdir_lib.open_splits(config)
+  saved_run.open_splits(config)
   mesh = sharding.create_mesh()
   out = epath.Path(workdir)
   rows = []

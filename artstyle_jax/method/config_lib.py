@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
-from artstyle_jax import optim
-from artstyle_jax import paths
+from artstyle_jax.method import optim
+from artstyle_jax.storage import paths
 from artstyle_jax.models import convnext
 from artstyle_jax.models import forms
 

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from artstyle_jax import features
-from artstyle_jax import optim
-from artstyle_jax import sharding
+from artstyle_jax.method import features
+from artstyle_jax.method import optim
+from artstyle_jax.method import sharding
 from artstyle_jax.evaluators import linear_probe
 
 Batch = Mapping[str, jax.Array]

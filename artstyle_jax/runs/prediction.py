@@ -18,15 +18,15 @@ from etils import epath
 import jax
 import numpy as np
 
-from artstyle_jax import checkpoints
-from artstyle_jax import config_lib
-from artstyle_jax import features
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import features
 from artstyle_jax import models
-from artstyle_jax import sharding
-from artstyle_jax import step as step_lib
-from artstyle_jax import workdir as workdir_lib
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step as step_lib
+from artstyle_jax.runs import saved_run
 from artstyle_jax.data import images
-from artstyle_jax.evaluators import head_file
+from artstyle_jax.runs import head_file
 from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.evaluators import retrieval
 from artstyle_jax.pictures import figure
@@ -100,15 +100,15 @@ class Predictor:
       return
     self.config = checkpoints.load_config(workdir)
     if self.head.model_name != self.config.model.name:
-      raise checkpoints.WorkdirError(f"the head in {workdir_lib.eval_dir(workdir)} was trained on "
+      raise checkpoints.WorkdirError(f"the head in {saved_run.eval_dir(workdir)} was trained on "
                                      f"{self.head.model_name}, but {workdir} holds {self.config.model.name}: "
                                      f"run `python -m artstyle_jax.eval --workdir={workdir}` again")
     backbone = step_lib.build_backbone(self.config, self.mesh)
     if self.head.step < 0:
-      self.backbone_params = workdir_lib.random_backbone_params(self.config, backbone, self.mesh)
+      self.backbone_params = saved_run.random_backbone_params(self.config, backbone, self.mesh)
     else:
       try:
-        self.backbone_params, _ = workdir_lib.restore_backbone(workdir, self.config, self.head.step, self.mesh)
+        self.backbone_params, _ = saved_run.restore_backbone(workdir, self.config, self.head.step, self.mesh)
       except checkpoints.WorkdirError as e:
         raise checkpoints.WorkdirError(f"{e}: the head was trained on step {self.head.step}; run "
                                        f"`python -m artstyle_jax.eval --workdir={workdir}` again") from e
@@ -116,13 +116,13 @@ class Predictor:
 
   def _load_weights(self, workdir: str) -> None:
     """The external backbone eval --weights evaluated into `workdir`, with the config it used."""
-    self.config = checkpoints.load_config(str(workdir_lib.eval_dir(workdir)))
+    self.config = checkpoints.load_config(str(saved_run.eval_dir(workdir)))
     try:
       backbone, variables = models.load_backbone(self.head.weights, seed=self.head.seed,
                                                  dtype=config_lib.compute_dtype(self.config),
                                                  forms=step_lib.model_forms(self.config, self.mesh))
     except (models.BackboneError, FileNotFoundError) as e:
-      raise checkpoints.WorkdirError(f"the head in {workdir_lib.eval_dir(workdir)} was trained on "
+      raise checkpoints.WorkdirError(f"the head in {saved_run.eval_dir(workdir)} was trained on "
                                      f"{self.head.weights}, which no longer loads: {e}") from e
     self.backbone_params = jax.device_put(variables["params"], sharding.replicated(self.mesh))
     self.feature_fn = features.make_feature_fn(backbone, self.mesh)

@@ -1,0 +1,5 @@
+"""What a program does to a workdir: pretraining (`pretraining`), fine-tuning, evaluation and its
+head file, prediction, comparison, the synthetic demo, a saved run's reads (`saved_run`) and the
+import of the authors' checkpoints (`authors_import`).
+
+Imports every room below it; only the programs import it."""

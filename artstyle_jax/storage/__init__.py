@@ -1,0 +1,4 @@
+"""What a run keeps on disk or in a bucket: paths as users type them (`paths`), Orbax
+checkpoints and their damage (`checkpoints`, `restore_tasks`), and the metric logs (`metric_writer`).
+
+Imports `runtime` and `data` (a checkpoint holds the input pipeline's position)."""
