@@ -111,7 +111,7 @@ def packaged_config(name: str) -> pathlib.Path:
   install and a run from the clone read the files users edit) and holds copies in a wheel or a
   `pip install .`; either way it is the package's own directory, found wherever it is installed.
   """
-  return pathlib.Path(importlib.resources.files(__package__) / "configs" / name)
+  return pathlib.Path(importlib.resources.files("artstyle_jax") / "configs" / name)
 
 
 def base_config(config_file: str, name: str) -> ml_collections.ConfigDict:

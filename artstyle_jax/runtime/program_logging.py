@@ -16,7 +16,7 @@ import sys
 from absl import logging
 import jax
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 # Messages of library warnings and errors that say nothing to a user of these programs.
 _NOISE = re.compile("|".join((
     r"^Unable to initialize backend",  # jax: no TPU (or GPU) here, the CPU is used
