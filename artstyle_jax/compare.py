@@ -36,31 +36,28 @@ import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from artstyle_jax import cli
-from artstyle_jax.runs import comparison
-from artstyle_jax.method import config_lib
-from artstyle_jax.storage import paths
-from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.evaluators import probes
+from artstyle_jax.method import config_lib
 from artstyle_jax.pictures import embedding_map
+from artstyle_jax.runs import comparison
 
 DEFAULT_CONFIG = config_lib.packaged_config("paper.py")
 
 _ENTRY = flags.DEFINE_multi_string("entry", [], "NAME=SOURCE_OR_WORKDIR, once per row, in order.")
-_WORKDIR = paths.DEFINE_path("workdir", None, "Directory for the comparison's outputs.")
+_WORKDIR = cli.DEFINE_path("workdir", None, "Directory for the comparison's outputs.")
 _MODE = flags.DEFINE_enum("mode", "fast", probes.MODES, "Linear probe of every entry: 'fast', 'paper' or "
                           "'baseline'.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images per feature-extraction step; default "
                                    "config.batch_size rounded up to a multiple of the device count.", lower_bound=1)
-probes.define_probe_flags()
-label_efficiency.define_flags()
+cli.define_probe_flags()
+cli.define_label_flags()
 _EMBEDDING = flags.DEFINE_bool("embedding", False, "Also draw each entry's t-SNE map of the test split's features, "
                                f"entries/NAME/{embedding_map.EMBEDDING_FILE}.")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the backbone sources (dataset, image size, "
-                                          "normalisation), default configs/paper.py; --config.key=value overrides "
-                                          "apply to the workdirs' saved configs too.")
+cli.define_config_file("Config of the backbone sources (dataset, image size, normalisation), default "
+                       "configs/paper.py; --config.key=value overrides apply to the workdirs' saved configs too.",
+                       default=str(DEFAULT_CONFIG))
 
 
 def main(argv):
@@ -68,11 +65,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _WORKDIR.value:
     cli.fail("--workdir is required")
-  label_plan = label_efficiency.plan_from_flags(flags.FLAGS)
-  results = comparison.compare(comparison.parse_entries(_ENTRY.value), _CONFIG.value, _WORKDIR.value,
+  label_plan = cli.label_plan()
+  results = comparison.compare(comparison.parse_entries(_ENTRY.value), flags.FLAGS.config, _WORKDIR.value,
                                overrides=cli.config_overrides(sys.argv[1:]), mode=_MODE.value,
                                batch_size=_BATCH_SIZE.value, embedding=_EMBEDDING.value, label_plan=label_plan,
-                               **probes.probe_flag_options(flags.FLAGS))
+                               **cli.probe_flag_options())
   print(comparison.format_table(results), end="")
   charts = [comparison.CHART_FILE] + ([comparison.LABEL_CHART_FILE] if label_plan else [])
   print(f"written to {_WORKDIR.value}: {comparison.RESULTS_FILE}, {comparison.TABLE_FILE}, {', '.join(charts)}, "
@@ -82,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main, default_config=str(DEFAULT_CONFIG))
+  cli.run(main)

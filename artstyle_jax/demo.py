@@ -14,18 +14,17 @@ SIGTERM or SIGINT during pretraining saves a checkpoint and exits 0, as train.py
 (an unknown config key, a config the demo cannot run) exits 1 with one error line.
 """
 from absl import app
-from ml_collections import config_flags
+from absl import flags
 
 from artstyle_jax import cli
 from artstyle_jax.method import config_lib
-from artstyle_jax.storage import paths
 from artstyle_jax.runs import synthetic_demo
 
 DEFAULT_CONFIG = config_lib.packaged_config("demo.py")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Demo config, default configs/demo.py; override keys as "
-                                          "--config.key=value.")
-_WORKDIR = paths.DEFINE_path("workdir", None, "Directory of the demo: data/, pretrain/ and demo_results.json.")
+cli.define_config_file("Demo config, default configs/demo.py; override keys as --config.key=value.",
+                       default=str(DEFAULT_CONFIG))
+_WORKDIR = cli.DEFINE_path("workdir", None, "Directory of the demo: data/, pretrain/ and demo_results.json.")
 
 
 def main(argv):
@@ -33,7 +32,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _WORKDIR.value:
     cli.fail("--workdir is required")
-  results = synthetic_demo.run(_CONFIG.value, _WORKDIR.value)
+  results = synthetic_demo.run(flags.FLAGS.config, _WORKDIR.value)
   if results is None:
     print(f"pretraining stopped before its last step; run the same command again to resume it from "
           f"{_WORKDIR.value}/{synthetic_demo.PRETRAIN_DIR}", flush=True)
@@ -42,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main, default_config=str(DEFAULT_CONFIG))
+  cli.run(main)

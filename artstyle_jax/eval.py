@@ -50,21 +50,18 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-from artstyle_jax.storage import checkpoints
 from artstyle_jax import cli
-from artstyle_jax.method import config_lib
-from artstyle_jax.storage import paths
-from artstyle_jax.runs import saved_run
-from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.evaluators import probes
-from artstyle_jax.runs import evaluation
+from artstyle_jax.method import config_lib
 from artstyle_jax.pictures import embedding_map
+from artstyle_jax.runs import evaluation
+from artstyle_jax.runs import saved_run
+from artstyle_jax.storage import checkpoints
 
 WEIGHTS_CONFIG = config_lib.packaged_config("paper.py")
 
-_WORKDIR = paths.DEFINE_path("workdir", None, "Workdir of a training run (config.json and checkpoints/); with "
+_WORKDIR = cli.DEFINE_path("workdir", None, "Workdir of a training run (config.json and checkpoints/); with "
                              "--weights, the directory for the results.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "Evaluate this backbone instead of a training run's "
                                "(models.load_backbone: a hub id, a .safetensors / .pth file, a DINOv2 or CLIP "
@@ -78,8 +75,8 @@ _AUGMENTED_COPIES = flags.DEFINE_integer("augmented_copies", 0, "Fast mode: augm
                                          "split.", lower_bound=0)
 _RANDOM_INIT = flags.DEFINE_bool("random_init", False, "Evaluate the random initialisation of config.seed instead "
                                  "of a checkpoint (results in DIR/eval/random_init/).")
-probes.define_probe_flags()
-label_efficiency.define_flags()
+cli.define_probe_flags()
+cli.define_label_flags()
 _EMBEDDING = flags.DEFINE_bool("embedding", False, f"Also draw the test split's features as a t-SNE map, "
                                f"DIR/eval/{embedding_map.EMBEDDING_FILE}.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images per feature-extraction step, a multiple of the "
@@ -106,12 +103,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     except checkpoints.WorkdirError as e:
       cli.fail(e)
     where = f"{_WORKDIR.value}/{checkpoints.CONFIG_FILE}"
-  cli.check_override_keys(config, remaining[1:], where)
-  try:
-    config_flags.DEFINE_config_dict("config", config, "The workdir's saved config; override keys as "
-                                    "--config.key=value.", sys_argv=remaining)
-  except flags.Error as e:
-    cli.fail(e)
+  cli.define_config(remaining, config, where, "The workdir's saved config; override keys as --config.key=value.")
   return cli.parse_flags(remaining)
 
 
@@ -119,8 +111,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   options = {"mode": _MODE.value, "augmented_copies": _AUGMENTED_COPIES.value, "batch_size": _BATCH_SIZE.value,
-             "embedding": _EMBEDDING.value, "label_plan": label_efficiency.plan_from_flags(flags.FLAGS),
-             **probes.probe_flag_options(flags.FLAGS)}
+             "embedding": _EMBEDDING.value, "label_plan": cli.label_plan(),
+             **cli.probe_flag_options()}
   if _WEIGHTS.value:
     out = saved_run.eval_dir(_WORKDIR.value)
     evaluation.evaluate_weights(_WEIGHTS.value, flags.FLAGS.config, out, overridden=cli.override_keys(sys.argv[1:]),

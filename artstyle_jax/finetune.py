@@ -17,16 +17,14 @@ import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from artstyle_jax import cli
 from artstyle_jax.method import config_lib
 from artstyle_jax.runs import finetuning
-from artstyle_jax.storage import paths
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file (default configs/finetune.py).",
-                                          lock_config=True)
-_WORKDIR = paths.DEFINE_path("workdir", None, "Directory for checkpoints, metrics, the saved config and eval/.")
+cli.define_config_file("Fine-tuning config file (default configs/finetune.py).",
+                       default=str(config_lib.packaged_config("finetune.py")), lock_config=True)
+_WORKDIR = cli.DEFINE_path("workdir", None, "Directory for checkpoints, metrics, the saved config and eval/.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "The backbone to fine-tune (models.load_backbone's sources, "
                                "random:MODEL, or a pretraining workdir).")
 flags.mark_flags_as_required(["workdir", "weights"])
@@ -36,8 +34,8 @@ cli.define_distributed_flags()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  finetuning.finetune(_WEIGHTS.value, _CONFIG.value, _WORKDIR.value, overridden=cli.override_keys(sys.argv[1:]))
+  finetuning.finetune(_WEIGHTS.value, flags.FLAGS.config, _WORKDIR.value, overridden=cli.override_keys(sys.argv[1:]))
 
 
 if __name__ == "__main__":
-  cli.run(main, default_config=str(config_lib.packaged_config("finetune.py")), distributed=True)
+  cli.run(main, distributed=True)

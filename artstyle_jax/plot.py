@@ -14,15 +14,14 @@ from absl import app
 from etils import epath
 
 from artstyle_jax import cli
-from artstyle_jax.storage import paths
 from artstyle_jax.pictures import curves
 
 COMPARE_FILE = "curves_compare.png"
 
-_WORKDIR = paths.DEFINE_path("workdir", None, "Workdir of a training run (config.json, metrics-NNN.jsonl).",
+_WORKDIR = cli.DEFINE_path("workdir", None, "Workdir of a training run (config.json, metrics-NNN.jsonl).",
                              required=True)
-_COMPARE = paths.DEFINE_multi_path("compare", [], "Workdirs of other runs to overlay; repeat the flag for each.")
-_OUT = paths.DEFINE_path("out", None, "The PNG to write; default DIR/curves.png, or DIR/curves_compare.png "
+_COMPARE = cli.DEFINE_multi_path("compare", [], "Workdirs of other runs to overlay; repeat the flag for each.")
+_OUT = cli.DEFINE_path("out", None, "The PNG to write; default DIR/curves.png, or DIR/curves_compare.png "
                          "with --compare.")
 
 

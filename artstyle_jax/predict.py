@@ -36,14 +36,14 @@ from absl import flags
 from absl import logging
 
 from artstyle_jax import cli
-from artstyle_jax.storage import paths
 from artstyle_jax.runs import prediction
+from artstyle_jax.storage import paths
 
-_WORKDIR = paths.DEFINE_path("workdir", None, "Workdir of a training run on which eval has been run.", required=True)
+_WORKDIR = cli.DEFINE_path("workdir", None, "Workdir of a training run on which eval has been run.", required=True)
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Styles to print per image.", lower_bound=1)
-_GALLERY = paths.DEFINE_path("gallery", None, "Directory of images to rank by style similarity to each image.")
+_GALLERY = cli.DEFINE_path("gallery", None, "Directory of images to rank by style similarity to each image.")
 _NUM_MATCHES = flags.DEFINE_integer("num_matches", 5, "Gallery images to print per image.", lower_bound=1)
-_SHEET = paths.DEFINE_path("sheet", None, "Also draw the styles and matches as a retrieval sheet into this PNG.")
+_SHEET = cli.DEFINE_path("sheet", None, "Also draw the styles and matches as a retrieval sheet into this PNG.")
 
 
 def main(argv):

@@ -11,22 +11,20 @@ DIR/curves.png is redrawn from DIR/metrics-NNN.jsonl (a file per run of train on
 """
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from artstyle_jax import cli
-from artstyle_jax.storage import paths
 from artstyle_jax.runs import pretraining
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
-_WORKDIR = paths.DEFINE_path("workdir", None, "Directory for checkpoints, metrics and the saved config.")
-flags.mark_flags_as_required(["config", "workdir"])
+cli.define_config_file("Training config file (configs/*.py).", required=True, lock_config=True)
+_WORKDIR = cli.DEFINE_path("workdir", None, "Directory for checkpoints, metrics and the saved config.")
+flags.mark_flag_as_required("workdir")
 cli.define_distributed_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  pretraining.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  pretraining.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ readonly REMOTE_VENV=artstyle-venv
 readonly ARCHIVE=artstyle-jax.tar.gz
 readonly LOCAL_ARCHIVE="$ROOT/build/$ARCHIVE"
 # Printed by every worker after installing, once all have joined the slice as the programs do
-# (cli.join_distributed): its process index, the process count, local and global device counts.
-readonly DEVICE_REPORT="from artstyle_jax import cli; cli.join_distributed(); import jax; \
+# (multihost.start): its process index, the process count, local and global device counts.
+readonly DEVICE_REPORT="from artstyle_jax.runtime import multihost; multihost.start(); import jax; \
 print(jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())"
 
 usage() {

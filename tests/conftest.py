@@ -19,12 +19,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import pytest  # noqa: E402  (after the environment above is set)
+import launch_recorder  # noqa: E402
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402  (after the environment above is set)
 
 from artstyle_jax.runtime import host_memory  # noqa: E402
-import launch_recorder  # noqa: E402
 
 host_memory.keep_freed_memory()  # As the programs do, before JAX starts its backend.
+# Grain's worker processes read its absl flags as they start; a program has parsed them.
+flags.FLAGS.mark_as_parsed()
 
 
 def _start_backend_with_eight_devices() -> None:

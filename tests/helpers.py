@@ -19,11 +19,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from artstyle_jax.storage import checkpoints
 from artstyle_jax.method import config_lib
 from artstyle_jax.method import optim
 from artstyle_jax.method import sharding
 from artstyle_jax.method import step as step_lib
+from artstyle_jax.storage import checkpoints
 
 # Paths.
 

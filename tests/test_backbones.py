@@ -1,5 +1,11 @@
 """ResNet-50 against plain torch, the public checkpoint formats read from files torch wrote, and
 `models.load_backbone` for every kind of source, refusing what it cannot load in one line."""
+from authors_checkpoint import AUTHORS_DEPTHS
+from authors_checkpoint import AUTHORS_DIMS
+from authors_checkpoint import write_authors_checkpoint
+from helpers import assert_trees_equal
+from helpers import FIXTURES
+from helpers import relative_error
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -8,16 +14,14 @@ import pytest
 from safetensors.numpy import save_file
 import torch
 
+from artstyle_jax import models
+from artstyle_jax.bench import torch_resnet
 from artstyle_jax.method import config_lib
 from artstyle_jax.method import features
-from artstyle_jax import models
-from artstyle_jax.runs import pretraining
-from artstyle_jax.bench import torch_resnet
 from artstyle_jax.models import convnext
 from artstyle_jax.models import resnet
 from artstyle_jax.models import resnet_weights
-from authors_checkpoint import AUTHORS_DEPTHS, AUTHORS_DIMS, write_authors_checkpoint
-from helpers import FIXTURES, assert_trees_equal, relative_error
+from artstyle_jax.runs import pretraining
 
 
 @pytest.fixture(scope="module")

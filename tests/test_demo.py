@@ -4,11 +4,11 @@ line before anything is written."""
 import json
 import os
 
+from helpers import file_stamps
+from helpers import run_program
+from helpers import SHORT_DEMO as SHORT
 from PIL import Image
 import pytest
-
-from helpers import SHORT_DEMO as SHORT
-from helpers import file_stamps, run_program
 
 
 def run_demo(workdir, *overrides):

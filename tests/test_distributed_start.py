@@ -1,11 +1,11 @@
-"""How a program joins a multi-process run (cli.join_distributed): on a Cloud TPU VM of a pod
+"""How a program joins a multi-process run (multihost.start): on a Cloud TPU VM of a pod
 slice by JAX's own cluster detection, with what it detects; never on a plain one-host run.
 (The coordinator flags of GPU clusters: test_multihost.py.)"""
 from jax._src import clusters
 from jax._src.clusters import cloud_tpu_cluster
 import pytest
 
-from artstyle_jax import cli
+from artstyle_jax.runtime import multihost
 
 # The metadata server of worker 1 of a two-host slice (v4-16) as a TPU VM sees it.
 SLICE_METADATA = {"agent-worker-number": "1", "worker-network-endpoints": "10.130.0.2,10.130.0.3"}
@@ -23,7 +23,7 @@ def initialized(monkeypatch):
         coordinator_address, num_processes, process_id, None, cluster_detection_method, 10)
     calls.append((coordinator, count, index))
 
-  monkeypatch.setattr(cli.jax.distributed, "initialize", initialize)
+  monkeypatch.setattr(multihost.jax.distributed, "initialize", initialize)
   return calls
 
 
@@ -43,8 +43,8 @@ def on_a_tpu_vm(monkeypatch):
 def test_a_tpu_vm_of_a_pod_slice_joins_the_slice_its_metadata_describes(on_a_tpu_vm, initialized):
   """Worker 1 of the two hosts: detected as a TPU VM ('gcetpu'), and the runtime started as
   process 1 of 2 with worker 0's address (the coordinator) on JAX's port 8482."""
-  assert cli.tpu_cluster() == "gcetpu"
-  cli.join_distributed()
+  assert multihost.tpu_cluster() == "gcetpu"
+  multihost.start()
   assert initialized == [("10.130.0.2:8482", 2, 1)]
 
 
@@ -52,8 +52,8 @@ def test_a_gke_tpu_pod_joins_the_slice_its_environment_describes(on_a_tpu_vm, in
   """GKE sets the hosts and this one's index in the environment: 'gketpu', process 0 of 3."""
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.7,10.0.0.8,10.0.0.9")
   monkeypatch.setenv("TPU_WORKER_ID", "0")
-  assert cli.tpu_cluster() == "gketpu"
-  cli.join_distributed()
+  assert multihost.tpu_cluster() == "gketpu"
+  multihost.start()
   assert initialized == [("10.0.0.7:8482", 3, 0)]
 
 
@@ -62,7 +62,7 @@ def test_a_one_host_cpu_run_does_not_start_the_distributed_runtime(initialized, 
   initialisation, and no metadata request."""
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.7,10.0.0.8")
   monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", lambda key: pytest.fail(f"asked the metadata for {key}"))
-  assert cli.tpu_cluster() is None
-  cli.join_distributed()
+  assert multihost.tpu_cluster() is None
+  multihost.start()
   assert initialized == []
 

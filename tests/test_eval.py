@@ -5,23 +5,27 @@ import json
 import os
 import shutil
 
+from helpers import assert_trees_equal
+from helpers import file_stamps
+from helpers import make_workdir
+from helpers import run_program
+from helpers import shifted
 import numpy as np
 from PIL import Image
 import pytest
 
-from artstyle_jax.storage import checkpoints
-from artstyle_jax.method import config_lib
-from artstyle_jax.method import features
-from artstyle_jax.method import sharding
-from artstyle_jax.method import step as step_lib
-from artstyle_jax.runs import saved_run
 from artstyle_jax.data import sources
 from artstyle_jax.data import views
-from artstyle_jax.runs import head_file
-from artstyle_jax.method import health
 from artstyle_jax.evaluators import linear_probe
+from artstyle_jax.method import features
+from artstyle_jax.method import health
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step as step_lib
+from artstyle_jax.models import heads
 from artstyle_jax.runs import evaluation
-from helpers import assert_trees_equal, file_stamps, make_workdir, run_program, shifted
+from artstyle_jax.runs import head_file
+from artstyle_jax.runs import saved_run
+from artstyle_jax.storage import checkpoints
 
 
 def assert_sane_results(result, num_test, class_names):
@@ -144,7 +148,7 @@ def test_saved_head_is_the_one_scored_and_carries_its_inputs(workdir, evaluated,
   transform = views.EvalView(64, config.views.student.mean, config.views.student.std)
   test_features, test_labels = features.extract_split(
       config, feature_fn, params, sources.open_split(name, data_dir, "test"), transform, mesh, 8)
-  logits = linear_probe.apply_head({"kernel": head["kernel"], "bias": head["bias"]}, test_features)
+  logits = heads.linear_logits({"kernel": head["kernel"], "bias": head["bias"]}, test_features)
   top1 = float(np.mean(np.argmax(np.asarray(logits), axis=1) == test_labels))
   result = json.loads((path / "eval" / "linear_fast.json").read_text())
   assert top1 == result["top1"]
@@ -192,7 +196,7 @@ def test_bad_input_on_the_command_line_gives_one_error_line_and_leaves_the_workd
     ("no_checkpoint", checkpoints.WorkdirError, "holds no checkpoint"),
     ("missing_step", checkpoints.WorkdirError, "has no checkpoint of step 7; it has steps [1, 2]"),
     ("dataset_not_built", FileNotFoundError, "no built dataset 'image_folder/not_built'"),
-    ("missing_split", config_lib.ConfigError, "has no split 'validation'"),
+    ("missing_split", sources.DatasetError, "has no split 'validation'"),
 ])
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(tmp_path, workdir, evaluated, synthetic_data,
                                                                       case, error, message):

@@ -5,15 +5,16 @@ import json
 import os
 import pathlib
 
+from helpers import run_eval_weights
+from helpers import tiny_data_config
 import pytest
 
-from artstyle_jax.storage import checkpoints
-from artstyle_jax.runs import comparison
-from artstyle_jax.runs import prediction
-from artstyle_jax.runs import evaluation
 from artstyle_jax.models import vit
 from artstyle_jax.models import vit_weights
-from helpers import run_eval_weights, tiny_data_config
+from artstyle_jax.runs import comparison
+from artstyle_jax.runs import evaluation
+from artstyle_jax.runs import prediction
+from artstyle_jax.storage import checkpoints
 
 transformers = pytest.importorskip("transformers")
 

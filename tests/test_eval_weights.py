@@ -5,16 +5,18 @@ import json
 import os
 import pathlib
 
+from helpers import run_eval_weights
+from helpers import run_program
+from helpers import tiny_data_config
 import pytest
 
-from artstyle_jax.storage import checkpoints
-from artstyle_jax.runs import prediction
-from artstyle_jax.method import step as step_lib
 from artstyle_jax.data import view_specs
 from artstyle_jax.evaluators import probes
-from artstyle_jax.runs import evaluation
+from artstyle_jax.method import step as step_lib
 from artstyle_jax.models import resnet
-from helpers import run_eval_weights, run_program, tiny_data_config
+from artstyle_jax.runs import evaluation
+from artstyle_jax.runs import prediction
+from artstyle_jax.storage import checkpoints
 
 
 def test_a_resnet_is_normalised_with_imagenet_constants_unless_they_are_overridden(synthetic_data):

@@ -4,13 +4,14 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from artstyle_jax.evaluators import knn
 from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.evaluators import metrics
 from artstyle_jax.evaluators import report
+from artstyle_jax.models import heads
 from artstyle_jax.pictures import confusion as confusion_picture
 
 
@@ -176,7 +177,7 @@ def test_knn_rejects_bad_input_with_a_clear_message(kwargs, message):
 # --- linear probe, fast mode ------------------------------------------------------------------
 
 def _accuracy(head, features, labels) -> float:
-  return float(np.mean(np.argmax(np.asarray(linear_probe.apply_head(head, features)), axis=1) == labels))
+  return float(np.mean(np.argmax(np.asarray(heads.linear_logits(head, features)), axis=1) == labels))
 
 
 def test_fast_probe_learns_separable_clusters_and_its_objective_decreases():
@@ -199,8 +200,8 @@ def test_fast_head_applies_to_raw_features_whatever_their_per_channel_scale_and_
   offset = rng.uniform(-50.0, 50.0, size=12).astype(np.float32)
   head = linear_probe.fit_fast(features, labels, 3, steps=50).head
   moved_head = linear_probe.fit_fast(features * scale + offset, labels, 3, steps=50).head
-  np.testing.assert_allclose(linear_probe.apply_head(moved_head, features * scale + offset),
-                             linear_probe.apply_head(head, features), rtol=2e-3, atol=2e-3)
+  np.testing.assert_allclose(heads.linear_logits(moved_head, features * scale + offset),
+                             heads.linear_logits(head, features), rtol=2e-3, atol=2e-3)
 
 
 def test_fast_probe_takes_augmented_copies_as_3d_features_or_stacked_rows_with_repeated_labels():
@@ -260,7 +261,7 @@ def test_fast_probe_rejects_bad_input_with_a_clear_message(kwargs, message):
 def test_apply_head_refuses_features_of_another_width():
   head = {"kernel": jnp.zeros((8, 3)), "bias": jnp.zeros(3)}
   with pytest.raises(ValueError, match="features have 5 channels but the head expects 8"):
-    linear_probe.apply_head(head, np.zeros((2, 5)))
+    heads.linear_logits(head, np.zeros((2, 5)))
 
 
 # --- linear probe, paper mode -----------------------------------------------------------------

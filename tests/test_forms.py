@@ -5,13 +5,14 @@ import json
 import jax
 import jax.numpy as jnp
 import pytest
+from test_export import PAPER
+from test_export import SMALL
 
-from artstyle_jax.storage import checkpoints
 from artstyle_jax.method import config_lib
 from artstyle_jax.method import sharding
 from artstyle_jax.method import step
 from artstyle_jax.models import forms
-from test_export import PAPER, SMALL
+from artstyle_jax.storage import checkpoints
 
 CPU_FLOAT32 = forms.Forms("shift", "manual", "matmul", compiled_kernels=True)
 

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artstyle_jax.storage import metric_writer
-from artstyle_jax.runs import pretraining
 from artstyle_jax.method import health
+from artstyle_jax.runs import pretraining
+from artstyle_jax.storage import metric_writer
 
 
 def rank_r_features(rank, num=1000, dim=64, offset=5.0, seed=0):

@@ -12,13 +12,33 @@ import functools
 import pathlib
 import re
 
+from authors_checkpoint import AUTHORS_DEPTHS as DEPTHS
+from authors_checkpoint import AUTHORS_DIMS as DIMS
+from authors_checkpoint import AUTHORS_EPOCH as EPOCH
+from authors_checkpoint import AUTHORS_HIDDEN as HIDDEN
+from authors_checkpoint import AUTHORS_OVERRIDES
+from authors_checkpoint import authors_paper_config
+from authors_checkpoint import AUTHORS_PROJ as PROJ
+from authors_checkpoint import AUTHORS_PTR as PTR
+from authors_checkpoint import AUTHORS_QUEUE as QUEUE
+from authors_checkpoint import AUTHORS_SIZE
+from authors_checkpoint import authors_size_registered
+from authors_checkpoint import AuthorsModel
+from authors_checkpoint import FeaturesOnlyConvNeXt
+from authors_checkpoint import timm_features_only_state_dict
+from authors_checkpoint import write_authors_checkpoint
+from helpers import assert_trees_equal
+from helpers import file_contents
+from helpers import FIXTURES
+from helpers import relative_error
+from helpers import REPO
+from helpers import run_python
 import jax
 import numpy as np
 import optax
 import pytest
 import torch
 
-from artstyle_jax.storage import checkpoints
 from artstyle_jax.method import config_lib
 from artstyle_jax.method import optim
 from artstyle_jax.method import sharding
@@ -26,12 +46,7 @@ from artstyle_jax.method import state as state_lib
 from artstyle_jax.method import step as step_lib
 from artstyle_jax.models import convnext
 from artstyle_jax.runs import authors_import
-from authors_checkpoint import (AUTHORS_DEPTHS as DEPTHS, AUTHORS_DIMS as DIMS, AUTHORS_EPOCH as EPOCH,
-                                AUTHORS_HIDDEN as HIDDEN, AUTHORS_OVERRIDES, AUTHORS_PROJ as PROJ, AUTHORS_PTR as PTR,
-                                AUTHORS_QUEUE as QUEUE, AUTHORS_SIZE, AuthorsModel, FeaturesOnlyConvNeXt,
-                                authors_paper_config, authors_size_registered, timm_features_only_state_dict,
-                                write_authors_checkpoint)
-from helpers import FIXTURES, REPO, assert_trees_equal, file_contents, relative_error, run_python
+from artstyle_jax.storage import checkpoints
 
 ITERS_PER_EPOCH = 5
 # Batch 4 divides the queue of 16; 32 px is the smallest image size the config accepts.

@@ -5,15 +5,19 @@ The checkpoints are tests/authors_checkpoint.py's, edited to hold one defect eac
 """
 import dataclasses
 
+from authors_checkpoint import AUTHORS_DIMS as DIMS
+from authors_checkpoint import AUTHORS_EPOCH as EPOCH
+from authors_checkpoint import authors_paper_config
+from authors_checkpoint import AUTHORS_PROJ as PROJ
+from authors_checkpoint import AUTHORS_QUEUE as QUEUE
+from authors_checkpoint import authors_size_registered
+from authors_checkpoint import write_authors_checkpoint
 import numpy as np
 import pytest
 import torch
 
-from artstyle_jax.runs import authors_import
 from artstyle_jax.data import sources
-from authors_checkpoint import (AUTHORS_DIMS as DIMS, AUTHORS_EPOCH as EPOCH, AUTHORS_PROJ as PROJ,
-                                AUTHORS_QUEUE as QUEUE, authors_paper_config, authors_size_registered,
-                                write_authors_checkpoint)
+from artstyle_jax.runs import authors_import
 
 ITERS_PER_EPOCH = 5
 

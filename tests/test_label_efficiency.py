@@ -4,17 +4,17 @@ refused; the figures are the mean and std of the seeds' classification results; 
 line per backbone and setting kind with the spread shaded."""
 import json
 
-import numpy as np
 from matplotlib.collections import PolyCollection
+import numpy as np
 from PIL import Image
 import pytest
 
-from artstyle_jax.method import config_lib
 from artstyle_jax.evaluators import knn
 from artstyle_jax.evaluators import label_efficiency
-from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.evaluators import metrics
 from artstyle_jax.evaluators import probes
+from artstyle_jax.method import config_lib
+from artstyle_jax.models import heads
 from artstyle_jax.pictures import label_efficiency_chart
 
 # 3 classes of 40, 12 and 5 training images, interleaved.
@@ -95,7 +95,7 @@ def test_figures_are_mean_and_sample_std_of_each_seeds_classification_results():
   # fifth is the seed's, and seed 0's probe is eval's fast probe of config.seed 0.
   assert full["knn"]["top1"]["std"] == 0.0
   head, settings = probes.fit_fast_probe(train[None], LABELS, 3, 0)
-  expected = metrics.classification_results(np.asarray(linear_probe.apply_head(head, test)), test_labels)
+  expected = metrics.classification_results(np.asarray(heads.linear_logits(head, test)), test_labels)
   assert full["linear"]["macro_f1"]["values"][0] == expected["macro_f1"]
   assert full["linear_weight_decay"][0] == settings["weight_decay"] and len(two_shot["linear_weight_decay"]) == 3
   for method in ("knn", "linear"):

@@ -9,16 +9,20 @@ import shlex
 import subprocess
 import time
 
+from helpers import REPO
 import pytest
 
-from helpers import REPO
-from launch_recorder import GPU, GPU_CHECK, RECORDER, TPU, write_executable
+from launch_recorder import GPU
+from launch_recorder import GPU_CHECK
+from launch_recorder import RECORDER
+from launch_recorder import TPU
+from launch_recorder import write_executable
 
 Q_REPO = shlex.quote(str(REPO))
 VM = ["--name=art-pod", "--zone=us-central2-b"]
 # What every worker runs after installing: it joins the slice as the programs do, then prints its
 # process index, the process count, its local and the global device count.
-DEVICE_REPORT = ("from artstyle_jax import cli; cli.join_distributed(); import jax;"
+DEVICE_REPORT = ("from artstyle_jax.runtime import multihost; multihost.start(); import jax;"
                  " print(jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())")
 
 

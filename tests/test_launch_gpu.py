@@ -4,10 +4,14 @@ stand-ins of tests/launch_recorder.py, so nothing is installed or run)."""
 import os
 import shlex
 
+from helpers import REPO
 import pytest
 
-from helpers import REPO
-from launch_recorder import GPU, GPU_CHECK, GPU_CHECK_SCRIPT, RECORDER, write_executable
+from launch_recorder import GPU
+from launch_recorder import GPU_CHECK
+from launch_recorder import GPU_CHECK_SCRIPT
+from launch_recorder import RECORDER
+from launch_recorder import write_executable
 
 
 def test_gpu_shares_the_gpu_unless_told_to_take_a_fraction_of_its_memory(launch):

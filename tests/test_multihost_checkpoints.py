@@ -7,14 +7,19 @@ import subprocess
 import sys
 import textwrap
 
+from helpers import checkpoint_steps
+from helpers import file_contents
+from helpers import program_env
+from helpers import reserved_port
+from helpers import run_program
+from helpers import tiny_train_flags
+from helpers import wait_all
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from artstyle_jax.storage import metric_writer
-from helpers import (checkpoint_steps, file_contents, program_env, reserved_port, run_program, tiny_train_flags,
-                     wait_all)
 
 # XLA:CPU without LLVM optimisation: the same functions, compiled several times faster.
 FAST_CPU = "--xla_backend_optimization_level=0"

@@ -2,11 +2,12 @@
 import os
 
 from absl import flags
+from helpers import config_path
 import pytest
 
+from artstyle_jax import cli
 from artstyle_jax.method import config_lib
 from artstyle_jax.storage import paths
-from helpers import config_path
 
 
 def test_relative_paths_resolve_against_the_current_directory(tmp_path, monkeypatch):
@@ -35,8 +36,8 @@ def test_none_and_empty_stay_as_they_are():
 def test_path_flags_resolve_values_and_defaults(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   flag_values = flags.FlagValues()
-  workdir = paths.DEFINE_path("workdir", "default_dir", "a path", flag_values=flag_values)
-  entries = paths.DEFINE_multi_path("entry", None, "paths", flag_values=flag_values)
+  workdir = cli.DEFINE_path("workdir", "default_dir", "a path", flag_values=flag_values)
+  entries = cli.DEFINE_multi_path("entry", None, "paths", flag_values=flag_values)
   flag_values(["prog"])
   assert workdir.value == str(tmp_path / "default_dir")
   flag_values(["prog", "--workdir=run", "--entry=a", "--entry=gs://b/c"])

@@ -10,9 +10,12 @@ import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
-from artstyle_jax.method import config_lib
 from artstyle_jax.bench import data as bench_data
-from artstyle_jax.data import photometric, pipeline, view_specs, views
+from artstyle_jax.data import photometric
+from artstyle_jax.data import pipeline
+from artstyle_jax.data import sources
+from artstyle_jax.data import view_specs
+from artstyle_jax.data import views
 
 NUM_RECORDS = 23
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -192,7 +195,7 @@ def test_evaluation_covers_every_record_once_and_masks_the_padding(source):
 
 def test_steps_per_epoch_drops_the_last_partial_batch():
   assert pipeline.steps_per_epoch(1000, 16) == 62
-  with pytest.raises(config_lib.ConfigError, match="10 examples do not fill one global batch of 16"):
+  with pytest.raises(sources.DatasetError, match="10 examples do not fill one global batch of 16"):
     pipeline.steps_per_epoch(10, 16)
 
 

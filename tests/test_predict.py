@@ -7,17 +7,19 @@ import io
 import os
 import shutil
 
+from helpers import file_stamps
+from helpers import make_workdir
+from helpers import run_program
 from PIL import Image
 import pytest
 
-from artstyle_jax.storage import checkpoints
-from artstyle_jax.runs import prediction
-from artstyle_jax.runs import saved_run
 from artstyle_jax.data import images
 from artstyle_jax.data import sources
-from artstyle_jax.runs import evaluation
 from artstyle_jax.pictures import retrieval_sheet
-from helpers import file_stamps, make_workdir, run_program
+from artstyle_jax.runs import evaluation
+from artstyle_jax.runs import prediction
+from artstyle_jax.runs import saved_run
+from artstyle_jax.storage import checkpoints
 
 TOP_K = 3
 

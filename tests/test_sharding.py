@@ -2,18 +2,19 @@
 
 tests/conftest.py gives this process 8 virtual CPU devices.
 """
+from helpers import PLAIN_COSINE
+from helpers import small_step_config
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from artstyle_jax.method import config_lib
 from artstyle_jax.method import optim
 from artstyle_jax.method import sharding
 from artstyle_jax.method import step
 from artstyle_jax.models import convnext
-from helpers import PLAIN_COSINE, small_step_config
 
 GLOBAL_BATCH = 8
 

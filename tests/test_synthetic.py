@@ -2,13 +2,13 @@
 import filecmp
 import os
 
+from helpers import run_program
 import numpy as np
 from PIL import Image
 import pytest
 
 from artstyle_jax.data import sources
 from artstyle_jax.data import synthetic
-from helpers import run_program
 
 
 def tree_files(root) -> list[str]:

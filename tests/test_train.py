@@ -6,15 +6,20 @@ import signal
 import subprocess
 import time
 
+from helpers import assert_trees_equal
+from helpers import checkpoint_steps
+from helpers import file_stamps
+from helpers import restored_state
+from helpers import run_program
+from helpers import run_program_killed_after_step
+from helpers import start_program
+from helpers import tiny_train_flags
 import jax
 import numpy as np
 import pytest
 
-from artstyle_jax.storage import metric_writer
 from artstyle_jax.runs import pretraining
-from helpers import (assert_trees_equal, checkpoint_steps, file_stamps, restored_state, run_program,
-                     run_program_killed_after_step, start_program)
-from helpers import tiny_train_flags
+from artstyle_jax.storage import metric_writer
 
 
 def train_flags(workdir, data, *overrides):

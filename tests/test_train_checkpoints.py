@@ -5,10 +5,15 @@ import json
 import os
 import shutil
 
+from helpers import assert_trees_equal
+from helpers import checkpoint_steps
+from helpers import config_path
+from helpers import file_contents
+from helpers import restored_state
+from helpers import run_program
+from helpers import run_python
+from helpers import tiny_train_flags
 import pytest
-
-from helpers import assert_trees_equal, checkpoint_steps, config_path, file_contents, restored_state, run_program
-from helpers import run_python, tiny_train_flags
 
 
 def relative_train_flags(data, *overrides):

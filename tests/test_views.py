@@ -6,7 +6,9 @@ import io
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image
+from PIL import ImageEnhance
+from PIL import ImageFilter
 import pytest
 from scipy import ndimage
 

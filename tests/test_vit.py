@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from artstyle_jax.method import features
 from artstyle_jax import models
+from artstyle_jax.method import features
 from artstyle_jax.models import vit
 from artstyle_jax.models import vit_weights
 
@@ -157,7 +157,8 @@ def test_weights_of_another_family_are_refused_naming_the_keys(tmp_path):
 
 
 def test_a_missing_tensor_is_refused_naming_it(tmp_path):
-  from safetensors.numpy import load_file, save_file  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file
   _, directory = _dinov2(tmp_path)
   weights = load_file(f"{directory}/model.safetensors")
   del weights["encoder.layer.1.norm2.weight"]

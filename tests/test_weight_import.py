@@ -1,16 +1,20 @@
 """Weight import: numerical parity with timm and transformers, strict key checks, weight sources."""
+from helpers import assert_trees_equal
+from helpers import FIXTURES
+from helpers import relative_error
+from helpers import run_python
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
 import torch
 import transformers
 
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
 from artstyle_jax.models import forms
-from helpers import FIXTURES, assert_trees_equal, relative_error, run_python
 
 TIMM_WEIGHTS = FIXTURES / "timm_convnext_small_random.safetensors"
 TIMM_OUTPUTS = FIXTURES / "timm_convnext_small_random_io.npz"

@@ -13,9 +13,8 @@ import subprocess
 import sys
 import zipfile
 
-import pytest
-
 from helpers import SHORT_DEMO
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Not the clone (PYTHONPATH), not the user's site-packages: only what the fresh environment holds.

@@ -5,6 +5,8 @@ Each benchmark prints human-readable lines and, last, one JSON line with its fig
 import importlib
 import sys
 
+from absl import flags
+
 from artstyle_jax.runtime import host_memory
 
 BENCHMARKS = ("backbone", "step", "memory", "cost", "data", "profile", "suite")
@@ -12,6 +14,7 @@ BENCHMARKS = ("backbone", "step", "memory", "cost", "data", "profile", "suite")
 
 def main(argv: list[str]) -> int:
   host_memory.keep_freed_memory()  # Before JAX starts its backend.
+  flags.FLAGS.mark_as_parsed()  # Each benchmark parses its own flags; Grain's workers read the global ones.
   if len(argv) < 2 or argv[1] not in BENCHMARKS:
     print(f"usage: python -m artstyle_jax.bench {{{','.join(BENCHMARKS)}}} [flags...]", file=sys.stderr)
     return 2

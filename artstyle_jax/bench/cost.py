@@ -30,12 +30,12 @@ import ml_collections
 from ml_collections import config_flags
 
 from artstyle_jax import cli
-from artstyle_jax.bench import device_programs
-from artstyle_jax.method import sharding
-from artstyle_jax.method import step
 from artstyle_jax.bench import chips
+from artstyle_jax.bench import device_programs
 from artstyle_jax.bench import memory
 from artstyle_jax.bench import step as bench_step
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step
 
 _GIB = 2**30
 TPU_ESTIMATE = "XLA TPU compiler, deviceless: memory and cost analysis of the compiled step"

@@ -26,10 +26,16 @@ from absl import flags
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageEnhance
+from PIL import ImageFilter
 
 from artstyle_jax import cli
-from artstyle_jax.data import photometric, pipeline, view_specs, views
+from artstyle_jax.data import photometric
+from artstyle_jax.data import pipeline
+from artstyle_jax.data import view_specs
+from artstyle_jax.data import views
 
 STUDENT_MEAN, STUDENT_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 

@@ -18,8 +18,8 @@ Programs:
 `StepProgram` is the train step over abstract state and batch, which the benchmarks also compile
 (bench memory, cost and step); `with_batch` gives a config another global batch.
 """
-from collections.abc import Callable, Sequence
 import collections
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
 import math
@@ -36,8 +36,8 @@ from artstyle_jax.method import optim
 from artstyle_jax.method import sharding
 from artstyle_jax.method import state as state_lib
 from artstyle_jax.method import step
-from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.models import forms as forms_lib
+from artstyle_jax.models import heads
 
 PROGRAMS = ("train_step", "features", "predict")
 # Custom-call targets of this package's kernels (`models/cpu/kernels.py`): XLA:CPU only.
@@ -136,9 +136,9 @@ def predict_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, 
   """Predict's style probabilities: the pooled features through the saved linear probe, softmax."""
   backbone, params = _backbone_and_params(config, mesh, platform)
 
-  def style_probabilities(backbone_params, probe: linear_probe.Head, images: jax.Array) -> jax.Array:
+  def style_probabilities(backbone_params, probe: heads.LinearHead, images: jax.Array) -> jax.Array:
     pooled = features.pooled(backbone, {"params": backbone_params}, images)
-    return jax.nn.softmax(linear_probe.apply_head(probe, pooled), axis=-1)
+    return jax.nn.softmax(heads.linear_logits(probe, pooled), axis=-1)
 
   channels = backbone.dims[-1]
   replicated = sharding.replicated(mesh)

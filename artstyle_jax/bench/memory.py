@@ -35,9 +35,9 @@ import numpy as np
 
 from artstyle_jax import cli
 from artstyle_jax.bench import device_programs
+from artstyle_jax.bench import step as bench_step
 from artstyle_jax.method import sharding
 from artstyle_jax.method import step
-from artstyle_jax.bench import step as bench_step
 
 _GIB = 2**30
 

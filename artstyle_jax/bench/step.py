@@ -40,14 +40,14 @@ from ml_collections import config_flags
 import numpy as np
 
 from artstyle_jax import cli
-from artstyle_jax.method import config_lib
+from artstyle_jax.bench import chips
 from artstyle_jax.bench import device_programs
+from artstyle_jax.bench import timing
+from artstyle_jax.method import config_lib
 from artstyle_jax.method import optim
 from artstyle_jax.method import sharding
 from artstyle_jax.method import state as state_lib
 from artstyle_jax.method import step
-from artstyle_jax.bench import chips
-from artstyle_jax.bench import timing
 
 _GIB = 2**30
 
@@ -170,6 +170,7 @@ class _TorchReference:
 
   def __init__(self, config: ml_collections.ConfigDict, batch: dict[str, jax.Array]):
     import torch  # pylint: disable=import-outside-toplevel
+
     from artstyle_jax.bench import torch_step  # pylint: disable=import-outside-toplevel
 
     self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -13,18 +13,17 @@ line plus `entry`, or `error` if it failed) as it finishes, then the Markdown ta
 performance section shows; --out also writes the JSON lines to FILE. Exit status 1 if any entry
 failed.
 """
+from collections.abc import Sequence
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
 from typing import NamedTuple
 
 from absl import flags
 
 from artstyle_jax import cli
 from artstyle_jax.method import config_lib
-from artstyle_jax.storage import paths
 
 
 class Entry(NamedTuple):
@@ -66,7 +65,7 @@ ACCELERATOR_ENTRIES = (
 
 def _parse(argv: Sequence[str]):
   flag_values = flags.FlagValues()
-  paths.DEFINE_path("out", None, "also write the JSON lines to this file", flag_values=flag_values)
+  cli.DEFINE_path("out", None, "also write the JSON lines to this file", flag_values=flag_values)
   flags.DEFINE_enum("platform", "auto", ("auto", "cpu", "accelerator"), "which entries to run: 'auto' picks by "
                     "JAX's default backend", flag_values=flag_values)
   return cli.parse_command(argv, flag_values, __doc__)

@@ -12,5 +12,6 @@
   pipeline    the Grain input pipeline
 
 Submodules are imported explicitly; this package imports nothing, so that loading one
-part does not pay for the others (TFDS takes seconds to import).
+part does not pay for the others (TFDS takes seconds to import). Imports no other room (its
+programs, `python -m artstyle_jax.data.builders` and `.data.synthetic`, aside).
 """

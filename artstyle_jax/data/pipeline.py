@@ -23,19 +23,22 @@ whatever `num_workers`; the iterator's position is saved with Orbax through Grai
 (restore into an iterator of the same pipeline, built with the same number of workers). Grain
 writes one file per process, process_<i>-of-<n>.json; `restore_position` reads them also into a
 run on another number of processes.
+
+Grain's worker processes (`num_workers` > 0) read Grain's absl flags as they start: outside an
+absl program (a notebook, a test) call `absl.flags.FLAGS.mark_as_parsed()` first, to give them
+their defaults.
 """
 import dataclasses
 import json
 import math
 from typing import Any, Callable, Optional, Protocol
 
-from absl import flags
 from etils import epath
 import grain
 import jax
 import numpy as np
 
-from artstyle_jax.method import config_lib
+from artstyle_jax.data import sources
 
 Transform = Callable[[bytes, np.random.Generator], dict[str, np.ndarray]]
 
@@ -67,10 +70,10 @@ def steps_per_epoch(num_records: int, global_batch_size: int) -> int:
   """Training steps in one epoch (the last incomplete global batch is dropped).
 
   Raises:
-    ConfigError: the records do not fill one global batch (a dataset too small for the config).
+    DatasetError: the records do not fill one global batch (a dataset too small for the config).
   """
   if num_records < global_batch_size:
-    raise config_lib.ConfigError(
+    raise sources.DatasetError(
         f"the dataset's {num_records} examples do not fill one global batch of {global_batch_size}")
   return num_records // global_batch_size
 
@@ -157,9 +160,6 @@ class _EvalExample:
 
 def _prefetched(batches: grain.MapDataset, num_workers: int, num_threads: int,
                 prefetch_batches: int) -> grain.IterDataset:
-  if num_workers > 0 and not flags.FLAGS.is_parsed():
-    # Grain's worker start-up reads its absl flags; outside an absl app they take their defaults.
-    flags.FLAGS.mark_as_parsed()
   # Grain can only keep as many threads busy as there are buffered batches.
   read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(prefetch_batches, num_threads))
   return batches.to_iter_dataset(read_options).mp_prefetch(

@@ -23,8 +23,13 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+from etils import epath
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import read_only_builder
+
+
+class DatasetError(ValueError):
+  """A dataset the program cannot use: none named, a split it lacks, too few examples."""
 
 
 def load_builder(dataset_name: str, data_dir: str | os.PathLike) -> tfds.core.DatasetBuilder:
@@ -37,23 +42,28 @@ def load_builder(dataset_name: str, data_dir: str | os.PathLike) -> tfds.core.Da
     return read_only_builder.builder_from_files(dataset_name, data_dir=os.fspath(data_dir))
   except Exception as e:  # pylint: disable=broad-except
     raise FileNotFoundError(
-        f"no built dataset {dataset_name!r} in {os.fspath(data_dir)} ({type(e).__name__}: {e}); "
-        "build it first with `python -m artstyle_jax.data.builders`") from e
+        f"no built dataset {dataset_name!r} in {os.fspath(data_dir)}: "
+        "build it with `python -m artstyle_jax.data.builders`, or pass --config.dataset.name / "
+        "--config.dataset.data_dir") from e
 
 
-def open_split(dataset_name: str, data_dir: str | os.PathLike, split: str
+def open_split(dataset_name: str, data_dir: str | os.PathLike | None, split: str
                ) -> Sequence[dict[str, Any]]:
   """The examples of one split, with the image left as encoded bytes (see module docstring).
 
   Raises:
-    FileNotFoundError: the dataset was not built in data_dir.
-    ValueError: the dataset has no such split.
+    DatasetError: no data_dir given, or the dataset has no such split.
+    FileNotFoundError: data_dir does not exist, or the dataset was not built in it.
   """
+  if not data_dir:
+    raise DatasetError("dataset.data_dir is not set: pass --config.dataset.data_dir=DIR")
+  if not epath.Path(data_dir).exists():
+    raise FileNotFoundError(f"dataset.data_dir {os.fspath(data_dir)} does not exist")
   builder = load_builder(dataset_name, data_dir)
   available = sorted(builder.info.splits.keys())
   base_split = split.split("[", 1)[0]
   if base_split not in available:
-    raise ValueError(f"{dataset_name} has no split {base_split!r}; it has {available}")
+    raise DatasetError(f"{dataset_name} has no split {base_split!r}; it has {available}")
   return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
 
 

@@ -31,14 +31,14 @@ from collections.abc import Sequence
 import dataclasses
 from typing import Any, NamedTuple, Optional
 
-from absl import flags
 import numpy as np
 
-from artstyle_jax.method import config_lib
 from artstyle_jax.evaluators import knn
 from artstyle_jax.evaluators import linear_probe
 from artstyle_jax.evaluators import metrics
 from artstyle_jax.evaluators import probes
+from artstyle_jax.method import config_lib
+from artstyle_jax.models import heads
 
 RESULTS_FILE = "label_efficiency.json"
 METRICS = ("top1", "top5", "mean_per_class_accuracy", "macro_f1")
@@ -92,20 +92,6 @@ def make_plan(fractions: Sequence[str | float] = (), shots: Sequence[str | int] 
   return Plan(tuple(settings), seeds) if settings else None
 
 
-def define_flags() -> None:
-  """--label_fractions, --shots and --label_seeds, of the programs that evaluate (eval, compare)."""
-  flags.DEFINE_list("label_fractions", [], "Few-label evaluation: fractions of every class's training labels, "
-                    "e.g. 0.01,0.1,1.0 (rounded up to at least one image per class).")
-  flags.DEFINE_list("shots", [], "Few-label evaluation: training images per class, e.g. 1,5,10.")
-  flags.DEFINE_integer("label_seeds", DEFAULT_SEEDS, "Few-label evaluation: draws of every setting (label seeds "
-                       "0 .. N-1).", lower_bound=1)
-
-
-def plan_from_flags(flag_values: flags.FlagValues) -> Optional[Plan]:
-  """`make_plan` of the flags of `define_flags`."""
-  return make_plan(flag_values.label_fractions, flag_values.shots, flag_values.label_seeds)
-
-
 def subset_sizes(setting: Setting, class_counts: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
   """(K,) int images per class a setting takes from classes of `class_counts` (K,) images.
 
@@ -151,7 +137,7 @@ def _score(train_features, train_labels, test_features, test_labels, class_names
   else:
     weight_decay = linear_probe.FAST_WEIGHT_DECAY
     head = linear_probe.fit_fast(train_features, train_labels, num_classes, weight_decay=weight_decay).head
-  linear_scores = linear_probe.apply_head(head, test_features)
+  linear_scores = heads.linear_logits(head, test_features)
   return {"knn": metrics.classification_results(np.asarray(knn_scores), test_labels, class_names),
           "linear": metrics.classification_results(np.asarray(linear_scores), test_labels, class_names)
           }, weight_decay

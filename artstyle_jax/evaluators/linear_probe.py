@@ -1,7 +1,7 @@
 """Linear probes on frozen features: a fast on-device fit, and the paper's SGD protocol.
 
 Both produce the same head, {'kernel': (C, K) float32, 'bias': (K,) float32}, applied to raw
-pooled features by `apply_head` (logits = features @ kernel + bias), so predict and eval need
+pooled features by `heads.linear_logits` (logits = features @ kernel + bias), so predict and eval need
 not know which mode trained it.
 
 Fast mode (`fit_fast`): features are extracted once (optionally for a few augmented copies of
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-Head = dict[str, jax.Array]
+from artstyle_jax.models import heads
 
 FAST_STEPS = 300
 FAST_LEARNING_RATE = 0.01
@@ -41,15 +41,6 @@ PAPER_EPOCHS = 100
 PAPER_LEARNING_RATE = 0.001
 PAPER_MOMENTUM = 0.9
 PAPER_INIT_STDDEV = 0.01
-
-
-def apply_head(head: Head, features) -> jax.Array:
-  """(..., C) features -> (..., K) float32 logits of a head from `fit_fast` or `fit_paper`."""
-  kernel, bias = head["kernel"], head["bias"]
-  features = jnp.asarray(features, jnp.float32)
-  if features.shape[-1] != kernel.shape[0]:
-    raise ValueError(f"features have {features.shape[-1]} channels but the head expects {kernel.shape[0]}.")
-  return jnp.matmul(features, kernel, precision=jax.lax.Precision.HIGHEST) + bias
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -97,7 +88,7 @@ def _standardizer(features: jax.Array, standardize: bool) -> tuple[jax.Array, ja
 
 
 def _train_adam(inputs, labels, rng, learning_rate, weight_decay, *, num_classes: int, steps: int,
-                batch_size: Optional[int]) -> tuple[Head, jax.Array]:
+                batch_size: Optional[int]) -> tuple[heads.LinearHead, jax.Array]:
   """The fast-mode optimisation on (N, C) standardised inputs: (params, (steps,) objective)."""
   num_examples, channels = inputs.shape
 
@@ -125,7 +116,7 @@ def _train_adam(inputs, labels, rng, learning_rate, weight_decay, *, num_classes
 
 
 class FastProbeResult(NamedTuple):
-  head: Head
+  head: heads.LinearHead
   losses: jax.Array  # (steps,) float32 objective (cross-entropy + weight decay term) per step.
 
 
@@ -255,7 +246,7 @@ def select_weight_decay(features, labels, num_classes: int, *,
 
 
 def init_paper_head(rng: jax.Array, num_features: int, num_classes: int,
-                    stddev: float = PAPER_INIT_STDDEV) -> Head:
+                    stddev: float = PAPER_INIT_STDDEV) -> heads.LinearHead:
   """Linear(C -> K) as the published linear evaluation initialises it: N(0, stddev) weights
   (0.01), zero bias."""
   return {"kernel": stddev * jax.random.normal(rng, (num_features, num_classes), jnp.float32),
@@ -277,7 +268,7 @@ def paper_optimizer(base_learning_rate: float, total_steps: int, momentum: float
 
 
 class PaperProbeResult(NamedTuple):
-  head: Head  # after the final epoch
+  head: heads.LinearHead  # after the final epoch
   epoch_losses: np.ndarray  # (epochs,) float64 mean training cross-entropy per epoch
 
 
@@ -287,7 +278,7 @@ def fit_paper(feature_fn: Callable[..., jax.Array],
               epochs: int = PAPER_EPOCHS, learning_rate: float = PAPER_LEARNING_RATE,
               momentum: float = PAPER_MOMENTUM, weight_decay: float = 0.0,
               init_stddev: float = PAPER_INIT_STDDEV,
-              on_epoch_end: Optional[Callable[[int, Head, float], None]] = None) -> PaperProbeResult:
+              on_epoch_end: Optional[Callable[[int, heads.LinearHead, float], None]] = None) -> PaperProbeResult:
   """Trains a linear probe with the published protocol, on fresh augmented views every epoch.
 
   Args:
@@ -316,7 +307,7 @@ def fit_paper(feature_fn: Callable[..., jax.Array],
 
   @jax.jit
   def train_step(head, opt_state, features, labels):
-    loss, grads = jax.value_and_grad(lambda h: cross_entropy(apply_head(h, features), labels))(head)
+    loss, grads = jax.value_and_grad(lambda h: cross_entropy(heads.linear_logits(h, features), labels))(head)
     updates, opt_state = tx.update(grads, opt_state, head)
     return optax.apply_updates(head, updates), opt_state, loss
 

@@ -15,20 +15,20 @@ import itertools
 import math
 from typing import Any, Optional
 
-from absl import flags
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from artstyle_jax.method import config_lib
-from artstyle_jax.method import features
-from artstyle_jax.method import sharding
 from artstyle_jax.data import pipeline
 from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
 from artstyle_jax.evaluators import linear_probe
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import features
+from artstyle_jax.method import sharding
+from artstyle_jax.models import heads
 
 MODES = ("fast", "paper", "baseline")
 PAPER_BATCH_SIZE = 16
@@ -53,7 +53,7 @@ class AugmentedCopy:
 
 
 def fit_fast_probe(train_features: np.ndarray, train_labels: np.ndarray, num_classes: int,
-                   seed: int) -> tuple[linear_probe.Head, dict[str, Any]]:
+                   seed: int) -> tuple[heads.LinearHead, dict[str, Any]]:
   """Fast-mode head on (copies, N, C) features; returns (head, its settings for the results)."""
   select_rng, fit_rng = jax.random.split(jax.random.PRNGKey(seed))
   selection = linear_probe.select_weight_decay(train_features, train_labels, num_classes, rng=select_rng)
@@ -91,27 +91,9 @@ def probe_options(mode: str, learning_rate: Optional[float] = None, momentum: Op
   return {key: float(defaults[key] if given[key] is None else given[key]) for key in defaults}
 
 
-def define_probe_flags() -> None:
-  """The paper and baseline probes' flags, of the programs that evaluate (eval, compare)."""
-  flags.DEFINE_integer("paper_epochs", linear_probe.PAPER_EPOCHS, "Paper and baseline modes: epochs.", lower_bound=1)
-  flags.DEFINE_integer("paper_batch_size", PAPER_BATCH_SIZE, "Paper and baseline modes: batch size.", lower_bound=1)
-  flags.DEFINE_float("probe_learning_rate", None, "Paper and baseline modes: base learning rate; default "
-                     f"{linear_probe.PAPER_LEARNING_RATE} (paper), {BASELINE_LEARNING_RATE} (baseline).")
-  flags.DEFINE_float("probe_momentum", None, f"Nesterov momentum; default {linear_probe.PAPER_MOMENTUM}.")
-  flags.DEFINE_float("probe_weight_decay", None, "Weight decay; default 0.")
-  flags.DEFINE_float("probe_init_stddev", None, f"Initial weights' stddev; default {linear_probe.PAPER_INIT_STDDEV}.")
-
-
-def probe_flag_options(flag_values: flags.FlagValues) -> dict[str, Any]:
-  """`protocol.evaluate_backbone`'s probe options from the flags of `define_probe_flags` and --mode."""
-  return {"paper_epochs": flag_values.paper_epochs, "paper_batch_size": flag_values.paper_batch_size,
-          "probe": probe_options(flag_values.mode, flag_values.probe_learning_rate, flag_values.probe_momentum,
-                                 flag_values.probe_weight_decay, flag_values.probe_init_stddev)}
-
-
 def fit_paper_probe(config: ml_collections.ConfigDict, backbone, backbone_params: Any, train_source: Any,
                     num_classes: int, *, epochs: int, batch_size: int,
-                    options: Mapping[str, float]) -> tuple[linear_probe.Head, dict[str, Any]]:
+                    options: Mapping[str, float]) -> tuple[heads.LinearHead, dict[str, Any]]:
   """Paper- or baseline-mode head (artstyle_jax/METHOD.md "Linear evaluation", "The paper's baselines");
   `options`: `probe_options`. Returns (head, its settings for the results)."""
   mesh = _probe_mesh(batch_size)

@@ -19,9 +19,9 @@ import ml_collections
 from ml_collections import config_flags
 
 from artstyle_jax.method import optim
-from artstyle_jax.storage import paths
 from artstyle_jax.models import convnext
 from artstyle_jax.models import forms
+from artstyle_jax.storage import paths
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RELATION_LOSSES = ("ressl", "info_nce")

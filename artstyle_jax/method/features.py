@@ -8,8 +8,8 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from artstyle_jax.method import sharding
 from artstyle_jax.data import pipeline
+from artstyle_jax.method import sharding
 from artstyle_jax.models import convnext
 from artstyle_jax.models import vit
 

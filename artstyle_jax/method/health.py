@@ -3,12 +3,17 @@
 Pure jnp functions (they run inside the jitted train step and on host features alike), each
 returning a float32 scalar. A healthy run keeps its features spread over many directions; a
 collapsing one drives the effective rank and the spread of the normalised embeddings towards
-zero while its loss curve can look normal.
+zero while its loss curve can look normal. A run whose loss is no longer finite cannot go on:
+`TrainingError`.
 """
 import jax
 import jax.numpy as jnp
 
 _PRECISION = jax.lax.Precision.HIGHEST
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on (a non-finite loss)."""
 
 
 def centred_singular_values(x: jax.Array, *, via_gram: bool = False) -> jax.Array:

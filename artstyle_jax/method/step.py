@@ -20,10 +20,10 @@ import ml_collections
 import optax
 
 from artstyle_jax.method import config_lib
+from artstyle_jax.method import health
 from artstyle_jax.method import losses
 from artstyle_jax.method import sharding
 from artstyle_jax.method import state as state_lib
-from artstyle_jax.method import health
 from artstyle_jax.models import convnext
 from artstyle_jax.models import forms as forms_lib
 from artstyle_jax.models import heads
@@ -145,8 +145,8 @@ def make_train_step(
   With a `mesh` whose `fsdp` axis is larger than 1, each network's parameters are gathered
   (all-gathered from their FSDP shards) where it runs, so that activations stay split over the
   batch alone; gradients return to the parameters' sharding through the step's out_shardings.
+  `config` is one `config_lib.validate` has passed, as the programs' runs do before they build it.
   """
-  config_lib.validate(config)
   momenta = state_lib.teacher_momenta(config)
   weights = {term: float(config.loss_weights[term]) for term in config_lib.LOSS_TERMS}
   views = ("weak", "style") if config.style_teacher else ("weak",)

@@ -6,7 +6,7 @@
   state, metrics = step(state, sharding.shard_batch(batch, mesh))
 
 The classifier is a head like the linear probe's ({'kernel': (C, K), 'bias': (K,)},
-`linear_probe.apply_head`) on the backbone's pooled features (`features.pooled`). The optimiser
+`heads.linear_logits`) on the backbone's pooled features (`features.pooled`). The optimiser
 is AdamW with decoupled weight decay on kernels only (arrays of two or more dimensions); the
 classifier follows the warm-up + cosine schedule (`optim.warmup_cosine_schedule`), the backbone
 the same schedule times config.finetune.backbone_lr_scale. A ResNet's frozen BatchNorm
@@ -25,7 +25,7 @@ import optax
 from artstyle_jax.method import features
 from artstyle_jax.method import optim
 from artstyle_jax.method import sharding
-from artstyle_jax.evaluators import linear_probe
+from artstyle_jax.models import heads
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -71,7 +71,7 @@ def create_optimizer(config: ml_collections.ConfigDict,
   return optimizer, schedule
 
 
-def init_classifier(key: jax.Array, channels: int, num_classes: int, stddev: float) -> linear_probe.Head:
+def init_classifier(key: jax.Array, channels: int, num_classes: int, stddev: float) -> heads.LinearHead:
   return {"kernel": stddev * jax.random.normal(key, (channels, num_classes), jnp.float32),
           "bias": jnp.zeros((num_classes,), jnp.float32)}
 
@@ -97,7 +97,7 @@ def create_state(backbone: nn.Module, backbone_params: Any, num_classes: int, co
 
 def logits(backbone: nn.Module, params: Mapping[str, Any], images: jax.Array) -> jax.Array:
   """(B, K) float32 class logits of (B, S, S, 3) normalised images."""
-  return linear_probe.apply_head(params["classifier"], features.pooled(backbone, {"params": params["backbone"]},
+  return heads.linear_logits(params["classifier"], features.pooled(backbone, {"params": params["backbone"]},
                                                                        images))
 
 

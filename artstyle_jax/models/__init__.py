@@ -8,9 +8,11 @@
   from transformers' files),
   `authors_checkpoint` (the authors' training checkpoints).
 - `backbones.load_backbone(source)`: the one way to get a backbone a user names.
+
+Imports `storage` (paths as users type them), `data` and `runtime` at most.
 """
-from artstyle_jax.models.backbones import RANDOM_PREFIX
 from artstyle_jax.models.backbones import BackboneError
 from artstyle_jax.models.backbones import load_backbone
 from artstyle_jax.models.backbones import model_name
 from artstyle_jax.models.backbones import num_parameters
+from artstyle_jax.models.backbones import RANDOM_PREFIX

@@ -16,7 +16,8 @@ import numpy as np
 
 from artstyle_jax.models import convnext
 from artstyle_jax.models import torch_weights
-from artstyle_jax.models.torch_weights import CheckpointError, describe
+from artstyle_jax.models.torch_weights import CheckpointError
+from artstyle_jax.models.torch_weights import describe
 
 # Key prefixes of each network in the authors' model state_dict: (backbone, head).
 NETWORK_PREFIXES = {

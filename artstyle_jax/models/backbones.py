@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from artstyle_jax.storage import paths
 from artstyle_jax.models import authors_checkpoint
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
@@ -41,6 +40,7 @@ from artstyle_jax.models import resnet_weights
 from artstyle_jax.models import torch_weights
 from artstyle_jax.models import vit
 from artstyle_jax.models import vit_weights
+from artstyle_jax.storage import paths
 
 RANDOM_PREFIX = "random:"
 MODEL_NAMES = tuple(convnext.SIZES) + tuple(resnet.SIZES)

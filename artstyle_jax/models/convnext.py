@@ -22,10 +22,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from artstyle_jax.models.cpu.block_mlp import (LAYER_NORM_EPS, CompiledLayerNorm, MlpParams, depthwise_block, gelu,
-                                               pointwise_mlp)
+from artstyle_jax.models.cpu.block_mlp import CompiledLayerNorm
+from artstyle_jax.models.cpu.block_mlp import depthwise_block
+from artstyle_jax.models.cpu.block_mlp import gelu
+from artstyle_jax.models.cpu.block_mlp import LAYER_NORM_EPS
+from artstyle_jax.models.cpu.block_mlp import MlpParams
+from artstyle_jax.models.cpu.block_mlp import pointwise_mlp
 from artstyle_jax.models.cpu.depthwise import shift_conv
-from artstyle_jax.models.forms import PLAIN, Forms
+from artstyle_jax.models.forms import Forms
+from artstyle_jax.models.forms import PLAIN
 
 # timm's model sizes: name -> (depths, dims).
 SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {

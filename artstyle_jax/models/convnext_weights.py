@@ -15,7 +15,8 @@ from safetensors.numpy import load_file
 
 from artstyle_jax.models import torch_weights
 from artstyle_jax.models.convnext import ConvNeXt
-from artstyle_jax.models.torch_weights import conv_kernel, same
+from artstyle_jax.models.torch_weights import conv_kernel
+from artstyle_jax.models.torch_weights import same
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 

@@ -1,4 +1,5 @@
-"""The projection head: Linear -> ReLU -> Linear, output L2-normalised (ReSSL's MoCoHead).
+"""The projection head: Linear -> ReLU -> Linear, output L2-normalised (ReSSL's MoCoHead); and
+the linear classifier of the probes and of fine-tuning (`LinearHead`, `linear_logits`).
 
 Layer names `linear` and `out` follow the published checkpoints (`head_q.linear.weight`, ...).
 Initialisation is torch's `nn.Linear` default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights
@@ -10,6 +11,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+LinearHead = dict[str, jax.Array]
+"""A linear classifier: {'kernel': (C, K) float32, 'bias': (K,) float32}."""
+
+
+def linear_logits(head: LinearHead, features) -> jax.Array:
+  """(..., C) features -> (..., K) float32 logits, features @ kernel + bias."""
+  kernel, bias = head["kernel"], head["bias"]
+  features = jnp.asarray(features, jnp.float32)
+  if features.shape[-1] != kernel.shape[0]:
+    raise ValueError(f"features have {features.shape[-1]} channels but the head expects {kernel.shape[0]}.")
+  return jnp.matmul(features, kernel, precision=jax.lax.Precision.HIGHEST) + bias
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from artstyle_jax.models import torch_weights
-from artstyle_jax.models.resnet import SIZES, ResNet
+from artstyle_jax.models.resnet import ResNet
+from artstyle_jax.models.resnet import SIZES
 from artstyle_jax.models.torch_weights import CheckpointError
 
 _BLOCK = re.compile(r"layer(\d)\.(\d+)\.(.+)")

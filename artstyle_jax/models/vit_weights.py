@@ -29,7 +29,9 @@ import huggingface_hub
 import numpy as np
 
 from artstyle_jax.models import torch_weights
-from artstyle_jax.models.torch_weights import CheckpointError, conv_kernel, same
+from artstyle_jax.models.torch_weights import CheckpointError
+from artstyle_jax.models.torch_weights import conv_kernel
+from artstyle_jax.models.torch_weights import same
 from artstyle_jax.models.vit import ViT
 
 CONFIG_FILE = "config.json"

@@ -13,4 +13,6 @@ matplotlib's global backend left alone), carries a title naming the model, the s
 dataset, and is saved as a PNG of `figure.DPI` dots per inch, so that its size in pixels is its
 size in inches times `DPI`, as each drawing function states. The drawing functions return the
 Figure, whose artists keep what was drawn (lines, scatter offsets, images) for a reader or a test.
+
+Imports `storage` (the runs' files it draws from) and the rooms below it; nothing above.
 """

@@ -10,9 +10,9 @@ import jax
 from matplotlib.figure import Figure
 import numpy as np
 
+from artstyle_jax.pictures import figure
 from artstyle_jax.storage import checkpoints
 from artstyle_jax.storage import metric_writer
-from artstyle_jax.pictures import figure
 
 CURVES_FILE = "curves.png"
 # Training redraws the curves at a checkpoint at most this often (seconds), and at its last step.

@@ -42,16 +42,21 @@ import ml_collections
 import numpy as np
 import optax
 
-from artstyle_jax.storage import checkpoints
+from artstyle_jax.data import pipeline
+from artstyle_jax.data import sources
 from artstyle_jax.method import config_lib
 from artstyle_jax.method import optim
 from artstyle_jax.method import state as state_lib
 from artstyle_jax.method import step as step_lib
-from artstyle_jax.data import pipeline
-from artstyle_jax.data import sources
 from artstyle_jax.models import convnext_weights
-from artstyle_jax.models.authors_checkpoint import NETWORK_PREFIXES, TorchCheckpoint, TorchNetwork, model_name, read
-from artstyle_jax.models.torch_weights import CheckpointError, describe
+from artstyle_jax.models.authors_checkpoint import model_name
+from artstyle_jax.models.authors_checkpoint import NETWORK_PREFIXES
+from artstyle_jax.models.authors_checkpoint import read
+from artstyle_jax.models.authors_checkpoint import TorchCheckpoint
+from artstyle_jax.models.authors_checkpoint import TorchNetwork
+from artstyle_jax.models.torch_weights import CheckpointError
+from artstyle_jax.models.torch_weights import describe
+from artstyle_jax.storage import checkpoints
 
 
 def checkpoint_config(

@@ -26,16 +26,16 @@ from etils import epath
 import jax
 import ml_collections
 
-from artstyle_jax.storage import checkpoints
-from artstyle_jax.method import config_lib
-from artstyle_jax.runs import finetuning
 from artstyle_jax import models
-from artstyle_jax.method import sharding
-from artstyle_jax.runs import saved_run
 from artstyle_jax.evaluators import label_efficiency
-from artstyle_jax.runs import evaluation
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import sharding
 from artstyle_jax.pictures import comparison_chart
 from artstyle_jax.pictures import label_efficiency_chart
+from artstyle_jax.runs import evaluation
+from artstyle_jax.runs import finetuning
+from artstyle_jax.runs import saved_run
+from artstyle_jax.storage import checkpoints
 
 RESULTS_FILE = "comparison.json"
 TABLE_FILE = "comparison.md"

@@ -38,18 +38,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from artstyle_jax.storage import checkpoints
-from artstyle_jax.method import config_lib
-from artstyle_jax.method import features
 from artstyle_jax import models
-from artstyle_jax.storage import paths
-from artstyle_jax.method import sharding
-from artstyle_jax.method import step as step_lib
-from artstyle_jax.runs import saved_run
 from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
-from artstyle_jax.runs import head_file
-from artstyle_jax.method import health
 from artstyle_jax.evaluators import knn
 from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.evaluators import linear_probe
@@ -57,9 +48,19 @@ from artstyle_jax.evaluators import metrics
 from artstyle_jax.evaluators import probes
 from artstyle_jax.evaluators import report
 from artstyle_jax.evaluators import retrieval
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import features
+from artstyle_jax.method import health
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step as step_lib
+from artstyle_jax.models import heads
 from artstyle_jax.pictures import confusion
 from artstyle_jax.pictures import embedding_map
 from artstyle_jax.pictures import figure
+from artstyle_jax.runs import head_file
+from artstyle_jax.runs import saved_run
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.storage import paths
 
 # (split, transform) -> (features (N, C) float32, labels (N,) int32) of the evaluated backbone.
 Extract = Callable[[Any, Any], tuple[np.ndarray, np.ndarray]]
@@ -127,7 +128,7 @@ def score_knn(train_features: np.ndarray, train_labels: np.ndarray, test_feature
 
 def _fit_fast(config: ml_collections.ConfigDict, extract: Extract, train_source: Any, train_features: np.ndarray,
               train_labels: np.ndarray, num_classes: int,
-              augmented_copies: int) -> tuple[linear_probe.Head, dict[str, Any]]:
+              augmented_copies: int) -> tuple[heads.LinearHead, dict[str, Any]]:
   """The fast probe on the training features and `augmented_copies` augmented passes."""
   copies = [train_features]
   mean, std = view_specs.student_normalisation(config)
@@ -243,7 +244,7 @@ def evaluate_backbone(config: ml_collections.ConfigDict, backbone_params: Any, o
     head, settings = probes.fit_paper_probe(config, evaluated.module, evaluated.params, train_source,
                                             len(class_names), epochs=paper_epochs, batch_size=paper_batch_size,
                                             options=probes.probe_options(mode) if probe is None else probe)
-  linear_scores = linear_probe.apply_head(head, test_features)
+  linear_scores = heads.linear_logits(head, test_features)
   linear_results = {**metrics.classification_results(np.asarray(linear_scores), test_labels, class_names),
                     "method": f"linear_{mode}", **settings, **common}
 
@@ -272,7 +273,7 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict, *, step: O
                      random_init: bool = False, mesh: Optional[jax.sharding.Mesh] = None,
                      out_dir: Optional[str | os.PathLike] = None, **options) -> dict[str, dict[str, Any]]:
   """Evaluates a workdir's checkpoint (the latest, or `step`), or with `random_init` the untrained
-  backbone, into `out_dir` (default `workdir.eval_dir(workdir, random_init)`); `options` as
+  backbone, into `out_dir` (default `saved_run.eval_dir(workdir, random_init)`); `options` as
   `evaluate_backbone`'s.
 
   Raises:

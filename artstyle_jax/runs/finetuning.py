@@ -2,7 +2,7 @@
 
 The paper's supervised comparison. The backbone is any source `models.load_backbone` reads
 (normalised and sized as `evaluation.weights_config` says for eval --weights), or one of our
-pretraining workdirs (its latest checkpoint's student backbone, `workdir.restore_backbone`).
+pretraining workdirs (its latest checkpoint's student backbone, `saved_run.restore_backbone`).
 It is trained with a classifier on the training split's labels (`supervised_step`: AdamW,
 warm-up + cosine, label smoothing, a lower backbone rate; the views are the linear probe's,
 `views.ProbeTrainView`), then the classifier is scored on the test split (`views.EvalView`) with
@@ -24,23 +24,24 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from artstyle_jax.storage import checkpoints
-from artstyle_jax.method import config_lib
-from artstyle_jax.method import features
-from artstyle_jax.storage import metric_writer
 from artstyle_jax import models
-from artstyle_jax.method import sharding
-from artstyle_jax.method import step as step_lib
-from artstyle_jax.method import supervised_step
-from artstyle_jax.runs import pretraining
-from artstyle_jax.runs import saved_run
 from artstyle_jax.data import pipeline
 from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
 from artstyle_jax.evaluators import metrics
-from artstyle_jax.runs import evaluation
 from artstyle_jax.evaluators import report
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import features
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step as step_lib
+from artstyle_jax.method import supervised_step
 from artstyle_jax.pictures import confusion
+from artstyle_jax.runs import evaluation
+from artstyle_jax.runs import pretraining
+from artstyle_jax.runs import saved_run
+from artstyle_jax.runtime import multihost
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.storage import metric_writer
 
 METHOD = "finetune"
 RESULTS_FILE = f"{METHOD}.json"
@@ -168,7 +169,7 @@ def finetune(source: str, config: ml_collections.ConfigDict, workdir: str, *, ov
 
   Raises:
     ConfigError, FileNotFoundError, BackboneError, WorkdirError: before anything is written.
-    TrainingError: a non-finite loss. SaveError: a checkpoint could not be written.
+    health.TrainingError: a non-finite loss. SaveError: a checkpoint could not be written.
   """
   config_lib.validate(config)
   train_source, test_source, class_names = saved_run.open_splits(config)
@@ -191,7 +192,7 @@ def finetune(source: str, config: ml_collections.ConfigDict, workdir: str, *, ov
       train_source, views.ProbeTrainView(config.image_size, mean, std), global_batch_size=config.batch_size,
       seed=config.seed, num_workers=config.dataset.num_workers, num_threads=config.dataset.num_threads))
 
-  pretraining.wait_for_all_processes("finetune_state_created")
+  multihost.barrier("finetune_state_created")
   mngr = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpointing)
   abstract_state = checkpoints.abstract_like(state, shardings)
   restored = checkpoints.restore_newest(mngr, lambda s: checkpoints.restore(mngr, s, abstract_state, data_iterator))

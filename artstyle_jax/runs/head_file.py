@@ -12,12 +12,12 @@ from typing import NamedTuple, Optional
 import ml_collections
 import numpy as np
 
-from artstyle_jax.storage import checkpoints
-from artstyle_jax.runs import saved_run
 from artstyle_jax.data import geometry
 from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
-from artstyle_jax.evaluators import linear_probe
+from artstyle_jax.models import heads
+from artstyle_jax.runs import saved_run
+from artstyle_jax.storage import checkpoints
 
 HEAD_FILE = "linear_head.npz"
 HEAD_KEYS = ("kernel", "bias", "class_names", "model_name", "step", "mode", "image_size", "crop_fraction",
@@ -26,7 +26,7 @@ HEAD_KEYS = ("kernel", "bias", "class_names", "model_name", "step", "mode", "ima
 
 class Head(NamedTuple):
   """The probe an evaluation saved, and how its input features are made."""
-  params: linear_probe.Head  # {'kernel': (C, K), 'bias': (K,)} float32
+  params: heads.LinearHead  # {'kernel': (C, K), 'bias': (K,)} float32
   class_names: list[str]
   model_name: str
   step: int  # checkpoint step of the backbone; -1: the random initialisation of config.seed
@@ -35,7 +35,7 @@ class Head(NamedTuple):
   seed: int  # the seed of a random initialisation
 
 
-def head_arrays(head: linear_probe.Head, config: ml_collections.ConfigDict, class_names: list[str], mode: str,
+def head_arrays(head: heads.LinearHead, config: ml_collections.ConfigDict, class_names: list[str], mode: str,
                 step: Optional[int], model_name: Optional[str] = None,
                 weights: Optional[str] = None) -> dict[str, np.ndarray]:
   """The contents of linear_head.npz (`HEAD_KEYS`); model_name defaults to config.model.name."""
@@ -62,7 +62,7 @@ def write(directory: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load(workdir: str) -> Head:
-  """The linear head the evaluation of `workdir` left (`workdir.eval_dir`).
+  """The linear head the evaluation of `workdir` left (`saved_run.eval_dir`).
 
   Raises:
     WorkdirError: eval has not been run on the workdir, or an older eval wrote the file.

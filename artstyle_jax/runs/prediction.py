@@ -18,19 +18,19 @@ from etils import epath
 import jax
 import numpy as np
 
-from artstyle_jax.storage import checkpoints
+from artstyle_jax import models
+from artstyle_jax.data import images
+from artstyle_jax.evaluators import retrieval
 from artstyle_jax.method import config_lib
 from artstyle_jax.method import features
-from artstyle_jax import models
 from artstyle_jax.method import sharding
 from artstyle_jax.method import step as step_lib
-from artstyle_jax.runs import saved_run
-from artstyle_jax.data import images
-from artstyle_jax.runs import head_file
-from artstyle_jax.evaluators import linear_probe
-from artstyle_jax.evaluators import retrieval
+from artstyle_jax.models import heads
 from artstyle_jax.pictures import figure
 from artstyle_jax.pictures import retrieval_sheet
+from artstyle_jax.runs import head_file
+from artstyle_jax.runs import saved_run
+from artstyle_jax.storage import checkpoints
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -134,7 +134,7 @@ class Predictor:
 
   def styles(self, embeddings: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities (N, k) descending, class indices (N, k)) of the k most probable styles."""
-    probabilities = np.asarray(jax.nn.softmax(linear_probe.apply_head(self.head.params, embeddings), axis=-1))
+    probabilities = np.asarray(jax.nn.softmax(heads.linear_logits(self.head.params, embeddings), axis=-1))
     order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
     return np.take_along_axis(probabilities, order, axis=-1), order
 

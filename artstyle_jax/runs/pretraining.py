@@ -4,7 +4,7 @@ One process or many (`jax.distributed`, joined before this runs). Running again 
 resumes from its latest checkpoint, batch for batch. SIGTERM or SIGINT saves a checkpoint and
 ends the run (after the step under way; on several processes, at the next multiple of
 log_every_steps, so that they agree on it without a collective at every step); a non-finite loss
-stops it (TrainingError) and keeps the last good checkpoint. At the checkpoints, at most once a
+stops it (health.TrainingError) and keeps the last good checkpoint. At the checkpoints, at most once a
 minute, and at the last step, WORKDIR/curves.png is redrawn from WORKDIR/metrics-NNN.jsonl
 (`curves.refresh_curves`); with config.knn_every_steps a weighted kNN on the held-out split
 monitors the student's features. The step's feature-health signals are logged with its metrics,
@@ -21,30 +21,25 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from artstyle_jax.storage import checkpoints
-from artstyle_jax.method import config_lib
-from artstyle_jax.method import features
-from artstyle_jax.storage import metric_writer
 from artstyle_jax import models
-from artstyle_jax.method import optim
-from artstyle_jax.method import sharding
-from artstyle_jax.method import step as step_lib
-from artstyle_jax.runs import saved_run
 from artstyle_jax.data import photometric
 from artstyle_jax.data import pipeline
 from artstyle_jax.data import sources
 from artstyle_jax.data import view_specs
 from artstyle_jax.data import views
-from artstyle_jax.method import health
 from artstyle_jax.evaluators import knn
+from artstyle_jax.method import config_lib
+from artstyle_jax.method import features
+from artstyle_jax.method import health
+from artstyle_jax.method import optim
+from artstyle_jax.method import sharding
+from artstyle_jax.method import step as step_lib
 from artstyle_jax.models import convnext
 from artstyle_jax.pictures import curves
-
-
-class TrainingError(RuntimeError):
-  """A run that cannot go on (non-finite loss)."""
+from artstyle_jax.runtime import multihost
+from artstyle_jax.storage import checkpoints
+from artstyle_jax.storage import metric_writer
 
 
 class StopRequest:
@@ -79,17 +74,6 @@ class StopRequest:
     return agreed
 
 
-def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
-  """Returns once every process has called it with `name`; at once on a single process.
-
-  Processes compile at their own pace (on CPU, JAX's persistent compilation cache serves process 0
-  only), and CPU collectives (gloo) give up on a peer that has not joined within 30 s. So after a
-  long compile, processes meet here, at a barrier of the coordination service (no collective),
-  before their next collective.
-  """
-  ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
-
-
 def load_backbone_params(config: ml_collections.ConfigDict, backbone: Any) -> Any:
   """The student backbone's initial parameters from `config.init` (`models.load_backbone`); None
   for 'random'."""
@@ -109,8 +93,8 @@ def load_backbone_params(config: ml_collections.ConfigDict, backbone: Any) -> An
 
 
 def open_train_data(config: ml_collections.ConfigDict) -> tuple[Any, int]:
-  """(source of the training split, its size); raises as `workdir.open_split`."""
-  source = saved_run.open_split(config, config.dataset.train_split)
+  """(source of the training split, its size); raises as `sources.open_split`."""
+  source = sources.open_split(config.dataset.name, config.dataset.data_dir, config.dataset.train_split)
   return source, len(source)
 
 
@@ -171,7 +155,7 @@ class RankWatch:
 def check_finite(step: int, metrics: dict[str, float], workdir: str) -> None:
   if not np.isfinite(metrics["loss"]):
     last = checkpoints.latest_step(workdir)
-    raise TrainingError(f"non-finite loss {metrics['loss']} at step {step} (terms: "
+    raise health.TrainingError(f"non-finite loss {metrics['loss']} at step {step} (terms: "
                         f"{ {k: v for k, v in metrics.items() if k != 'loss'} }); the run stopped, "
                         f"the last good checkpoint is step {last} in {workdir}")
 
@@ -181,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Raises:
     ConfigError, WorkdirError, FileNotFoundError: before anything is written to the workdir.
-    TrainingError: a non-finite loss.
+    health.TrainingError: a non-finite loss.
     SaveError: a checkpoint could not be written.
   """
   config_lib.validate(config)
@@ -209,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       num_workers=config.dataset.num_workers, num_threads=config.dataset.num_threads)
   data_iterator = iter(data)
 
-  wait_for_all_processes("state_created")  # the manager's first barrier is a collective
+  multihost.barrier("state_created")  # the manager's first barrier is a collective
   mngr = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpointing)
   abstract_state = checkpoints.abstract_like(state, state_shardings)
   restored = checkpoints.restore_newest(mngr, lambda s: checkpoints.restore(mngr, s, abstract_state, data_iterator))
@@ -221,7 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   monitor = None
   if config.knn_every_steps:
-    eval_source = saved_run.open_split(config, config.dataset.eval_split)
+    eval_source = sources.open_split(config.dataset.name, config.dataset.data_dir,
+                                     config.dataset.eval_split)
     monitor = knn_monitor(config, backbone, mesh, train_source, eval_source)
 
   writer = metric_writer.MetricWriter(workdir, total_steps=total_steps, batch_size=config.batch_size)
@@ -236,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch = sharding.shard_batch(next(data_iterator), mesh)
       if step == start_step + 1:
         train_step = train_step.lower(state, batch).compile()
-        wait_for_all_processes("train_step_compiled")
+        multihost.barrier("train_step_compiled")
       state, metrics = train_step(state, batch)
       if pending is not None:
         check_finite(pending[0], jax.device_get(pending[1]), workdir)

@@ -13,12 +13,11 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from artstyle_jax.storage import checkpoints
-from artstyle_jax.method import config_lib
 from artstyle_jax import models
+from artstyle_jax.data import sources
 from artstyle_jax.method import sharding
 from artstyle_jax.method import step as step_lib
-from artstyle_jax.data import sources
+from artstyle_jax.storage import checkpoints
 
 EVAL_DIR = "eval"
 RANDOM_INIT_DIR = "random_init"
@@ -123,30 +122,9 @@ def restore_backbone(workdir: str, config: ml_collections.ConfigDict, step: Opti
   return restored
 
 
-def open_split(config: ml_collections.ConfigDict, split: str) -> Any:
-  """The records of `split` of config.dataset.
-
-  Raises:
-    ConfigError: dataset.data_dir unset, or a split the dataset lacks.
-    FileNotFoundError: no such directory, or the dataset was not built in it.
-  """
-  data_dir = config.dataset.data_dir
-  if not data_dir:
-    raise config_lib.ConfigError("dataset.data_dir is not set: pass --config.dataset.data_dir=DIR")
-  if not epath.Path(data_dir).exists():
-    raise FileNotFoundError(f"dataset.data_dir {data_dir} does not exist")
-  try:
-    return sources.open_split(config.dataset.name, data_dir, split)
-  except ValueError as e:
-    raise config_lib.ConfigError(str(e)) from e
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f"no built dataset {config.dataset.name!r} in {data_dir}: build it with "
-                            "`python -m artstyle_jax.data.builders`, or pass --config.dataset.name / "
-                            "--config.dataset.data_dir") from e
-
-
 def open_splits(config: ml_collections.ConfigDict) -> tuple[Any, Any, list[str]]:
-  """(training split, test split, class names) of config.dataset; raises as `open_split`."""
-  train = open_split(config, config.dataset.train_split)
-  test = open_split(config, config.dataset.eval_split)
+  """(training split, test split, class names) of config.dataset; raises as `sources.open_split`."""
+  name, data_dir = config.dataset.name, config.dataset.data_dir
+  train = sources.open_split(name, data_dir, config.dataset.train_split)
+  test = sources.open_split(name, data_dir, config.dataset.eval_split)
   return train, test, sources.label_names(config.dataset.name, config.dataset.data_dir)

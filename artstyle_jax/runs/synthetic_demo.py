@@ -31,17 +31,17 @@ from etils import epath
 import ml_collections
 import tensorflow_datasets as tfds
 
-from artstyle_jax.storage import checkpoints
+from artstyle_jax.data import pipeline
+from artstyle_jax.data import synthetic
+from artstyle_jax.evaluators import report
 from artstyle_jax.method import config_lib
+from artstyle_jax.pictures import curves
+from artstyle_jax.pictures import embedding_map
+from artstyle_jax.runs import evaluation
 from artstyle_jax.runs import prediction
 from artstyle_jax.runs import pretraining
 from artstyle_jax.runs import saved_run
-from artstyle_jax.data import pipeline
-from artstyle_jax.data import synthetic
-from artstyle_jax.runs import evaluation
-from artstyle_jax.evaluators import report
-from artstyle_jax.pictures import curves
-from artstyle_jax.pictures import embedding_map
+from artstyle_jax.storage import checkpoints
 
 DATA_DIR = "data"
 PRETRAIN_DIR = "pretrain"
@@ -209,7 +209,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
 
   Raises:
     ConfigError, WorkdirError, FileNotFoundError: before the pretraining writes anything.
-    TrainingError: a non-finite loss in pretraining.
+    health.TrainingError: a non-finite loss in pretraining.
   """
   check_config(config)
   pretrain_dir = str(epath.Path(workdir) / PRETRAIN_DIR)

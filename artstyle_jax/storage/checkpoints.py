@@ -24,16 +24,16 @@ import re
 from typing import Any, TypeVar
 
 from absl import logging
-import grain
 from etils import epath
+import grain
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from artstyle_jax.data import pipeline
 from artstyle_jax.runtime import multihost
 from artstyle_jax.storage import restore_tasks
-from artstyle_jax.data import pipeline
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"

@@ -10,8 +10,8 @@ future still completes later and then calls into the closed loop ("Event loop is
 reads left are those of one checkpoint, which a restore was reading anyway.
 """
 import asyncio
-import contextlib
 from collections.abc import Iterator
+import contextlib
 
 
 class _SettlingLoop(asyncio.SelectorEventLoop):

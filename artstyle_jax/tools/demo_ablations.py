@@ -19,16 +19,14 @@ from absl import flags
 from absl import logging
 from etils import epath
 import ml_collections
-from ml_collections import config_flags
 
 from artstyle_jax import cli
-from artstyle_jax.method import config_lib
-from artstyle_jax.storage import metric_writer
-from artstyle_jax.storage import paths
-from artstyle_jax.runs import synthetic_demo
-from artstyle_jax.runs import saved_run
-from artstyle_jax.runs import evaluation
 from artstyle_jax.evaluators import report
+from artstyle_jax.method import config_lib
+from artstyle_jax.runs import evaluation
+from artstyle_jax.runs import saved_run
+from artstyle_jax.runs import synthetic_demo
+from artstyle_jax.storage import metric_writer
 
 RESULTS_FILE = "ablations.json"
 # name: (what the run changes, its config overrides). The demo's own settings are the first run.
@@ -58,9 +56,9 @@ RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 RANDOM_INIT = "random_init"
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Base config of every run, default configs/demo.py; "
-                                          "override keys as --config.key=value.")
-_WORKDIR = paths.DEFINE_path("workdir", None, "Directory of the runs, their dataset and ablations.json.")
+cli.define_config_file("Base config of every run, default configs/demo.py; override keys as "
+                       "--config.key=value.", default=str(config_lib.packaged_config("demo.py")))
+_WORKDIR = cli.DEFINE_path("workdir", None, "Directory of the runs, their dataset and ablations.json.")
 _RUNS = flags.DEFINE_list("runs", list(RUNS), f"Runs to make, of {', '.join(RUNS)}.")
 
 
@@ -143,7 +141,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _WORKDIR.value:
     cli.fail("--workdir is required")
-  results = run_all(_CONFIG.value, _WORKDIR.value, _RUNS.value)
+  results = run_all(flags.FLAGS.config, _WORKDIR.value, _RUNS.value)
   if results is None:
     print(f"a pretraining stopped before its last step; run the same command again to resume it in "
           f"{_WORKDIR.value}", flush=True)
@@ -153,4 +151,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main, default_config=str(config_lib.packaged_config("demo.py")))
+  cli.run(main)

@@ -17,20 +17,21 @@ will count on the config's dataset when --config.dataset.data_dir is given; othe
 with --iters_per_epoch, or give the step itself with --step. Prints what was imported and the
 train.py command that continues the run; a refused import is one error line, nothing written.
 """
+import sys
+
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-from artstyle_jax.runs import authors_import
 from artstyle_jax import cli
 from artstyle_jax.method import config_lib
+from artstyle_jax.runs import authors_import
 from artstyle_jax.storage import paths
 
 DEFAULT_CONFIG = config_lib.packaged_config("paper.py")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config the imported run continues with, default "
-                                          "configs/paper.py.")
-_WORKDIR = paths.DEFINE_path("workdir", None, "New directory for the imported run.", required=True)
+cli.define_config_file("Config the imported run continues with, default configs/paper.py.",
+                       default=str(DEFAULT_CONFIG))
+_WORKDIR = cli.DEFINE_path("workdir", None, "New directory for the imported run.", required=True)
 _ITERS_PER_EPOCH = flags.DEFINE_integer("iters_per_epoch", None, "Steps per epoch: the step is epoch * "
                                         "iters_per_epoch. Default: counted on the config's dataset as train.py "
                                         "counts them.")
@@ -40,14 +41,14 @@ _STEP = flags.DEFINE_integer("step", None, "The imported state's step, instead o
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError(f"give exactly one checkpoint file, got {argv[1:]}")
-  overridden = tuple(config_flags.get_override_values(flags.FLAGS["config"]))
-  config, state = authors_import.import_checkpoint(paths.resolve(argv[1]), _WORKDIR.value, _CONFIG.value, overridden,
+  overridden = cli.override_keys(sys.argv[1:])
+  config, state = authors_import.import_checkpoint(paths.resolve(argv[1]), _WORKDIR.value, flags.FLAGS.config, overridden,
                                                    iters_per_epoch=_ITERS_PER_EPOCH.value, step=_STEP.value)
-  config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+  config_file = cli.config_file()
   print(f"imported {argv[1]} into {_WORKDIR.value}: {config.model.name}, step {int(state.step)}, "
         f"teacher copies {' and '.join(state.teachers)}, queue {config.queue_size} x {config.model.proj_dim}\n"
         f"continue training with: {authors_import.continue_command(config_file, config, _WORKDIR.value)}")
 
 
 if __name__ == "__main__":
-  cli.run(main, default_config=str(DEFAULT_CONFIG))
+  cli.run(main)

@@ -21,14 +21,14 @@ from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
-from artstyle_jax.storage import paths
+from artstyle_jax import cli
 from artstyle_jax.data import builders
 from artstyle_jax.data import images
 
 _DATASET = flags.DEFINE_enum("dataset", None, sorted(builders.BUILDERS), "Dataset to build.")
-_MANUAL_DIR = paths.DEFINE_path("manual_dir", None, "The downloaded copy (see the builder's "
+_MANUAL_DIR = cli.DEFINE_path("manual_dir", None, "The downloaded copy (see the builder's "
                                 "module docstring for its layout).")
-_DATA_DIR = paths.DEFINE_path("data_dir", None, "TFDS data directory to write to.")
+_DATA_DIR = cli.DEFINE_path("data_dir", None, "TFDS data directory to write to.")
 _CONFIG_NAME = flags.DEFINE_string(
     "config_name", "default", "image_folder and pandora18k: name of the split configuration "
     "(the dataset is then '<dataset>/<config_name>').")

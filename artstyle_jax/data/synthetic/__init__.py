@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from artstyle_jax.data import images
-from artstyle_jax.data.synthetic.styles import STYLES, render
+from artstyle_jax.data.synthetic.styles import render
+from artstyle_jax.data.synthetic.styles import STYLES
 
 JPEG_QUALITY = 90
 SPLIT_CODES = {"train": 0, "test": 1, "valid": 2}

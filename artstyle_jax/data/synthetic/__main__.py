@@ -10,8 +10,8 @@ import time
 from absl import app
 from absl import flags
 
-from artstyle_jax.storage import paths
 from artstyle_jax.data import synthetic
+from artstyle_jax.storage import paths
 
 _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
 _PER_CLASS = flags.DEFINE_integer("per_class", None, "Training images per style.", required=True, lower_bound=1)

@@ -17,8 +17,8 @@ with `p = (k - 1) // 2` and zeros outside the image (cross-correlation, as torch
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from artstyle_jax.models.cpu import kernels as cpu_kernels
 

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from artstyle_jax.method import config_lib
 from artstyle_jax.bench import device_programs
+from artstyle_jax.method import config_lib
 from artstyle_jax.method import sharding
 from artstyle_jax.models import convnext
 from artstyle_jax.models import forms
