@@ -151,8 +151,10 @@ def to_timm(module: ConvNeXt, params: Any) -> dict[str, np.ndarray]:
 
 def to_hf(module: ConvNeXt, params: Any) -> dict[str, np.ndarray]:
   """transformers' `ConvNextModel` state dict of `module`'s backbone parameters (a classifier
-  head is no part of that model and is left out), its pooler norm `layernorm.*` the identity, so
-  that its `pooler_output` is the global average of the last stage, our pooled feature."""
+  head is no part of that model and is left out). Its pooler norm `layernorm.*`, which our
+  backbone has not, gets the identity's affine parameters (scale 1, bias 0): `last_hidden_state`
+  is our last stage and its global average our pooled feature; `pooler_output` is that average
+  layer-normalised."""
   backbone = {name: tree for name, tree in params.items() if name != "head"}
   state_dict = torch_weights.to_state_dict(HF_RULES, backbone, _description(module))
   width = module.dims[-1]
