@@ -154,7 +154,7 @@ def read_backbone(workdir: str, network: str = "student", step: Optional[int] = 
   """
   config = saved_run.saved_config(workdir)
   saved_run.checkpoint_step(workdir, step)
-  mesh = sharding.create_mesh()
+  mesh = sharding.create_mesh(devices=jax.devices()[:1])  # one copy of the parameters, on one device
   finetuned = finetuning.is_finetune_workdir(workdir)
   if finetuned:
     if network != "student":
