@@ -142,12 +142,31 @@ def _finetuned_resnet_workdir(workdir, data):
 def test_resnet50_of_a_finetuning_run_loads_in_transformers_and_torchvision(tmp_path, synthetic_data):
   """A fine-tuning workdir's ResNet-50 exports as transformers' ResNetModel and as a torchvision
   state dict that a torchvision-named plain-torch ResNet-50 (fc removed) takes strictly; both
-  give our pooled features within 1e-5 on 72 x 88 images."""
+  give our pooled features within 1e-5 on 72 x 88 images. timm's format holds the same tensors
+  with timm's hub config."""
   params = _finetuned_resnet_workdir(tmp_path / "ft", synthetic_data)
   exporting.export(str(tmp_path / "ft"), "transformers", str(tmp_path / "hf"))
   backbone = exporting.export(str(tmp_path / "ft"), "torchvision", str(tmp_path / "tv"))
   assert backbone.finetuned and backbone.step == 3 and backbone.model_name == "resnet50"
   assert_trees_equal(backbone.params, params)
+
+  images = _images((2, 72, 88, 3))
+  mine = np.mean(resnet.create("resnet50").apply({"params": params}, images)[-1], (1, 2))
+  model = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
+  assert type(model).__name__ == "ResNetModel"
+  reference = torch_resnet.ResNet().eval()
+  state_dict = {k: torch.from_numpy(v.copy()) for k, v in load_file(tmp_path / "tv" / "model.safetensors").items()}
+  reference.load_state_dict(state_dict, strict=True)
+  with torch.no_grad():
+    theirs = model(_nchw(images)).pooler_output.numpy()[:, :, 0, 0]
+    torchvision_maps = reference(_nchw(images))
+  assert relative_error(theirs, mine) <= TOLERANCE
+  assert relative_error(torchvision_maps[-1].numpy().mean((2, 3)), mine) <= TOLERANCE
+  timm_files = exporting.format_files(backbone, "timm")  # timm's ResNet keys are torchvision's
+  assert timm_files["model.safetensors"] == (tmp_path / "tv" / "model.safetensors").read_bytes()
+  config = json.loads(timm_files["config.json"])
+  assert (config["architecture"], config["num_features"], config["pretrained_cfg"]["classifier"]) == (
+      "resnet50", 2048, "fc")
 @pytest.mark.parametrize("family", ["dinov2", "clip"])
 def test_vit_exports_to_its_transformers_family_and_reads_back_bit_for_bit(family, tmp_path):
   """A DINOv2 (Dinov2Model) and a CLIP tower with projection (CLIPVisionModelWithProjection)
@@ -239,3 +258,16 @@ def test_a_refused_export_is_one_error_line_and_writes_nothing(case, trained, tm
               "torchvision for a ConvNeXt": "holds a ResNet, not a convnext_atto",
               "out not empty": "is not empty"}[case]
   assert expected in errors[0]
+
+
+def test_an_export_into_a_bucket_holds_the_same_files(trained, gcs, tmp_path):
+  """--out=gs://BUCKET/DIR writes the objects a local export writes, byte for byte."""
+  bucket = gcs.new_bucket("artstyle-export")
+  result = run_program("export", "--workdir=run", "--format=safetensors", f"--out={bucket}/ours", cwd=trained,
+                       env=gcs.env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  exporting.export(str(trained / "run"), "safetensors", str(tmp_path / "ours"))
+  local = file_contents(tmp_path / "ours")
+  in_bucket = file_contents(gcs.root / "artstyle-export" / "ours")
+  assert sorted(in_bucket) == sorted(local) == ["README.md", "model.safetensors"]
+  assert in_bucket["model.safetensors"] == local["model.safetensors"]

@@ -35,7 +35,6 @@ from artstyle_jax import models
 from artstyle_jax.data import geometry
 from artstyle_jax.data import view_specs
 from artstyle_jax.evaluators import label_efficiency
-from artstyle_jax.method import config_lib
 from artstyle_jax.method import sharding
 from artstyle_jax.method import step as step_lib
 from artstyle_jax.models import convnext
@@ -183,7 +182,7 @@ def _weights(state_dict: dict[str, np.ndarray]) -> bytes:
 def timm_config(backbone: Backbone) -> dict[str, Any]:
   """DIR/config.json as timm's hub files have it, for `timm.create_model(ARCH, pretrained=True, ...)`."""
   module = backbone.module
-  width = module.dims[-1] if isinstance(module, convnext.ConvNeXt) else 2048
+  width = module.dims[-1] if isinstance(module, convnext.ConvNeXt) else 64 * resnet.EXPANSION * 2 ** 3
   size = backbone.image_size
   return {"architecture": backbone.model_name, "num_classes": 0, "num_features": int(width),
           "global_pool": "avg",
@@ -192,8 +191,7 @@ def timm_config(backbone: Backbone) -> dict[str, Any]:
                              "mean": list(backbone.mean), "std": list(backbone.std), "num_classes": 0,
                              "pool_size": [max(1, size // 32)] * 2,
                              "first_conv": "stem.0" if isinstance(module, convnext.ConvNeXt) else "conv1",
-                             "classifier": "head.fc" if isinstance(module, convnext.ConvNeXt) else "fc",
-                             "license": "see README.md"}}
+                             "classifier": "head.fc" if isinstance(module, convnext.ConvNeXt) else "fc"}}
 
 
 def preprocessor_config(backbone: Backbone) -> dict[str, Any]:
