@@ -120,54 +120,69 @@ def test_timm_export_has_timms_own_keys_and_a_hub_config(trained, ours, tmp_path
   assert (cfg["input_size"], cfg["mean"], cfg["std"]) == ([3, 64, 64], list(ours.mean), list(ours.std))
 
 
+CLASS_NAMES = tuple(f"style_{i}" for i in range(10))
+
+
 def _finetuned_resnet_workdir(workdir, data):
-  """A fine-tuning workdir of random:resnet50 as finetune leaves it, less the optimiser state,
-  which export does not read: config.json, and the checkpoint of step 3 whose backbone has every
-  parameter and BatchNorm statistic moved off its initialisation. Returns that backbone's
-  parameters."""
+  """A finished fine-tuning workdir of random:resnet50 as finetune leaves it, less the optimiser
+  state, which export does not read: config.json, the checkpoint of step 3 whose backbone and
+  classifier have every parameter and BatchNorm statistic moved off their initialisation, and
+  eval/finetune.json naming the classes. Returns (backbone, classifier) parameters."""
   config = load_config("finetune", f"dataset.name={data[1]}", f"dataset.data_dir={data[0]}", "image_size=64")
   with config.unlocked():
     config.finetune.weights = "random:resnet50"
   module = resnet.create("resnet50")
   params = _randomised(models.backbones.init_params(module, config.seed))
-  classifier = supervised_step.init_classifier(jax.random.key(0), 2048, 10, config.finetune.classifier_init_stddev)
+  classifier = _randomised(supervised_step.init_classifier(jax.random.key(0), 2048, len(CLASS_NAMES), 0.01))
   state = supervised_step.FinetuneState(step=np.int32(3), params={"backbone": params, "classifier": classifier},
                                         opt_state=())
   checkpoints.save_config(str(workdir), config)
   with checkpoints.manager(str(workdir)) as mngr:
     checkpoints.save(mngr, 3, state, force=True)
     mngr.wait_until_finished()
-  return params
+  (workdir / "eval").mkdir()
+  (workdir / "eval" / "finetune.json").write_text(json.dumps({"method": "finetune", "step": 3, "top1": 0.25,
+                                                                "mean_per_class_accuracy": 0.2, "macro_f1": 0.1,
+                                                                "class_names": list(CLASS_NAMES)}))
+  return params, classifier
 
 
 def test_resnet50_of_a_finetuning_run_loads_in_transformers_and_torchvision(tmp_path, synthetic_data):
   """A fine-tuning workdir's ResNet-50 exports as transformers' ResNetModel and as a torchvision
-  state dict that a torchvision-named plain-torch ResNet-50 (fc removed) takes strictly; both
-  give our pooled features within 1e-5 on 72 x 88 images. timm's format holds the same tensors
-  with timm's hub config."""
-  params = _finetuned_resnet_workdir(tmp_path / "ft", synthetic_data)
+  state dict with its classifier as `fc`, which a torchvision-named plain-torch ResNet-50 takes
+  strictly; they give our pooled features, and `fc` our classifier's logits, within 1e-5 on
+  72 x 88 images. timm's format holds the same tensors with timm's hub config."""
+  params, classifier = _finetuned_resnet_workdir(tmp_path / "ft", synthetic_data)
   exporting.export(str(tmp_path / "ft"), "transformers", str(tmp_path / "hf"))
   backbone = exporting.export(str(tmp_path / "ft"), "torchvision", str(tmp_path / "tv"))
   assert backbone.finetuned and backbone.step == 3 and backbone.model_name == "resnet50"
   assert_trees_equal(backbone.params, params)
 
+  assert backbone.class_names == CLASS_NAMES
+  assert_trees_equal(backbone.classifier, classifier)
+
   images = _images((2, 72, 88, 3))
   mine = np.mean(resnet.create("resnet50").apply({"params": params}, images)[-1], (1, 2))
+  my_logits = mine @ classifier["kernel"] + classifier["bias"]
   model = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
   assert type(model).__name__ == "ResNetModel"
-  reference = torch_resnet.ResNet().eval()
+  reference, fc = torch_resnet.ResNet().eval(), torch.nn.Linear(2048, len(CLASS_NAMES))
   state_dict = {k: torch.from_numpy(v.copy()) for k, v in load_file(tmp_path / "tv" / "model.safetensors").items()}
+  fc.load_state_dict({"weight": state_dict.pop("fc.weight"), "bias": state_dict.pop("fc.bias")}, strict=True)
   reference.load_state_dict(state_dict, strict=True)
   with torch.no_grad():
     theirs = model(_nchw(images)).pooler_output.numpy()[:, :, 0, 0]
-    torchvision_maps = reference(_nchw(images))
+    torchvision_features = reference(_nchw(images))[-1].mean((2, 3))
+    torchvision_logits = fc(torchvision_features)
   assert relative_error(theirs, mine) <= TOLERANCE
-  assert relative_error(torchvision_maps[-1].numpy().mean((2, 3)), mine) <= TOLERANCE
+  assert relative_error(torchvision_features.numpy(), mine) <= TOLERANCE
+  assert relative_error(torchvision_logits.numpy(), my_logits) <= TOLERANCE
   timm_files = exporting.format_files(backbone, "timm")  # timm's ResNet keys are torchvision's
   assert timm_files["model.safetensors"] == (tmp_path / "tv" / "model.safetensors").read_bytes()
   config = json.loads(timm_files["config.json"])
-  assert (config["architecture"], config["num_features"], config["pretrained_cfg"]["classifier"]) == (
-      "resnet50", 2048, "fc")
+  assert (config["architecture"], config["num_features"], config["num_classes"], config["label_names"]) == (
+      "resnet50", 2048, len(CLASS_NAMES), list(CLASS_NAMES))
+  assert "num_classes=10" in (tmp_path / "tv" / "README.md").read_text()
 @pytest.mark.parametrize("family", ["dinov2", "clip"])
 def test_vit_exports_to_its_transformers_family_and_reads_back_bit_for_bit(family, tmp_path):
   """A DINOv2 (Dinov2Model) and a CLIP tower with projection (CLIPVisionModelWithProjection)

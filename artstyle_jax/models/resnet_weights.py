@@ -82,6 +82,16 @@ def params_from_torchvision(module: ResNet, state_dict: Mapping[str, np.ndarray]
                                    state_dict, lambda key: torch_weights.match_rules(TORCHVISION_RULES, key))
 
 
+# A classifier on the pooled feature ({'kernel': (C, K), 'bias': (K,)}, fine-tuning's) as
+# torchvision's and timm's `fc`.
+CLASSIFIER_RULES = (Rule("fc", ("classifier",), torch_weights.LINEAR),)
+
+
+def classifier_to_torchvision(classifier: Any) -> dict[str, np.ndarray]:
+  """torchvision's `fc.weight` (K, C) and `fc.bias` (K,) of a classifier on the pooled feature."""
+  return torch_weights.to_state_dict(CLASSIFIER_RULES, {"classifier": classifier}, "the classifier")
+
+
 def _with_batch_counts(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """`state_dict` with each BatchNorm's `num_batches_tracked` (0), a buffer torch's modules have."""
   counts = {key.removesuffix("running_mean") + "num_batches_tracked": np.zeros((), np.int64)

@@ -35,6 +35,7 @@ from artstyle_jax import models
 from artstyle_jax.data import geometry
 from artstyle_jax.data import view_specs
 from artstyle_jax.evaluators import label_efficiency
+from artstyle_jax.method import features
 from artstyle_jax.method import sharding
 from artstyle_jax.method import step as step_lib
 from artstyle_jax.models import convnext
@@ -74,6 +75,9 @@ class Backbone:
     finetuned: whether the workdir is a fine-tuning's.
     mean, std: the RGB normalisation of its inputs (of pixels in [0, 1]).
     image_size: the side, in pixels, it was trained and evaluated at.
+    classifier: a finished fine-tuning's classifier on the pooled feature ({'kernel': (C, K),
+      'bias': (K,)}), None for a pretraining workdir or an unfinished fine-tuning.
+    class_names: the classifier's K class names, in index order.
   """
   module: nn.Module
   params: Any
@@ -85,6 +89,8 @@ class Backbone:
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   image_size: int
+  classifier: Optional[dict[str, np.ndarray]] = None
+  class_names: Optional[tuple[str, ...]] = None
 
   @property
   def model_name(self) -> str:
@@ -130,12 +136,19 @@ def _plain(module: nn.Module) -> nn.Module:
   return module.clone(dtype=jnp.float32)
 
 
-def _restore_finetuned(workdir: str, initial: Any, step: Optional[int], mesh: jax.sharding.Mesh) -> tuple[Any, int]:
-  """(backbone params, step) of a fine-tuning checkpoint, shaped as the `initial` params it started from."""
+def _restore_finetuned(workdir: str, module: nn.Module, initial: Any, image_size: int, num_classes: int,
+                       step: Optional[int], mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], int]:
+  """({'backbone': ..., and when `num_classes` 'classifier': ...}, step) of a fine-tuning
+  checkpoint, the backbone shaped as the `initial` params of `module` it started from."""
   replicated = sharding.replicated(mesh)
-  target = {"params": {"backbone": jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), initial)}}
-  read = lambda s: checkpoints.restore_subtree(workdir, s, target)["params"]["backbone"]
+  abstract = {"backbone": initial}
+  if num_classes:
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    pooled = jax.eval_shape(lambda p: features.pooled(module, {"params": p}, images), initial)
+    abstract["classifier"] = {"kernel": jax.ShapeDtypeStruct((pooled.shape[-1], num_classes), jnp.float32),
+                              "bias": jax.ShapeDtypeStruct((num_classes,), jnp.float32)}
+  target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)}
+  read = lambda s: checkpoints.restore_subtree(workdir, s, target)["params"]
   with checkpoints.manager(workdir, read_only=True) as mngr:
     restored = checkpoints.restore_newest(mngr, read, step)
   if restored is None:
@@ -160,15 +173,21 @@ def read_backbone(workdir: str, network: str = "student", step: Optional[int] = 
       raise checkpoints.WorkdirError(f"{workdir} is a fine-tuning workdir: it holds one network, its backbone "
                                      "(--which=student)")
     module, initial, _ = finetuning.load_weights(config.finetune.weights, config, mesh, overridden=())
-    params, step = _restore_finetuned(workdir, initial, step, mesh)
+    results_path = finetuning.results_path(workdir)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    class_names = tuple(results.get("class_names", ())) or None
+    restored, step = _restore_finetuned(workdir, module, initial, int(config.image_size),
+                                        len(class_names or ()), step, mesh)
+    params, classifier = restored["backbone"], restored.get("classifier")
   else:
     saved_run.network_path(config, network)
-    module = step_lib.build_backbone(config, mesh)
+    module, classifier, class_names = step_lib.build_backbone(config, mesh), None, None
     params, step = saved_run.restore_backbone(workdir, config, step, mesh, network=network)
   mean, std = view_specs.student_normalisation(config)
-  return Backbone(module=_plain(module), params=jax.tree.map(lambda x: np.asarray(x, np.float32), params),
-                  network=network, step=int(step), config=config, workdir=workdir, finetuned=finetuned,
-                  mean=tuple(mean), std=tuple(std), image_size=int(config.image_size))
+  as_numpy = lambda tree: None if tree is None else jax.tree.map(lambda x: np.asarray(x, np.float32), tree)
+  return Backbone(module=_plain(module), params=as_numpy(params), network=network, step=int(step), config=config,
+                  workdir=workdir, finetuned=finetuned, mean=tuple(mean), std=tuple(std),
+                  image_size=int(config.image_size), classifier=as_numpy(classifier), class_names=class_names)
 
 
 def _json(record: Any) -> bytes:
@@ -184,11 +203,13 @@ def timm_config(backbone: Backbone) -> dict[str, Any]:
   module = backbone.module
   width = module.dims[-1] if isinstance(module, convnext.ConvNeXt) else 64 * resnet.EXPANSION * 2 ** 3
   size = backbone.image_size
-  return {"architecture": backbone.model_name, "num_classes": 0, "num_features": int(width),
-          "global_pool": "avg",
+  num_classes = len(backbone.class_names) if _has_fc(backbone) else 0
+  labels = {"label_names": list(backbone.class_names)} if num_classes else {}
+  return {"architecture": backbone.model_name, "num_classes": num_classes, "num_features": int(width),
+          "global_pool": "avg", **labels,
           "pretrained_cfg": {"input_size": [3, size, size], "fixed_input_size": False, "interpolation": "bicubic",
                              "crop_pct": geometry.EVAL_CROP_FRACTION, "crop_mode": "center",
-                             "mean": list(backbone.mean), "std": list(backbone.std), "num_classes": 0,
+                             "mean": list(backbone.mean), "std": list(backbone.std), "num_classes": num_classes,
                              "pool_size": [max(1, size // 32)] * 2,
                              "first_conv": "stem.0" if isinstance(module, convnext.ConvNeXt) else "conv1",
                              "classifier": "head.fc" if isinstance(module, convnext.ConvNeXt) else "fc"}}
@@ -209,8 +230,16 @@ def preprocessor_config(backbone: Backbone) -> dict[str, Any]:
           "crop_pct": geometry.EVAL_CROP_FRACTION}
 
 
+def _has_fc(backbone: Backbone) -> bool:
+  """Whether the export holds the classifier: a fine-tuned ResNet's, as torchvision's and timm's
+  `fc` (a ConvNeXt's heads in timm and transformers normalise the pooled feature before their
+  classifier, which ours does not: no head of theirs computes it)."""
+  return backbone.classifier is not None and isinstance(backbone.module, resnet.ResNet)
+
+
 def format_files(backbone: Backbone, fmt: str) -> dict[str, bytes]:
-  """{file name: bytes} of `fmt` for `backbone`, the model card aside.
+  """{file name: bytes} of `fmt` for `backbone`, the model card aside; a fine-tuned ResNet's
+  classifier goes with it in torchvision's and timm's formats, as `fc` (`_has_fc`).
 
   Raises:
     CheckpointError: a format that cannot hold the backbone (`check_format`).
@@ -231,6 +260,8 @@ def format_files(backbone: Backbone, fmt: str) -> dict[str, bytes]:
     return {CONFIG_FILE: _json(config), WEIGHTS_FILE: _weights(state_dict),
             PREPROCESSOR_FILE: _json(preprocessor_config(backbone))}
   state_dict = convnext_weights.to_timm(module, params) if is_convnext else resnet_weights.to_torchvision(module, params)
+  if _has_fc(backbone) and fmt in ("timm", "torchvision"):
+    state_dict.update(resnet_weights.classifier_to_torchvision(backbone.classifier))
   if fmt == "timm":
     if is_convnext:
       # timm's ConvNeXt without a classifier still normalises the pooled feature (head.norm): the
@@ -248,10 +279,20 @@ def _loading(backbone: Backbone, fmt: str) -> list[str]:
   if fmt == "timm":
     feature = ("`model.forward_features(x).mean((2, 3))` (the model's own output adds its head norm, written as "
                "the identity's affine parameters)" if is_convnext else "`model(x)`")
+    if _has_fc(backbone):
+      feature += (f"; with `num_classes={len(backbone.class_names)}` in place of 0, `model(x)` are the fine-tuned "
+                  "classifier's logits")
     return ["```python", "import timm",
             f'model = timm.create_model("{backbone.model_name}", pretrained=True, '
             'pretrained_cfg_overlay=dict(file="DIR/model.safetensors"), num_classes=0)', "```",
             f"The feature this package evaluates is {feature}."]
+  if fmt == "torchvision" and _has_fc(backbone):
+    return ["```python", "import safetensors.torch, torchvision",
+            f"model = torchvision.models.{backbone.model_name}(num_classes={len(backbone.class_names)})",
+            'model.load_state_dict(safetensors.torch.load_file("DIR/model.safetensors"))', "```",
+            "`model(x)` are the fine-tuned classifier's logits, of the classes "
+            f"{', '.join(backbone.class_names)}; with `model.fc = torch.nn.Identity()` after loading, the "
+            "feature this package evaluates."]
   if fmt == "torchvision":
     return ["```python", "import safetensors.torch, torch, torchvision",
             f"model = torchvision.models.{backbone.model_name}()",
@@ -334,8 +375,10 @@ def model_card(backbone: Backbone, fmt: str) -> str:
                "their model card.")
   lines = [
       f"# {backbone.model_name}: the {backbone.network.replace('_', ' ')} of an artstyle-jax {kind} run", "",
-      f"- Architecture: {backbone.model_name} ({type(module).__name__}), the backbone only (no projection head "
-      "or classifier)",
+      f"- Architecture: {backbone.model_name} ({type(module).__name__}), "
+      + (f"the backbone and the fine-tuned classifier of {len(backbone.class_names)} classes (`fc`)"
+         if _has_fc(backbone) and fmt in ("timm", "torchvision") else
+         "the backbone only (no projection head or classifier)"),
       f"- Parameters: {models.num_parameters({'params': backbone.params}):,}",
       f"- Input: RGB, {backbone.image_size} x {backbone.image_size} px, pixels in [0, 1] "
       f"normalised with mean {list(backbone.mean)} and std {list(backbone.std)}; evaluated on the shorter side "
