@@ -98,8 +98,9 @@ def test_our_safetensors_export_reads_back_bit_for_bit(trained, ours, tmp_path):
 def test_timm_export_has_timms_own_keys_and_a_hub_config(trained, ours, tmp_path):
   """The writer gives timm's own fixture file back key for key and bit for bit; the exported
   file has the key pattern of timm's ConvNeXt without classifier (the fixture's keys less
-  head.fc, its indices aside), holds the checkpoint's parameters, and config.json is timm's
-  hub config with the architecture, width, input size, mean and std."""
+  head.fc, its indices aside), the MLP as timm builds convnext_atto's (1x1 convolutions), holds
+  the checkpoint's parameters, and config.json is timm's hub config with the architecture,
+  width, input size, mean and std."""
   fixture = load_file(FIXTURES / "timm_convnext_small_random.safetensors")
   written = convnext_weights.to_timm(*convnext_weights.from_timm(fixture))
   assert sorted(written) == sorted(fixture)
@@ -110,6 +111,7 @@ def test_timm_export_has_timms_own_keys_and_a_hub_config(trained, ours, tmp_path
   exported = load_file(tmp_path / "timm" / "model.safetensors")
   pattern = lambda keys: {re.sub(r"\.\d+\.", ".N.", key) for key in keys}
   assert pattern(exported) == pattern(fixture) - {"head.fc.weight", "head.fc.bias"}
+  assert exported["stages.0.blocks.0.mlp.fc1.weight"].shape == (160, 40, 1, 1)  # timm's atto: a 1x1-conv MLP
   np.testing.assert_array_equal(exported["head.norm.weight"], 1.0)
   np.testing.assert_array_equal(exported["head.norm.bias"], 0.0)
   _, params = convnext_weights.from_timm({k: v for k, v in exported.items() if not k.startswith("head.")})

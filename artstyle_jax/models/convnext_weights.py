@@ -49,6 +49,14 @@ TIMM_RULES = (
     Rule("head.fc", ("head", "fc"), _LINEAR),
 )
 
+# timm builds its smallest sizes with a 1x1-convolution MLP (`conv_mlp=True`): their fc1 and fc2
+# weights are (out, in, 1, 1), which the rules above read as they read Linear's (out, in).
+TIMM_CONV_MLP_SIZES = ("convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano")
+_CONV_MLP = {**_LINEAR, "weight": Leaf("kernel", _linear_kernel, lambda kernel: np.transpose(kernel)[:, :, None, None])}
+_TIMM_CONV_MLP_RULES = tuple(
+    Rule(rule.torch, rule.ours, _CONV_MLP) if rule.torch.endswith((".mlp.fc1", ".mlp.fc2")) else rule
+    for rule in TIMM_RULES)
+
 HF_RULES = (
     Rule("embeddings.patch_embeddings", ("stem_conv",), _CONV),
     Rule("embeddings.layernorm", ("stem_norm",), _NORM),
@@ -143,10 +151,11 @@ def from_hf(state_dict: Mapping[str, Any], **overrides) -> tuple[ConvNeXt, dict]
   return module, _convert(module, state_dict, HF_RULES, ignored=_HF_POOLER_KEYS)
 
 
-def to_timm(module: ConvNeXt, params: Any) -> dict[str, np.ndarray]:
+def to_timm(module: ConvNeXt, params: Any, conv_mlp: bool = False) -> dict[str, np.ndarray]:
   """timm's ConvNeXt state dict (its own keys, `head.*` when `module` has a classifier) of
-  `module`'s parameters: `params_from_timm` reads it back to the same tree."""
-  return torch_weights.to_state_dict(TIMM_RULES, params, _description(module))
+  `module`'s parameters, the MLP's weights as 1x1 convolutions' with `conv_mlp` (as timm builds
+  TIMM_CONV_MLP_SIZES): `params_from_timm` reads either back to the same tree."""
+  return torch_weights.to_state_dict(_TIMM_CONV_MLP_RULES if conv_mlp else TIMM_RULES, params, _description(module))
 
 
 def to_hf(module: ConvNeXt, params: Any) -> dict[str, np.ndarray]:

@@ -259,7 +259,11 @@ def format_files(backbone: Backbone, fmt: str) -> dict[str, bytes]:
     state_dict = convnext_weights.to_hf(module, params) if is_convnext else resnet_weights.to_hf(module, params)
     return {CONFIG_FILE: _json(config), WEIGHTS_FILE: _weights(state_dict),
             PREPROCESSOR_FILE: _json(preprocessor_config(backbone))}
-  state_dict = convnext_weights.to_timm(module, params) if is_convnext else resnet_weights.to_torchvision(module, params)
+  if is_convnext:
+    conv_mlp = fmt == "timm" and backbone.model_name in convnext_weights.TIMM_CONV_MLP_SIZES
+    state_dict = convnext_weights.to_timm(module, params, conv_mlp=conv_mlp)
+  else:
+    state_dict = resnet_weights.to_torchvision(module, params)
   if _has_fc(backbone) and fmt in ("timm", "torchvision"):
     state_dict.update(resnet_weights.classifier_to_torchvision(backbone.classifier))
   if fmt == "timm":
