@@ -119,7 +119,8 @@ def _convert(module: ConvNeXt, state_dict: Mapping[str, Any], rules, ignored=())
   """Fills the module's whole parameter tree from the state dict, or raises listing every problem."""
   state_dict = {k: v for k, v in torch_weights.as_numpy(state_dict).items() if k not in ignored}
   expected = torch_weights.expected_shapes(module, 4 * 2 ** (len(module.dims) - 1))
-  return torch_weights.fill_params(_description(module), expected, state_dict, lambda key: torch_weights.match_rules(rules, key))
+  return torch_weights.fill_params(_description(module), expected, state_dict,
+                                   lambda key: torch_weights.match_rules(rules, key))
 
 
 def params_from_timm(module: ConvNeXt, state_dict: Mapping[str, Any]) -> dict:

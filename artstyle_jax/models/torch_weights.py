@@ -1,12 +1,14 @@
-"""PyTorch weights for every converter: reading what `torch.save` wrote, the layout changes, and
-filling a module's whole parameter tree or refusing with one error type.
+"""PyTorch weights for every converter: reading what `torch.save` wrote, the layout changes both
+ways, and filling a module's whole parameter tree or refusing with one error type.
 
 torch is imported only here and only when a file is read: reading PyTorch checkpoints needs it,
 nothing else in artstyle_jax does, so it is no dependency of the package.
 
 A converter maps each torch key to a path in our tree (a tuple of names) and a function of the
 NumPy array. PyTorch layouts: Conv2d (out, in/groups, kh, kw) -> flax HWIO; Linear (out, in) ->
-(in, out).
+(in, out). A layout is a table of `Rule`s, each naming a torch module, its path in our tree and
+each leaf's conversion both ways: `match_rules` reads a key through them, `to_state_dict`
+writes a parameter tree back as the layout's state dict.
 """
 from collections.abc import Callable, Iterable, Mapping, Sequence
 import re

@@ -224,8 +224,9 @@ def preprocessor_config(backbone: Backbone) -> dict[str, Any]:
             "do_normalize": True, "image_mean": list(backbone.mean), "image_std": list(backbone.std)}
   if isinstance(backbone.module, vit.ViT):
     processor = "BitImageProcessor" if backbone.module.family == "dinov2" else "CLIPImageProcessor"
-    return {**common, "image_processor_type": processor, "size": {"shortest_edge": round(size / geometry.EVAL_CROP_FRACTION)},
-            "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_convert_rgb": True}
+    return {**common, "image_processor_type": processor,
+            "size": {"shortest_edge": round(size / geometry.EVAL_CROP_FRACTION)}, "do_center_crop": True,
+            "crop_size": {"height": size, "width": size}, "do_convert_rgb": True}
   return {**common, "image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": size},
           "crop_pct": geometry.EVAL_CROP_FRACTION}
 
@@ -268,10 +269,11 @@ def format_files(backbone: Backbone, fmt: str) -> dict[str, bytes]:
     state_dict.update(resnet_weights.classifier_to_torchvision(backbone.classifier))
   if fmt == "timm":
     if is_convnext:
-      # timm's ConvNeXt without a classifier still normalises the pooled feature (head.norm): the
-      # identity's affine parameters, so that its forward_features is this backbone's last stage.
+      # timm's ConvNeXt without a classifier still normalises the pooled feature (head.norm), which
+      # this backbone has not: the identity's affine parameters, for timm's strict load.
       width = module.dims[-1]
-      state_dict.update({"head.norm.weight": np.ones(width, np.float32), "head.norm.bias": np.zeros(width, np.float32)})
+      state_dict.update({"head.norm.weight": np.ones(width, np.float32),
+                         "head.norm.bias": np.zeros(width, np.float32)})
     return {CONFIG_FILE: _json(timm_config(backbone)), WEIGHTS_FILE: _weights(state_dict)}
   return {WEIGHTS_FILE: _weights(state_dict)}
 
