@@ -1,6 +1,7 @@
 """python -m artstyle_jax.export: a workdir's backbone loaded by transformers, timm's and
 torchvision's layouts and this package's own reader, giving our features; a model card beside
 it; and every refusal one error line that writes nothing."""
+import io
 import json
 import os
 import re
@@ -8,6 +9,7 @@ import shutil
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 from safetensors.numpy import load_file
 import torch
@@ -15,6 +17,8 @@ import transformers
 
 from artstyle_jax import models
 from artstyle_jax.bench import torch_resnet
+from artstyle_jax.data import sources
+from artstyle_jax.data import views
 from artstyle_jax.method import supervised_step
 from artstyle_jax.models import convnext_weights
 from artstyle_jax.models import resnet
@@ -63,10 +67,11 @@ def ours(trained):
   return exporting.read_backbone(str(trained / "run"))
 
 
-def test_transformers_convnext_of_a_trained_run_gives_our_stage_maps_and_features(trained, ours):
+def test_transformers_convnext_of_a_trained_run_gives_our_stage_maps_and_features(trained, ours, synthetic_data):
   """The exported directory loads with AutoModel as a ConvNextModel and AutoImageProcessor with
-  our normalisation and size; each stage's map and the pooled feature match ours within 1e-5 on
-  images of sides 96 x 160 (our ConvNeXt takes multiples of 32)."""
+  our normalisation and size, preparing a test painting as our evaluation does (to the rounding
+  of 8-bit resampling); each stage's map and the pooled feature match ours within 1e-5 on images
+  of sides 96 x 160 (our ConvNeXt takes multiples of 32)."""
   result = run_program("export", "--workdir=run", "--format=transformers", "--out=hf", cwd=trained)
   assert result.returncode == 0, result.stderr[-3000:]
   assert sorted(os.listdir(trained / "hf")) == ["README.md", "config.json", "model.safetensors",
@@ -76,6 +81,10 @@ def test_transformers_convnext_of_a_trained_run_gives_our_stage_maps_and_feature
   processor = transformers.AutoImageProcessor.from_pretrained(trained / "hf")
   assert (list(processor.image_mean), list(processor.image_std)) == (list(ours.mean), list(ours.std))
   assert processor.size["shortest_edge"] == ours.image_size == 64
+  painting = sources.open_split(synthetic_data[1], synthetic_data[0], "test")[0]["image"]
+  prepared = processor(Image.open(io.BytesIO(painting)).convert("RGB"), return_tensors="np")["pixel_values"][0]
+  evaluated = views.EvalView(ours.image_size, ours.mean, ours.std)(painting)["image"]
+  assert np.abs(prepared.transpose(1, 2, 0) - evaluated).max() <= 3 / 255 / min(ours.std)
   images = _images((2, 96, 160, 3))
   stages = ours.module.apply({"params": ours.params}, images)
   with torch.no_grad():
