@@ -50,7 +50,7 @@ def test_demo_writes_both_evaluations_and_their_margin(demo_run):
   assert {k: results["dataset"][k] for k in ("num_train", "num_test", "num_classes")} == {
       "num_train": 20, "num_test": 10, "num_classes": 10}
   assert results["dataset"]["name"].startswith("image_folder/synthetic_32px_2_1_")
-  assert set(results["seconds"]) == {"data", "pretrain", "evaluate", "sheet", "total"}
+  assert set(results["seconds"]) == {"data", "pretrain", "evaluate", "sheet", "export", "total"}
 
   pretrain = workdir / "pretrain"
   assert (pretrain / "checkpoints" / "2").is_dir() and (pretrain / "config.json").is_file()
@@ -100,6 +100,22 @@ def test_demo_draws_the_curves_both_feature_maps_and_a_retrieval_sheet_and_names
     with Image.open(path) as image:
       assert image.format == "PNG" and image.size == size, path
     assert str(path) in closing
+
+
+def test_demo_exports_its_pretrained_student_for_transformers_with_a_model_card(demo_run):
+  """WORKDIR/backbone_transformers holds transformers' files of the checkpoint's student, named
+  in the closing lines, and a model card with the pretrained backbone's kNN figure."""
+  workdir, result = demo_run
+  with open(workdir / "demo_results.json") as f:
+    results = json.load(f)
+  export = workdir / "backbone_transformers"
+  assert results["export"] == str(export) and str(export) in result.stdout
+  assert sorted(os.listdir(export)) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+  with open(export / "config.json") as f:
+    assert json.load(f)["model_type"] == "convnext"
+  with open(export / "README.md") as f:
+    card = f.read()
+  assert f"| knn | 2 | {100 * results['pretrained']['knn_top1']:.2f} |" in card
 
 
 def test_running_the_demo_again_reuses_the_finished_pretraining(demo_run):

@@ -258,7 +258,7 @@ def test_fast_probe_rejects_bad_input_with_a_clear_message(kwargs, message):
     linear_probe.fit_fast(args.pop("features"), args.pop("labels"), 3, **args)
 
 
-def test_apply_head_refuses_features_of_another_width():
+def test_linear_logits_refuse_features_of_another_width():
   head = {"kernel": jnp.zeros((8, 3)), "bias": jnp.zeros(3)}
   with pytest.raises(ValueError, match="features have 5 channels but the head expects 8"):
     heads.linear_logits(head, np.zeros((2, 5)))

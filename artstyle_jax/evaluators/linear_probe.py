@@ -128,7 +128,7 @@ def _fit_fast(features, labels, rng, learning_rate, weight_decay, *, num_classes
   params, losses = _train_adam((features - mean) * inv_std, labels, rng, learning_rate, weight_decay,
                                num_classes=num_classes, steps=steps, batch_size=batch_size)
   # Folding trades (x - mean) for a bias correction that cancels a large part of x @ kernel;
-  # full float32 matmuls here and in apply_head keep that exact on TPU (default: bf16 passes).
+  # full float32 matmuls here and in heads.linear_logits keep that exact on TPU (default: bf16 passes).
   head = {"kernel": params["kernel"] * inv_std[:, None],
           "bias": params["bias"] - jnp.matmul(mean * inv_std, params["kernel"], precision=jax.lax.Precision.HIGHEST)}
   return FastProbeResult(head=head, losses=losses)

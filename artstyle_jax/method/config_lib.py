@@ -1,8 +1,9 @@
 """Reading and checking training configs (configs/*.py, shipped as artstyle_jax/configs: see
 `packaged_config`) before anything is built or compiled.
 
-Programs define `config_flags.DEFINE_config_file("config")` and call `validate(FLAGS.config)`
-first; `load(path, overrides)` does both for code without absl flags (tests, notebooks).
+Programs read the file once (`cli.define_config_file`) and the runs they call `validate` the
+config before they build anything; `load(path, overrides)` does both for code without absl flags
+(tests, notebooks).
 `validate` also makes the config's paths absolute (`resolve_paths`), so that a config saved in
 a workdir means the same to a program started from any directory.
 """

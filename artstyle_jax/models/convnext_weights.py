@@ -2,7 +2,9 @@
 
 `from_timm`, `params_from_timm`, `from_hf` and `load_pretrained` convert PyTorch state dicts
 (NumPy arrays or torch tensors) into `convnext.ConvNeXt`'s parameter tree, and refuse anything
-that does not fill the tree exactly (`torch_weights.CheckpointError`, a ValueError).
+that does not fill the tree exactly (`torch_weights.CheckpointError`, a ValueError). `to_timm`
+and `to_hf` write the tree back as those state dicts, through the same rules (`TIMM_RULES`,
+`HF_RULES`).
 """
 from collections.abc import Mapping
 import os
@@ -15,7 +17,9 @@ from safetensors.numpy import load_file
 
 from artstyle_jax.models import torch_weights
 from artstyle_jax.models.convnext import ConvNeXt
-from artstyle_jax.models.torch_weights import conv_kernel
+from artstyle_jax.models.convnext import LAYER_SCALE_INIT
+from artstyle_jax.models.torch_weights import Leaf
+from artstyle_jax.models.torch_weights import Rule
 from artstyle_jax.models.torch_weights import same
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -28,53 +32,50 @@ def _linear_kernel(w: np.ndarray) -> np.ndarray:
   return np.transpose(w) if w.ndim == 2 else w
 
 
-# (module path suffix, torch leaf) -> (flax leaf, converter), per kind of layer.
-_CONV = {"weight": ("kernel", conv_kernel), "bias": ("bias", same)}
-_LINEAR = {"weight": ("kernel", _linear_kernel), "bias": ("bias", same)}
-_NORM = {"weight": ("scale", same), "bias": ("bias", same)}
+_CONV, _NORM = torch_weights.CONV, torch_weights.NORM
+_LINEAR = {**torch_weights.LINEAR, "weight": Leaf("kernel", _linear_kernel, np.transpose)}
+_GAMMA = Leaf("gamma", same, same)
 
-_TIMM_PATTERNS = [
-    (r"stem\.0", ("stem_conv",), _CONV),
-    (r"stem\.1", ("stem_norm",), _NORM),
-    (r"stages\.(\d+)\.downsample\.0", ("stages_{0}", "downsample_norm"), _NORM),
-    (r"stages\.(\d+)\.downsample\.1", ("stages_{0}", "downsample_conv"), _CONV),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.conv_dw", ("stages_{0}", "blocks_{1}", "conv_dw"), _CONV),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.norm", ("stages_{0}", "blocks_{1}", "norm"), _NORM),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc1", ("stages_{0}", "blocks_{1}", "fc1"), _LINEAR),
-    (r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc2", ("stages_{0}", "blocks_{1}", "fc2"), _LINEAR),
-    (r"stages\.(\d+)\.blocks\.(\d+)", ("stages_{0}", "blocks_{1}"), {"gamma": ("gamma", same)}),
-    (r"head\.norm", ("head", "norm"), _NORM),
-    (r"head\.fc", ("head", "fc"), _LINEAR),
-]
+# timm's and transformers' layouts, each read (`params_from_timm`, `from_hf`) and written
+# (`to_timm`, `to_hf`) through the same rules.
+TIMM_RULES = (
+    Rule("stem.0", ("stem_conv",), _CONV),
+    Rule("stem.1", ("stem_norm",), _NORM),
+    Rule("stages.{0}.downsample.0", ("stages_{0}", "downsample_norm"), _NORM),
+    Rule("stages.{0}.downsample.1", ("stages_{0}", "downsample_conv"), _CONV),
+    Rule("stages.{0}.blocks.{1}.conv_dw", ("stages_{0}", "blocks_{1}", "conv_dw"), _CONV),
+    Rule("stages.{0}.blocks.{1}.norm", ("stages_{0}", "blocks_{1}", "norm"), _NORM),
+    Rule("stages.{0}.blocks.{1}.mlp.fc1", ("stages_{0}", "blocks_{1}", "fc1"), _LINEAR),
+    Rule("stages.{0}.blocks.{1}.mlp.fc2", ("stages_{0}", "blocks_{1}", "fc2"), _LINEAR),
+    Rule("stages.{0}.blocks.{1}", ("stages_{0}", "blocks_{1}"), {"gamma": _GAMMA}),
+    Rule("head.norm", ("head", "norm"), _NORM),
+    Rule("head.fc", ("head", "fc"), _LINEAR),
+)
 
-_HF_PATTERNS = [
-    (r"embeddings\.patch_embeddings", ("stem_conv",), _CONV),
-    (r"embeddings\.layernorm", ("stem_norm",), _NORM),
-    (r"encoder\.stages\.(\d+)\.downsampling_layer\.0", ("stages_{0}", "downsample_norm"), _NORM),
-    (r"encoder\.stages\.(\d+)\.downsampling_layer\.1", ("stages_{0}", "downsample_conv"), _CONV),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.dwconv", ("stages_{0}", "blocks_{1}", "conv_dw"), _CONV),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layernorm", ("stages_{0}", "blocks_{1}", "norm"), _NORM),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv1", ("stages_{0}", "blocks_{1}", "fc1"), _LINEAR),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv2", ("stages_{0}", "blocks_{1}", "fc2"), _LINEAR),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)", ("stages_{0}", "blocks_{1}"),
-     {"layer_scale_parameter": ("gamma", same)}),
-]
+# timm builds its smallest sizes with a 1x1-convolution MLP (`conv_mlp=True`): their fc1 and fc2
+# weights are (out, in, 1, 1), which the rules above read as they read Linear's (out, in).
+TIMM_CONV_MLP_SIZES = ("convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano")
+_CONV_MLP = {**_LINEAR, "weight": Leaf("kernel", _linear_kernel, lambda kernel: np.transpose(kernel)[:, :, None, None])}
+_TIMM_CONV_MLP_RULES = tuple(
+    Rule(rule.torch, rule.ours, _CONV_MLP) if rule.torch.endswith((".mlp.fc1", ".mlp.fc2")) else rule
+    for rule in TIMM_RULES)
+
+HF_RULES = (
+    Rule("embeddings.patch_embeddings", ("stem_conv",), _CONV),
+    Rule("embeddings.layernorm", ("stem_norm",), _NORM),
+    Rule("encoder.stages.{0}.downsampling_layer.0", ("stages_{0}", "downsample_norm"), _NORM),
+    Rule("encoder.stages.{0}.downsampling_layer.1", ("stages_{0}", "downsample_conv"), _CONV),
+    Rule("encoder.stages.{0}.layers.{1}.dwconv", ("stages_{0}", "blocks_{1}", "conv_dw"), _CONV),
+    Rule("encoder.stages.{0}.layers.{1}.layernorm", ("stages_{0}", "blocks_{1}", "norm"), _NORM),
+    Rule("encoder.stages.{0}.layers.{1}.pwconv1", ("stages_{0}", "blocks_{1}", "fc1"), _LINEAR),
+    Rule("encoder.stages.{0}.layers.{1}.pwconv2", ("stages_{0}", "blocks_{1}", "fc2"), _LINEAR),
+    Rule("encoder.stages.{0}.layers.{1}", ("stages_{0}", "blocks_{1}"), {"layer_scale_parameter": _GAMMA}),
+)
 
 # transformers' ConvNextModel pools and normalises the last stage with `layernorm.*`, a norm
 # that is neither part of the features-only backbone nor timm's head (no classifier follows it):
-# from_hf leaves it out by design.
+# from_hf leaves it out by design, and to_hf writes it as the identity.
 _HF_POOLER_KEYS = ("layernorm.weight", "layernorm.bias")
-
-
-def _match(key: str, patterns) -> tuple[tuple[str, ...], Any] | None:
-  """Our (path, converter) for a torch key, or None if no pattern names it."""
-  module, _, leaf = key.rpartition(".")
-  for pattern, path, leaves in patterns:
-    found = re.fullmatch(pattern, module)
-    if found and leaf in leaves:
-      name, convert = leaves[leaf]
-      return tuple(part.format(*found.groups()) for part in path) + (name,), convert
-  return None
 
 
 def _timm_key(key: str) -> str:
@@ -82,13 +83,13 @@ def _timm_key(key: str) -> str:
   return re.sub(r"^(stem|stages)_(\d+)", r"\1.\2", key)
 
 
-def _architecture(state_dict: Mapping[str, np.ndarray], patterns) -> dict[str, Any]:
+def _architecture(state_dict: Mapping[str, np.ndarray], rules) -> dict[str, Any]:
   """Infers depths, dims and num_classes from the keys and shapes of a state dict."""
   blocks: dict[int, set[int]] = {}
   dims: dict[int, int] = {}
   num_classes = 0
   for key, value in state_dict.items():
-    found = _match(key, patterns)
+    found = torch_weights.match_rules(rules, key)
     if found is None:
       continue
     path, _ = found
@@ -113,13 +114,16 @@ def _architecture(state_dict: Mapping[str, np.ndarray], patterns) -> dict[str, A
           "dims": tuple(dims[s] for s in stages), "num_classes": num_classes}
 
 
-def _convert(module: ConvNeXt, state_dict: Mapping[str, Any], patterns, ignored=()) -> dict:
+def _description(module: ConvNeXt) -> str:
+  return f"ConvNeXt(depths={tuple(module.depths)}, dims={tuple(module.dims)}, num_classes={module.num_classes})"
+
+
+def _convert(module: ConvNeXt, state_dict: Mapping[str, Any], rules, ignored=()) -> dict:
   """Fills the module's whole parameter tree from the state dict, or raises listing every problem."""
   state_dict = {k: v for k, v in torch_weights.as_numpy(state_dict).items() if k not in ignored}
-  description = (f"ConvNeXt(depths={tuple(module.depths)}, dims={tuple(module.dims)}, "
-                 f"num_classes={module.num_classes})")
   expected = torch_weights.expected_shapes(module, 4 * 2 ** (len(module.dims) - 1))
-  return torch_weights.fill_params(description, expected, state_dict, lambda key: _match(key, patterns))
+  return torch_weights.fill_params(_description(module), expected, state_dict,
+                                   lambda key: torch_weights.match_rules(rules, key))
 
 
 def params_from_timm(module: ConvNeXt, state_dict: Mapping[str, Any]) -> dict:
@@ -130,7 +134,7 @@ def params_from_timm(module: ConvNeXt, state_dict: Mapping[str, Any]) -> dict:
   module with the same `num_classes`. Raises CheckpointError naming every unexpected, missing or
   wrongly shaped key; never returns a partial tree.
   """
-  return _convert(module, {_timm_key(k): v for k, v in state_dict.items()}, _TIMM_PATTERNS)
+  return _convert(module, {_timm_key(k): v for k, v in state_dict.items()}, TIMM_RULES)
 
 
 def from_timm(state_dict: Mapping[str, Any], **overrides) -> tuple[ConvNeXt, dict]:
@@ -138,8 +142,8 @@ def from_timm(state_dict: Mapping[str, Any], **overrides) -> tuple[ConvNeXt, dic
   `head.fc`, 0 without head keys) are read from the keys and shapes. `overrides` sets the other
   module attributes (dtype, remat, drop_path_rate, forms)."""
   state_dict = {_timm_key(k): v for k, v in torch_weights.as_numpy(state_dict).items()}
-  module = ConvNeXt(**_architecture(state_dict, _TIMM_PATTERNS), **overrides)
-  return module, _convert(module, state_dict, _TIMM_PATTERNS)
+  module = ConvNeXt(**_architecture(state_dict, TIMM_RULES), **overrides)
+  return module, _convert(module, state_dict, TIMM_RULES)
 
 
 def from_hf(state_dict: Mapping[str, Any], **overrides) -> tuple[ConvNeXt, dict]:
@@ -147,8 +151,37 @@ def from_hf(state_dict: Mapping[str, Any], **overrides) -> tuple[ConvNeXt, dict]
   `encoder.stages.*`). Its pooler norm `layernorm.*` is not part of the backbone and is left out.
   Raises CheckpointError naming every unexpected, missing or wrongly shaped key."""
   state_dict = torch_weights.as_numpy(state_dict)
-  module = ConvNeXt(**_architecture(state_dict, _HF_PATTERNS), **overrides)
-  return module, _convert(module, state_dict, _HF_PATTERNS, ignored=_HF_POOLER_KEYS)
+  module = ConvNeXt(**_architecture(state_dict, HF_RULES), **overrides)
+  return module, _convert(module, state_dict, HF_RULES, ignored=_HF_POOLER_KEYS)
+
+
+def to_timm(module: ConvNeXt, params: Any, conv_mlp: bool = False) -> dict[str, np.ndarray]:
+  """timm's ConvNeXt state dict (its own keys, `head.*` when `module` has a classifier) of
+  `module`'s parameters, the MLP's weights as 1x1 convolutions' with `conv_mlp` (as timm builds
+  TIMM_CONV_MLP_SIZES): `params_from_timm` reads either back to the same tree."""
+  return torch_weights.to_state_dict(_TIMM_CONV_MLP_RULES if conv_mlp else TIMM_RULES, params, _description(module))
+
+
+def to_hf(module: ConvNeXt, params: Any) -> dict[str, np.ndarray]:
+  """transformers' `ConvNextModel` state dict of `module`'s backbone parameters (a classifier
+  head is no part of that model and is left out). Its pooler norm `layernorm.*`, which our
+  backbone has not, gets the identity's affine parameters (scale 1, bias 0): `last_hidden_state`
+  is our last stage and its global average our pooled feature; `pooler_output` is that average
+  layer-normalised."""
+  backbone = {name: tree for name, tree in params.items() if name != "head"}
+  state_dict = torch_weights.to_state_dict(HF_RULES, backbone, _description(module))
+  width = module.dims[-1]
+  state_dict.update(zip(_HF_POOLER_KEYS, (np.ones(width, np.float32), np.zeros(width, np.float32))))
+  return state_dict
+
+
+def hf_config(module: ConvNeXt, image_size: int) -> dict[str, Any]:
+  """config.json of transformers' `ConvNextModel` for `module` (and `image_size`, the side it
+  was trained at)."""
+  return {"architectures": ["ConvNextModel"], "model_type": "convnext", "num_channels": 3, "patch_size": 4,
+          "num_stages": len(module.depths), "depths": list(module.depths), "hidden_sizes": list(module.dims),
+          "hidden_act": "gelu", "layer_norm_eps": 1e-6, "layer_scale_init_value": LAYER_SCALE_INIT,
+          "drop_path_rate": 0.0, "image_size": int(image_size), "torch_dtype": "float32"}
 
 
 def _is_hf_layout(state_dict: Mapping[str, Any]) -> bool:

@@ -13,7 +13,7 @@
 A file of any other layout is refused in one line that names the keys found
 (`torch_weights.CheckpointError`).
 """
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 import re
 from typing import Any
 
@@ -21,36 +21,41 @@ import jax.numpy as jnp
 import numpy as np
 
 from artstyle_jax.models import torch_weights
+from artstyle_jax.models.resnet import EXPANSION
 from artstyle_jax.models.resnet import ResNet
 from artstyle_jax.models.resnet import SIZES
 from artstyle_jax.models.torch_weights import CheckpointError
+from artstyle_jax.models.torch_weights import Rule
 
 _BLOCK = re.compile(r"layer(\d)\.(\d+)\.(.+)")
-# BatchNorm's torch names (weight is `scale`, for a convolution `kernel`).
-_BATCH_NORM_LEAVES = {"bias": "bias", "running_mean": "mean", "running_var": "var"}
 _IGNORED_LEAVES = ("num_batches_tracked",)
+_CONV = {"weight": torch_weights.CONV["weight"]}
+_BATCH_NORM = torch_weights.BATCH_NORM
+_LAYER_OF_STAGE = {0: {str(stage): str(stage + 1) for stage in range(4)}}
+_ONE_TWO_THREE = {2: {n: n for n in "123"}}
 
-
-def _our_path(key: str) -> tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray]] | None:
-  """(path in our tree, conversion) of a torchvision backbone key; None for keys outside it."""
-  module, _, leaf = key.rpartition(".")
-  found = _BLOCK.fullmatch(module)
-  if found:
-    stage, block, inner = found.groups()
-    prefix = (f"layer{stage}_{block}",)
-    inner = {"downsample.0": "downsample_conv", "downsample.1": "downsample_bn"}.get(inner, inner)
-  elif module in ("conv1", "bn1"):
-    prefix, inner = (), module
-  else:
-    return None
-  if inner not in ("conv1", "conv2", "conv3", "bn1", "bn2", "bn3", "downsample_conv", "downsample_bn"):
-    return None
-  is_conv = "conv" in inner
-  if leaf == "weight":
-    return prefix + (inner, "kernel" if is_conv else "scale"), torch_weights.conv_kernel if is_conv else torch_weights.same
-  if leaf in _BATCH_NORM_LEAVES and not is_conv:
-    return prefix + (inner, _BATCH_NORM_LEAVES[leaf]), torch_weights.same
-  return None
+# torchvision's and transformers' (`ResNetModel`) layouts of the backbone, each read and written
+# (`to_torchvision`, `to_hf`) through the same rules.
+TORCHVISION_RULES = (
+    Rule("conv1", ("conv1",), _CONV),
+    Rule("bn1", ("bn1",), _BATCH_NORM),
+    Rule("layer{0}.{1}.conv{2}", ("layer{0}_{1}", "conv{2}"), _CONV, _ONE_TWO_THREE),
+    Rule("layer{0}.{1}.bn{2}", ("layer{0}_{1}", "bn{2}"), _BATCH_NORM, _ONE_TWO_THREE),
+    Rule("layer{0}.{1}.downsample.0", ("layer{0}_{1}", "downsample_conv"), _CONV),
+    Rule("layer{0}.{1}.downsample.1", ("layer{0}_{1}", "downsample_bn"), _BATCH_NORM),
+)
+HF_RULES = (
+    Rule("embedder.embedder.convolution", ("conv1",), _CONV),
+    Rule("embedder.embedder.normalization", ("bn1",), _BATCH_NORM),
+    *(Rule(f"encoder.stages.{{0}}.layers.{{1}}.layer.{i}.{torch}", ("layer{0}_{1}", f"{ours}{i + 1}"), leaves,
+           _LAYER_OF_STAGE)
+      for i in range(3) for torch, ours, leaves in (("convolution", "conv", _CONV),
+                                                    ("normalization", "bn", _BATCH_NORM))),
+    Rule("encoder.stages.{0}.layers.{1}.shortcut.convolution", ("layer{0}_{1}", "downsample_conv"), _CONV,
+         _LAYER_OF_STAGE),
+    Rule("encoder.stages.{0}.layers.{1}.shortcut.normalization", ("layer{0}_{1}", "downsample_bn"), _BATCH_NORM,
+         _LAYER_OF_STAGE),
+)
 
 
 def stage_sizes_of(state_dict: Mapping[str, Any]) -> tuple[int, ...]:
@@ -77,7 +82,54 @@ def params_from_torchvision(module: ResNet, state_dict: Mapping[str, np.ndarray]
   """
   state_dict = {k: v for k, v in state_dict.items() if k.rpartition(".")[2] not in _IGNORED_LEAVES}
   return torch_weights.fill_params(module.name_of_size, torch_weights.expected_shapes(module, 32),
-                                   state_dict, _our_path)
+                                   state_dict, lambda key: torch_weights.match_rules(TORCHVISION_RULES, key))
+
+
+# A classifier on the pooled feature ({'kernel': (C, K), 'bias': (K,)}, fine-tuning's) as
+# torchvision's and timm's `fc`.
+CLASSIFIER_RULES = (Rule("fc", ("classifier",), torch_weights.LINEAR),)
+
+
+def classifier_to_torchvision(classifier: Any) -> dict[str, np.ndarray]:
+  """torchvision's `fc.weight` (K, C) and `fc.bias` (K,) of a classifier on the pooled feature."""
+  return torch_weights.to_state_dict(CLASSIFIER_RULES, {"classifier": classifier}, "the classifier")
+
+
+def _with_batch_counts(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`state_dict` with each BatchNorm's `num_batches_tracked` (0), a buffer torch's modules have."""
+  counts = {key.removesuffix("running_mean") + "num_batches_tracked": np.zeros((), np.int64)
+            for key in state_dict if key.endswith(".running_mean")}
+  return {**state_dict, **counts}
+
+
+def to_torchvision(module: ResNet, params: Any) -> dict[str, np.ndarray]:
+  """torchvision's ResNet state dict of `module`'s backbone parameters, without `fc.*` (a
+  torchvision ResNet whose `fc` is `torch.nn.Identity()` takes it whole): `params_from_torchvision`
+  reads it back to the same tree."""
+  return _with_batch_counts(torch_weights.to_state_dict(TORCHVISION_RULES, params, module.name_of_size))
+
+
+def to_hf(module: ResNet, params: Any) -> dict[str, np.ndarray]:
+  """transformers' `ResNetModel` state dict of `module`'s backbone parameters."""
+  return _with_batch_counts(torch_weights.to_state_dict(HF_RULES, params, module.name_of_size))
+
+
+def params_from_hf(module: ResNet, state_dict: Mapping[str, np.ndarray]) -> dict:
+  """`module`'s parameter tree from transformers' `ResNetModel` state dict; raises as
+  `params_from_torchvision`."""
+  state_dict = {k: v for k, v in state_dict.items() if k.rpartition(".")[2] not in _IGNORED_LEAVES}
+  return torch_weights.fill_params(module.name_of_size, torch_weights.expected_shapes(module, 32), state_dict,
+                                   lambda key: torch_weights.match_rules(HF_RULES, key))
+
+
+def hf_config(module: ResNet) -> dict[str, Any]:
+  """config.json of transformers' `ResNetModel` for `module` (torchvision's ResNet v1.5: the
+  stride in the 3x3 convolution)."""
+  widths = [64 * EXPANSION * 2 ** stage for stage in range(4)]
+  return {"architectures": ["ResNetModel"], "model_type": "resnet", "num_channels": 3, "embedding_size": 64,
+          "hidden_sizes": widths, "depths": list(module.stage_sizes), "layer_type": "bottleneck",
+          "hidden_act": "relu", "downsample_in_first_stage": False, "downsample_in_bottleneck": False,
+          "torch_dtype": "float32"}
 
 
 def _strip(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:

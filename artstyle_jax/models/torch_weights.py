@@ -1,15 +1,18 @@
-"""PyTorch weights for every converter: reading what `torch.save` wrote, the layout changes, and
-filling a module's whole parameter tree or refusing with one error type.
+"""PyTorch weights for every converter: reading what `torch.save` wrote, the layout changes both
+ways, and filling a module's whole parameter tree or refusing with one error type.
 
 torch is imported only here and only when a file is read: reading PyTorch checkpoints needs it,
 nothing else in artstyle_jax does, so it is no dependency of the package.
 
 A converter maps each torch key to a path in our tree (a tuple of names) and a function of the
 NumPy array. PyTorch layouts: Conv2d (out, in/groups, kh, kw) -> flax HWIO; Linear (out, in) ->
-(in, out).
+(in, out). A layout is a table of `Rule`s, each naming a torch module, its path in our tree and
+each leaf's conversion both ways: `match_rules` reads a key through them, `to_state_dict`
+writes a parameter tree back as the layout's state dict.
 """
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+import re
+from typing import Any, NamedTuple
 
 from etils import epath
 from flax import traverse_util
@@ -142,3 +145,100 @@ def fill_params(description: str, expected: Mapping[Path, tuple[int, ...]], stat
                 if keys]
     raise CheckpointError(f"the state dict does not fit {description}; nothing was loaded: " + "; ".join(problems))
   return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(filled))
+
+
+def conv_weight(kernel: np.ndarray) -> np.ndarray:
+  """flax HWIO (kh, kw, in/groups, out) -> torch Conv2d weight (out, in/groups, kh, kw)."""
+  return np.transpose(kernel, (3, 2, 0, 1))
+
+
+class Leaf(NamedTuple):
+  """A torch parameter's leaf in our tree: its name there, and its conversion each way."""
+  name: str
+  to_ours: Convert
+  to_torch: Convert
+
+
+CONV = {"weight": Leaf("kernel", conv_kernel, conv_weight), "bias": Leaf("bias", same, same)}
+LINEAR = {"weight": Leaf("kernel", np.transpose, np.transpose), "bias": Leaf("bias", same, same)}
+NORM = {"weight": Leaf("scale", same, same), "bias": Leaf("bias", same, same)}
+BATCH_NORM = {**NORM, "running_mean": Leaf("mean", same, same), "running_var": Leaf("var", same, same)}
+
+_PLACEHOLDER = re.compile(r"\{(\d+)\}")
+
+
+class Rule:
+  """One torch module of a layout and where its parameters are in our tree, read both ways.
+
+  `torch` is the module's key ('stages.{0}.blocks.{1}.conv_dw'), `ours` the path of its
+  parameters in our tree (('stages_{0}', 'blocks_{1}', 'conv_dw')); each placeholder {i} stands
+  for a block index, or, where `choices[i]` is given, for one of its keys (torch's word) and its
+  value (ours), e.g. {'q': 'query', ...}. `leaves` maps the torch leaf names to `Leaf`s; a
+  Leaf's name may hold placeholders too ('layer_scale{1}').
+  """
+
+  def __init__(self, torch: str, ours: Path, leaves: Mapping[str, Leaf],
+               choices: Mapping[int, Mapping[str, str]] | None = None):
+    self.torch, self.ours, self.leaves = torch, tuple(ours), dict(leaves)
+    self.choices = dict(choices or {})
+    self._torch_module = self._pattern(torch, lambda c: c.keys())
+    self._our_paths = {leaf: self._pattern("/".join(self.ours + (spec.name,)), lambda c: c.values())
+                       for leaf, spec in self.leaves.items()}
+
+  def _pattern(self, template: str, words: Callable[[Mapping[str, str]], Iterable[str]]) -> re.Pattern[str]:
+    parts = _PLACEHOLDER.split(template)
+    regex = "".join(re.escape(part) if i % 2 == 0 else
+                    (f"(?P<g{part}>" + ("|".join(map(re.escape, words(self.choices[int(part)])))
+                                        if int(part) in self.choices else r"\d+") + ")")
+                    for i, part in enumerate(parts))
+    return re.compile(regex)
+
+  def to_ours(self, key: str) -> tuple[Path, Convert] | None:
+    """(our path, conversion) of the torch `key`, or None when this rule does not name it."""
+    module, _, leaf = key.rpartition(".")
+    found = self._torch_module.fullmatch(module)
+    if not found or leaf not in self.leaves:
+      return None
+    values = {int(name[1:]): self.choices.get(int(name[1:]), {}).get(word, word)
+              for name, word in found.groupdict().items()}
+    spec = self.leaves[leaf]
+    return tuple(_fill(part, values) for part in self.ours + (spec.name,)), spec.to_ours
+
+  def to_torch(self, path: Path) -> tuple[str, Convert] | None:
+    """(torch key, conversion) of our parameter at `path`, or None when this rule does not name it."""
+    for leaf, pattern in self._our_paths.items():
+      found = pattern.fullmatch("/".join(path))
+      if found:
+        words = {int(name[1:]): {v: k for k, v in self.choices.get(int(name[1:]), {}).items()}.get(value, value)
+                 for name, value in found.groupdict().items()}
+        return f"{_fill(self.torch, words)}.{leaf}", self.leaves[leaf].to_torch
+    return None
+
+
+def _fill(template: str, values: Mapping[int, str]) -> str:
+  return _PLACEHOLDER.sub(lambda m: values[int(m.group(1))], template)
+
+
+def match_rules(rules: Sequence[Rule], key: str) -> tuple[Path, Convert] | None:
+  """Our (path, conversion) of a torch key: the first of `rules` that names it; None if none does."""
+  return next(filter(None, (rule.to_ours(key) for rule in rules)), None)
+
+
+def to_state_dict(rules: Sequence[Rule], params: Any, description: str) -> dict[str, np.ndarray]:
+  """The torch state dict (key -> contiguous float32 NumPy array) of a parameter tree, each leaf
+  under the key the first of `rules` that names its path gives, converted to torch's layout.
+
+  Raises:
+    CheckpointError: a parameter that no rule names (naming every such path); nothing partial.
+  """
+  state_dict, unnamed = {}, []
+  for path, leaf in traverse_util.flatten_dict(jax.device_get(params)).items():
+    found = next(filter(None, (rule.to_torch(path) for rule in rules)), None)
+    if found is None:
+      unnamed.append("/".join(path))
+      continue
+    key, convert = found
+    state_dict[key] = np.ascontiguousarray(convert(np.asarray(leaf, np.float32)))
+  if unnamed:
+    raise CheckpointError(f"{description} has parameters the layout has no key for: {describe(unnamed, limit=None)}")
+  return state_dict

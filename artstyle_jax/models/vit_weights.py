@@ -30,7 +30,8 @@ import numpy as np
 
 from artstyle_jax.models import torch_weights
 from artstyle_jax.models.torch_weights import CheckpointError
-from artstyle_jax.models.torch_weights import conv_kernel
+from artstyle_jax.models.torch_weights import Leaf
+from artstyle_jax.models.torch_weights import Rule
 from artstyle_jax.models.torch_weights import same
 from artstyle_jax.models.vit import ViT
 
@@ -65,40 +66,40 @@ def compatible_image_size(module: ViT, image_size: int) -> int:
   return max(1, round(image_size / module.patch_size)) * module.patch_size
 
 
-_LINEAR = {"weight": ("kernel", np.transpose), "bias": ("bias", same)}
-_NORM = {"weight": ("scale", same), "bias": ("bias", same)}
-_CONV = {"weight": ("kernel", conv_kernel), "bias": ("bias", same)}
-_BLOCK_DINOV2 = r"encoder\.layer\.(\d+)\."
-_BLOCK_CLIP = r"encoder\.layers\.(\d+)\."
-# (module pattern, our path, {torch leaf: (our leaf, conversion)}); a leaf of None is the module's own.
-_PATTERNS = {
-    "dinov2": [
-        (r"embeddings", (), {"cls_token": ("cls_token", np.ravel),
-                             "position_embeddings": ("pos_embed", lambda w: w.reshape(w.shape[-2:]))}),
-        (r"embeddings\.patch_embeddings\.projection", ("patch_embed",), _CONV),
-        (_BLOCK_DINOV2 + r"norm(1|2)", ("blocks_{0}", "norm{1}"), _NORM),
-        (_BLOCK_DINOV2 + r"attention\.attention\.(query|key|value)", ("blocks_{0}", "attn", "{1}"), _LINEAR),
-        (_BLOCK_DINOV2 + r"attention\.output\.dense", ("blocks_{0}", "attn", "out"), _LINEAR),
-        (_BLOCK_DINOV2 + r"layer_scale(1|2)", ("blocks_{0}",), {"lambda1": ("layer_scale{1}", same)}),
-        (_BLOCK_DINOV2 + r"mlp\.(fc1|fc2)", ("blocks_{0}", "mlp", "{1}"), _LINEAR),
-        (_BLOCK_DINOV2 + r"mlp\.weights_in", ("blocks_{0}", "mlp", "fc1"), _LINEAR),
-        (_BLOCK_DINOV2 + r"mlp\.weights_out", ("blocks_{0}", "mlp", "fc2"), _LINEAR),
-        (r"layernorm", ("norm",), _NORM),
-    ],
-    "clip": [
-        (r"embeddings", (), {"class_embedding": ("cls_token", same)}),
-        (r"embeddings\.patch_embedding", ("patch_embed",), _CONV),
-        (r"embeddings\.position_embedding", (), {"weight": ("pos_embed", same)}),
-        (r"pre_layrnorm", ("pre_norm",), _NORM),
-        (_BLOCK_CLIP + r"layer_norm(1|2)", ("blocks_{0}", "norm{1}"), _NORM),
-        (_BLOCK_CLIP + r"self_attn\.(q|k|v)_proj", ("blocks_{0}", "attn", "{1}"), _LINEAR),
-        (_BLOCK_CLIP + r"self_attn\.out_proj", ("blocks_{0}", "attn", "out"), _LINEAR),
-        (_BLOCK_CLIP + r"mlp\.(fc1|fc2)", ("blocks_{0}", "mlp", "{1}"), _LINEAR),
-        (r"post_layernorm", ("norm",), _NORM),
-        (r"visual_projection", ("projection",), {"weight": ("kernel", np.transpose)}),
-    ],
-}
-_CLIP_QKV = {"q": "query", "k": "key", "v": "value"}
+_LINEAR, _NORM, _CONV = torch_weights.LINEAR, torch_weights.NORM, torch_weights.CONV
+_ONE_TWO = {1: {"1": "1", "2": "2"}}
+_QKV = {1: {"query": "query", "key": "key", "value": "value"}}
+_FC = {1: {"fc1": "fc1", "fc2": "fc2"}}
+# Each family's layout, read (`from_state_dict`) and written (`to_hf`) through the same rules.
+_DINOV2_RULES = (
+    Rule("embeddings", (), {"cls_token": Leaf("cls_token", np.ravel, lambda w: w.reshape(1, 1, -1)),
+                            "position_embeddings": Leaf("pos_embed", lambda w: w.reshape(w.shape[-2:]),
+                                                        lambda w: w[None])}),
+    Rule("embeddings.patch_embeddings.projection", ("patch_embed",), _CONV),
+    Rule("encoder.layer.{0}.norm{1}", ("blocks_{0}", "norm{1}"), _NORM, _ONE_TWO),
+    Rule("encoder.layer.{0}.attention.attention.{1}", ("blocks_{0}", "attn", "{1}"), _LINEAR, _QKV),
+    Rule("encoder.layer.{0}.attention.output.dense", ("blocks_{0}", "attn", "out"), _LINEAR),
+    Rule("encoder.layer.{0}.layer_scale{1}", ("blocks_{0}",), {"lambda1": Leaf("layer_scale{1}", same, same)},
+         _ONE_TWO),
+    Rule("layernorm", ("norm",), _NORM),
+)
+_DINOV2_MLP_RULES = (Rule("encoder.layer.{0}.mlp.{1}", ("blocks_{0}", "mlp", "{1}"), _LINEAR, _FC),)
+_DINOV2_SWIGLU_RULES = (Rule("encoder.layer.{0}.mlp.weights_in", ("blocks_{0}", "mlp", "fc1"), _LINEAR),
+                        Rule("encoder.layer.{0}.mlp.weights_out", ("blocks_{0}", "mlp", "fc2"), _LINEAR))
+_CLIP_RULES = (
+    Rule("embeddings", (), {"class_embedding": Leaf("cls_token", same, same)}),
+    Rule("embeddings.patch_embedding", ("patch_embed",), _CONV),
+    Rule("embeddings.position_embedding", (), {"weight": Leaf("pos_embed", same, same)}),
+    Rule("pre_layrnorm", ("pre_norm",), _NORM),
+    Rule("encoder.layers.{0}.layer_norm{1}", ("blocks_{0}", "norm{1}"), _NORM, _ONE_TWO),
+    Rule("encoder.layers.{0}.self_attn.{1}_proj", ("blocks_{0}", "attn", "{1}"), _LINEAR,
+         {1: {"q": "query", "k": "key", "v": "value"}}),
+    Rule("encoder.layers.{0}.self_attn.out_proj", ("blocks_{0}", "attn", "out"), _LINEAR),
+    Rule("encoder.layers.{0}.mlp.{1}", ("blocks_{0}", "mlp", "{1}"), _LINEAR, _FC),
+    Rule("post_layernorm", ("norm",), _NORM),
+    Rule("visual_projection", ("projection",), {"weight": Leaf("kernel", np.transpose, np.transpose)}),
+)
+_RULES = {"dinov2": _DINOV2_RULES + _DINOV2_MLP_RULES + _DINOV2_SWIGLU_RULES, "clip": _CLIP_RULES}
 # Keys of the files that are no part of the image features: DINOv2's masked-image-modelling token,
 # CLIP's text tower and the position ids buffer older transformers saved.
 _LEFT_OUT = re.compile(r"embeddings\.mask_token|text_model\..*|text_projection\..*|logit_scale|.*position_ids")
@@ -106,14 +107,7 @@ _LEFT_OUT = re.compile(r"embeddings\.mask_token|text_model\..*|text_projection\.
 
 def _match(family: str, key: str) -> tuple[tuple[str, ...], Any] | None:
   """Our (path, conversion) for a torch key of `family`'s layout, or None."""
-  module, _, leaf = key.rpartition(".")
-  for pattern, path, leaves in _PATTERNS[family]:
-    found = re.fullmatch(pattern, module)
-    if found and leaf in leaves:
-      name, convert = leaves[leaf]
-      groups = tuple(_CLIP_QKV.get(group, group) for group in found.groups())
-      return tuple(part.format(*groups) for part in path) + (name.format(*groups),), convert
-  return None
+  return torch_weights.match_rules(_RULES[family], key)
 
 
 def read_config(directory: str) -> dict[str, Any]:
@@ -236,3 +230,42 @@ def load_directory(directory: str, **overrides) -> tuple[ViT, dict]:
   config = read_config(directory)
   model_type(config)
   return from_state_dict(config, read_weights(directory), **overrides)
+
+
+_HF_ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+
+
+def to_hf(module: ViT, params: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """(config.json, state dict) of `module`'s family in transformers: `Dinov2Model`, or for CLIP
+  `CLIPVisionModelWithProjection` when it has a projection, else `CLIPVisionModel` (model_type
+  clip_vision_model); `load_directory` reads them back to the same tree.
+
+  Raises:
+    CheckpointError: a DINOv2 whose MLP transformers' config cannot describe (its hidden width is
+      the width times an integer `mlp_ratio`, for SwiGLU rounded as well).
+  """
+  if module.family == "dinov2" and (module.mlp == "swiglu" or module.mlp_hidden % module.width):
+    raise CheckpointError(f"transformers' Dinov2Config cannot describe a {module.mlp} MLP of {module.mlp_hidden} "
+                          f"hidden units on width {module.width} (its mlp_ratio is an integer)")
+  description = f"a {module.family} ViT (width {module.width}, depth {module.depth})"
+  common = {"hidden_size": module.width, "num_hidden_layers": module.depth, "num_attention_heads": module.num_heads,
+            "hidden_act": _HF_ACTIVATIONS[module.mlp], "layer_norm_eps": module.layer_norm_eps,
+            "image_size": module.native_image_size, "patch_size": module.patch_size, "num_channels": 3,
+            "torch_dtype": "float32"}
+  if module.family == "dinov2":
+    state_dict = torch_weights.to_state_dict(_DINOV2_RULES + _DINOV2_MLP_RULES, params, description)
+    # Dinov2Model's masked-image-modelling token, used only with bool_masked_pos: no part of the features.
+    state_dict["embeddings.mask_token"] = np.zeros((1, module.width), np.float32)
+    config = {**common, "architectures": ["Dinov2Model"], "model_type": "dinov2",
+              "mlp_ratio": module.mlp_hidden // module.width, "qkv_bias": module.qkv_bias, "layerscale_value": 1.0,
+              "use_swiglu_ffn": False}
+    return config, state_dict
+  state_dict = torch_weights.to_state_dict(_CLIP_RULES, params, description)
+  state_dict = {key if key.startswith("visual_projection.") else f"vision_model.{key}": value
+                for key, value in state_dict.items()}
+  architecture = "CLIPVisionModelWithProjection" if module.projection_dim else "CLIPVisionModel"
+  config = {**common, "architectures": [architecture], "model_type": "clip_vision_model",
+            "intermediate_size": module.mlp_hidden}
+  if module.projection_dim:
+    config["projection_dim"] = module.projection_dim
+  return config, state_dict

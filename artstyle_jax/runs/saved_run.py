@@ -1,5 +1,5 @@
 """What evaluation and prediction read of a training run: its workdir's saved config and
-checkpoint steps, the student's backbone of a checkpoint (or the random initialisation it
+checkpoint steps, the student's (or a teacher's) backbone of a checkpoint (or the random initialisation it
 started from), the splits of the dataset its config names, and where evaluation writes.
 
 The workdir's files and how checkpoints are written and read back are `checkpoints`'.
@@ -16,10 +16,13 @@ from ml_collections import config_dict
 from artstyle_jax import models
 from artstyle_jax.data import sources
 from artstyle_jax.method import sharding
+from artstyle_jax.method import state as state_lib
 from artstyle_jax.method import step as step_lib
 from artstyle_jax.storage import checkpoints
 
 EVAL_DIR = "eval"
+# The networks of a training state, by the names users give them.
+NETWORKS = ("student", "weak_teacher", "style_teacher")
 RANDOM_INIT_DIR = "random_init"
 
 
@@ -81,12 +84,30 @@ def random_backbone_params(config: ml_collections.ConfigDict, backbone, mesh: ja
   return jax.jit(_init_backbone_fn(config, backbone), out_shardings=sharding.replicated(mesh))()
 
 
-def restore_backbone(workdir: str, config: ml_collections.ConfigDict, step: Optional[int] = None,
-                     mesh: Optional[jax.sharding.Mesh] = None) -> tuple[Any, int]:
-  """The student's backbone parameters from a checkpoint, replicated over `mesh`.
+def network_path(config: ml_collections.ConfigDict, network: str) -> tuple[str, ...]:
+  """Where `network` (one of NETWORKS) is in a TrainState of `config`: the style teacher is the
+  weak teacher's copy when the state keeps one copy for both (`state.teacher_names`).
 
-  Only that subtree of the saved TrainState is read (Orbax partial restore), so teachers and
-  optimiser state never take memory.
+  Raises:
+    WorkdirError: another name, or a teacher the config's run has none of.
+  """
+  if network not in NETWORKS:
+    raise checkpoints.WorkdirError(f"unknown network {network!r}; a training state holds {', '.join(NETWORKS)}")
+  if network == "student":
+    return ("params",)
+  if network == "style_teacher" and not config.style_teacher:
+    raise checkpoints.WorkdirError("this run trained without a style teacher (config.style_teacher is off)")
+  names = state_lib.teacher_names(config)
+  return ("teachers", "style" if network == "style_teacher" and "style" in names else "weak")
+
+
+def restore_backbone(workdir: str, config: ml_collections.ConfigDict, step: Optional[int] = None,
+                     mesh: Optional[jax.sharding.Mesh] = None, network: str = "student") -> tuple[Any, int]:
+  """The backbone parameters of `network` (the student, or a teacher: `NETWORKS`) from a
+  checkpoint, replicated over `mesh`.
+
+  Only that subtree of the saved TrainState is read (Orbax partial restore), so the other
+  networks and the optimiser state never take memory.
 
   The latest checkpoint when `step` is None: a damaged one is moved aside, with a warning, for
   the one before it (`checkpoints.restore_newest`).
@@ -97,22 +118,27 @@ def restore_backbone(workdir: str, config: ml_collections.ConfigDict, step: Opti
     WorkdirError: no such checkpoint, a damaged `step`, or one whose student is not
       config.model's backbone.
   """
+  where = network_path(config, network)
   checkpoint_step(workdir, step)
   mesh = sharding.create_mesh() if mesh is None else mesh
   replicated = sharding.replicated(mesh)
   abstract = jax.eval_shape(_init_backbone_fn(config, step_lib.build_backbone(config, mesh)))
-  target = {"params": {"backbone": jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)}}
+  target = {"backbone": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)}
+  for name in reversed(where):
+    target = {name: target}
 
   def read(step: int) -> Any:
     try:
-      return checkpoints.restore_subtree(workdir, step, target)["params"]["backbone"]
+      restored = checkpoints.restore_subtree(workdir, step, target)
+      for name in where:
+        restored = restored[name]
+      return restored["backbone"]
     except checkpoints.WorkdirError:  # a damaged checkpoint, for restore_newest
       raise
     except (ValueError, KeyError) as e:
       reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise checkpoints.WorkdirError(f"the checkpoint of step {step} in {workdir} holds no {config.model.name} "
-                                     f"student backbone ({reason})") from e
+                                     f"{network.replace('_', ' ')} backbone ({reason})") from e
 
   with checkpoints.manager(workdir, read_only=True) as mngr:
     restored = checkpoints.restore_newest(mngr, read, step)

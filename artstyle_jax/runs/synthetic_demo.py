@@ -38,6 +38,7 @@ from artstyle_jax.method import config_lib
 from artstyle_jax.pictures import curves
 from artstyle_jax.pictures import embedding_map
 from artstyle_jax.runs import evaluation
+from artstyle_jax.runs import exporting
 from artstyle_jax.runs import prediction
 from artstyle_jax.runs import pretraining
 from artstyle_jax.runs import saved_run
@@ -58,6 +59,9 @@ SHEET_QUERIES = 4  # test paintings on the retrieval sheet, each of another styl
 SHEET_MATCHES = 5
 # The backbones compared, in the order printed.
 BACKBONES = ("random_init", "pretrained")
+# The pretrained student for transformers (`exporting`), with its model card.
+EXPORT_DIR = "backbone_transformers"
+EXPORT_FORMAT = "transformers"
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -162,6 +166,15 @@ def comparison_table(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def write_export(pretrain_dir: str, out: str, step: int) -> str:
+  """Exports the student of checkpoint `step` to `out` (EXPORT_FORMAT), after the evaluations so
+  that its model card holds their figures; a previous run's export there is replaced. Returns `out`."""
+  if epath.Path(out).exists():
+    epath.Path(out).rmtree()
+  exporting.export(pretrain_dir, EXPORT_FORMAT, out, step=step)
+  return out
+
+
 def closing_text(results: dict[str, Any], workdir: str) -> str:
   """What the demo prints at the end: the setting, the comparison, where to look next."""
   data = results["dataset"]
@@ -179,7 +192,9 @@ def closing_text(results: dict[str, Any], workdir: str) -> str:
            f"  training curves      {results['pictures']['curves']}",
            f"  feature maps (t-SNE) {results['pictures']['embedding_pretrained']}",
            f"                       {results['pictures']['embedding_random_init']}",
-           f"  retrieval sheet      {results['pictures']['retrieval_sheet']}"]
+           f"  retrieval sheet      {results['pictures']['retrieval_sheet']}",
+           f"The pretrained backbone for transformers (AutoModel.from_pretrained), with its model card: "
+           f"{results['export']}"]
   if image is not None:
     lines += ["Styles of an image by the pretrained backbone's linear probe:",
               f"  python -m artstyle_jax.predict --workdir={epath.Path(workdir) / PRETRAIN_DIR} {image}"]
@@ -235,6 +250,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   clock.lap("evaluate")
   sheet = write_sheet(config, pretrain_dir, str(epath.Path(workdir) / SHEET_FILE))
   clock.lap("sheet")
+  exported = write_export(pretrain_dir, str(epath.Path(workdir) / EXPORT_DIR), step)
+  clock.lap("export")
 
   pretrained_linear = evaluations["pretrained"]["linear"]
   results = {name: summary(evaluations[name], out_dirs[name]) for name in BACKBONES}
@@ -251,6 +268,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
       "pictures": {"curves": str(epath.Path(pretrain_dir) / curves.CURVES_FILE),
                    **{f"embedding_{name}": str(out_dirs[name] / embedding_map.EMBEDDING_FILE) for name in BACKBONES},
                    "retrieval_sheet": sheet},
+      "export": exported,
       "pretrain_steps": total_steps,
       "seconds": clock.record(),
   })
