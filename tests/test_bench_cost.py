@@ -146,6 +146,28 @@ def test_breakdown_rows_sum_to_the_programs_totals_and_name_every_part(monkeypat
   for pass_name in ("teachers", "student fwd", "student bwd"):
     assert rows["stage 2 fc1"]["bytes_by_pass"][pass_name] > 0, pass_name
   assert "| stage 2 conv_dw |" in out and figures["breakdown"]["mfu_ceiling"] > 0
+  # A CPU has one memory space: every byte of its ops is in "HBM".
+  assert figures["breakdown"]["hbm_bytes"] == pytest.approx(figures["breakdown"]["counted_bytes"])
+
+
+def test_bytes_in_hbm_leave_out_on_chip_shapes_and_count_a_copy_once():
+  """Shapes as a TPU's compiled HLO writes them: a layout marked S(1) is on-chip memory; an
+  asynchronous copy's tuple (destination, source, context) and slice's ((source), destination,
+  context) move their destination's bytes across HBM once, though XLA counts the whole tuple."""
+  assert hlo_cost.hbm_shape_bytes("bf16[16,22,22,512]{3,2,1,0:T(8,128)(2,1)}") == 16 * 22 * 22 * 512 * 2
+  assert hlo_cost.hbm_shape_bytes("f32[512,2048]{1,0:T(8,128)S(1)}") == 0
+  copy = "(f32[512,2048]{1,0:T(8,128)S(1)}, f32[512,2048]{1,0:T(8,128)}, u32[]{:S(2)})"
+  piece = "((f32[512,2048]{1,0:T(8,128)}), f32[128,2048]{1,0:T(8,128)S(1)}, s32[]{:S(2)})"
+  text = "\n".join(["HloModule m", "", "ENTRY %main (p: f32[512,2048]) -> f32[512,2048] {",
+                    "  %p = f32[512,2048]{1,0:T(8,128)} parameter(0)",
+                    f"  %copy-start = {copy} copy-start(%p)",
+                    "  %copy-done = f32[512,2048]{1,0:T(8,128)S(1)} copy-done(%copy-start)",
+                    f"  %slice-start = {piece} slice-start(%p), slice={{[0:128], [0:2048]}}",
+                    "  ROOT %slice-done = f32[128,2048]{1,0:T(8,128)S(1)} slice-done(%slice-start)", "}"])
+  ops = {op.name: op for op in hlo_cost.top_level_ops(text)}
+  assert ops["copy-start"].hbm_bytes == 512 * 2048 * 4 and ops["copy-start"].bytes == 2 * 512 * 2048 * 4 + 4
+  assert ops["slice-start"].hbm_bytes == 128 * 2048 * 4
+  assert ops["copy-done"].bytes == ops["copy-done"].hbm_bytes == 0
 
 
 def test_breakdown_needs_a_tpu_topology(capsys):

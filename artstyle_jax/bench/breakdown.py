@@ -18,7 +18,9 @@ Rows are parts; their bytes and FLOPs sum to the ops' totals; one last row, 'not
 holds what the compiler's own totals (`Compiled.cost_analysis()`) count beyond the ops' (XLA
 counts the TPU's asynchronous copies its own way), so that the rows sum to the program's totals.
 Each row's roofline time is the sum over its ops of max(FLOPs / peak, bytes / bandwidth): ops run
-one after the other, each bound by its own limit.
+one after the other, each bound by its own limit. Beside XLA's bytes, each row has its bytes in
+HBM (`hlo_cost`: on a TPU, operands the compiler prefetched to on-chip memory count once, in the
+copy, not again in each consumer), and the roofline of those.
 """
 from collections.abc import Iterable
 import collections
@@ -81,6 +83,8 @@ class Row:
   bytes_by_pass: dict[str, float]
   flops: float
   roofline_s: float
+  hbm_bytes: float = 0.0
+  hbm_roofline_s: float = 0.0
 
   @property
   def bytes(self) -> float:
@@ -109,12 +113,15 @@ def rows(ops: Iterable[hlo_cost.Op], chip: chips.Chip, total_flops: float, total
     row.bytes_by_pass[pass_of(op.op_name)] += op.bytes
     row.flops += op.flops
     row.roofline_s += max(op.flops / chip.peak_flops_per_s, op.bytes / chip.hbm_bytes_per_s)
+    row.hbm_bytes += op.hbm_bytes
+    row.hbm_roofline_s += max(op.flops / chip.peak_flops_per_s, op.hbm_bytes / chip.hbm_bytes_per_s)
   counted_bytes = sum(r.bytes for r in by_part.values())
   counted_flops = sum(r.flops for r in by_part.values())
   rest_bytes, rest_flops = total_bytes - counted_bytes, total_flops - counted_flops
   result = sorted(by_part.values(), key=lambda r: _order(r.part))
   result.append(Row(UNATTRIBUTED, collections.Counter({"step": rest_bytes}), rest_flops,
-                    max(rest_flops / chip.peak_flops_per_s, rest_bytes / chip.hbm_bytes_per_s, 0.0)))
+                    max(rest_flops / chip.peak_flops_per_s, rest_bytes / chip.hbm_bytes_per_s, 0.0),
+                    0.0, max(rest_flops / chip.peak_flops_per_s, 0.0)))
   return result
 
 
@@ -125,21 +132,27 @@ def breakdown(hlo_text: str, chip: chips.Chip, total_flops: float, total_bytes: 
   ops = hlo_cost.top_level_ops(hlo_text)
   table = rows(ops, chip, total_flops, total_bytes)
   roofline_s = sum(r.roofline_s for r in table)
+  hbm_bytes = sum(r.hbm_bytes for r in table)
   return {
       "counted_bytes": sum(op.bytes for op in ops), "counted_flops": sum(op.flops for op in ops),
-      "roofline_s": roofline_s,
+      "roofline_s": roofline_s, "hbm_bytes": hbm_bytes,
+      "hbm_roofline_s": sum(r.hbm_roofline_s for r in table),
+      "hbm_step_s": max(total_flops / chip.peak_flops_per_s, hbm_bytes / chip.hbm_bytes_per_s),
       "rows": [{"part": r.part, "bytes": r.bytes, "bytes_by_pass": {p: r.bytes_by_pass.get(p, 0.0) for p in PASSES},
-                "flops": r.flops, "roofline_s": r.roofline_s, "roofline_share": r.roofline_s / roofline_s}
+                "hbm_bytes": r.hbm_bytes, "flops": r.flops, "roofline_s": r.roofline_s,
+                "roofline_share": r.roofline_s / roofline_s, "hbm_roofline_s": r.hbm_roofline_s}
                for r in table],
   }
 
 
 def markdown(figures: dict) -> str:
   """A Markdown table of `breakdown`'s rows: GB by pass, GFLOP, roofline ms and share."""
-  lines = ["| part | GB teachers | GB student fwd | GB student bwd | GB step | GB | GFLOP | roofline ms | share |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  lines = ["| part | GB teachers | GB student fwd | GB student bwd | GB step | GB | GB in HBM | GFLOP | roofline ms "
+           "| share | HBM roofline ms |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for row in figures["rows"]:
     by_pass = " | ".join(f"{row['bytes_by_pass'][p] / 1e9:.2f}" for p in PASSES)
-    lines.append(f"| {row['part']} | {by_pass} | {row['bytes'] / 1e9:.2f} | {row['flops'] / 1e9:.1f} | "
-                 f"{row['roofline_s'] * 1e3:.2f} | {row['roofline_share']:.1%} |")
+    lines.append(f"| {row['part']} | {by_pass} | {row['bytes'] / 1e9:.2f} | {row['hbm_bytes'] / 1e9:.2f} | "
+                 f"{row['flops'] / 1e9:.1f} | {row['roofline_s'] * 1e3:.2f} | {row['roofline_share']:.1%} | "
+                 f"{row['hbm_roofline_s'] * 1e3:.2f} |")
   return "\n".join(lines)

@@ -78,8 +78,9 @@ def _tpu_batch(config, mesh, per_device: int, chip: chips.Chip, with_breakdown: 
   figures |= chips.roofline(chip, flops, bytes_accessed, figures["model_flops"], batch_config.batch_size, mesh.size)
   if with_breakdown:
     figures["breakdown"] = breakdown.breakdown(compiled.as_text(), chip, flops, bytes_accessed)
-    figures["breakdown"]["mfu_ceiling"] = figures["model_flops"] / (
-        figures["breakdown"]["roofline_s"] * chip.peak_flops_per_s * mesh.size)
+    for time_key, ceiling_key in (("roofline_s", "mfu_ceiling"), ("hbm_step_s", "hbm_mfu_ceiling")):
+      figures["breakdown"][ceiling_key] = figures["model_flops"] / (
+          figures["breakdown"][time_key] * chip.peak_flops_per_s * mesh.size)
   return figures
 
 
@@ -153,8 +154,9 @@ def main(argv: Sequence[str]) -> int:
     if "breakdown" in by_batch[per_device]:
       figures = by_batch[per_device]["breakdown"]
       print(f"per-device batch {per_device} by part: ops one after the other, each at its own bound, "
-            f"{figures['roofline_s'] * 1e3:.1f} ms, MFU ceiling {figures['mfu_ceiling']:.2f}\n"
-            + breakdown.markdown(figures), flush=True)
+            f"{figures['roofline_s'] * 1e3:.1f} ms, MFU ceiling {figures['mfu_ceiling']:.2f}; bytes in HBM "
+            f"{figures['hbm_bytes'] / 1e9:.1f} GB, roofline {figures['hbm_step_s'] * 1e3:.1f} ms, MFU ceiling "
+            f"{figures['hbm_mfu_ceiling']:.2f}\n" + breakdown.markdown(figures), flush=True)
   result["by_batch"] = {str(b): figures for b, figures in by_batch.items()}
   if flag_values.topology and len(batch_sizes) > 1:
     result.update(memory.fit_line({b: f["peak_bytes"] for b, f in by_batch.items()}, chip.hbm_bytes))

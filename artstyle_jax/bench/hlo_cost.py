@@ -9,7 +9,10 @@ counts the same quantities op by op from `Compiled.as_text()`, with the rules of
          once (only the sliced part of an operand it only slices) and writes its result (only the
          update of an in-place dynamic-update-slice). Shapes count their logical elements (no
          tile padding). Parameters, constants, tuples, get-tuple-element and bitcasts move
-         nothing.
+         nothing. `hbm_bytes` counts only the shapes in memory space 0: on a TPU the compiler
+         places operands in on-chip memory (layouts marked S(1)) with asynchronous copies
+         whose bytes XLA counts again in each consumer; what crosses the HBM bus is the copy
+         once (its destination's bytes) and the shapes left in HBM.
   FLOPs  2 per multiply-add of a convolution or dot (only the kernel taps that fall inside the
          padded input), 1 per element of other arithmetic, 1 per input element of a reduce;
          transcendental functions (exp, log, erf, rsqrt, ...) are counted apart.
@@ -31,6 +34,8 @@ _DTYPE_BYTES = {
     "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "token": 0,
 }
 _ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
+_LEAF = re.compile(r"(\w+)\[([\d,]*)\](?:\{([^{}]*)\})?")
+_ON_CHIP = re.compile(r"S\([1-9]\d*\)")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -79,6 +84,7 @@ class Op:
   flops: float
   transcendentals: float
   bytes: float
+  hbm_bytes: float  # the part of `bytes` in HBM (`hbm_shape_bytes`): what crosses the HBM bus
 
 
 def shape_bytes(shape: str) -> float:
@@ -86,6 +92,13 @@ def shape_bytes(shape: str) -> float:
   shape = re.sub(r"\{[^{}]*\}", "", re.sub(r"\{[^{}]*\{[^{}]*\}[^{}]*\}", "", shape))
   return sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
              for dtype, dims in _ARRAY.findall(shape))
+
+
+def hbm_shape_bytes(shape: str) -> float:
+  """Bytes of a shape's leaves in memory space 0 (HBM): leaves whose layout names another space,
+  S(1) and up (a TPU's on-chip memories), are left out."""
+  return sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+             for dtype, dims, layout in _LEAF.findall(shape) if not _ON_CHIP.search(layout))
 
 
 def _dims(shape: str) -> list[int]:
@@ -214,8 +227,10 @@ def _arithmetic(instruction: Instruction, shapes: dict[str, str]) -> tuple[float
   return (0.0, elements) if instruction.opcode in _TRANSCENDENTAL else (elements, 0.0)
 
 
-def _fusion_bytes(instruction: Instruction, fused: list[Instruction], shapes: dict[str, str]) -> float:
-  """A fusion's operand reads (sliced parts only where a parameter is only sliced) and result writes."""
+def _fusion_bytes(instruction: Instruction, fused: list[Instruction], shapes: dict[str, str],
+                  size=shape_bytes) -> float:
+  """A fusion's operand reads (sliced parts only where a parameter is only sliced) and result
+  writes, each shape's bytes as `size` counts them (`shape_bytes`, or `hbm_shape_bytes`)."""
   by_index = {int(inner.arguments): inner.name for inner in fused if inner.opcode == "parameter"}
   users: dict[str, list[Instruction]] = {}
   for inner in fused:
@@ -230,13 +245,13 @@ def _fusion_bytes(instruction: Instruction, fused: list[Instruction], shapes: di
     if in_place and uses == [root] and root.operands[0] == parameter:
       continue
     if uses and all(u.opcode in _SLICES and u.operands[0] == parameter for u in uses):
-      total += sum(shape_bytes(u.shape) for u in uses)
+      total += sum((size(u.shape) if size(shapes.get(operand, '')) else 0.0) for u in uses)
     else:
-      total += shape_bytes(shapes.get(operand, ""))
+      total += size(shapes.get(operand, ""))
   if in_place:
     fused_shapes = {i.name: i.shape for i in fused}
-    return total + shape_bytes(fused_shapes.get(root.operands[1], ""))
-  return total + shape_bytes(instruction.shape)
+    return total + (size(fused_shapes.get(root.operands[1], "")) if size(instruction.shape) else 0.0)
+  return total + size(instruction.shape)
 
 
 def _heaviest(fused: list[Instruction], fallback: Instruction) -> Instruction:
@@ -298,17 +313,33 @@ def _ops(computations, name: str, parent: tuple[str, str] = ("", "")) -> Iterato
       continue
     if instruction.opcode == "fusion":
       flops, transcendentals = _fused_arithmetic(computations, instruction.called[0])
-      size = _fusion_bytes(instruction, computations[instruction.called[0]], shapes)
+      fused = computations[instruction.called[0]]
+      size = _fusion_bytes(instruction, fused, shapes)
+      hbm = _fusion_bytes(instruction, fused, shapes, hbm_shape_bytes)
     else:
       flops, transcendentals = _arithmetic(instruction, shapes)
-      operand_bytes = sum(shape_bytes(shapes.get(o, "")) for o in instruction.operands)
       if instruction.opcode.endswith("-done"):
-        size = 0.0  # Its start moved the bytes.
+        size = hbm = 0.0  # Its start moved the bytes.
       elif instruction.opcode.endswith("-start"):
-        size = shape_bytes(instruction.shape)  # Its tuple holds the operand (or its alias) and the result.
+        # The start's tuple holds the source (or its alias), the destination and a context: XLA
+        # counts the tuple; the transfer crosses HBM once, with the destination's bytes.
+        size = shape_bytes(instruction.shape)
+        hbm = _moved_bytes(instruction)
       else:
-        size = shape_bytes(instruction.shape) + operand_bytes
-    yield Op(instruction.name, instruction.opcode, op_name, source, flops, transcendentals, size)
+        size = shape_bytes(instruction.shape) + sum(shape_bytes(shapes.get(o, "")) for o in instruction.operands)
+        hbm = hbm_shape_bytes(instruction.shape) + sum(hbm_shape_bytes(shapes.get(o, "")) for o in instruction.operands)
+    yield Op(instruction.name, instruction.opcode, op_name, source, flops, transcendentals, size, hbm)
+
+
+def _moved_bytes(start: Instruction) -> float:
+  """Bytes an asynchronous copy or slice moves: its destination, the tuple's first array leaf
+  after the (possibly nested) source."""
+  leaves = _LEAF.findall(start.shape.removeprefix("(("))
+  if start.shape.startswith("(("):  # ((source), destination, context)
+    source_leaves = _LEAF.findall(start.shape[2:start.shape.index(")")])
+    leaves = leaves[len(source_leaves):]
+  destination = leaves[0]
+  return _DTYPE_BYTES.get(destination[0], 4) * math.prod(int(d) for d in destination[1].split(",") if d)
 
 
 def top_level_ops(text: str) -> list[Op]:
