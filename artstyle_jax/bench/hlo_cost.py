@@ -181,8 +181,8 @@ def _window_field(window: str, key: str, rank: int, default: int) -> list[str]:
 
 def convolution_flops(instruction: Instruction, operand_shapes: list[str]) -> float:
   """2 x the multiply-adds of a convolution, counting only taps inside the (padded) input."""
-  lhs_labels, rhs_labels, out_labels = _DIM_LABELS.search(instruction.attributes).groups()
-  lhs, rhs, out = _dims(operand_shapes[0]), _dims(operand_shapes[1]), _dims(instruction.shape)
+  lhs_labels, _, out_labels = _DIM_LABELS.search(instruction.attributes).groups()
+  lhs, out = _dims(operand_shapes[0]), _dims(instruction.shape)
   groups = dict(_GROUPS.findall(instruction.attributes))
   feature_groups, batch_groups = int(groups.get("feature_group_count", 1)), int(groups.get("batch_group_count", 1))
   window = _WINDOW.search(instruction.attributes)
@@ -201,7 +201,6 @@ def convolution_flops(instruction: Instruction, operand_shapes: list[str]) -> fl
   input_features = lhs[lhs_labels.index("f")]
   output_features = out[out_labels.index("f")]
   batch = lhs[lhs_labels.index("b")]
-  del rhs
   return 2.0 * (input_features / feature_groups) * output_features * (batch / batch_groups) * pairs
 
 
