@@ -6,10 +6,13 @@ import types
 
 import jax
 from jax.experimental import topologies
+import jax.numpy as jnp
 import pytest
 
+from artstyle_jax.bench import breakdown
 from artstyle_jax.bench import chips
 from artstyle_jax.bench import cost
+from artstyle_jax.bench import hlo_cost
 from artstyle_jax.bench import memory
 from artstyle_jax.models import forms
 
@@ -72,6 +75,106 @@ def test_tpu_path_compiles_each_batch_and_fits_the_memory_line(monkeypatch, caps
   assert result["max_batch_per_device"] == int((16 * GIB - result["fixed_bytes"]) // result["bytes_per_image"])
   for figures in result["by_batch"].values():
     assert figures["flops_per_device"] > 0 and figures["model_flops"] > 0 and 0 < figures["mfu_ceiling"]
+
+
+def _xla_cost(compiled) -> tuple[float, float, float]:
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, list) else analysis
+  return analysis["flops"], analysis["bytes accessed"], analysis["transcendentals"]
+
+
+def test_op_by_op_counts_add_up_to_xlas_totals():
+  """A matmul, GELU, a padded depthwise convolution (only taps inside the image count) and a
+  reduction, forward and backward, compiled here: the ops' FLOPs, transcendentals and bytes
+  sum to XLA's cost analysis of the program within 0.5%."""
+  def f(x, w, k):
+    y = jax.nn.gelu(x @ w).reshape(2, 8, 8, 16)
+    z = jax.lax.conv_general_dilated(y, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=16)
+    return jnp.sum(jnp.exp(z))
+
+  args = (jnp.ones((128, 32)), jnp.ones((32, 16)), jnp.ones((7, 7, 1, 16)))
+  for program in (jax.jit(f), jax.jit(jax.grad(f, argnums=(0, 1, 2)))):
+    compiled = program.lower(*args).compile()
+    ops = hlo_cost.top_level_ops(compiled.as_text())
+    flops, bytes_accessed, transcendentals = _xla_cost(compiled)
+    assert sum(op.flops for op in ops) == pytest.approx(flops, rel=5e-3)
+    assert sum(op.bytes for op in ops) == pytest.approx(bytes_accessed, rel=5e-3)
+    assert sum(op.transcendentals for op in ops) == pytest.approx(transcendentals, rel=5e-3)
+
+
+def test_ops_are_named_by_the_part_and_pass_that_make_them():
+  names = {
+      "jit(train_step)/teacher_style/ConvNeXt/stages_2/checkpoint/blocks_4/fc1/dot_general": ("stage 2 fc1", "teachers"),
+      "jit(train_step)/jvp(student)/ConvNeXt/stages_0/blocks_1/gelu/erf": ("stage 0 gelu", "student fwd"),
+      ("jit(train_step)/transpose(jvp(student))/ConvNeXt/stages_3/jvp(student)/ConvNeXt/stages_3/checkpoint/"
+       "rematted_computation/blocks_1/conv_dw/conv_general_dilated"): ("stage 3 conv_dw", "student bwd"),
+      "jit(train_step)/transpose(jvp(student))/ConvNeXt/stages_1/downsample_norm/mul": ("stage 1 downsampling",
+                                                                                       "student bwd"),
+      "jit(train_step)/jvp(student)/ConvNeXt/stem_conv/conv_general_dilated": ("stem", "student fwd"),
+      "jit(train_step)/transpose(jvp(gram_loss))/dot_general": ("gram loss", "student bwd"),
+      "jit(train_step)/ema/add": ("EMA", "step"),
+      "jit(train_step)/optimizer/mul": ("optimiser", "step"),
+      "": (breakdown.COPIES, "step"),
+  }
+  for op_name, (part, pass_name) in names.items():
+    assert (breakdown.part_of(op_name), breakdown.pass_of(op_name)) == (part, pass_name), op_name
+
+
+def test_breakdown_rows_sum_to_the_programs_totals_and_name_every_part(monkeypatch, capsys):
+  """--breakdown on the TPU path with this host's devices (the accelerators' forms): rows whose
+  bytes and FLOPs sum to the compiled program's totals, all but a sliver counted op by op; every
+  part of the network and of the step has a row, and every pass moves bytes."""
+  monkeypatch.setattr(memory, "topology_devices", lambda name: jax.devices()[:1])
+  accelerator_forms = ["--config.model.depthwise=conv", "--config.model.mlp_grad=autodiff",
+                       "--config.model.patchify=conv"]
+  assert cost.main(["cost", *TINY, *accelerator_forms, "--topology=v5e:2x2", "--batch_sizes=2", "--breakdown"]) == 0
+  out = capsys.readouterr().out
+  figures = json.loads(out.strip().splitlines()[-1])["by_batch"]["2"]
+  rows = {row["part"]: row for row in figures["breakdown"]["rows"]}
+  assert sum(r["bytes"] for r in rows.values()) == pytest.approx(figures["bytes_accessed_per_device"], rel=1e-9)
+  assert sum(r["flops"] for r in rows.values()) == pytest.approx(figures["flops_per_device"], rel=1e-9)
+  assert abs(rows[breakdown.UNATTRIBUTED]["bytes"]) < 0.01 * figures["bytes_accessed_per_device"]
+  assert abs(rows[breakdown.UNATTRIBUTED]["flops"]) < 0.01 * figures["flops_per_device"]
+  assert sum(r["roofline_share"] for r in rows.values()) == pytest.approx(1.0)
+  layers = [f"stage {s} {layer}" for s in range(4) for layer in ("conv_dw", "norm", "fc1", "gelu", "fc2")]
+  for part in ["stem", *layers, "stage 1 downsampling", "stage 3 downsampling", "projection head", "gram loss",
+               "relation loss", "queue", "EMA", "optimiser", "gradient norm"]:
+    assert rows[part]["bytes"] > 0, part
+  assert rows["stage 0 fc1"]["flops"] > 0 and rows["stage 3 conv_dw"]["flops"] > 0
+  for pass_name in ("teachers", "student fwd", "student bwd"):
+    assert rows["stage 2 fc1"]["bytes_by_pass"][pass_name] > 0, pass_name
+  assert "| stage 2 conv_dw |" in out and figures["breakdown"]["mfu_ceiling"] > 0
+  # A CPU has one memory space: every byte of its ops is in "HBM".
+  assert figures["breakdown"]["hbm_bytes"] == pytest.approx(figures["breakdown"]["counted_bytes"])
+
+
+def test_bytes_in_hbm_leave_out_on_chip_shapes_and_count_a_copy_once():
+  """Shapes as a TPU's compiled HLO writes them: a layout marked S(1) is on-chip memory; an
+  asynchronous copy's tuple (destination, source, context) and slice's ((source), destination,
+  context) move their destination's bytes across HBM once, though XLA counts the whole tuple."""
+  assert hlo_cost.hbm_shape_bytes("bf16[16,22,22,512]{3,2,1,0:T(8,128)(2,1)}") == 16 * 22 * 22 * 512 * 2
+  assert hlo_cost.hbm_shape_bytes("f32[512,2048]{1,0:T(8,128)S(1)}") == 0
+  copy = "(f32[512,2048]{1,0:T(8,128)S(1)}, f32[512,2048]{1,0:T(8,128)}, u32[]{:S(2)})"
+  piece = "((f32[512,2048]{1,0:T(8,128)}), f32[128,2048]{1,0:T(8,128)S(1)}, s32[]{:S(2)})"
+  text = "\n".join(["HloModule m", "", "ENTRY %main (p: f32[512,2048]) -> f32[512,2048] {",
+                    "  %p = f32[512,2048]{1,0:T(8,128)} parameter(0)",
+                    f"  %copy-start = {copy} copy-start(%p)",
+                    "  %copy-done = f32[512,2048]{1,0:T(8,128)S(1)} copy-done(%copy-start)",
+                    f"  %slice-start = {piece} slice-start(%p), slice={{[0:128], [0:2048]}}",
+                    "  ROOT %slice-done = f32[128,2048]{1,0:T(8,128)S(1)} slice-done(%slice-start)", "}"])
+  ops = {op.name: op for op in hlo_cost.top_level_ops(text)}
+  assert ops["copy-start"].hbm_bytes == 512 * 2048 * 4 and ops["copy-start"].bytes == 2 * 512 * 2048 * 4 + 4
+  assert ops["slice-start"].hbm_bytes == 128 * 2048 * 4
+  assert ops["copy-done"].bytes == ops["copy-done"].hbm_bytes == 0
+
+
+def test_breakdown_needs_a_tpu_topology(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cost.main(["cost", *TINY, "--gpu=h100", "--breakdown"])
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err.splitlines() == [
+      "error: --breakdown needs --topology: it reads the compiled program, which only the TPU path has"]
 
 
 def test_one_target_is_required(capsys):

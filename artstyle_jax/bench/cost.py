@@ -19,6 +19,11 @@ Either way the network is in the forms of the platform compiled for ('auto' in t
 per batch the roofline with the chip's published peaks (`chips`): step time, images/s and the MFU
 ceiling, whose model FLOPs are the step's without remat. Compiler estimates, not measurements.
 Readable lines, then one JSON line.
+
+--breakdown (with --topology) splits each compiled program's bytes and FLOPs by the part of the
+network or the step whose ops make them (`breakdown`: stem, per stage each block layer and the
+downsampling, projection head, losses, queue, EMA, optimiser, ...; bytes by pass: teachers,
+student forward and backward), with each part's roofline time, and prints a Markdown table.
 """
 from collections.abc import Sequence
 import json
@@ -30,6 +35,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from artstyle_jax import cli
+from artstyle_jax.bench import breakdown
 from artstyle_jax.bench import chips
 from artstyle_jax.bench import device_programs
 from artstyle_jax.bench import memory
@@ -63,13 +69,19 @@ def model_flops(config: ml_collections.ConfigDict, platform: str) -> float:
   return host_lowered_cost(plain, platform)[0]
 
 
-def _tpu_batch(config, mesh, per_device: int, chip: chips.Chip) -> dict:
+def _tpu_batch(config, mesh, per_device: int, chip: chips.Chip, with_breakdown: bool = False) -> dict:
   batch_config = device_programs.with_batch(config, per_device * mesh.size)
   compiled = device_programs.StepProgram(batch_config, mesh).lower().compile()
   flops, bytes_accessed = _cost(compiled.cost_analysis())
   figures = {"peak_bytes": bench_step.memory_analysis(compiled)["peak_bytes"], "flops_per_device": flops,
              "bytes_accessed_per_device": bytes_accessed, "model_flops": model_flops(batch_config, "tpu")}
-  return figures | chips.roofline(chip, flops, bytes_accessed, figures["model_flops"], batch_config.batch_size, mesh.size)
+  figures |= chips.roofline(chip, flops, bytes_accessed, figures["model_flops"], batch_config.batch_size, mesh.size)
+  if with_breakdown:
+    figures["breakdown"] = breakdown.breakdown(compiled.as_text(), chip, flops, bytes_accessed)
+    for time_key, ceiling_key in (("roofline_s", "mfu_ceiling"), ("hbm_step_s", "hbm_mfu_ceiling")):
+      figures["breakdown"][ceiling_key] = figures["model_flops"] / (
+          figures["breakdown"][time_key] * chip.peak_flops_per_s * mesh.size)
+  return figures
 
 
 def _gpu_batch(config, per_device: int, chip: chips.Chip) -> dict:
@@ -89,6 +101,8 @@ def _define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_enum("gpu", None, list(chips.GPUS), "GPU to estimate for, from the step lowered on this host",
                     flag_values=flag_values)
   flags.DEFINE_list("batch_sizes", ["16", "32"], "per-device batch sizes", flag_values=flag_values)
+  flags.DEFINE_bool("breakdown", False, "with --topology: the compiled program's bytes and FLOPs by the part of the "
+                    "network or step that makes them (`breakdown`), a table per batch", flag_values=flag_values)
 
 
 def _summary(per_device: int, figures: dict) -> str:
@@ -107,6 +121,8 @@ def main(argv: Sequence[str]) -> int:
     cli.fail("--config is required, e.g. --config=configs/paper.py")
   if (flag_values.topology is None) == (flag_values.gpu is None):
     cli.fail("give one of --topology (a Cloud TPU, e.g. v5e:2x2) or --gpu (e.g. h100)")
+  if flag_values.breakdown and not flag_values.topology:
+    cli.fail("--breakdown needs --topology: it reads the compiled program, which only the TPU path has")
   batch_sizes = sorted({int(b) for b in flag_values.batch_sizes})
   if not batch_sizes or batch_sizes[0] < 1:
     cli.fail(f"--batch_sizes must be positive, got {flag_values.batch_sizes}")
@@ -131,10 +147,16 @@ def main(argv: Sequence[str]) -> int:
   for per_device in batch_sizes:
     start = time.perf_counter()
     if flag_values.topology:
-      by_batch[per_device] = _tpu_batch(config, mesh, per_device, chip)
+      by_batch[per_device] = _tpu_batch(config, mesh, per_device, chip, flag_values.breakdown)
     else:
       by_batch[per_device] = _gpu_batch(config, per_device, chip)
     print(_summary(per_device, by_batch[per_device]) + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+    if "breakdown" in by_batch[per_device]:
+      figures = by_batch[per_device]["breakdown"]
+      print(f"per-device batch {per_device} by part: ops one after the other, each at its own bound, "
+            f"{figures['roofline_s'] * 1e3:.1f} ms, MFU ceiling {figures['mfu_ceiling']:.2f}; bytes in HBM "
+            f"{figures['hbm_bytes'] / 1e9:.1f} GB, roofline {figures['hbm_step_s'] * 1e3:.1f} ms, MFU ceiling "
+            f"{figures['hbm_mfu_ceiling']:.2f}\n" + breakdown.markdown(figures), flush=True)
   result["by_batch"] = {str(b): figures for b, figures in by_batch.items()}
   if flag_values.topology and len(batch_sizes) > 1:
     result.update(memory.fit_line({b: f["peak_bytes"] for b, f in by_batch.items()}, chip.hbm_bytes))

@@ -160,36 +160,48 @@ def make_train_step(
     if preprocess is not None:
       batch = preprocess(batch)
     # 1. EMA of the teachers towards the student as it is at the start of the step.
-    teachers = {name: state_lib.ema_update(state.teachers[name], state.params, m) for name, m in momenta.items()}
+    with jax.named_scope("ema"):
+      teachers = {name: state_lib.ema_update(state.teachers[name], state.params, m) for name, m in momenta.items()}
     # 2. Teacher forwards (outside the differentiated function: no gradient reaches them).
     teacher_params = {"weak": teachers["weak"], "style": state_lib.style_teacher_params(teachers)}
-    targets = {view: forward(backbone, head, gathered(teacher_params[view]), batch[view]) for view in views}
+    targets = {}
+    for view in views:
+      with jax.named_scope(f"teacher_{view}"):
+        targets[view] = forward(backbone, head, gathered(teacher_params[view]), batch[view])
     rng, dropout_rng = jax.random.split(state.rng)
 
     # 3-5. Student forward and the weighted loss terms against each teacher.
     def loss_fn(params):
-      f_s, z_s = forward(backbone, head, gathered(params), batch["student"], train=True, rng=dropout_rng)
+      with jax.named_scope("student"):
+        f_s, z_s = forward(backbone, head, gathered(params), batch["student"], train=True, rng=dropout_rng)
       terms = {}
       for view, (f_t, z_t) in targets.items():
-        terms[f"rel_{view}"] = relation_loss(z_s, z_t, state.queue)
-        terms[f"gram_{view}"] = losses.gram_alignment_loss(f_s, f_t)
+        with jax.named_scope("relation_loss"):
+          terms[f"rel_{view}"] = relation_loss(z_s, z_t, state.queue)
+        with jax.named_scope("gram_loss"):
+          terms[f"gram_{view}"] = losses.gram_alignment_loss(f_s, f_t)
       loss = sum(weights[term] * value for term, value in terms.items() if weights[term])
       return loss, (terms, f_s, z_s)
 
     (loss, (terms, f_s, z_s)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # 6. Optimiser step on the student.
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("optimizer"):
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
     # 7. Enqueue the teachers' keys of the global batch: z_w, then z_y.
     queue, queue_ptr = state.queue, state.queue_ptr
-    for view in views:
-      queue, queue_ptr = state_lib.enqueue(queue, queue_ptr, targets[view][1])
+    with jax.named_scope("queue"):
+      for view in views:
+        queue, queue_ptr = state_lib.enqueue(queue, queue_ptr, targets[view][1])
 
     new_state = state.replace(
         step=state.step + 1, params=params, teachers=teachers, opt_state=opt_state,
         queue=queue, queue_ptr=queue_ptr, rng=rng)
-    metrics = {"loss": loss, **terms, "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads),
-               **health_metrics(config, f_s, z_s, targets, state.queue)}
+    with jax.named_scope("grad_norm"):
+      grad_norm = optax.tree.norm(grads)
+    with jax.named_scope("health"):
+      signals = health_metrics(config, f_s, z_s, targets, state.queue)
+    metrics = {"loss": loss, **terms, "lr": schedule(state.step), "grad_norm": grad_norm, **signals}
     return new_state, metrics
 
   return train_step

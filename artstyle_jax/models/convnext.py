@@ -210,13 +210,16 @@ class Block(nn.Module):
       y = DepthwiseConv(self.dim, self.dtype, self.forms, name="conv_dw")(x)
       y = _layer_norm("norm", self.dtype)(y)
       y = nn.Dense(4 * self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc1")(y)
-      y = gelu(y)
+      with jax.named_scope("gelu"):
+        y = gelu(y)
       y = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc2")(y)
       gamma = self.param("gamma", gamma_init, (self.dim,), jnp.float32)
-      y = y * gamma.astype(self.dtype)
-    if train and self.drop_path_rate > 0.0:
-      y = drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
-    return x + y.astype(jnp.float32)
+      with jax.named_scope("layer_scale"):
+        y = y * gamma.astype(self.dtype)
+    with jax.named_scope("residual"):
+      if train and self.drop_path_rate > 0.0:
+        y = drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
+      return x + y.astype(jnp.float32)
 
   def _mlp_params(self, gamma_init) -> MlpParams:
     """The pointwise part's parameters, created in the 'autodiff' form's order and names."""
