@@ -95,6 +95,29 @@ def test_each_size_has_the_reference_layout_and_is_recognised_from_its_keys(name
   assert models.num_parameters({"params": params}) == torch_count
 
 
+def test_lite2_with_random_weights_and_batch_norm_statistics_matches_the_reference():
+  """The scaled widths and depths (lite2: 1.1 and 1.2) and the folding of BatchNorm statistics
+  far from 0 and 1: logits within 1e-5 of the reference's largest, at 40 px."""
+  torch.manual_seed(0)
+  reference = EfficientNet.from_name("efficientnet-lite2", image_size=40)
+  generator = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for layer in reference.modules():
+      if isinstance(layer, torch.nn.BatchNorm2d):
+        layer.weight.uniform_(0.5, 1.5, generator=generator)
+        layer.bias.normal_(0.0, 0.2, generator=generator)
+        layer.running_mean.normal_(0.0, 0.5, generator=generator)
+        layer.running_var.uniform_(0.5, 2.0, generator=generator)
+  reference.eval()
+  module, params = efficientnet_lite_weights.from_state_dict(reference.state_dict())
+  x = images(4, size=40)
+  with torch.no_grad():
+    expected = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+  _, logits = jax.jit(functools.partial(module.apply, method=module.classify))({"params": params}, jnp.asarray(x))
+  assert module.name_of_size == "efficientnet_lite2"
+  assert relative_error(logits, expected) <= 1e-5
+
+
 def test_bfloat16_compute_keeps_float32_maps_and_drop_path_acts_in_training_only(classifier):
   """dtype=bfloat16 computes the convolutions in bfloat16 and returns float32 maps near the
   float32 ones; with drop_path_rate the training forward drops residual branches (it differs),
