@@ -23,9 +23,9 @@ Sources:
                            torch's legacy format needs no torch, `torch_legacy_format`)
 
 Local paths are taken relative to the working directory (`paths.resolve`). ConvNeXt, ResNet and
-EfficientNet-Lite map NHWC float32 normalised images to their list of stage outputs, a ViT to `vit.Outputs`;
-`features.pooled` gives the feature vector of each. `preferred_inputs` says how a backbone's
-images are normalised and sized when the user does not.
+EfficientNet-Lite map NHWC float32 normalised images to their list of stage outputs, a ViT to
+`vit.Outputs`; `features.pooled` gives the feature vector of each. `preferred_inputs` says how a
+backbone's images are normalised and sized when the user does not.
 """
 import functools
 import os
