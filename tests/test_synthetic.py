@@ -1,4 +1,5 @@
-"""The procedural art-style dataset: layout, determinism, CLI, and that style is texture."""
+"""The procedural art-style datasets: layout, determinism, CLI, that style is texture, and the
+headroom set's shared scenes and overlapping handlings."""
 import filecmp
 import os
 
@@ -138,3 +139,50 @@ def test_build_dataset_makes_an_image_folder_dataset_once(tmp_path):
   before = os.stat(tree / "train" / "drip" / "drip_00000.jpg").st_mtime_ns
   assert synthetic.build_dataset(tmp_path, per_class=2, size=32, seed=1) == name
   assert os.stat(tree / "train" / "drip" / "drip_00000.jpg").st_mtime_ns == before
+
+
+# The headroom set (kind 'scenes').
+
+def test_scenes_paint_the_same_scene_in_every_style():
+  """Image i of a split is one scene in all ten styles: two styles' images of the same index are
+  nearer in pixels than one style's images of two indices."""
+  styles = synthetic.styles_of("scenes")
+  assert len(styles) == 10
+
+  def image(style, index):
+    return synthetic.render_image("scenes", 0, "train", style, index, 64).astype(np.float32)
+
+  for a, b in ((styles[0], styles[5]), (styles[3], styles[9])):
+    same_scene = np.abs(image(a, 0) - image(b, 0)).mean()
+    same_style = np.abs(image(a, 0) - image(a, 1)).mean()
+    assert same_scene < 0.75 * same_style
+
+
+def test_neighbouring_handlings_overlap_and_styles_two_apart_do_not():
+  """Each image's position t on the handling path lies within SPREAD style spacings of its
+  style's; neighbours' ranges overlap (SPREAD > 1/2), styles two apart are disjoint (SPREAD < 1)."""
+  rng = np.random.default_rng(0)
+  styles = synthetic.styles_of("scenes")
+  ranges = [(min(d), max(d)) for d in ([synthetic.scenes.style_position(s, rng) for _ in range(400)] for s in styles)]
+  for k in range(len(styles) - 1):
+    assert ranges[k][1] > ranges[k + 1][0], (k, ranges[k], ranges[k + 1])
+  for k in range(len(styles) - 2):
+    assert ranges[k][1] < ranges[k + 2][0], (k, ranges[k], ranges[k + 2])
+
+
+def test_the_scenes_kind_is_a_dataset_of_its_own_and_byte_identical_for_a_seed(tmp_path):
+  """build_dataset(kind='scenes') builds image_folder/synthetic_scenes_... with the ten handlings
+  as labels; the CLI's --kind=scenes writes the same files; an unknown kind is refused."""
+  name = synthetic.build_dataset(tmp_path, per_class=2, size=32, seed=1, kind="scenes")
+  assert name == "image_folder/synthetic_scenes_32px_2_1_0_seed1"
+  assert sources.label_names(name, tmp_path) == sorted(synthetic.styles_of("scenes"))
+  assert len(sources.open_split(name, tmp_path, "train")) == 20
+  result = run_program("data.synthetic", "--out=cli", "--per_class=2", "--size=32", "--seed=1", "--kind=scenes",
+                       cwd=tmp_path)
+  assert result.returncode == 0 and "(30 images, 10 styles, 32 px)" in result.stdout, result.stderr
+  tree = tmp_path / "synthetic_trees" / name.split("/")[1]
+  files = tree_files(tree)
+  match, _, _ = filecmp.cmpfiles(tmp_path / "cli", tree, files, shallow=False)
+  assert tree_files(tmp_path / "cli") == files and match == files
+  with pytest.raises(ValueError, match="unknown kind 'photos'"):
+    synthetic.build_dataset(tmp_path, per_class=2, size=32, kind="photos")

@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from artstyle_jax.method import optim
 from artstyle_jax.models import convnext
+from artstyle_jax.models import efficientnet_lite
 from artstyle_jax.models import forms
 from artstyle_jax.storage import paths
 
@@ -66,8 +67,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f"optim.warmup_epochs ({config.optim.warmup_epochs}) must be in [0, num_epochs={config.num_epochs})")
   _require(config.optim.schedule in optim.SCHEDULES,
            f"optim.schedule must be one of {optim.SCHEDULES}, got {config.optim.schedule!r}")
-  _require(config.model.name in convnext.SIZES,
-           f"model.name must be one of {tuple(convnext.SIZES)}, got {config.model.name!r}")
+  model_names = tuple(convnext.SIZES) + tuple(efficientnet_lite.SIZES)
+  _require(config.model.name in model_names, f"model.name must be one of {model_names}, got {config.model.name!r}")
+  _require(config.model.name in convnext.SIZES or not config.model.remat,
+           f"model.remat is for a ConvNeXt; {config.model.name} runs without it")
   _require(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
   requested = requested_forms(config)
   for part, choices in (("depthwise", forms.DEPTHWISE_FORMS), ("mlp_grad", forms.MLP_GRAD_FORMS),

@@ -18,8 +18,8 @@ FeatureFn = Callable[[Any, jax.Array], jax.Array]
 
 def pooled(module: nn.Module, variables: Mapping[str, Any], images: jax.Array) -> jax.Array:
   """(B, C) float32 features of a backbone (as `models.load_backbone` returns it) on (B, H, W, 3)
-  float32 normalised images: a ConvNeXt's or ResNet's global average of its last stage's map, a
-  ViT's `feature` (`vit` says which vector)."""
+  float32 normalised images: a ConvNeXt's, ResNet's or EfficientNet-Lite's global average of its
+  last map, a ViT's `feature` (`vit` says which vector)."""
   if isinstance(module, vit.ViT):
     return module.apply(variables, images).feature
   return convnext.pool(module.apply(variables, images, train=False)[-1])

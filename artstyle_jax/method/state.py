@@ -1,6 +1,6 @@
 """The training state pytree, the teachers' EMA and the key queue (artstyle_jax/METHOD.md steps 1 and 7).
 
-Parameters of a network are `{'backbone': convnext params, 'head': projection head params}`.
+Parameters of a network are `{'backbone': backbone params, 'head': projection head params}`.
 Teachers are stored by name in `TrainState.teachers`: always 'weak'; 'style' only when the
 style teacher needs its own copy, i.e. its momentum differs from the weak teacher's (or
 `share_teachers` is off). Otherwise the weak copy serves both: with equal momenta and equal

@@ -25,6 +25,7 @@ from artstyle_jax.method import losses
 from artstyle_jax.method import sharding
 from artstyle_jax.method import state as state_lib
 from artstyle_jax.models import convnext
+from artstyle_jax.models import efficientnet_lite
 from artstyle_jax.models import forms as forms_lib
 from artstyle_jax.models import heads
 
@@ -44,8 +45,12 @@ def model_forms(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | Non
 
 def build_backbone(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None, *,
                    platform: str | None = None) -> nn.Module:
-  """The ConvNeXt named by `config.model` (compute dtype, remat, drop-path), in the forms for
-  `platform` or the platform of `mesh`'s devices (`model_forms`)."""
+  """The backbone named by `config.model`: a ConvNeXt (compute dtype, remat, drop-path) in the
+  forms for `platform` or the platform of `mesh`'s devices (`model_forms`), or an
+  EfficientNet-Lite (compute dtype, drop-path; frozen BatchNorm, `efficientnet_lite`)."""
+  if config.model.name in efficientnet_lite.SIZES:
+    return efficientnet_lite.create(config.model.name, dtype=config_lib.compute_dtype(config),
+                                    drop_path_rate=config.model.drop_path_rate)
   return convnext.create(
       config.model.name,
       dtype=config_lib.compute_dtype(config),

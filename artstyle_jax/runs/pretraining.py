@@ -36,6 +36,7 @@ from artstyle_jax.method import optim
 from artstyle_jax.method import sharding
 from artstyle_jax.method import step as step_lib
 from artstyle_jax.models import convnext
+from artstyle_jax.models import efficientnet_lite
 from artstyle_jax.pictures import curves
 from artstyle_jax.runtime import multihost
 from artstyle_jax.storage import checkpoints
@@ -83,6 +84,11 @@ def load_backbone_params(config: ml_collections.ConfigDict, backbone: Any) -> An
     module, variables = models.load_backbone(config.init)
   except models.BackboneError as e:
     raise config_lib.ConfigError(f"init: {e}") from e
+  if isinstance(backbone, efficientnet_lite.EfficientNetLite):
+    if models.model_name(module) != backbone.name_of_size:
+      raise config_lib.ConfigError(f"init {config.init!r} is a {models.model_name(module)}, but the student is "
+                                   f"model.name={config.model.name!r}")
+    return variables["params"]
   if not isinstance(module, convnext.ConvNeXt):
     raise config_lib.ConfigError(f"init {config.init!r} is a {models.model_name(module)}; the student is a ConvNeXt")
   if (tuple(module.depths), tuple(module.dims)) != (tuple(backbone.depths), tuple(backbone.dims)):
