@@ -36,6 +36,7 @@ from artstyle_jax.method import config_lib
 from artstyle_jax.method import health
 from artstyle_jax.models import backbones
 from artstyle_jax.models import torch_weights
+from artstyle_jax.runtime import compilation_cache
 from artstyle_jax.runtime import host_memory
 from artstyle_jax.runtime import multihost
 from artstyle_jax.runtime import program_logging
@@ -193,6 +194,17 @@ def _join_distributed() -> None:
     multihost.start(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
   else:
     multihost.start()
+
+
+def start_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+  """JAX's persistent compilation cache (`compilation_cache.start`) in config.compilation_cache_dir:
+  a directory (relative to the current one, or gs://...), 'off', or '' for the default beside
+  `workdir` (`compilation_cache.beside`); a config saved before the key existed takes the default.
+  Call it before the first compile. Returns the directory in use, None when the cache is off."""
+  configured = config.get("compilation_cache_dir") or ""
+  if configured and configured != compilation_cache.OFF:
+    configured = paths.resolve(configured)
+  return compilation_cache.start(configured or compilation_cache.beside(workdir))
 
 
 class _PathParser(flags.ArgumentParser):

@@ -34,6 +34,7 @@ cli.define_distributed_flags()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.start_compilation_cache(flags.FLAGS.config, _WORKDIR.value)
   finetuning.finetune(_WEIGHTS.value, flags.FLAGS.config, _WORKDIR.value, overridden=cli.override_keys(sys.argv[1:]))
 
 

@@ -24,6 +24,7 @@ cli.define_distributed_flags()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.start_compilation_cache(flags.FLAGS.config, _WORKDIR.value)
   pretraining.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
 
 
