@@ -10,7 +10,9 @@ A program defines its flags when its module is imported and ends with `cli.run(m
 4. sets up logging (`program_logging.setup`): the program's lines as plain lines, of the
    libraries' only what a user can act on;
 5. runs `main(argv)`, where an error of `USER_ERRORS` (input the program cannot use, a failure
-   whose message says what a user needs to know) is one line `error: ...` and exit status 1.
+   whose message says what a user needs to know) is one line `error: ...` and exit status 1. In a
+   multi-process run, a lost peer is one line `error: ...` and exit status
+   `multihost.RESTART_EXIT_CODE` (75: run the same command again), whatever the program was doing.
 
 The benchmarks are commands of one program (`python -m artstyle_jax.bench NAME`); each parses
 its own flags with `parse_command`.
@@ -186,12 +188,15 @@ def define_distributed_flags() -> None:
                       "Cloud TPU.")
   flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
   flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+  flags.DEFINE_float("peer_timeout_s", multihost.PEER_TIMEOUT_S, "Multi-process runs: a process silent this long "
+                     f"is lost, and its peers exit {multihost.RESTART_EXIT_CODE} (restart me).", lower_bound=1)
 
 
 def _join_distributed() -> None:
   """`multihost.start` with the flags of `define_distributed_flags`, where the program has them."""
   if "coordinator_address" in flags.FLAGS:
-    multihost.start(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
+    multihost.start(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id,
+                    flags.FLAGS.peer_timeout_s)
   else:
     multihost.start()
 
@@ -282,5 +287,8 @@ def run(main: Callable[[list[str]], None], *, flags_parser: Callable[[list[str]]
       main(argv)
     except USER_ERRORS as e:
       fail(e)
+    except Exception:
+      multihost.await_lost_peer()  # A collective's error may be a lost peer's: that verdict ends the process.
+      raise
 
   app.run(start, flags_parser=flags_parser or parse_flags)

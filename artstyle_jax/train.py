@@ -14,6 +14,8 @@ from absl import flags
 
 from artstyle_jax import cli
 from artstyle_jax.runs import pretraining
+from artstyle_jax.runtime import multihost
+from artstyle_jax.storage import checkpoints
 
 cli.define_config_file("Training config file (configs/*.py).", required=True, lock_config=True)
 _WORKDIR = cli.DEFINE_path("workdir", None, "Directory for checkpoints, metrics and the saved config.")
@@ -25,6 +27,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.start_compilation_cache(flags.FLAGS.config, _WORKDIR.value)
+  multihost.on_lost_peer(lambda: checkpoints.newest_checkpoint_note(_WORKDIR.value))
   pretraining.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
 
 

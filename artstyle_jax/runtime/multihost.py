@@ -3,10 +3,20 @@ for each other (`barrier`), and the verdicts they reach together: each process t
 alone, then all of them learn every process's outcome before any of them acts on it (one process
 alone never moves a shared file).
 
+A lost peer (killed, preempted, its network gone) ends every surviving process within
+`peer_timeout_s` of the loss, with one line `error: ...` (which process was lost, what the
+program's `on_lost_peer` note says, "run the same command again to resume") and the exit status
+RESTART_EXIT_CODE, which the launchers take as "restart me" (`_PeerWatch`).
+
 On a single process every function here returns at once, with no collective.
 """
+import atexit
 from collections.abc import Callable
 import itertools
+import os
+import sys
+import threading
+import time
 from typing import TypeVar
 
 import jax
@@ -20,6 +30,107 @@ T = TypeVar("T")
 READ, DAMAGED, FAILED = 0, 1, 2
 
 _barrier_count = itertools.count()
+
+# The exit status of a process whose run lost a peer: EX_TEMPFAIL, "temporary failure, try again".
+RESTART_EXIT_CODE = 75
+# How long a process may show no sign of life before its peers end the run. Each process says it
+# is alive every tenth of this (a key of the coordination service, from a thread of its own, so a
+# long compile or a long wait at a barrier is no silence); JAX's own heartbeat timeout is longer
+# (HEARTBEAT_TIMEOUT_S), so that its fatal abort never comes first.
+PEER_TIMEOUT_S = 30
+HEARTBEAT_TIMEOUT_S = 100
+_ALIVE_KEY, _LEFT_KEY = "artstyle_jax/alive/", "artstyle_jax/left/"
+
+
+class _PeerWatch:
+  """Says this process is alive, and ends it when a peer has said nothing for `timeout_s`.
+
+  Two daemon threads: one increments the key `_ALIVE_KEY/<process>` and reads every process's
+  (an RPC to the coordinator may hang while it is gone), the other judges the times they last
+  changed. A process that exits in the ordinary way (at exit, before JAX shuts the client down)
+  sets `_LEFT_KEY/<process>` and is no longer watched: its peers may still have work to finish.
+  """
+
+  def __init__(self, client, process_id: int, num_processes: int, timeout_s: float):
+    self.client, self.process_id, self.timeout_s = client, process_id, timeout_s
+    now = time.monotonic()
+    self.seen = {p: now for p in range(num_processes) if p != process_id}  # peer -> time its count last moved
+    self.counts: dict[str, str] = {}
+    self.coordinator_seen = now  # the last answer of the coordination service
+    self.left: set[int] = set()
+    self.note: Callable[[], str] | None = None
+    self.stopped = threading.Event()
+    self.interval_s = timeout_s / 10
+
+  def start(self) -> None:
+    for target in (self._beat, self._judge):
+      threading.Thread(target=target, name=f"artstyle_jax{target.__name__}", daemon=True).start()
+    atexit.register(self.leave)  # registered after JAX's shutdown of the client: runs before it
+
+  def _beat(self) -> None:
+    while not self.stopped.wait(self.interval_s):
+      try:
+        self.client.key_value_increment(f"{_ALIVE_KEY}{self.process_id}", 1)
+        alive = self.client.key_value_dir_get(_ALIVE_KEY)
+        left = self.client.key_value_dir_get(_LEFT_KEY)
+      except Exception:  # The coordinator is gone or unreachable: `_judge` counts the silence.
+        continue
+      now = time.monotonic()
+      self.coordinator_seen = now
+      self.left = {int(key.rsplit("/", 1)[1]) for key, _ in left}
+      for key, count in alive:
+        process = int(key.rsplit("/", 1)[1])
+        if process in self.seen and self.counts.get(key) != count:
+          self.counts[key], self.seen[process] = count, now
+
+  def _judge(self) -> None:
+    while not self.stopped.wait(self.interval_s):
+      now = time.monotonic()
+      if now - self.coordinator_seen > self.timeout_s:
+        self._end(f"lost the coordinator of the run (process 0): no answer for {self.timeout_s:.0f} s")
+      for process, seen in self.seen.items():
+        if process not in self.left and now - seen > self.timeout_s:
+          self._end(f"lost process {process} of {len(self.seen) + 1}: no sign of life for {self.timeout_s:.0f} s")
+
+  def _end(self, loss: str) -> None:
+    """One error line, then the exit status RESTART_EXIT_CODE at once: the main thread may be
+    blocked in a collective with the lost peer, and no exit handler can end well now."""
+    self.stopped.set()
+    parts = [loss]
+    if self.note is not None:
+      try:
+        parts.append(self.note())
+      except Exception as e:  # The note is a courtesy; the exit must come.
+        parts.append(f"(the newest checkpoint could not be read: {e})")
+    parts.append("run the same command again to resume")
+    sys.stdout.flush()
+    print(f"error: process {self.process_id}: {'; '.join(parts)}", file=sys.stderr, flush=True)
+    os._exit(RESTART_EXIT_CODE)
+
+  def leave(self) -> None:
+    if self.stopped.is_set():
+      return
+    self.stopped.set()
+    try:
+      self.client.key_value_set(f"{_LEFT_KEY}{self.process_id}", "1", allow_overwrite=True)
+    except Exception:  # A coordinator already gone: the peers are leaving too.
+      pass
+
+
+_peer_watch: _PeerWatch | None = None
+
+
+def on_lost_peer(note: Callable[[], str]) -> None:
+  """Has the error line of a lost peer say `note()` too (the newest checkpoint, say); no-op on one process."""
+  if _peer_watch is not None:
+    _peer_watch.note = note
+
+
+def await_lost_peer() -> None:
+  """Returns after the time a lost peer takes to be noticed (at once on one process): a
+  collective's error in a multi-process run may be a lost peer's, which ends the process first."""
+  if _peer_watch is not None:
+    time.sleep(_peer_watch.timeout_s + 3 * _peer_watch.interval_s)
 
 
 def tpu_cluster() -> str | None:
@@ -36,16 +147,30 @@ def tpu_cluster() -> str | None:
 
 
 def start(coordinator_address: str | None = None, num_processes: int | None = None,
-          process_id: int | None = None) -> None:
+          process_id: int | None = None, peer_timeout_s: float = PEER_TIMEOUT_S) -> None:
   """Joins a multi-process run: the one `coordinator_address` names (with `num_processes` and
   `process_id`, as on GPU clusters), else, on a Cloud TPU VM or pod slice, the slice's
   (`tpu_cluster`: every host one process, found by JAX). A CPU or GPU host without a coordinator
-  runs alone. Call it before anything asks JAX for its devices."""
+  runs alone. Call it before anything asks JAX for its devices.
+
+  In a run of several processes, a peer silent for `peer_timeout_s` ends this process with
+  RESTART_EXIT_CODE (`_PeerWatch`).
+  """
+  global _peer_watch
+  timeouts = {"heartbeat_timeout_seconds": max(HEARTBEAT_TIMEOUT_S, int(3 * peer_timeout_s))}
   if coordinator_address is not None:
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, **timeouts)
   elif (cluster := tpu_cluster()) is not None:
-    jax.distributed.initialize(cluster_detection_method=cluster)
+    jax.distributed.initialize(cluster_detection_method=cluster, **timeouts)
+  else:
+    return
+  from jax._src import distributed  # the coordination service's client has no public entry point
+
+  state = distributed.global_state
+  if state.num_processes > 1:
+    _peer_watch = _PeerWatch(state.client, state.process_id, state.num_processes, peer_timeout_s)
+    _peer_watch.start()
 
 
 def barrier(name: str, timeout_s: int = 3600) -> None:

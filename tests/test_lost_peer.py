@@ -1,0 +1,56 @@
+"""A run of two processes (one CPU device each, joined by jax.distributed over 127.0.0.1) that
+loses one: the survivor ends soon after, with one error line and the exit status that means
+"restart me"."""
+import subprocess
+import sys
+import time
+
+from helpers import checkpoint_steps
+from helpers import program_env
+from helpers import reserved_port
+from helpers import tiny_train_flags
+from helpers import wait_all
+
+from artstyle_jax.runtime import multihost
+
+PEER_TIMEOUT_S = 10
+
+
+def test_a_peer_killed_ends_the_survivor_with_one_line_and_the_restart_status(tmp_path, synthetic_data):
+  """Process 1 is SIGKILLed once checkpoint 4 is complete: process 0 exits within 60 s with
+  RESTART_EXIT_CODE and one `error:` line naming process 1, the newest complete checkpoint and
+  what to run; no Python traceback, no crash dump."""
+  workdir = tmp_path / "run"
+  flags = tiny_train_flags(workdir, synthetic_data, "--config.num_steps=400", "--config.checkpoint_every_steps=4",
+                           "--config.log_every_steps=1", "--config.async_checkpointing=False",
+                           f"--peer_timeout_s={PEER_TIMEOUT_S}")
+  env = program_env({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"})
+  logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+  with reserved_port() as port:
+    processes = []
+    for i, log_path in enumerate(logs):
+      with open(log_path, "w") as log:
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "artstyle_jax.train", *flags, f"--coordinator_address=127.0.0.1:{port}",
+             "--num_processes=2", f"--process_id={i}"], env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+      deadline = time.monotonic() + 300
+      while 4 not in checkpoint_steps(workdir):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), logs[0].read_text()[-3000:]
+        time.sleep(0.2)
+      processes[1].kill()
+      killed_at = time.monotonic()
+      processes[0].wait(timeout=90)
+      survived_s = time.monotonic() - killed_at
+    finally:
+      wait_all(processes, timeout=1)
+  output = logs[0].read_text()
+  assert processes[0].returncode == multihost.RESTART_EXIT_CODE, output[-3000:]
+  assert survived_s < 60
+  errors = [line for line in output.splitlines() if line.startswith("error:")]
+  newest = checkpoint_steps(workdir)[-1]
+  assert len(errors) == 1, output[-3000:]
+  assert "lost process 1 of 2" in errors[0]
+  assert f"the newest complete checkpoint is step {newest} in {workdir}" in errors[0]
+  assert "run the same command again to resume" in errors[0]
+  assert "Traceback" not in output and "Extension modules" not in output and "Fatal Python" not in output
