@@ -6,7 +6,9 @@ Runs on one process or many (`--coordinator_address`, `--num_processes`, `--proc
 CPU/GPU clusters; on Cloud TPU VMs `jax.distributed.initialize()` finds its peers by itself).
 Running again on a workdir resumes from its latest checkpoint, batch for batch. SIGTERM or
 SIGINT saves a checkpoint and exits 0; a non-finite loss stops the run (exit 1) and keeps the
-last good checkpoint. At the checkpoints, at most once a minute, and at the last step,
+last good checkpoint; a lost peer of a multi-process run ends the others with one error line and
+exit status 75, "run the same command again" (README, "Restarts"). Compiled programs are cached
+in config.compilation_cache_dir, by default beside DIR. At the checkpoints, at most once a minute, and at the last step,
 DIR/curves.png is redrawn from DIR/metrics-NNN.jsonl (a file per run of train on DIR).
 """
 from absl import app
