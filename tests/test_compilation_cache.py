@@ -1,5 +1,5 @@
-"""The programs' persistent compilation cache: on by default, beside the workdir, and read back
-by a resumed run, as JAX's own monitoring events count it."""
+"""The programs' persistent compilation cache: on by default, beside the workdir, read back by a
+resumed run, and in a bucket too, as JAX's own monitoring events count it."""
 import re
 import textwrap
 
@@ -54,3 +54,33 @@ def test_a_resumed_run_reads_every_compiled_program_back_from_the_default_cache(
   assert len(entries) >= misses
 
   assert counted_train(tmp_path, *flags, "--config.num_steps=2") == (misses, 0)
+
+
+# A program compiled with the cache at sys.argv[1], printing JAX's hit and miss counts.
+COUNTING_JIT = textwrap.dedent("""
+    import collections, sys
+    import jax
+    import jax.numpy as jnp
+    from artstyle_jax.runtime import compilation_cache
+    events = collections.Counter()
+    jax.monitoring.register_event_listener(lambda event, **kwargs: events.update([event]))
+    compilation_cache.start(sys.argv[1])
+    jax.block_until_ready(jax.jit(lambda x: x * 2 + 1)(jnp.ones(3)))
+    print("cache hits", events["/jax/compilation_cache/cache_hits"],
+          "misses", events["/jax/compilation_cache/cache_misses"])
+""")
+
+
+def test_a_cache_in_a_bucket_is_written_then_read_back(gcs):
+  """With the cache at gs://BUCKET/compilation_cache (the GCS emulator), a first process only
+  misses and writes its programs there as objects; a second reads every one back."""
+  directory = f"{gcs.new_bucket('compiled')}/compilation_cache"
+  env = {**gcs.env, **USERS_ENV}
+  counts = []
+  for _ in range(2):
+    result = run_python("-c", COUNTING_JIT, directory, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts.append(tuple(map(int, re.search(r"^cache hits (\d+) misses (\d+)$", result.stdout, re.M).groups())))
+  (_, misses), _ = counts
+  assert misses > 0 and counts == [(0, misses), (misses, 0)]
+  assert len(list((gcs.root / "compiled" / "compilation_cache").iterdir())) == misses
