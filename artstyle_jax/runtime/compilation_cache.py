@@ -17,7 +17,6 @@ keep the thresholds the user chose.
 import os
 import posixpath
 
-from absl import logging
 import jax
 
 # The directory `beside` names, next to the workdir, so that the runs of one directory share it.
@@ -47,5 +46,4 @@ def start(directory: str) -> str | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   if "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES" not in os.environ:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  logging.info("Compiled programs are cached in %s", directory)
   return directory
