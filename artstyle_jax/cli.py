@@ -286,9 +286,10 @@ def run(main: Callable[[list[str]], None], *, flags_parser: Callable[[list[str]]
     try:
       main(argv)
     except USER_ERRORS as e:
+      multihost.await_lost_peer()  # An error may be a lost peer's: that verdict ends the process first.
       fail(e)
     except Exception:
-      multihost.await_lost_peer()  # A collective's error may be a lost peer's: that verdict ends the process.
+      multihost.await_lost_peer()
       raise
 
   app.run(start, flags_parser=flags_parser or parse_flags)

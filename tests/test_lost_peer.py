@@ -10,16 +10,21 @@ from helpers import program_env
 from helpers import reserved_port
 from helpers import tiny_train_flags
 from helpers import wait_all
+import pytest
 
 from artstyle_jax.runtime import multihost
 
 PEER_TIMEOUT_S = 10
 
 
-def test_a_peer_killed_ends_the_survivor_with_one_line_and_the_restart_status(tmp_path, synthetic_data):
-  """Process 1 is SIGKILLed once checkpoint 4 is complete: process 0 exits within 60 s with
-  RESTART_EXIT_CODE and one `error:` line naming process 1, the newest complete checkpoint and
-  what to run; no Python traceback, no crash dump."""
+@pytest.mark.parametrize("killed, loss", [(1, "lost process 1 of 2"),
+                                          (0, "lost the coordinator of the run (process 0)")])
+def test_a_peer_killed_ends_the_survivor_with_one_line_and_the_restart_status(tmp_path, synthetic_data, killed, loss):
+  """Process 1 (or 0, the coordinator) is SIGKILLed once checkpoint 4 is complete: the other exits
+  within 60 s with RESTART_EXIT_CODE and one `error:` line naming the process lost, the newest
+  complete checkpoint and what to run; no Python traceback, no Python crash dump (JAX's client
+  logs its own fatal line first when the coordinator is gone)."""
+  survivor = 1 - killed
   workdir = tmp_path / "run"
   flags = tiny_train_flags(workdir, synthetic_data, "--config.num_steps=400", "--config.checkpoint_every_steps=4",
                            "--config.log_every_steps=1", "--config.async_checkpointing=False",
@@ -38,19 +43,19 @@ def test_a_peer_killed_ends_the_survivor_with_one_line_and_the_restart_status(tm
       while 4 not in checkpoint_steps(workdir):
         assert time.monotonic() < deadline and all(p.poll() is None for p in processes), logs[0].read_text()[-3000:]
         time.sleep(0.2)
-      processes[1].kill()
+      processes[killed].kill()
       killed_at = time.monotonic()
-      processes[0].wait(timeout=90)
+      processes[survivor].wait(timeout=90)
       survived_s = time.monotonic() - killed_at
     finally:
       wait_all(processes, timeout=1)
-  output = logs[0].read_text()
-  assert processes[0].returncode == multihost.RESTART_EXIT_CODE, output[-3000:]
+  output = logs[survivor].read_text()
+  assert processes[survivor].returncode == multihost.RESTART_EXIT_CODE, output[-3000:]
   assert survived_s < 60
   errors = [line for line in output.splitlines() if line.startswith("error:")]
   newest = checkpoint_steps(workdir)[-1]
   assert len(errors) == 1, output[-3000:]
-  assert "lost process 1 of 2" in errors[0]
+  assert errors[0].startswith(f"error: process {survivor}: {loss}")
   assert f"the newest complete checkpoint is step {newest} in {workdir}" in errors[0]
   assert "run the same command again to resume" in errors[0]
   assert "Traceback" not in output and "Extension modules" not in output and "Fatal Python" not in output

@@ -12,8 +12,12 @@ On a single process every function here returns at once, with no collective.
 """
 import atexit
 from collections.abc import Callable
+import ctypes
+import faulthandler
 import itertools
 import os
+import signal
+import socket
 import sys
 import threading
 import time
@@ -40,6 +44,7 @@ RESTART_EXIT_CODE = 75
 PEER_TIMEOUT_S = 30
 HEARTBEAT_TIMEOUT_S = 100
 _ALIVE_KEY, _LEFT_KEY = "artstyle_jax/alive/", "artstyle_jax/left/"
+_SIGNAL_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int)  # void handler(int signum), as C's signal() takes
 
 
 class _PeerWatch:
@@ -49,6 +54,9 @@ class _PeerWatch:
   (an RPC to the coordinator may hang while it is gone), the other judges the times they last
   changed. A process that exits in the ordinary way (at exit, before JAX shuts the client down)
   sets `_LEFT_KEY/<process>` and is no longer watched: its peers may still have work to finish.
+
+  The coordinator's own loss is seen first by JAX's client, which aborts the process (SIGABRT,
+  after its fatal log line) the moment its poll of the coordinator fails: `catch_abort`.
   """
 
   def __init__(self, client, process_id: int, num_processes: int, timeout_s: float):
@@ -66,6 +74,27 @@ class _PeerWatch:
     for target in (self._beat, self._judge):
       threading.Thread(target=target, name=f"artstyle_jax{target.__name__}", daemon=True).start()
     atexit.register(self.leave)  # registered after JAX's shutdown of the client: runs before it
+
+  def catch_abort(self, coordinator_address: str) -> None:
+    """Ends the process as `_end` does when it aborts while nothing answers at
+    `coordinator_address` (host:port) any more; any other abort goes on as before, with Python's
+    thread dump. The handler is C's (ctypes): a Python signal handler would only run after the
+    abort, on the main thread; this one runs on the aborting thread, once it holds the GIL."""
+    host, port = coordinator_address.rsplit(":", 1)
+
+    def on_abort(signum: int) -> None:
+      del signum
+      try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+      except OSError as e:
+        self._end(f"lost the coordinator of the run (process 0): {coordinator_address} does not answer ({e})")
+      faulthandler.dump_traceback(all_threads=True)  # what the default handler would have shown; abort() goes on
+
+    self._abort_handler = _SIGNAL_HANDLER(on_abort)  # kept: C holds only its address
+    libc = ctypes.CDLL(None)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal.argtypes = [ctypes.c_int, _SIGNAL_HANDLER]
+    libc.signal(signal.SIGABRT, self._abort_handler)
 
   def _beat(self) -> None:
     while not self.stopped.wait(self.interval_s):
@@ -127,10 +156,15 @@ def on_lost_peer(note: Callable[[], str]) -> None:
 
 
 def await_lost_peer() -> None:
-  """Returns after the time a lost peer takes to be noticed (at once on one process): a
-  collective's error in a multi-process run may be a lost peer's, which ends the process first."""
-  if _peer_watch is not None:
-    time.sleep(_peer_watch.timeout_s + 3 * _peer_watch.interval_s)
+  """Returns once every peer has shown a sign of life since the call (or has left the run), at
+  once on one process; a peer silent until its timeout ends the process instead (`_PeerWatch`).
+  An error in a multi-process run may be a lost peer's (a failed collective, a save it broke):
+  its verdict comes before the error's own report."""
+  if _peer_watch is None:
+    return
+  called = time.monotonic()
+  while any(seen <= called and process not in _peer_watch.left for process, seen in _peer_watch.seen.items()):
+    time.sleep(_peer_watch.interval_s / 2)
 
 
 def tpu_cluster() -> str | None:
@@ -171,6 +205,8 @@ def start(coordinator_address: str | None = None, num_processes: int | None = No
   if state.num_processes > 1:
     _peer_watch = _PeerWatch(state.client, state.process_id, state.num_processes, peer_timeout_s)
     _peer_watch.start()
+    if state.process_id != 0:
+      _peer_watch.catch_abort(state.coordinator_address)
 
 
 def barrier(name: str, timeout_s: int = 3600) -> None:
