@@ -10,7 +10,9 @@ A program defines its flags when its module is imported and ends with `cli.run(m
 4. sets up logging (`program_logging.setup`): the program's lines as plain lines, of the
    libraries' only what a user can act on;
 5. runs `main(argv)`, where an error of `USER_ERRORS` (input the program cannot use, a failure
-   whose message says what a user needs to know) is one line `error: ...` and exit status 1.
+   whose message says what a user needs to know) is one line `error: ...` and exit status 1. In a
+   multi-process run, a lost peer is one line `error: ...` and exit status
+   `multihost.RESTART_EXIT_CODE` (75: run the same command again), whatever the program was doing.
 
 The benchmarks are commands of one program (`python -m artstyle_jax.bench NAME`); each parses
 its own flags with `parse_command`.
@@ -36,6 +38,7 @@ from artstyle_jax.method import config_lib
 from artstyle_jax.method import health
 from artstyle_jax.models import backbones
 from artstyle_jax.models import torch_weights
+from artstyle_jax.runtime import compilation_cache
 from artstyle_jax.runtime import host_memory
 from artstyle_jax.runtime import multihost
 from artstyle_jax.runtime import program_logging
@@ -185,14 +188,28 @@ def define_distributed_flags() -> None:
                       "Cloud TPU.")
   flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
   flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+  flags.DEFINE_float("peer_timeout_s", multihost.PEER_TIMEOUT_S, "Multi-process runs: a process silent this long "
+                     f"is lost, and its peers exit {multihost.RESTART_EXIT_CODE} (restart me).", lower_bound=1)
 
 
 def _join_distributed() -> None:
   """`multihost.start` with the flags of `define_distributed_flags`, where the program has them."""
   if "coordinator_address" in flags.FLAGS:
-    multihost.start(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
+    multihost.start(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id,
+                    flags.FLAGS.peer_timeout_s)
   else:
     multihost.start()
+
+
+def start_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+  """JAX's persistent compilation cache (`compilation_cache.start`) in config.compilation_cache_dir:
+  a directory (relative to the current one, or gs://...), 'off', or '' for the default beside
+  `workdir` (`compilation_cache.beside`); a config saved before the key existed takes the default.
+  Call it before the first compile. Returns the directory in use, None when the cache is off."""
+  configured = config.get("compilation_cache_dir") or ""
+  if configured and configured != compilation_cache.OFF:
+    configured = paths.resolve(configured)
+  return compilation_cache.start(configured or compilation_cache.beside(workdir))
 
 
 class _PathParser(flags.ArgumentParser):
@@ -269,6 +286,10 @@ def run(main: Callable[[list[str]], None], *, flags_parser: Callable[[list[str]]
     try:
       main(argv)
     except USER_ERRORS as e:
+      multihost.await_lost_peer()  # An error may be a lost peer's: that verdict ends the process first.
       fail(e)
+    except Exception:
+      multihost.await_lost_peer()
+      raise
 
   app.run(start, flags_parser=flags_parser or parse_flags)

@@ -110,6 +110,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.start_compilation_cache(flags.FLAGS.config, _WORKDIR.value)
   options = {"mode": _MODE.value, "augmented_copies": _AUGMENTED_COPIES.value, "batch_size": _BATCH_SIZE.value,
              "embedding": _EMBEDDING.value, "label_plan": cli.label_plan(),
              **cli.probe_flag_options()}

@@ -21,6 +21,8 @@ from absl import flags
 from artstyle_jax import cli
 from artstyle_jax.method import config_lib
 from artstyle_jax.runs import finetuning
+from artstyle_jax.runtime import multihost
+from artstyle_jax.storage import checkpoints
 
 cli.define_config_file("Fine-tuning config file (default configs/finetune.py).",
                        default=str(config_lib.packaged_config("finetune.py")), lock_config=True)
@@ -34,6 +36,8 @@ cli.define_distributed_flags()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.start_compilation_cache(flags.FLAGS.config, _WORKDIR.value)
+  multihost.on_lost_peer(lambda: checkpoints.newest_checkpoint_note(_WORKDIR.value))
   finetuning.finetune(_WEIGHTS.value, flags.FLAGS.config, _WORKDIR.value, overridden=cli.override_keys(sys.argv[1:]))
 
 

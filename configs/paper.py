@@ -92,6 +92,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
   config.async_checkpointing = True
+  # JAX's persistent compilation cache of train, finetune and eval: a directory (local or gs://),
+  # 'off', or '' for WORKDIR/../compilation_cache, shared by the runs beside the workdir.
+  config.compilation_cache_dir = ""
   config.knn_every_steps = 0  # 0: no kNN monitor during training
   config.knn_k = 20
   config.health = ml_collections.ConfigDict()

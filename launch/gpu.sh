@@ -23,14 +23,18 @@ Usage: launch/gpu.sh [flags] [--config.KEY=VALUE ...] [--dry-run]
 
 Installs the project with jax[cuda12] into a virtual environment, checks that JAX sees a GPU,
 runs python -m artstyle_jax.train, then python -m artstyle_jax.eval on the same workdir.
-Training resumes from the workdir's latest checkpoint when run again. The GPU's memory is
-allocated as used, so that other processes can share the GPU (see --mem-fraction).
+Training resumes from the workdir's latest checkpoint when run again, and is run again by
+itself up to --restarts times when it exits 75 (a lost peer of a multi-process run: restart
+me) or is ended by a SIGTERM before it could save (143); each attempt is counted on stderr. A
+user error (exit 1) is never retried. The GPU's memory is allocated as used, so that other
+processes can share the GPU (see --mem-fraction).
 
 Flags:
   --data-dir=DIR      TFDS data_dir holding the config's dataset (required)
   --config=PATH       config file; default configs/paper.py
   --workdir=DIR       checkpoints and metrics; default workdir/CONFIG_NAME (e.g. workdir/paper)
   --config.KEY=VALUE  passed through to the trainer (any number)
+  --restarts=N        automatic restarts of training on exit 75 or 143; default 3
   --mem-fraction=F    take the fraction F of the GPU's memory up front instead (faster
                       allocation; give each process beside it the rest, e.g. 0.6 and 0.3)
   --venv=DIR          virtual environment; default $ROOT/.venv
@@ -44,7 +48,7 @@ EOF
 
 main() {
   local config=configs/paper.py workdir="" data_dir="" venv="$ROOT/.venv" python=python3
-  local skip_install=0 mem_fraction=""
+  local skip_install=0 mem_fraction="" restarts=3
   local -a overrides=()
   local arg flag value
   while (( $# )); do
@@ -56,7 +60,7 @@ main() {
       --dry-run | --skip-install)
         [[ $arg == "$flag" ]] || die "$flag takes no value"
         ;;
-      --config | --workdir | --data-dir | --venv | --python | --mem-fraction)
+      --config | --workdir | --data-dir | --venv | --python | --mem-fraction | --restarts)
         if [[ $arg == "$flag" ]]; then
           need_value "$flag" $#
           value=$1
@@ -80,10 +84,12 @@ main() {
       --venv) venv=${value%/} ;;
       --python) python=$value ;;
       --mem-fraction) mem_fraction=$value ;;
+      --restarts) restarts=$value ;;
       --config.*) overrides+=("$arg") ;;
     esac
   done
   [[ -n $data_dir ]] || die "--data-dir=DIR is required: the TFDS data_dir that holds the config's dataset"
+  [[ $restarts =~ ^[0-9]+$ ]] || die "--restarts must be a non-negative integer, got '$restarts'"
   [[ -z $mem_fraction || $mem_fraction =~ ^0?\.[0-9]+$ ]] || die "--mem-fraction must be in (0, 1), got '$mem_fraction'"
   if [[ $data_dir != gs://* ]] && (( ! DRY_RUN )) && [[ ! -d $data_dir ]]; then
     die "--data-dir=$data_dir: no such directory"
@@ -103,7 +109,7 @@ main() {
   install_for_gpu "$python" "$venv" "$skip_install"
   local -a train=(-m artstyle_jax.train "--config=$config" "--workdir=$workdir"
                   "--config.dataset.data_dir=$data_dir")
-  run "$venv_python" "${train[@]}" ${overrides[@]+"${overrides[@]}"}
+  run_restarting "$restarts" "$venv_python" "${train[@]}" ${overrides[@]+"${overrides[@]}"}
   run "$venv_python" -m artstyle_jax.eval "--workdir=$workdir"
 }
 

@@ -82,3 +82,41 @@ install_for_gpu() {
   run "$venv_python" -c \
     'import jax; print(jax.devices()); assert jax.default_backend() == "gpu", "JAX sees no GPU"'
 }
+
+# The exit status of a training process whose run lost a peer (artstyle_jax.runtime.multihost's
+# RESTART_EXIT_CODE, EX_TEMPFAIL), and that of a process SIGTERM ended before it could save
+# (128 + 15: a preemption during its start or compile, before the program's handler is set).
+RESTART_STATUSES=" 75 143 "
+
+# Runs COMMAND; while it exits with one of RESTART_STATUSES, runs it again, at most RESTARTS
+# more times, each attempt counted on stderr ("attempt 2 of 4: ..."). Any other status (0, 1: a
+# user error, ...) ends it. A SIGTERM or SIGINT to this shell is passed on to COMMAND (which
+# saves a checkpoint and exits) and ends the loop. With DRY_RUN=1 only prints COMMAND, as `run`.
+# Exit status: COMMAND's last.
+# Usage: run_restarting RESTARTS COMMAND...
+run_restarting() {
+  local restarts=$1
+  shift
+  if (( DRY_RUN )); then
+    shell_join "$@"
+    return
+  fi
+  local attempt status child stopping=0
+  trap 'stopping=1; kill -TERM "$child" 2>/dev/null' TERM INT
+  for (( attempt = 1; ; attempt++ )); do
+    printf '+ %s\n%s: attempt %d of %d\n' "$(shell_join "$@")" "$PROG" "$attempt" $(( restarts + 1 )) >&2
+    "$@" &
+    child=$!
+    while :; do  # a trapped signal ends `wait` early: wait again for the command's own status
+      status=0
+      wait "$child" || status=$?
+      kill -0 "$child" 2>/dev/null || break
+    done
+    if (( stopping )) || [[ $RESTART_STATUSES != *" $status "* ]] || (( attempt > restarts )); then
+      break
+    fi
+    printf '%s: exit status %d (restart me): starting again\n' "$PROG" "$status" >&2
+  done
+  trap - TERM INT
+  return "$status"
+}

@@ -45,12 +45,17 @@ Commands:
                                       virtual environment; default python3.11 (the images'
                                       python3 is 3.10, older than JAX supports)
   train    start training in the background on all workers; log ~/artstyle-train.log,
-           copied to WORKDIR/logs/train-HOSTNAME.log every 5 minutes and at the end
+           copied to WORKDIR/logs/train-HOSTNAME.log every 5 minutes and at the end. A worker
+           whose training exits 75 (a lost peer: restart me) or is ended by a SIGTERM before
+           it could save (143) starts it again, resuming from the workdir, up to --restarts
+           times (launch/restarting.sh; each attempt counted in the log); a user error (exit
+           1) is never retried
              --bucket=BUCKET          gs:// bucket for the defaults below
              --workdir=gs://...       checkpoints and metrics; default gs://BUCKET/runs/NAME
              --data-dir=gs://...      TFDS data_dir; default gs://BUCKET/tensorflow_datasets
              --config=PATH            config file inside the repository; default configs/paper.py
              --config.KEY=VALUE       passed through to the trainer (any number)
+             --restarts=N             automatic restarts on every worker; default 3
   eval     start the linear-probe evaluation in the background on all workers;
            log ~/artstyle-eval.log, copied to WORKDIR/logs/eval-HOSTNAME.log
              --bucket=BUCKET | --workdir=gs://...   as for train
@@ -88,7 +93,7 @@ allowed_flags() {
   case $1 in
     create) echo "--accelerator-type --runtime-version --spot" ;;
     install) echo "--repo --ref --python" ;;
-    train) echo "--bucket --workdir --data-dir --config --config.*" ;;
+    train) echo "--bucket --workdir --data-dir --config --config.* --restarts" ;;
     eval) echo "--bucket --workdir --step" ;;
     logs) echo "--job --worker" ;;
     stop) echo "--job" ;;
@@ -162,7 +167,7 @@ main() {
 
   local name="" zone="" accelerator_type=v4-32 runtime_version="" spot=0
   local repo="" ref="" python=python3.11 bucket="" workdir="" data_dir=""
-  local config=configs/paper.py step=""
+  local config=configs/paper.py step="" restarts=3
   local job=train worker=0 yes=0
   local -a overrides=() given=()
   local arg flag value
@@ -176,7 +181,8 @@ main() {
         [[ $arg == "$flag" ]] || die "$flag takes no value"
         ;;
       --name | --zone | --project | --accelerator-type | --runtime-version | --repo | --ref \
-        | --python | --bucket | --workdir | --data-dir | --config | --step | --job | --worker)
+        | --python | --bucket | --workdir | --data-dir | --config | --step | --job | --worker \
+        | --restarts)
         if [[ $arg == "$flag" ]]; then
           need_value "$flag" $#
           value=$1
@@ -214,6 +220,7 @@ main() {
       --step) step=$value ;;
       --job) job=$value ;;
       --worker) worker=$value ;;
+      --restarts) restarts=$value ;;
       --config.*) overrides+=("$arg") ;;
     esac
   done
@@ -232,6 +239,7 @@ main() {
   [[ $job == train || $job == eval ]] || die "--job must be train or eval, not '$job'"
   [[ $worker =~ ^[0-9]+$ ]] || die "--worker must be a worker index (0, 1, ...), not '$worker'"
   [[ -z $step || $step =~ ^[0-9]+$ ]] || die "--step must be a non-negative integer, not '$step'"
+  [[ $restarts =~ ^[0-9]+$ ]] || die "--restarts must be a non-negative integer, not '$restarts'"
   [[ -z $ref || -n $repo ]] || die "--ref needs --repo"
   [[ $python =~ ^python3(\.[0-9]+)?$ ]] \
     || die "--python must be python3 or python3.N, not '$python'"
@@ -296,14 +304,15 @@ main() {
           || die "--data-dir must be a gs:// path: the workers of a pod slice share no disk"
         [[ $config != /* ]] \
           || die "--config must be a path inside the repository (e.g. configs/paper.py)"
-        job_args=(-m artstyle_jax.train "--config=$config" "--workdir=$workdir"
-          "--config.dataset.data_dir=$data_dir" ${overrides[@]+"${overrides[@]}"})
+        job_args=(bash launch/restarting.sh "$restarts" "../$REMOTE_VENV/bin/python" -m artstyle_jax.train
+          "--config=$config" "--workdir=$workdir" "--config.dataset.data_dir=$data_dir"
+          ${overrides[@]+"${overrides[@]}"})
       else
-        job_args=(-m artstyle_jax.eval "--workdir=$workdir")
+        job_args=("../$REMOTE_VENV/bin/python" -m artstyle_jax.eval "--workdir=$workdir")
         [[ -z $step ]] || job_args+=("--step=$step")
       fi
       tpu_vm ssh "$name" "--zone=$zone" --worker=all --command \
-        "$(background_command "$cmd" "$workdir" "../$REMOTE_VENV/bin/python" "${job_args[@]}")"
+        "$(background_command "$cmd" "$workdir" "${job_args[@]}")"
       ;;
     logs)
       tpu_vm ssh "$name" "--zone=$zone" "--worker=$worker" --command \

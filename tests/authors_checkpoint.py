@@ -7,8 +7,6 @@ perturbed copies.
 """
 import contextlib
 
-from helpers import config_path
-from helpers import FIXTURES
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -18,6 +16,8 @@ import torch.nn.functional as F
 
 from artstyle_jax.method import config_lib
 from artstyle_jax.models import convnext
+from helpers import config_path
+from helpers import FIXTURES
 
 AUTHORS_DEPTHS, AUTHORS_DIMS = (1, 1, 2, 1), (8, 16, 24, 32)
 # The heads' hidden and output widths, the queue's length and its pointer, the checkpoint's epoch.

@@ -9,6 +9,7 @@ from helpers import REPO
 TPU = REPO / "launch" / "tpu.sh"
 GPU = REPO / "launch" / "gpu.sh"
 GPU_CHECK_SCRIPT = REPO / "launch" / "gpu_check.sh"
+RESTARTING = REPO / "launch" / "restarting.sh"
 # What gpu.sh runs to check that JAX sees the GPU.
 GPU_CHECK = f"{REPO}/.venv/bin/python -c 'import jax; print(jax.devices()); assert jax.default_backend() == \"gpu\", \"JAX sees no GPU\"'"
 

@@ -5,7 +5,6 @@ import io
 import json
 import os
 
-from helpers import run_program
 import numpy as np
 from PIL import Image
 import pytest
@@ -16,6 +15,7 @@ from artstyle_jax.data import sources
 from artstyle_jax.data.builders import artists
 from artstyle_jax.data.builders import base
 from artstyle_jax.data.builders import image_folder
+from helpers import run_program
 
 tfds.disable_progress_bar()
 

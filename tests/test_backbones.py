@@ -3,9 +3,6 @@
 from authors_checkpoint import AUTHORS_DEPTHS
 from authors_checkpoint import AUTHORS_DIMS
 from authors_checkpoint import write_authors_checkpoint
-from helpers import assert_trees_equal
-from helpers import FIXTURES
-from helpers import relative_error
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,6 +19,9 @@ from artstyle_jax.models import convnext
 from artstyle_jax.models import resnet
 from artstyle_jax.models import resnet_weights
 from artstyle_jax.runs import pretraining
+from helpers import assert_trees_equal
+from helpers import FIXTURES
+from helpers import relative_error
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,4 @@
 """bench step --torch: the PyTorch reference step computes our step, and the bench times both."""
-from helpers import gradient_recorder
-from helpers import relative_error
-from helpers import small_step_config
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +13,9 @@ from artstyle_jax.method import state as state_lib
 from artstyle_jax.method import step
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
+from helpers import gradient_recorder
+from helpers import relative_error
+from helpers import small_step_config
 
 # Two stages of one block (4x4 last maps): the step is the same for any depth, and compiles fast.
 DEPTHS, DIMS = (1, 1), (8, 16)

@@ -2,7 +2,6 @@
 the same parameters from the same seed, the same outputs, gradients within 1e-5, drop path
 included. A 'manual' block of the 'shift' depthwise form on the compiled kernels runs its
 convolution and LayerNorm as one compiled kernel, again a drop-in."""
-from helpers import relative_error
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 
 from artstyle_jax.models import convnext
 from artstyle_jax.models import forms
+from helpers import relative_error
 
 
 def _perturbed(params, seed):

@@ -9,7 +9,6 @@ import io
 import os
 import pickle
 
-from helpers import run_program
 import numpy as np
 from PIL import Image
 import pytest
@@ -18,6 +17,7 @@ import tensorflow_datasets as tfds
 from artstyle_jax.data import builders
 from artstyle_jax.data import geometry
 from artstyle_jax.data import sources
+from helpers import run_program
 
 tfds.disable_progress_bar()
 

@@ -10,14 +10,14 @@ import resource
 import shutil
 import sys
 
-from helpers import assert_trees_equal
-from helpers import file_contents
 import jax
 import numpy as np
 import pytest
 
 from artstyle_jax.storage import checkpoints
 from artstyle_jax.storage import restore_tasks
+from helpers import assert_trees_equal
+from helpers import file_contents
 
 
 def small_state(seed):

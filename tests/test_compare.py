@@ -4,10 +4,6 @@ fails is reported and the others still run; a bad command is refused in one line
 import json
 import os
 
-from helpers import config_path
-from helpers import FAST_COMPILING
-from helpers import make_workdir
-from helpers import run_program
 import numpy as np
 from PIL import Image
 import pytest
@@ -15,6 +11,10 @@ import scipy.ndimage
 import torch
 
 from artstyle_jax.bench import torch_resnet
+from helpers import config_path
+from helpers import FAST_COMPILING
+from helpers import make_workdir
+from helpers import run_program
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,13 @@
 values are refused when the config is read."""
 import pathlib
 
-from helpers import config_path
-from helpers import load_config
 import pytest
 
 from artstyle_jax.data import pipeline
 from artstyle_jax.method import config_lib
 from artstyle_jax.method import optim
+from helpers import config_path
+from helpers import load_config
 
 PAPER = config_path("paper")
 NAMES = ("paper", "single_teacher", "no_gram", "info_nce", "distinct_momenta", "tiny", "paper_pod")

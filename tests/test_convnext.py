@@ -3,7 +3,6 @@ import functools
 import math
 
 import flax.linen as nn
-from helpers import relative_error
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from artstyle_jax.models import convnext
 from artstyle_jax.models import forms
+from helpers import relative_error
 
 TINY = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
 MINI = dict(depths=(1, 2), dims=(8, 16))  # Two stages: inputs in multiples of 8 px.

@@ -5,8 +5,6 @@ import os
 import textwrap
 
 import flax.linen as nn
-from helpers import relative_error
-from helpers import run_python
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +15,8 @@ from artstyle_jax.models import forms
 from artstyle_jax.models.cpu import kernels as cpu_kernels
 from artstyle_jax.models.cpu.depthwise import _shift_forward
 from artstyle_jax.models.cpu.depthwise import _shift_kernel_grad
+from helpers import relative_error
+from helpers import run_python
 
 
 @pytest.mark.parametrize("shape, k", [((2, 9, 12, 5), 7), ((3, 16, 16, 8), 7), ((1, 3, 5, 4), 7),

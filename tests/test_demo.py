@@ -4,11 +4,12 @@ line before anything is written."""
 import json
 import os
 
+from PIL import Image
+import pytest
+
 from helpers import file_stamps
 from helpers import run_program
 from helpers import SHORT_DEMO as SHORT
-from PIL import Image
-import pytest
 
 
 def run_demo(workdir, *overrides):

@@ -3,12 +3,12 @@ own workdir on one shared dataset, scored beside the random initialisation of it
 table printed and kept; an unknown run refused in one line before anything is written."""
 import json
 
-from helpers import file_stamps
-from helpers import run_program
-from helpers import SHORT_DEMO
 import pytest
 
 from artstyle_jax.tools import demo_ablations
+from helpers import file_stamps
+from helpers import run_program
+from helpers import SHORT_DEMO
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ def initialized(monkeypatch):
   detection resolves from the call's arguments (the runtime itself is not started)."""
   calls = []
 
-  def initialize(coordinator_address=None, num_processes=None, process_id=None, cluster_detection_method=None):
+  def initialize(coordinator_address=None, num_processes=None, process_id=None, cluster_detection_method=None,
+                 heartbeat_timeout_seconds=None):
     coordinator, count, index, _ = clusters.ClusterEnv.auto_detect_unset_distributed_params(
         coordinator_address, num_processes, process_id, None, cluster_detection_method, 10)
     calls.append((coordinator, count, index))

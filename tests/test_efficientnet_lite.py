@@ -9,12 +9,6 @@ import pickle
 import shutil
 
 from efficientnet_lite_pytorch import EfficientNet
-from helpers import config_path
-from helpers import PLAIN_COSINE
-from helpers import relative_error
-from helpers import run_eval_weights
-from helpers import run_program
-from helpers import small_step_config
 import jax
 import jax.numpy as jnp
 import matplotlib.cbook
@@ -36,6 +30,12 @@ from artstyle_jax.models import torch_legacy_format
 from artstyle_jax.runs import evaluation
 from artstyle_jax.runs import pretraining
 from artstyle_jax.storage import checkpoints
+from helpers import config_path
+from helpers import PLAIN_COSINE
+from helpers import relative_error
+from helpers import run_eval_weights
+from helpers import run_program
+from helpers import small_step_config
 
 IMAGENET = "imagenet:efficientnet_lite0"
 MILITARY_UNIFORM = 652  # ImageNet class

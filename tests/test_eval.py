@@ -5,11 +5,6 @@ import json
 import os
 import shutil
 
-from helpers import assert_trees_equal
-from helpers import file_stamps
-from helpers import make_workdir
-from helpers import run_program
-from helpers import shifted
 import numpy as np
 from PIL import Image
 import pytest
@@ -26,6 +21,11 @@ from artstyle_jax.runs import evaluation
 from artstyle_jax.runs import head_file
 from artstyle_jax.runs import saved_run
 from artstyle_jax.storage import checkpoints
+from helpers import assert_trees_equal
+from helpers import file_stamps
+from helpers import make_workdir
+from helpers import run_program
+from helpers import shifted
 
 
 def assert_sane_results(result, num_test, class_names):

@@ -5,8 +5,6 @@ import json
 import os
 import pathlib
 
-from helpers import run_eval_weights
-from helpers import tiny_data_config
 import pytest
 
 from artstyle_jax.models import vit
@@ -15,6 +13,8 @@ from artstyle_jax.runs import comparison
 from artstyle_jax.runs import evaluation
 from artstyle_jax.runs import prediction
 from artstyle_jax.storage import checkpoints
+from helpers import run_eval_weights
+from helpers import tiny_data_config
 
 transformers = pytest.importorskip("transformers")
 

@@ -5,9 +5,6 @@ import json
 import os
 import pathlib
 
-from helpers import run_eval_weights
-from helpers import run_program
-from helpers import tiny_data_config
 import pytest
 
 from artstyle_jax.data import view_specs
@@ -17,6 +14,9 @@ from artstyle_jax.models import resnet
 from artstyle_jax.runs import evaluation
 from artstyle_jax.runs import prediction
 from artstyle_jax.storage import checkpoints
+from helpers import run_eval_weights
+from helpers import run_program
+from helpers import tiny_data_config
 
 
 def test_a_resnet_is_normalised_with_imagenet_constants_unless_they_are_overridden(synthetic_data):

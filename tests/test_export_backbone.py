@@ -7,15 +7,6 @@ import os
 import re
 import shutil
 
-from helpers import assert_trees_equal
-from helpers import config_path
-from helpers import file_contents
-from helpers import FIXTURES
-from helpers import load_config
-from helpers import relative_error
-from helpers import restored_state
-from helpers import run_program
-from helpers import tiny_train_flags
 import jax
 import numpy as np
 from PIL import Image
@@ -34,6 +25,15 @@ from artstyle_jax.models import resnet
 from artstyle_jax.models import vit
 from artstyle_jax.runs import exporting
 from artstyle_jax.storage import checkpoints
+from helpers import assert_trees_equal
+from helpers import config_path
+from helpers import file_contents
+from helpers import FIXTURES
+from helpers import load_config
+from helpers import relative_error
+from helpers import restored_state
+from helpers import run_program
+from helpers import tiny_train_flags
 
 TOLERANCE = 1e-5  # max |theirs - ours| / max |ours|, float32
 

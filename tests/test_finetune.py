@@ -9,11 +9,6 @@ recipe with the backbone at the classifier's rate (a random backbone has nothing
 import json
 
 from etils import epath
-from helpers import assert_trees_equal
-from helpers import config_path
-from helpers import FAST_COMPILING
-from helpers import run_program
-from helpers import run_program_killed_after_step
 import jax
 import orbax.checkpoint as ocp
 import pytest
@@ -23,6 +18,11 @@ from artstyle_jax.method import sharding
 from artstyle_jax.runs import comparison
 from artstyle_jax.runs import evaluation
 from artstyle_jax.runs import finetuning
+from helpers import assert_trees_equal
+from helpers import config_path
+from helpers import FAST_COMPILING
+from helpers import run_program
+from helpers import run_program_killed_after_step
 
 SOURCE = "random:convnext_atto"
 STEPS = 40

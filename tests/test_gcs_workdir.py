@@ -6,15 +6,15 @@ import json
 import re
 import signal
 
+import pytest
+
+from artstyle_jax.data import sources
+from artstyle_jax.storage import metric_writer
 from helpers import assert_trees_equal
 from helpers import restored_state
 from helpers import run_program
 from helpers import run_program_killed_after_step
 from helpers import tiny_train_flags
-import pytest
-
-from artstyle_jax.data import sources
-from artstyle_jax.storage import metric_writer
 
 NUM_STEPS, CHECKPOINT_EVERY, KILLED_AFTER = 6, 2, 5
 

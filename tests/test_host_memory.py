@@ -4,10 +4,10 @@ import json
 import sys
 import textwrap
 
-from helpers import run_python
 import pytest
 
 from artstyle_jax.runtime import host_memory
+from helpers import run_python
 
 # A ConvNeXt block's forward and backward (16 x 32 x 32 x 40 activations: about 52 MB of
 # temporaries per call), called twice to warm up and then 9 times; prints, as JSON, what glibc's

@@ -27,12 +27,6 @@ from authors_checkpoint import AuthorsModel
 from authors_checkpoint import FeaturesOnlyConvNeXt
 from authors_checkpoint import timm_features_only_state_dict
 from authors_checkpoint import write_authors_checkpoint
-from helpers import assert_trees_equal
-from helpers import file_contents
-from helpers import FIXTURES
-from helpers import relative_error
-from helpers import REPO
-from helpers import run_python
 import jax
 import numpy as np
 import optax
@@ -47,6 +41,12 @@ from artstyle_jax.method import step as step_lib
 from artstyle_jax.models import convnext
 from artstyle_jax.runs import authors_import
 from artstyle_jax.storage import checkpoints
+from helpers import assert_trees_equal
+from helpers import file_contents
+from helpers import FIXTURES
+from helpers import relative_error
+from helpers import REPO
+from helpers import run_python
 
 ITERS_PER_EPOCH = 5
 # Batch 4 divides the queue of 16; 32 px is the smallest image size the config accepts.

@@ -6,12 +6,13 @@ can reach Google Cloud or install anything; a dry run must leave the record empt
 """
 import os
 import shlex
+import shutil
 import subprocess
 import time
 
-from helpers import REPO
 import pytest
 
+from helpers import REPO
 from launch_recorder import GPU
 from launch_recorder import GPU_CHECK
 from launch_recorder import RECORDER
@@ -95,15 +96,19 @@ def test_install_from_a_repository_clones_it_on_every_worker_with_the_chosen_pyt
       f" artstyle-venv/bin/python -c \"{DEVICE_REPORT}\"' --project=my-project"]
 
 
-def background(job, job_args, workdir):
-  """The remote command that tpu.sh runs on every worker to start JOB in the background, and
-  beside it the watcher that copies its log into WORKDIR/logs every 5 minutes and at its end."""
+def background(job, job_args, workdir, restarts=3):
+  """The remote command that tpu.sh runs on every worker to start JOB in the background (train
+  under launch/restarting.sh, with `restarts`), and beside it the watcher that copies its log
+  into WORKDIR/logs every 5 minutes and at its end."""
+  runner = "../artstyle-venv/bin/python"
+  if job == "train":
+    runner = f"bash launch/restarting.sh {restarts} {runner}"
   copy = f"gcloud storage cp --quiet ../artstyle-{job}.log {workdir}/logs/{job}-$(hostname).log"
   watcher = f"while ! timeout 300 tail --pid=\"$(cat ../artstyle-{job}.pid)\" -f /dev/null; do {copy}; done; {copy}"
   return (
       f"set -e; cd artstyle-jax; if kill -0 \"$(cat ../artstyle-{job}.pid 2>/dev/null)\""
       f" 2>/dev/null; then echo \"$(hostname): {job} is already running\" >&2; exit 1; fi;"
-      f" nohup ../artstyle-venv/bin/python {job_args} >> ../artstyle-{job}.log 2>&1"
+      f" nohup {runner} {job_args} >> ../artstyle-{job}.log 2>&1"
       f" < /dev/null & echo $! > ../artstyle-{job}.pid;"
       f" nohup bash -c {shlex.quote(watcher)} > /dev/null 2>&1 < /dev/null &"
       f" echo \"$(hostname): {job} started, log ~/artstyle-{job}.log\"")
@@ -122,18 +127,18 @@ def test_train_starts_the_paper_config_on_all_workers_with_workdir_and_data_in_t
                  "gs://my-bucket/runs/art-pod"))
 
 
-def test_train_passes_workdir_data_dir_config_and_overrides_through_quoted(launch):
+def test_train_passes_workdir_data_dir_config_restarts_and_overrides_through_quoted(launch):
   [line] = launch.dry_run(
       TPU, "train", *VM, "--workdir", "gs://runs/exp1", "--data-dir", "gs://data/tfds",
-      "--config", "configs/tiny.py", "--config.batch_size=256",
+      "--config", "configs/tiny.py", "--restarts=5", "--config.batch_size=256",
       "--config.views.student.mean=(0.5, 0.5, 0.5)", "--config.note=it's")
   job_args = shlex.join([
       "-m", "artstyle_jax.train", "--config=configs/tiny.py", "--workdir=gs://runs/exp1",
       "--config.dataset.data_dir=gs://data/tfds", "--config.batch_size=256",
       "--config.views.student.mean=(0.5, 0.5, 0.5)", "--config.note=it's"])
   assert job_args.endswith(" '--config.views.student.mean=(0.5, 0.5, 0.5)' '--config.note=it'\"'\"'s'")
-  assert line == SSH_ALL + shlex.quote(background("train", job_args, "gs://runs/exp1"))
-  assert shlex.split(line)[-1] == background("train", job_args, "gs://runs/exp1")
+  assert line == SSH_ALL + shlex.quote(background("train", job_args, "gs://runs/exp1", restarts=5))
+  assert shlex.split(line)[-1] == background("train", job_args, "gs://runs/exp1", restarts=5)
 
 
 def test_eval_starts_the_linear_probe_on_all_workers(launch):
@@ -172,7 +177,9 @@ def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(launc
   stop has ended the job, the worker's log is copied into the workdir's logs/ (gcloud storage
   cp, a recording stand-in here)."""
   home = tmp_path / "home"
-  (home / "artstyle-jax").mkdir(parents=True)
+  (home / "artstyle-jax" / "launch").mkdir(parents=True)
+  for script in ("restarting.sh", "lib.sh"):
+    shutil.copy(REPO / "launch" / script, home / "artstyle-jax" / "launch" / script)
   write_executable(home / "bin" / "gcloud", RECORDER)
   copies = home / "gcloud-calls"
   write_executable(home / "artstyle-venv" / "bin" / "python",
@@ -200,7 +207,8 @@ def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(launc
         str(home / "artstyle-jax"), "-m", "artstyle_jax.train", "--config=configs/paper.py",
         "--workdir=gs://my-bucket/runs/art-pod",
         "--config.dataset.data_dir=gs://my-bucket/tensorflow_datasets", override]
-    assert (home / "artstyle-train.log").read_text() == "training\n"
+    log = (home / "artstyle-train.log").read_text().splitlines()
+    assert log[1:] == ["restarting.sh: attempt 1 of 4", "training"], log
 
     again = on_worker(train_line)
     assert again.returncode == 1
@@ -244,6 +252,9 @@ def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(launc
     (["train", *VM, "--bucket=my-bucket", "--config.batch_size"],
      "write config overrides as --config.batch_size=VALUE"),
     (["eval", *VM], "--bucket or --workdir is required"),
+    (["train", *VM, "--bucket=my-bucket", "--restarts=-1"],
+     "--restarts must be a non-negative integer, not '-1'"),
+    (["eval", *VM, "--bucket=my-bucket", "--restarts=2"], "--restarts does not apply to 'eval'"),
     (["eval", *VM, "--bucket=my-bucket", "--step=latest"],
      "--step must be a non-negative integer, not 'latest'"),
     (["logs", *VM, "--worker=all"], "--worker must be a worker index (0, 1, ...), not 'all'"),
@@ -309,6 +320,7 @@ def test_gpu_passes_config_workdir_data_dir_and_overrides_through(launch):
     (["--data-dir=/d", "--config.batch_size"], "write config overrides as --config.batch_size=VALUE"),
     (["--data-dir=/d", "--skip-install=yes"], "--skip-install takes no value"),
     (["--data-dir=/d", "--mem-fraction=1.5"], "--mem-fraction must be in (0, 1), got '1.5'"),
+    (["--data-dir=/d", "--restarts=x"], "--restarts must be a non-negative integer, got 'x'"),
     (["--data-dir=/nonexistent/tfds"], "--data-dir=/nonexistent/tfds: no such directory"),
     (["--data-dir=/", "--skip-install", "--venv=/nonexistent/venv"],
      "--skip-install, but /nonexistent/venv/bin/python does not exist"),

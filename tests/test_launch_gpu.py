@@ -1,16 +1,19 @@
 """launch/gpu.sh's memory settings and launch/gpu_check.sh: the commands --dry-run prints, the
-argument errors, and that a check runs every stage after a failure (with the recording
+argument errors, its restarts of training, and that a check runs every stage after a failure (with the recording
 stand-ins of tests/launch_recorder.py, so nothing is installed or run)."""
 import os
 import shlex
+import signal
+import subprocess
 
-from helpers import REPO
 import pytest
 
+from helpers import REPO
 from launch_recorder import GPU
 from launch_recorder import GPU_CHECK
 from launch_recorder import GPU_CHECK_SCRIPT
 from launch_recorder import RECORDER
+from launch_recorder import RESTARTING
 from launch_recorder import write_executable
 
 
@@ -70,3 +73,49 @@ def test_gpu_check_runs_every_stage_after_a_failure_and_exits_1(launch, tmp_path
     if argv[0] == "env":  # env's recorder, then the program it starts
       expected.append([os.path.basename(argv[2])] + argv[3:])
   assert calls == expected
+
+
+# A venv's python for gpu.sh: recorded; as the trainer, it exits with the next status of the
+# file ./train_statuses (one per line), as an attempt of training would.
+TRAINING_WITH_STATUSES = RECORDER + """if [[ " $* " == *" artstyle_jax.train "* ]]; then
+  read -r status < train_statuses
+  sed -i 1d train_statuses
+  exit "$status"
+fi
+"""
+
+
+@pytest.mark.parametrize("restarts, statuses, trained, status", [
+    (3, [75, 143, 0], 3, 0),  # a lost peer, then a SIGTERM before the handler, then done: evaluated
+    (3, [1], 1, 1),  # a user error: never retried
+    (3, [75, 75, 75, 75, 0], 4, 75),  # bounded: the first and three restarts
+    (0, [75, 0], 1, 75),
+])
+def test_gpu_restarts_training_on_75_and_143_a_bounded_number_of_times(launch, tmp_path, restarts, statuses,
+                                                                       trained, status):
+  """Training exiting 75 (restart me) or 143 (SIGTERM before it could save) runs again, at most
+  --restarts more times, each attempt counted on stderr; any other status ends it; eval follows a
+  training that ended with 0 only."""
+  venv = tmp_path / "venv"
+  write_executable(venv / "bin" / "python", TRAINING_WITH_STATUSES)
+  (tmp_path / "train_statuses").write_text("".join(f"{s}\n" for s in statuses))
+  result, calls = launch(GPU, "--skip-install", f"--venv={venv}", "--data-dir=/", f"--restarts={restarts}")
+  assert result.returncode == status
+  programs = [call[2] for call in calls if call[1] == "-m"]
+  assert programs == ["artstyle_jax.train"] * trained + (["artstyle_jax.eval"] if status == 0 else [])
+  attempts = [line for line in result.stderr.splitlines() if line.startswith("gpu.sh: attempt ")]
+  assert attempts == [f"gpu.sh: attempt {i} of {restarts + 1}" for i in range(1, trained + 1)]
+
+
+def test_a_sigterm_to_the_restarting_launcher_reaches_the_job_and_ends_the_loop(tmp_path):
+  """launch/restarting.sh passes a SIGTERM (tpu.sh stop, a preemption notice) to its job, which
+  saves and exits 0 here, and does not start it again."""
+  job = "trap 'echo saved; kill $!; exit 0' TERM; echo started; sleep 30 > /dev/null 2>&1 & wait"
+  process = subprocess.Popen([str(RESTARTING), "3", "bash", "-c", job], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  assert process.stdout.readline() == "started\n"
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=10)
+  assert process.returncode == 0
+  assert stdout == "saved\n"
+  assert stderr.count("attempt ") == 1

@@ -24,13 +24,13 @@ compiled in half the time; the whole test takes about 50 s on 2 cores.
 """
 import json
 
-from helpers import run_program
-from helpers import tiny_train_flags
 import numpy as np
 import pytest
 
 from artstyle_jax.data import synthetic
 from artstyle_jax.storage import metric_writer
+from helpers import run_program
+from helpers import tiny_train_flags
 
 SEED = 0
 STEPS = 40

@@ -4,15 +4,15 @@ import json
 import os
 import subprocess
 
-from helpers import reserved_port
-from helpers import start_program
-from helpers import tiny_train_flags
-from helpers import wait_all
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from artstyle_jax.storage import metric_writer
+from helpers import reserved_port
+from helpers import start_program
+from helpers import tiny_train_flags
+from helpers import wait_all
 
 NUM_STEPS = 4
 

@@ -7,6 +7,12 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from artstyle_jax.storage import metric_writer
 from helpers import checkpoint_steps
 from helpers import file_contents
 from helpers import program_env
@@ -14,12 +20,6 @@ from helpers import reserved_port
 from helpers import run_program
 from helpers import tiny_train_flags
 from helpers import wait_all
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
-import pytest
-
-from artstyle_jax.storage import metric_writer
 
 # XLA:CPU without LLVM optimisation: the same functions, compiled several times faster.
 FAST_CPU = "--xla_backend_optimization_level=0"

@@ -2,12 +2,12 @@
 import os
 
 from absl import flags
-from helpers import config_path
 import pytest
 
 from artstyle_jax import cli
 from artstyle_jax.method import config_lib
 from artstyle_jax.storage import paths
+from helpers import config_path
 
 
 def test_relative_paths_resolve_against_the_current_directory(tmp_path, monkeypatch):

@@ -6,8 +6,6 @@ import logging
 import os
 import warnings
 
-from helpers import run_program
-from helpers import tiny_data_config
 import numpy as np
 from PIL import Image
 
@@ -16,6 +14,8 @@ from artstyle_jax.pictures import embedding_map
 from artstyle_jax.pictures import retrieval_sheet
 from artstyle_jax.storage import checkpoints
 from artstyle_jax.storage import metric_writer
+from helpers import run_program
+from helpers import tiny_data_config
 
 TERMS = ("loss", "rel_weak", "rel_style", "gram_weak", "gram_style", "lr", "grad_norm", "health/pooled_rank",
          "health/proj_rank", "health/proj_std", "health/cos_weak", "health/cos_style", "health/entropy_weak",

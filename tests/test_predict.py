@@ -7,9 +7,6 @@ import io
 import os
 import shutil
 
-from helpers import file_stamps
-from helpers import make_workdir
-from helpers import run_program
 from PIL import Image
 import pytest
 
@@ -20,6 +17,9 @@ from artstyle_jax.runs import evaluation
 from artstyle_jax.runs import prediction
 from artstyle_jax.runs import saved_run
 from artstyle_jax.storage import checkpoints
+from helpers import file_stamps
+from helpers import make_workdir
+from helpers import run_program
 
 TOP_K = 3
 

@@ -2,8 +2,6 @@
 
 tests/conftest.py gives this process 8 virtual CPU devices.
 """
-from helpers import PLAIN_COSINE
-from helpers import small_step_config
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -15,6 +13,8 @@ from artstyle_jax.method import optim
 from artstyle_jax.method import sharding
 from artstyle_jax.method import step
 from artstyle_jax.models import convnext
+from helpers import PLAIN_COSINE
+from helpers import small_step_config
 
 GLOBAL_BATCH = 8
 

@@ -5,9 +5,6 @@ step is the same for any backbone depth, and a small one compiles quickly.
 """
 import functools
 
-from helpers import PLAIN_COSINE
-from helpers import relative_error
-from helpers import small_step_config
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +20,9 @@ from artstyle_jax.method import state as state_lib
 from artstyle_jax.method import step
 from artstyle_jax.models import convnext
 from artstyle_jax.models import heads
+from helpers import PLAIN_COSINE
+from helpers import relative_error
+from helpers import small_step_config
 
 BATCH = 4
 SINGLE_TEACHER_HEALTH = ("health/pooled_rank", "health/proj_rank", "health/proj_std", "health/cos_weak",

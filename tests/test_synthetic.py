@@ -3,13 +3,13 @@ headroom set's shared scenes and overlapping handlings."""
 import filecmp
 import os
 
-from helpers import run_program
 import numpy as np
 from PIL import Image
 import pytest
 
 from artstyle_jax.data import sources
 from artstyle_jax.data import synthetic
+from helpers import run_program
 
 
 def tree_files(root) -> list[str]:

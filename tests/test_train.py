@@ -6,6 +6,12 @@ import signal
 import subprocess
 import time
 
+import jax
+import numpy as np
+import pytest
+
+from artstyle_jax.runs import pretraining
+from artstyle_jax.storage import metric_writer
 from helpers import assert_trees_equal
 from helpers import checkpoint_steps
 from helpers import file_stamps
@@ -14,12 +20,6 @@ from helpers import run_program
 from helpers import run_program_killed_after_step
 from helpers import start_program
 from helpers import tiny_train_flags
-import jax
-import numpy as np
-import pytest
-
-from artstyle_jax.runs import pretraining
-from artstyle_jax.storage import metric_writer
 
 
 def train_flags(workdir, data, *overrides):

@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 
+import pytest
+
 from helpers import assert_trees_equal
 from helpers import checkpoint_steps
 from helpers import config_path
@@ -13,7 +15,6 @@ from helpers import restored_state
 from helpers import run_program
 from helpers import run_python
 from helpers import tiny_train_flags
-import pytest
 
 
 def relative_train_flags(data, *overrides):

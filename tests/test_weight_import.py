@@ -1,8 +1,4 @@
 """Weight import: numerical parity with timm and transformers, strict key checks, weight sources."""
-from helpers import assert_trees_equal
-from helpers import FIXTURES
-from helpers import relative_error
-from helpers import run_python
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +11,10 @@ import transformers
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
 from artstyle_jax.models import forms
+from helpers import assert_trees_equal
+from helpers import FIXTURES
+from helpers import relative_error
+from helpers import run_python
 
 TIMM_WEIGHTS = FIXTURES / "timm_convnext_small_random.safetensors"
 TIMM_OUTPUTS = FIXTURES / "timm_convnext_small_random_io.npz"

@@ -13,8 +13,9 @@ import subprocess
 import sys
 import zipfile
 
-from helpers import SHORT_DEMO
 import pytest
+
+from helpers import SHORT_DEMO
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Not the clone (PYTHONPATH), not the user's site-packages: only what the fresh environment holds.

@@ -42,10 +42,13 @@ def _require(condition: bool, message: str) -> None:
 def resolve_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Makes `config`'s paths absolute against the current directory, in place; returns it.
 
-  dataset.data_dir always (gs:// stays), init when it names a local file or directory (not a
-  Hugging Face hub id such as 'timm/convnext_base.fb_in22k_ft_in1k', nor 'random').
+  dataset.data_dir always (gs:// stays), compilation_cache_dir when it names a directory, init
+  when it names a local file or directory (not a Hugging Face hub id such as
+  'timm/convnext_base.fb_in22k_ft_in1k', nor 'random').
   """
   config.dataset.data_dir = paths.resolve(config.dataset.data_dir)
+  if config.get("compilation_cache_dir") not in (None, "", "off"):
+    config.compilation_cache_dir = paths.resolve(config.compilation_cache_dir)
   if config.init != "random" and os.path.exists(os.path.expanduser(config.init)):
     config.init = paths.resolve(config.init)
   return config

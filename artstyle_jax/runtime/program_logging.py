@@ -27,6 +27,10 @@ _NOISE = re.compile("|".join((
     r"Handler Commit operations or the Commit callback in background save thread",
     r"Save Finalize thread \(save_finalize\) failed",  # ... which SaveError reports
     r"^(Task|_GatheringFuture|Future) exception was never retrieved",  # asyncio: the same, per write
+    # gcsfs: a request's error, logged with its traceback before it is raised to its caller, which
+    # handles it (a failed moveTo falls back to copy and delete, with a warning line of its own)
+    # or reports it; transient errors (429, 5xx, resets) are retried with backoff at DEBUG level.
+    r"^\w+ (non-retriable exception|out of retries on exception): ",
 )))
 
 

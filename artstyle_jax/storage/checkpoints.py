@@ -160,6 +160,15 @@ def latest_step(workdir: str) -> int | None:
     return mngr.latest_step()
 
 
+def newest_checkpoint_note(workdir: str) -> str:
+  """'the newest complete checkpoint is step N in WORKDIR' (or that it has none), read from the
+  directory alone, with no collective: a process whose peers are gone can still say it."""
+  steps = ocp.path.step.checkpoint_steps(epath.Path(workdir) / CHECKPOINT_DIR)
+  if not steps:
+    return f"{workdir} has no complete checkpoint yet"
+  return f"the newest complete checkpoint is step {max(steps)} in {workdir}"
+
+
 def _causes(error: BaseException) -> Iterator[BaseException]:
   """`error` and the exceptions it was raised from or during, outermost first."""
   seen = set()
