@@ -1,5 +1,5 @@
 """An HTTP proxy in front of the GCS emulator that fails some requests as an object store under
-load does: of every five requests, one is answered 503 (or, every other time, 429) without
+load does: of every ten requests, one is answered 503 (or, every other time, 429) without
 reaching the emulator; the others are passed through.
 
 `running(upstream_url)` serves one on 127.0.0.1 until the block ends; yields its URL.
@@ -14,7 +14,7 @@ import urllib.request
 
 # Headers of one hop, which the proxy sets itself.
 _HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
-_FAILURES = {4: 503, 9: 429}  # request number modulo 10 -> the status it fails with
+_FAILURES = {9: 503, 19: 429}  # request number modulo 20 -> the status it fails with
 
 
 def _handler(upstream: str, counter: itertools.count, failed: list[int], proxy_url: list[str]):
@@ -37,7 +37,7 @@ def _handler(upstream: str, counter: itertools.count, failed: list[int], proxy_u
     def _forward(self) -> None:
       length = int(self.headers.get("Content-Length") or 0)
       body = self.rfile.read(length) if length else None
-      status = _FAILURES.get(next(counter) % 10)
+      status = _FAILURES.get(next(counter) % 20)
       if status is not None:
         failed.append(status)
         message = b'{"error": {"code": %d, "message": "injected by the test proxy"}}' % status

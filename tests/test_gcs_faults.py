@@ -1,4 +1,4 @@
-"""A workdir in a bucket whose store fails one request in five (503, or 429 every other time):
+"""A workdir in a bucket whose store fails one request in ten (503, or 429 every other time):
 the GCS emulator behind tests/fault_proxy.py. The clients retry with backoff, quietly: train and
 eval succeed, every step logged once, with no traceback in their output."""
 import json
