@@ -7,7 +7,7 @@
       --config.dataset.data_dir=DIR [--mode=...] [--embedding] [--config.key=value ...]
 
 The student's backbone is restored from the workdir's checkpoint (the latest, or --step) and
-frozen, then evaluated as `evaluators.protocol` describes: the kNN and the --mode linear probe
+frozen, then evaluated as `runs.evaluation` describes: the kNN and the --mode linear probe
 (`evaluators.probes`: 'fast', 'paper' or 'baseline'; --probe_learning_rate, --probe_momentum,
 --probe_weight_decay, --probe_init_stddev, --paper_epochs and --paper_batch_size set any of the
 paper and baseline probes' values).
@@ -39,7 +39,7 @@ the checkpoint step inside:
                                               (precision@k, mAP@k: `evaluators.retrieval`)
   linear_<mode>.json, linear_<mode>_confusion.png
 each JSON and table with the test features' effective rank and first-PC share (`evaluators.health`)
-  linear_head.npz                             the probe for predict (`evaluators.head_file`)
+  linear_head.npz                             the probe for predict (`runs.head_file`)
   label_efficiency.json                       with --label_fractions or --shots: mean and std per setting
   embedding.png                               with --embedding: t-SNE map of the test features
 and the tables on stdout. A refused evaluation (no checkpoint, no such step, a missing dataset)

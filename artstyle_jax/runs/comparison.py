@@ -1,6 +1,6 @@
 """The paper's comparison table: several backbones evaluated on one dataset with one protocol.
 
-`compare(entries, config, workdir)` evaluates each entry as `evaluators.protocol` does (weighted
+`compare(entries, config, workdir)` evaluates each entry as `runs.evaluation` does (weighted
 kNN and a linear probe, on the config's dataset) into workdir/entries/NAME/, one row of the table
 each: a workdir of ours (a directory with config.json: its latest checkpoint's student, with its
 saved config and the overrides), a fine-tuning workdir (`finetuning`: its row's linear columns are
