@@ -78,7 +78,8 @@ def test_transformers_convnext_of_a_trained_run_gives_our_stage_maps_and_feature
   """The exported directory loads with AutoModel as a ConvNextModel and AutoImageProcessor with
   our normalisation and size, preparing a test painting as our evaluation does (to the rounding
   of 8-bit resampling); each stage's map and the pooled feature match ours within 1e-5 on images
-  of sides 96 x 160 (our ConvNeXt takes multiples of 32)."""
+  of sides 100 x 72, no multiple of 32 (each strided layer drops the rows past its last patch, as
+  transformers' does)."""
   result = run_program("export", "--workdir=run", "--format=transformers", "--out=hf", cwd=trained)
   assert result.returncode == 0, result.stderr[-3000:]
   assert sorted(os.listdir(trained / "hf")) == ["README.md", "config.json", "model.safetensors",
@@ -92,7 +93,7 @@ def test_transformers_convnext_of_a_trained_run_gives_our_stage_maps_and_feature
   prepared = processor(Image.open(io.BytesIO(painting)).convert("RGB"), return_tensors="np")["pixel_values"][0]
   evaluated = views.EvalView(ours.image_size, ours.mean, ours.std)(painting)["image"]
   assert np.abs(prepared.transpose(1, 2, 0) - evaluated).max() <= 3 / 255 / min(ours.std)
-  images = _images((2, 96, 160, 3))
+  images = _images((2, 100, 72, 3))
   stages = ours.module.apply({"params": ours.params}, images)
   with torch.no_grad():
     outputs = model(_nchw(images), output_hidden_states=True)

@@ -144,6 +144,8 @@ class PatchifyConv(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
     if self.form == "matmul":
+      # The rows and columns past the last whole patch are dropped, as the 'VALID' convolution does.
+      x = x[:, :x.shape[1] - x.shape[1] % p, :x.shape[2] - x.shape[2] % p]
       batch, height, width = x.shape[:3]
       patches = x.reshape(batch, height // p, p, width // p, p, channels).transpose(0, 1, 3, 2, 4, 5)
       y = patches.reshape(batch, height // p, width // p, p * p * channels) @ kernel.reshape(-1, self.features)
@@ -278,7 +280,9 @@ class ConvNeXt(nn.Module):
     num_classes: size of the classifier head used by `classify`; 0 for none.
 
   `__call__(x, train=False)` maps (B, H, W, 3) to the list of the stage outputs
-  (B, H / 4 / 2**s, W / 4 / 2**s, dims[s]), float32. H and W must be multiples of 4 * 2**(S-1).
+  (B, H_s, W_s, dims[s]), float32, H_0 = floor(H / 4) and H_s = floor(H_{s-1} / 2) (the rows
+  past a layer's last whole patch dropped, as timm's and transformers' strided convolutions do);
+  H and W at least 4 * 2**(S-1).
   """
   depths: Sequence[int]
   dims: Sequence[int]
@@ -306,8 +310,8 @@ class ConvNeXt(nn.Module):
 
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
     stride = 4 * 2 ** (len(self.dims) - 1)
-    if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] % stride or x.shape[2] % stride:
-      raise ValueError(f"expected (B, H, W, 3) with H and W multiples of {stride}, got {x.shape}")
+    if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] < stride or x.shape[2] < stride:
+      raise ValueError(f"expected (B, H, W, 3) with H and W at least {stride}, got {x.shape}")
     x = self.stem_conv(x.astype(self.dtype)).astype(jnp.float32)
     x = self.stem_norm(x)
     features = []
