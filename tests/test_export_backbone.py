@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 import torch
 import transformers
 
+from artstyle_jax import cli
 from artstyle_jax import models
 from artstyle_jax.bench import torch_resnet
 from artstyle_jax.data import sources
@@ -261,10 +262,12 @@ def test_the_model_card_describes_the_network_its_training_results_and_loading(t
     assert text in card, text
 
 
-@pytest.mark.parametrize("case", ["no checkpoint", "unknown format", "torchvision for a ConvNeXt", "out not empty"])
-def test_a_refused_export_is_one_error_line_and_writes_nothing(case, trained, tmp_path):
-  """No checkpoint in the workdir, an unknown format, a format that cannot hold the backbone and
-  an --out that is not empty each end with exit status 1 and one `error:` line, writing nothing."""
+REFUSALS = {"no checkpoint": "holds no checkpoint", "unknown format": "unknown format 'onnx'",
+            "torchvision for a ConvNeXt": "holds a ResNet, not a convnext_atto", "out not empty": "is not empty"}
+
+
+def _refused_export(case: str, trained, tmp_path) -> tuple[str, str]:
+  """(workdir, format) of a refused export of `case`, its files made in tmp_path."""
   workdir, fmt = "run", "transformers"
   if case == "no checkpoint":
     checkpoints.save_config(str(tmp_path / "empty"), load_config("tiny"))
@@ -276,18 +279,35 @@ def test_a_refused_export_is_one_error_line_and_writes_nothing(case, trained, tm
   else:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("kept")
+  return workdir, fmt
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_refused_export_is_a_one_line_user_error_and_writes_nothing(case, trained, tmp_path):
+  """No checkpoint in the workdir, an unknown format, a format that cannot hold the backbone and
+  an --out that is not empty each raise one of the errors the programs print as one `error:`
+  line (cli.USER_ERRORS), saying so in one line, and write nothing."""
+  workdir, fmt = _refused_export(case, trained, tmp_path)
+  before = file_contents(tmp_path)
+  with pytest.raises(cli.USER_ERRORS) as raised:
+    exporting.export(str(trained / workdir), fmt, str(tmp_path / "out"))
+  assert REFUSALS[case] in str(raised.value) and "\n" not in str(raised.value)
+  assert file_contents(tmp_path) == before
+  assert case == "out not empty" or not (tmp_path / "out").exists()
+
+
+def test_the_program_ends_a_refused_export_with_one_error_line_and_exit_1(trained, tmp_path):
+  """`python -m artstyle_jax.export` on a refused export (here an --out that is not empty): exit
+  status 1, stderr ending in its one `error:` line, nothing written."""
+  workdir, fmt = _refused_export("out not empty", trained, tmp_path)
   before = file_contents(tmp_path)
   result = run_program("export", f"--workdir={workdir}", f"--format={fmt}", f"--out={tmp_path / 'out'}",
                        cwd=trained)
   assert result.returncode == 1
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr[-2000:]
+  assert REFUSALS["out not empty"] in errors[0]
   assert file_contents(tmp_path) == before
-  assert case == "out not empty" or not (tmp_path / "out").exists()
-  expected = {"no checkpoint": "holds no checkpoint", "unknown format": "unknown format 'onnx'",
-              "torchvision for a ConvNeXt": "holds a ResNet, not a convnext_atto",
-              "out not empty": "is not empty"}[case]
-  assert expected in errors[0]
 
 
 def test_an_export_into_a_bucket_holds_the_same_files(trained, gcs, tmp_path):
