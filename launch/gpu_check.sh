@@ -20,7 +20,7 @@ Usage: launch/gpu_check.sh [--out=FILE] [--venv=DIR] [--python=PYTHON] [--skip-i
 
 Installs the project with jax[cuda12] (the constraints' versions) and pytest into a virtual
 environment, checks that JAX sees a GPU, then runs tests/test_gpu.py on the GPU,
-tests/test_export.py on the host, and python -m artstyle_jax.bench suite, and writes the
+tests/test_device_programs.py on the host, and python -m artstyle_jax.bench suite, and writes the
 device, each run's results and the suite's figures to one JSON. Every stage runs even when one
 before it failed; the exit status is 1 if any failed.
 
@@ -78,7 +78,7 @@ main() {
   # The GPU the default device, the host's CPU devices beside it for the CPU's step.
   run env JAX_PLATFORMS=cuda,cpu "$venv_python" -m pytest -q "$ROOT/tests/test_gpu.py" \
     "--junitxml=$runs/gpu_tests.xml" || failed=1
-  run "$venv_python" -m pytest -q "$ROOT/tests/test_export.py" "--junitxml=$runs/export_tests.xml" || failed=1
+  run "$venv_python" -m pytest -q "$ROOT/tests/test_device_programs.py" "--junitxml=$runs/export_tests.xml" || failed=1
   run "$venv_python" -m artstyle_jax.bench suite --platform=accelerator "--out=$runs/suite.jsonl" || failed=1
   run "$venv_python" -m artstyle_jax.bench.check_report "--out=$out" "--tests=gpu=$runs/gpu_tests.xml" \
     "--tests=export=$runs/export_tests.xml" "--suite=$runs/suite.jsonl" || failed=1

@@ -169,13 +169,14 @@ def test_the_gram_loss_computes_on_the_last_feature_map(classifier):
   assert 0 <= float(losses.gram_alignment_loss(f_s, f_s)) < float(loss) <= 2
 
 
-def test_imagenet_and_its_file_load_as_the_same_features_only_backbone(tmp_path, weights_path, classifier):
+def test_imagenet_and_its_file_load_as_the_same_features_only_backbone(tmp_path, monkeypatch, weights_path,
+                                                                       classifier):
   """`imagenet:efficientnet_lite0` and the package's .pth file named by a relative path give the
   backbone without its classifier, the ImageNet parameters bit for bit, and the ImageNet
   normalisation for eval --weights."""
   module, params = classifier
   shutil.copy(weights_path, tmp_path / "lite0.pth")
-  os.chdir(tmp_path)
+  monkeypatch.chdir(tmp_path)
   for source in (IMAGENET, "lite0.pth"):
     backbone, variables = models.load_backbone(source)
     assert isinstance(backbone, efficientnet_lite.EfficientNetLite) and backbone.num_classes == 0

@@ -5,8 +5,8 @@ import json
 import jax
 import jax.numpy as jnp
 import pytest
-from test_export import PAPER
-from test_export import SMALL
+from test_device_programs import PAPER
+from test_device_programs import SMALL
 
 from artstyle_jax.method import config_lib
 from artstyle_jax.method import sharding

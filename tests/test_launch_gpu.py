@@ -39,7 +39,7 @@ def test_gpu_check_installs_cuda_and_pytest_then_tests_benchmarks_and_reports_in
       "mkdir -p gpu_check_runs",
       f"env JAX_PLATFORMS=cuda,cpu {venv_python} -m pytest -q {REPO}/tests/test_gpu.py"
       " --junitxml=gpu_check_runs/gpu_tests.xml",
-      f"{venv_python} -m pytest -q {REPO}/tests/test_export.py --junitxml=gpu_check_runs/export_tests.xml",
+      f"{venv_python} -m pytest -q {REPO}/tests/test_device_programs.py --junitxml=gpu_check_runs/export_tests.xml",
       f"{venv_python} -m artstyle_jax.bench suite --platform=accelerator --out=gpu_check_runs/suite.jsonl",
       f"{venv_python} -m artstyle_jax.bench.check_report --out=gpu_check.json"
       " --tests=gpu=gpu_check_runs/gpu_tests.xml --tests=export=gpu_check_runs/export_tests.xml"
