@@ -1,8 +1,10 @@
 """An HTTP proxy in front of the GCS emulator that fails some requests as an object store under
 load does: of every ten requests, one is answered 503 (or, every other time, 429) without
-reaching the emulator; the others are passed through.
+reaching the emulator; the others are passed through. An outage, `outage(method, target)` true
+for a request (its method and its decoded path and query), answers that request 503 every time,
+as a store down for longer than any client retries.
 
-`running(upstream_url)` serves one on 127.0.0.1 until the block ends; yields its URL.
+`running(upstream_url[, outage])` serves one on 127.0.0.1 until the block ends.
 """
 import contextlib
 import http.server
@@ -10,14 +12,19 @@ import itertools
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
+from typing import Callable
 
 # Headers of one hop, which the proxy sets itself.
 _HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
 _FAILURES = {9: 503, 19: 429}  # request number modulo 20 -> the status it fails with
 
 
-def _handler(upstream: str, counter: itertools.count, failed: list[int], proxy_url: list[str]):
+Outage = Callable[[str, str], bool]
+
+
+def _handler(upstream: str, counter: itertools.count, failed: list[int], proxy_url: list[str], outage: Outage | None):
   class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -38,6 +45,8 @@ def _handler(upstream: str, counter: itertools.count, failed: list[int], proxy_u
       length = int(self.headers.get("Content-Length") or 0)
       body = self.rfile.read(length) if length else None
       status = _FAILURES.get(next(counter) % 20)
+      if outage is not None and outage(self.command, urllib.parse.unquote(self.path)):
+        status = 503
       if status is not None:
         failed.append(status)
         message = b'{"error": {"code": %d, "message": "injected by the test proxy"}}' % status
@@ -66,12 +75,12 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def running(upstream_url: str):
-  """Serves the proxy in front of `upstream_url` until the block ends; yields (its URL, the list
-  of the statuses it has injected so far)."""
+def running(upstream_url: str, outage: Outage | None = None):
+  """Serves the proxy in front of `upstream_url`, with `outage` if given, until the block ends;
+  yields (its URL, the list of the statuses it has injected so far)."""
   failed: list[int] = []
   proxy_url: list[str] = [""]
-  server = _QuietServer(("127.0.0.1", 0), _handler(upstream_url, itertools.count(), failed, proxy_url))
+  server = _QuietServer(("127.0.0.1", 0), _handler(upstream_url, itertools.count(), failed, proxy_url, outage))
   proxy_url[0] = f"http://127.0.0.1:{server.server_address[1]}"
   thread = threading.Thread(target=server.serve_forever, daemon=True)
   thread.start()

@@ -27,6 +27,8 @@ _NOISE = re.compile("|".join((
     r"Handler Commit operations or the Commit callback in background save thread",
     r"Save Finalize thread \(save_finalize\) failed",  # ... which SaveError reports
     r"^(Task|_GatheringFuture|Future) exception was never retrieved",  # asyncio: the same, per write
+    r"^Failed to (write|update) metadata=",  # Orbax: a checkpoint's metadata file a failed save left unwritten
+    r"^Metadata file does not exist: ",  # ... looked for again as Orbax finishes that save
     # gcsfs: a request's error, logged with its traceback before it is raised to its caller, which
     # handles it (a failed moveTo falls back to copy and delete, with a warning line of its own)
     # or reports it; transient errors (429, 5xx, resets) are retried with backoff at DEBUG level.

@@ -232,7 +232,9 @@ def _save_error(mngr: ocp.CheckpointManager, error: BaseException) -> SaveError:
   mngr.reload()
   last = mngr.latest_step()
   left = f"the last complete checkpoint is step {last}" if last is not None else "no checkpoint is complete"
-  return SaveError(f"{what} in {mngr.directory} failed: {os_reason(error)}; {left}, nothing complete was removed")
+  save_error = SaveError(f"{what} in {mngr.directory} failed: {os_reason(error)}; {left}, nothing complete was removed")
+  save_error.__cause__ = error
+  return save_error
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any = None, *,
@@ -254,15 +256,24 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any 
 def finish(mngr: ocp.CheckpointManager) -> None:
   """Waits for the asynchronous save in flight, then closes the manager.
 
+  Closing waits once more for the writes a failed save left behind (its metadata file, in a
+  thread of Orbax's own), which raise the store's error again: that error is this save's.
+
   Raises:
     SaveError: that save failed.
   """
   try:
     mngr.wait_until_finished()
   except Exception as e:  # As in `save`.
-    raise _save_error(mngr, e) from e
-  finally:
+    error = _save_error(mngr, e)
+  else:
+    error = None
+  try:
     mngr.close()
+  except Exception as e:
+    error = error or _save_error(mngr, e)
+  if error is not None:
+    raise error
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:
