@@ -11,10 +11,10 @@ import http.server
 import itertools
 import sys
 import threading
+from typing import Callable
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Callable
 
 # Headers of one hop, which the proxy sets itself.
 _HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}

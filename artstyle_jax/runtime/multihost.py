@@ -18,6 +18,7 @@ import itertools
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -27,6 +28,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+
+from artstyle_jax.runtime import stderr_filter
 
 T = TypeVar("T")
 
@@ -56,7 +59,8 @@ class _PeerWatch:
   sets `_LEFT_KEY/<process>` and is no longer watched: its peers may still have work to finish.
 
   The coordinator's own loss is seen first by JAX's client, which aborts the process (SIGABRT,
-  after its fatal log line) the moment its poll of the coordinator fails: `catch_abort`.
+  after its fatal log line and C++ stack) the moment its poll of the coordinator fails:
+  `catch_abort`, with standard error through runtime/stderr_filter.py.
   """
 
   def __init__(self, client, process_id: int, num_processes: int, timeout_s: float):
@@ -79,7 +83,9 @@ class _PeerWatch:
     """Ends the process as `_end` does when it aborts while nothing answers at
     `coordinator_address` (host:port) any more; any other abort goes on as before, with Python's
     thread dump. The handler is C's (ctypes): a Python signal handler would only run after the
-    abort, on the main thread; this one runs on the aborting thread, once it holds the GIL."""
+    abort, on the main thread; this one runs on the aborting thread, once it holds the GIL.
+    Standard error passes through the filter that drops JAX's client's crash report of that
+    loss once the handler's line follows it (`_filter_stderr`, called before)."""
     host, port = coordinator_address.rsplit(":", 1)
 
     def on_abort(signum: int) -> None:
@@ -134,6 +140,7 @@ class _PeerWatch:
     parts.append("run the same command again to resume")
     sys.stdout.flush()
     print(f"error: process {self.process_id}: {'; '.join(parts)}", file=sys.stderr, flush=True)
+    _unfilter_stderr()
     os._exit(RESTART_EXIT_CODE)
 
   def leave(self) -> None:
@@ -147,6 +154,41 @@ class _PeerWatch:
 
 
 _peer_watch: _PeerWatch | None = None
+# The filter of standard error (`_filter_stderr`) and the descriptor of the stream it writes to.
+_stderr_filter: subprocess.Popen | None = None
+_direct_stderr: int | None = None
+
+
+def _filter_stderr() -> None:
+  """Routes this process's standard error (descriptor 2: Python's and C++'s writes alike) through
+  a process running runtime/stderr_filter.py, which writes to the stream it had; put back at
+  exit (`_unfilter_stderr`, registered before the peer watch's exit handler: it runs after it)."""
+  global _stderr_filter, _direct_stderr
+  if _stderr_filter is not None:
+    return
+  sys.stderr.flush()
+  _direct_stderr = os.dup(2)
+  _stderr_filter = subprocess.Popen([sys.executable, "-S", stderr_filter.__file__], stdin=subprocess.PIPE,
+                                    stdout=_direct_stderr, stderr=_direct_stderr)
+  os.dup2(_stderr_filter.stdin.fileno(), 2)
+  _stderr_filter.stdin.close()  # descriptor 2 is now the pipe's one writer here
+  atexit.register(_unfilter_stderr)
+
+
+def _unfilter_stderr(timeout_s: float = 2.0) -> None:
+  """Puts standard error back on its stream, which ends the filter's input once no child holds
+  it, and waits up to `timeout_s` for the filter to write what it held: the caller's output is
+  complete when the process ends."""
+  global _stderr_filter
+  if _stderr_filter is None:
+    return
+  sys.stderr.flush()
+  os.dup2(_direct_stderr, 2)
+  try:
+    _stderr_filter.wait(timeout=timeout_s)
+  except subprocess.TimeoutExpired:  # A child process of ours still holds the pipe: it writes on.
+    pass
+  _stderr_filter = None
 
 
 def on_lost_peer(note: Callable[[], str]) -> None:
@@ -204,6 +246,8 @@ def start(coordinator_address: str | None = None, num_processes: int | None = No
   state = distributed.global_state
   if state.num_processes > 1:
     _peer_watch = _PeerWatch(state.client, state.process_id, state.num_processes, peer_timeout_s)
+    if state.process_id != 0:
+      _filter_stderr()
     _peer_watch.start()
     if state.process_id != 0:
       _peer_watch.catch_abort(state.coordinator_address)
