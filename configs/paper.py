@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = "convnext_base"
   config.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (parameters stay float32)
   config.model.remat = False  # recompute each ConvNeXt block in the backward pass
+  # What a recomputed block keeps (convnext.REMAT_POLICIES): 'nothing' (the whole block is
+  # recomputed) or 'matmuls' (fc1's and fc2's outputs kept, the elementwise ops recomputed).
+  config.model.remat_policy = "nothing"
   config.model.drop_path_rate = 0.0
   # Forms of the network's parts (models/forms.py); 'auto' follows the platform of the devices the
   # program compiles for. 7x7 depthwise convolution: 'conv' (grouped conv) or 'shift'; the blocks'

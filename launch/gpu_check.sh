@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks artstyle-jax on this machine's NVIDIA GPU in one go and writes one JSON: the tests that
 # need a GPU (every form equals the plain network, the train step equals the CPU's), the export
-# test, and the accelerator benchmark suite (the paper step in bfloat16 with and without remat:
-# images/s, MFU, peak memory; the ConvNeXt-Base backbone). About 2 minutes to install and 5 to
+# test, the accelerator benchmark suite (the paper step in bfloat16 with and without remat:
+# images/s, MFU, peak memory; the ConvNeXt-Base backbone) and bench cost's estimate of the same two
+# steps on this GPU, each measured step beside its estimate. About 2 minutes to install and 8 to
 # run on one H100-class GPU.
 set -euo pipefail
 
@@ -20,9 +21,11 @@ Usage: launch/gpu_check.sh [--out=FILE] [--venv=DIR] [--python=PYTHON] [--skip-i
 
 Installs the project with jax[cuda12] (the constraints' versions) and pytest into a virtual
 environment, checks that JAX sees a GPU, then runs tests/test_gpu.py on the GPU,
-tests/test_device_programs.py on the host, and python -m artstyle_jax.bench suite, and writes the
-device, each run's results and the suite's figures to one JSON. Every stage runs even when one
-before it failed; the exit status is 1 if any failed.
+tests/test_device_programs.py on the host, python -m artstyle_jax.bench suite, and bench cost
+--at_hand for the suite's two paper steps (bfloat16, remat off and on, batch 16), and writes the
+device, each run's results, the suite's figures, the estimates and each measured step (time,
+images/s, MFU) beside its estimate (roofline time, images/s, MFU ceiling) to one JSON. Every
+stage runs even when one before it failed; the exit status is 1 if any failed.
 
 Flags:
   --out=FILE       the JSON; default gpu_check.json (the runs' own files go beside it, in
@@ -80,8 +83,16 @@ main() {
     "--junitxml=$runs/gpu_tests.xml" || failed=1
   run "$venv_python" -m pytest -q "$ROOT/tests/test_device_programs.py" "--junitxml=$runs/export_tests.xml" || failed=1
   run "$venv_python" -m artstyle_jax.bench suite --platform=accelerator "--out=$runs/suite.jsonl" || failed=1
+  local remat
+  local -a estimates=()
+  for remat in False True; do
+    run "$venv_python" -m artstyle_jax.bench cost "--config=$ROOT/configs/paper.py" --config.init=random \
+      --config.model.dtype=bfloat16 "--config.model.remat=$remat" --at_hand --batch_sizes=16 \
+      "--out=$runs/cost_remat_$remat.json" || failed=1
+    estimates+=("--estimate=$runs/cost_remat_$remat.json")
+  done
   run "$venv_python" -m artstyle_jax.bench.check_report "--out=$out" "--tests=gpu=$runs/gpu_tests.xml" \
-    "--tests=export=$runs/export_tests.xml" "--suite=$runs/suite.jsonl" || failed=1
+    "--tests=export=$runs/export_tests.xml" "--suite=$runs/suite.jsonl" "${estimates[@]}" || failed=1
   return "$failed"
 }
 

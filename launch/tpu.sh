@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs artstyle-jax on a Cloud TPU VM or pod slice through gcloud: create the VM, install the
 # project on every worker, start training or evaluation on all workers, follow a worker's log,
-# stop the job, delete the VM. launch/README.md walks through a whole run.
+# stop the job, measure the paper step beside the compiler's estimate of it, delete the VM.
+# launch/README.md walks through a whole run.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -65,6 +66,15 @@ Commands:
              --worker=N               default 0
   stop     stop the job on all workers
              --job=train|eval         default train
+  check    on one worker of a single-host VM, in the foreground: the accelerator benchmark
+           suite (the paper step in bfloat16 with and without remat at batch 16: step time,
+           images/s, MFU; the ConvNeXt-Base backbone) and bench cost --at_hand's estimate of
+           the same two steps at 16 images per chip, each measured step beside its estimate
+           (roofline time, images/s, MFU ceiling; on a VM of one chip, where the suite's batch
+           16 is 16 per chip) in one JSON (bench.check_report), ~/artstyle-check.json on the
+           worker, copied here
+             --worker=N               default 0
+             --out=FILE               default tpu_check.json
   delete   delete the TPU VM
              --yes                    do not ask for confirmation
 
@@ -97,6 +107,7 @@ allowed_flags() {
     eval) echo "--bucket --workdir --step" ;;
     logs) echo "--job --worker" ;;
     stop) echo "--job" ;;
+    check) echo "--worker --out" ;;
     delete) echo "--yes" ;;
   esac
 }
@@ -160,15 +171,15 @@ main() {
   shift
   case $cmd in
     -h | --help) usage; exit 0 ;;
-    create | install | train | eval | logs | stop | delete) ;;
-    *) die "unknown command '$cmd' (one of: create install train eval logs stop delete)" ;;
+    create | install | train | eval | logs | stop | check | delete) ;;
+    *) die "unknown command '$cmd' (one of: create install train eval logs stop check delete)" ;;
   esac
   PROG="tpu.sh $cmd"
 
   local name="" zone="" accelerator_type=v4-32 runtime_version="" spot=0
   local repo="" ref="" python=python3.11 bucket="" workdir="" data_dir=""
   local config=configs/paper.py step="" restarts=3
-  local job=train worker=0 yes=0
+  local job=train worker=0 yes=0 out=tpu_check.json
   local -a overrides=() given=()
   local arg flag value
   while (( $# )); do
@@ -182,7 +193,7 @@ main() {
         ;;
       --name | --zone | --project | --accelerator-type | --runtime-version | --repo | --ref \
         | --python | --bucket | --workdir | --data-dir | --config | --step | --job | --worker \
-        | --restarts)
+        | --restarts | --out)
         if [[ $arg == "$flag" ]]; then
           need_value "$flag" $#
           value=$1
@@ -221,6 +232,7 @@ main() {
       --job) job=$value ;;
       --worker) worker=$value ;;
       --restarts) restarts=$value ;;
+      --out) out=$value ;;
       --config.*) overrides+=("$arg") ;;
     esac
   done
@@ -240,6 +252,7 @@ main() {
   [[ $worker =~ ^[0-9]+$ ]] || die "--worker must be a worker index (0, 1, ...), not '$worker'"
   [[ -z $step || $step =~ ^[0-9]+$ ]] || die "--step must be a non-negative integer, not '$step'"
   [[ $restarts =~ ^[0-9]+$ ]] || die "--restarts must be a non-negative integer, not '$restarts'"
+  [[ $out == *.json ]] || die "--out must name a .json file, got '$out'"
   [[ -z $ref || -n $repo ]] || die "--ref needs --repo"
   [[ $python =~ ^python3(\.[0-9]+)?$ ]] \
     || die "--python must be python3 or python3.N, not '$python'"
@@ -325,6 +338,25 @@ main() {
         "else echo \"\$(hostname): $job was not running\"" \
         "fi" \
         "rm -f artstyle-$job.pid")"
+      ;;
+    check)
+      # Every stage runs after a failure; check_report's status, the last, says whether all passed.
+      local remote_python="../$REMOTE_VENV/bin/python" runs=../artstyle-check remat
+      local -a steps=("cd $REMOTE_SRC || exit 1" "mkdir -p $runs"
+        "$remote_python -m artstyle_jax.bench suite --platform=accelerator --out=$runs/suite.jsonl")
+      local estimates=""
+      for remat in False True; do
+        steps+=("$remote_python -m artstyle_jax.bench cost --config=configs/paper.py --config.init=random \
+--config.model.dtype=bfloat16 --config.model.remat=$remat --at_hand --batch_sizes=16 \
+--out=$runs/cost_remat_$remat.json")
+        estimates+=" --estimate=$runs/cost_remat_$remat.json"
+      done
+      steps+=("$remote_python -m artstyle_jax.bench.check_report --out=../artstyle-check.json \
+--suite=$runs/suite.jsonl$estimates")
+      local failed=0
+      tpu_vm ssh "$name" "--zone=$zone" "--worker=$worker" --command "$(join_steps "${steps[@]}")" || failed=1
+      tpu_vm scp "$name:artstyle-check.json" "$out" "--zone=$zone" "--worker=$worker" || failed=1
+      return "$failed"
       ;;
     delete)
       local -a delete=(delete "$name" "--zone=$zone")

@@ -48,9 +48,11 @@ def test_chips_are_found_by_topology_and_by_device_kind():
   assert chips.chip_of(kind("cpu")) is None
 
 
-def test_gpu_cost_comes_from_the_step_lowered_here_in_the_gpus_forms(capsys):
-  assert cost.main(["cost", *TINY, "--config.model.remat=True", "--gpu=h200", "--batch_sizes=1,2"]) == 0
+def test_gpu_cost_comes_from_the_step_lowered_here_in_the_gpus_forms(capsys, tmp_path):
+  out = tmp_path / "cost.json"
+  assert cost.main(["cost", *TINY, "--config.model.remat=True", "--gpu=h200", "--batch_sizes=1,2", f"--out={out}"]) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert json.loads(out.read_text()) == result
   assert result["chip"] == "H200 SXM" and result["estimate"] == cost.GPU_ESTIMATE
   assert result["forms"] == forms.PLAIN.as_dict()
   one, two = result["by_batch"]["1"], result["by_batch"]["2"]
@@ -174,17 +176,26 @@ def test_breakdown_needs_a_tpu_topology(capsys):
     cost.main(["cost", *TINY, "--gpu=h100", "--breakdown"])
   assert exit_info.value.code == 1
   assert capsys.readouterr().err.splitlines() == [
-      "error: --breakdown needs --topology: it reads the compiled program, which only the TPU path has"]
+      "error: --breakdown needs --topology or --at_hand on a TPU: it reads the compiled program, which only the "
+      "TPU path has"]
 
 
 def test_one_target_is_required(capsys):
-  """Neither or both of --topology and --gpu: exit status 1 and one error line naming both."""
-  for target in ((), ("--topology=v5e:2x2", "--gpu=h100")):
+  """None or two of --topology, --gpu and --at_hand: exit status 1 and one error line naming them."""
+  for target in ((), ("--topology=v5e:2x2", "--gpu=h100"), ("--gpu=h100", "--at_hand")):
     with pytest.raises(SystemExit) as exit_info:
       cost.main(["cost", *TINY, *target])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.splitlines() == [
-        "error: give one of --topology (a Cloud TPU, e.g. v5e:2x2) or --gpu (e.g. h100)"]
+        "error: give one of --topology (a Cloud TPU, e.g. v5e:2x2), --gpu (e.g. h100) or --at_hand"]
+
+
+def test_at_hand_needs_an_accelerator_of_the_chips_table(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cost.main(["cost", *TINY, "--at_hand"])
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err.splitlines() == [
+      "error: --at_hand needs a TPU or GPU of bench.chips; JAX's default device is cpu"]
 
 
 def _libtpu_installed() -> bool:

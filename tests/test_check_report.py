@@ -36,3 +36,28 @@ def test_the_report_passes_only_without_failures_errors_or_missing_runs(tmp_path
                             f"--suite={tmp_path / 'none.jsonl'}"]) == 1
   assert not json.loads(out.read_text())["passed"]
   assert "FAILED" in capsys.readouterr().out.splitlines()[-1]
+
+
+STEP = {"benchmark": "step", "model": "convnext_base", "image_size": 352, "dtype": "bfloat16", "remat": True,
+        "remat_policy": "matmuls", "batch_size": 32, "num_devices": 2}
+
+
+def test_each_measured_step_sits_beside_the_estimate_of_the_same_step_and_batch(tmp_path):
+  """The suite's step at 16 images per device pairs with the estimate's batch 16 of the same
+  config; a step without remat, or an estimate that is missing, pairs with none."""
+  figures = {"step_s": 0.05, "bound": "compute", "images_per_s": 320.0, "mfu_ceiling": 0.6, "peak_bytes": 1}
+  cost = {**{key: STEP[key] for key in check_report._SAME_STEP}, "chip": "H100 SXM", "by_batch": {"16": figures}}
+  (tmp_path / "cost.json").write_text(json.dumps(cost))
+  suite = tmp_path / "suite.jsonl"
+  measured = {**STEP, "entry": "paper step, bf16 + remat", "step_s": 0.1, "images_per_s": 320.0, "mfu": 0.3}
+  suite.write_text("".join(json.dumps(line) + "\n" for line in (measured, {**measured, "remat": False})))
+  written = check_report.report({}, str(suite), [str(tmp_path / "cost.json")])
+  assert written["estimates"] == [cost] and written["passed"]
+  assert written["measured_vs_estimate"] == [{
+      "entry": "paper step, bf16 + remat", "batch_per_device": 16, "chip": "H100 SXM",
+      "measured": {"step_s": 0.1, "images_per_s": 320.0, "mfu": 0.3},
+      "estimate": {"step_s": 0.05, "bound": "compute", "images_per_s": 320.0, "mfu_ceiling": 0.6},
+      "measured_over_estimate": 2.0}]
+  missing = check_report.report({}, str(suite), [str(tmp_path / "none.json")])
+  assert not missing["passed"] and missing["measured_vs_estimate"] == []
+  assert "did not finish" in missing["estimates"][0]["error"]

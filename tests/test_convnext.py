@@ -152,21 +152,32 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close_to_float32():
     assert relative_error(f16, f32) < 2e-2
 
 
-def test_remat_changes_neither_outputs_nor_gradients():
+@pytest.mark.parametrize("policy", list(convnext.REMAT_POLICIES))
+def test_remat_changes_neither_outputs_nor_gradients(policy):
+  """Under each remat policy the loss and gradients are the plain network's; 'matmuls' runs as
+  many matmuls as the plain backward (fc1's and fc2's outputs kept), 'nothing' runs them again."""
   images = _images(size=12)
   plain = convnext.ConvNeXt(**MONO)
-  remat = convnext.ConvNeXt(**MONO, remat=True)
+  remat = convnext.ConvNeXt(**MONO, remat=True, remat_policy=policy)
   params = _random_params(plain, images)
 
-  def value_and_grad(module):
-    loss = lambda p: jnp.sum(module.apply({"params": p}, images, train=True)[-1] ** 2)
-    return jax.jit(jax.value_and_grad(loss))(params)
+  def loss(module):
+    return lambda p: jnp.sum(module.apply({"params": p}, images, train=True)[-1] ** 2)
 
-  value_plain, grads_plain = value_and_grad(plain)
-  value_remat, grads_remat = value_and_grad(remat)
+  value_plain, grads_plain = jax.jit(jax.value_and_grad(loss(plain)))(params)
+  value_remat, grads_remat = jax.jit(jax.value_and_grad(loss(remat)))(params)
   np.testing.assert_allclose(value_remat, value_plain, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads_plain)):
     assert relative_error(a, b) < 1e-5
+  matmuls = {name: str(jax.make_jaxpr(jax.grad(loss(module)))(params)).count("dot_general")
+             for name, module in (("plain", plain), ("remat", remat))}
+  recomputed = 2 * sum(MONO["depths"]) if policy == "nothing" else 0
+  assert matmuls["remat"] == matmuls["plain"] + recomputed
+
+
+def test_an_unknown_remat_policy_is_refused():
+  with pytest.raises(ValueError, match="remat_policy must be one of"):
+    convnext.ConvNeXt(**MONO, remat=True, remat_policy="dots").init(jax.random.key(0), _images(size=12))
 
 
 def test_stochastic_depth_rates_rise_linearly_over_all_blocks_as_timm():

@@ -165,6 +165,25 @@ def test_stop_kills_the_job_by_its_pid_file_on_all_workers(launch):
       " else echo \"$(hostname): train was not running\"; fi; rm -f artstyle-train.pid'"]
 
 
+def test_check_measures_the_paper_steps_beside_their_estimates_on_one_worker_and_copies_the_json_here(launch):
+  """The suite, bench cost --at_hand for the suite's two paper steps and check_report in one ssh
+  session (each stage after a failure too), then the report copied back."""
+  python = "../artstyle-venv/bin/python"
+  estimate = ("{python} -m artstyle_jax.bench cost --config=configs/paper.py --config.init=random"
+              " --config.model.dtype=bfloat16 --config.model.remat={remat} --at_hand --batch_sizes=16"
+              " --out=../artstyle-check/cost_remat_{remat}.json")
+  remote = "; ".join([
+      "cd artstyle-jax || exit 1", "mkdir -p ../artstyle-check",
+      f"{python} -m artstyle_jax.bench suite --platform=accelerator --out=../artstyle-check/suite.jsonl",
+      estimate.format(python=python, remat="False"), estimate.format(python=python, remat="True"),
+      f"{python} -m artstyle_jax.bench.check_report --out=../artstyle-check.json --suite=../artstyle-check/suite.jsonl"
+      " --estimate=../artstyle-check/cost_remat_False.json --estimate=../artstyle-check/cost_remat_True.json"])
+  assert launch.dry_run(TPU, "check", *VM, "--worker=2", "--out=v5e.json") == [
+      "gcloud compute tpus tpu-vm ssh art-pod --zone=us-central2-b --worker=2 --command " + shlex.quote(remote),
+      "gcloud compute tpus tpu-vm scp art-pod:artstyle-check.json v5e.json --zone=us-central2-b --worker=2"]
+  assert launch.dry_run(TPU, "check", *VM)[1].split()[-3:] == ["tpu_check.json", "--zone=us-central2-b", "--worker=0"]
+
+
 def test_delete_asks_gcloud_for_confirmation_unless_yes(launch):
   assert launch.dry_run(TPU, "delete", *VM) == [
       "gcloud compute tpus tpu-vm delete art-pod --zone=us-central2-b"]
@@ -259,6 +278,8 @@ def test_remote_train_command_runs_in_the_background_once_and_stop_ends_it(launc
      "--step must be a non-negative integer, not 'latest'"),
     (["logs", *VM, "--worker=all"], "--worker must be a worker index (0, 1, ...), not 'all'"),
     (["logs", *VM, "--job=bench"], "--job must be train or eval, not 'bench'"),
+    (["check", *VM, "--out=check.txt"], "--out must name a .json file, got 'check.txt'"),
+    (["train", *VM, "--bucket=my-bucket", "--out=a.json"], "--out does not apply to 'train'"),
     (["launch", *VM], "unknown command 'launch'"),
     (["create", *VM, "--acelerator-type=v4-8"], "unknown flag '--acelerator-type=v4-8'"),
 ])
@@ -278,7 +299,7 @@ def test_tpu_without_a_command_prints_usage_and_fails(launch):
   assert calls == []
   help_text, _ = launch(TPU, "--help")
   assert help_text.returncode == 0
-  for command in ("create", "install", "train", "eval", "logs", "stop", "delete"):
+  for command in ("create", "install", "train", "eval", "logs", "stop", "check", "delete"):
     assert f"\n  {command} " in help_text.stdout
 
 
@@ -342,6 +363,7 @@ def test_gpu_argument_errors_exit_2_with_a_clear_message_before_running_anything
     ["eval", *VM, "--bucket=my-bucket", "--step=10"],
     ["logs", *VM, "--worker=1"],
     ["stop", *VM, "--job=eval"],
+    ["check", *VM],
     ["delete", *VM, "--yes"],
 ], ids=lambda args: args[0])
 def test_tpu_real_run_executes_exactly_the_dry_run_commands(launch, args):

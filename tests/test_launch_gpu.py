@@ -26,7 +26,7 @@ def test_gpu_shares_the_gpu_unless_told_to_take_a_fraction_of_its_memory(launch)
   assert launch.dry_run(GPU, "--skip-install", "--data-dir=/d")[0] == GPU_CHECK
 
 
-def test_gpu_check_installs_cuda_and_pytest_then_tests_benchmarks_and_reports_in_one_json(launch):
+def test_gpu_check_installs_cuda_and_pytest_then_tests_benchmarks_estimates_and_reports_in_one_json(launch):
   venv_python = f"{REPO}/.venv/bin/python"
   assert launch.dry_run(GPU_CHECK_SCRIPT) == [
       "export XLA_PYTHON_CLIENT_PREALLOCATE=false",
@@ -41,9 +41,13 @@ def test_gpu_check_installs_cuda_and_pytest_then_tests_benchmarks_and_reports_in
       " --junitxml=gpu_check_runs/gpu_tests.xml",
       f"{venv_python} -m pytest -q {REPO}/tests/test_device_programs.py --junitxml=gpu_check_runs/export_tests.xml",
       f"{venv_python} -m artstyle_jax.bench suite --platform=accelerator --out=gpu_check_runs/suite.jsonl",
+      *[f"{venv_python} -m artstyle_jax.bench cost --config={REPO}/configs/paper.py --config.init=random"
+        f" --config.model.dtype=bfloat16 --config.model.remat={remat} --at_hand --batch_sizes=16"
+        f" --out=gpu_check_runs/cost_remat_{remat}.json" for remat in ("False", "True")],
       f"{venv_python} -m artstyle_jax.bench.check_report --out=gpu_check.json"
       " --tests=gpu=gpu_check_runs/gpu_tests.xml --tests=export=gpu_check_runs/export_tests.xml"
-      " --suite=gpu_check_runs/suite.jsonl"]
+      " --suite=gpu_check_runs/suite.jsonl --estimate=gpu_check_runs/cost_remat_False.json"
+      " --estimate=gpu_check_runs/cost_remat_True.json"]
 
 
 @pytest.mark.parametrize("args, message", [

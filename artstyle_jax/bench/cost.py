@@ -1,7 +1,7 @@
 """Roofline of the train step on a Cloud TPU or a GPU, estimated on this host without one.
 
   python -m artstyle_jax.bench cost --config=configs/paper.py [--config.key=value ...]
-      (--topology=v5e:2x2 [--num_devices=1] | --gpu=h100) [--batch_sizes=16,32]
+      (--topology=v5e:2x2 [--num_devices=1] | --gpu=h100 | --at_hand) [--batch_sizes=16,32] [--out=FILE]
 
 --topology compiles the step for the first --num_devices chips of a Cloud TPU topology
 ('v4:2x2x1', 'v5e:2x2', 'v5p:2x2x1', 'v6e:2x2'), deviceless (libtpu, as `bench memory`), at each
@@ -15,10 +15,15 @@ before optimisation (bytes count every op's operands and results: an upper bound
 keeps most in registers), memory from the train state and the student's VJP residuals
 (`bench step`'s residual estimate).
 
+--at_hand estimates for the accelerator JAX's default device is, on the machine that has it
+(launch/gpu_check.sh, `launch/tpu.sh check`), so that the day's measurements sit beside the
+estimate: a TPU's step compiled for its first --num_devices devices, a GPU as --gpu of its kind
+(`chips.chip_of`).
+
 Either way the network is in the forms of the platform compiled for ('auto' in the config), and
 per batch the roofline with the chip's published peaks (`chips`): step time, images/s and the MFU
 ceiling, whose model FLOPs are the step's without remat. Compiler estimates, not measurements.
-Readable lines, then one JSON line.
+Readable lines, then one JSON line (also written to --out).
 
 --breakdown (with --topology) splits each compiled program's bytes and FLOPs by the part of the
 network or the step whose ops make them (`breakdown`: stem, per stage each block layer and the
@@ -101,8 +106,29 @@ def _define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_enum("gpu", None, list(chips.GPUS), "GPU to estimate for, from the step lowered on this host",
                     flag_values=flag_values)
   flags.DEFINE_list("batch_sizes", ["16", "32"], "per-device batch sizes", flag_values=flag_values)
+  flags.DEFINE_bool("at_hand", False, "estimate for the TPU or GPU JAX's default device is (instead of --topology "
+                    "or --gpu)", flag_values=flag_values)
+  cli.DEFINE_path("out", None, "also write the JSON line to this file", flag_values=flag_values)
   flags.DEFINE_bool("breakdown", False, "with --topology: the compiled program's bytes and FLOPs by the part of the "
                     "network or step that makes them (`breakdown`), a table per batch", flag_values=flag_values)
+
+
+def _chip_and_tpu_devices(flag_values: flags.FlagValues) -> tuple[chips.Chip, list | None]:
+  """The chip to estimate for and, for a TPU, the devices to compile for (None for a GPU)."""
+  if flag_values.topology:
+    chip = chips.tpu_of_topology(flag_values.topology)
+    return chip, memory.first_topology_devices(flag_values.topology, flag_values.num_devices)
+  if flag_values.gpu:
+    return chips.GPUS[flag_values.gpu], None
+  devices = jax.devices()
+  chip = chips.chip_of(devices[0])
+  if chip is None or devices[0].platform not in ("tpu", "gpu"):
+    cli.fail(f"--at_hand needs a TPU or GPU of bench.chips; JAX's default device is {devices[0].device_kind}")
+  if devices[0].platform == "gpu":
+    return chip, None
+  if not 1 <= flag_values.num_devices <= len(devices):
+    cli.fail(f"--num_devices must be in [1, {len(devices)}] here")
+  return chip, devices[:flag_values.num_devices]
 
 
 def _summary(per_device: int, figures: dict) -> str:
@@ -119,34 +145,35 @@ def main(argv: Sequence[str]) -> int:
   cli.parse_command(argv, flag_values, __doc__)
   if flag_values.config is None:
     cli.fail("--config is required, e.g. --config=configs/paper.py")
-  if (flag_values.topology is None) == (flag_values.gpu is None):
-    cli.fail("give one of --topology (a Cloud TPU, e.g. v5e:2x2) or --gpu (e.g. h100)")
-  if flag_values.breakdown and not flag_values.topology:
-    cli.fail("--breakdown needs --topology: it reads the compiled program, which only the TPU path has")
+  if (flag_values.topology is not None) + (flag_values.gpu is not None) + flag_values.at_hand != 1:
+    cli.fail("give one of --topology (a Cloud TPU, e.g. v5e:2x2), --gpu (e.g. h100) or --at_hand")
   batch_sizes = sorted({int(b) for b in flag_values.batch_sizes})
   if not batch_sizes or batch_sizes[0] < 1:
     cli.fail(f"--batch_sizes must be positive, got {flag_values.batch_sizes}")
   config = ml_collections.ConfigDict(flag_values.config.to_dict())
-  if flag_values.topology:
-    chip = chips.tpu_of_topology(flag_values.topology)
-    devices = memory.first_topology_devices(flag_values.topology, flag_values.num_devices)
-    mesh = sharding.create_mesh(config.mesh.fsdp, devices)
+  chip, tpu_devices = _chip_and_tpu_devices(flag_values)
+  if flag_values.breakdown and tpu_devices is None:
+    cli.fail("--breakdown needs --topology or --at_hand on a TPU: it reads the compiled program, which only the TPU "
+             "path has")
+  if tpu_devices is not None:
+    mesh = sharding.create_mesh(config.mesh.fsdp, tpu_devices)
     forms, estimate, num_devices = step.model_forms(config, mesh), TPU_ESTIMATE, mesh.size
   else:
-    chip = chips.GPUS[flag_values.gpu]
     forms, estimate, num_devices = step.model_forms(config, platform="cuda"), GPU_ESTIMATE, 1
   result = {
       "benchmark": "cost", "estimate": estimate, "chip": chip.name, "peak_flops_per_s": chip.peak_flops_per_s,
       "hbm_bytes_per_s": chip.hbm_bytes_per_s, "hbm_gib": chip.hbm_bytes / _GIB, "topology": flag_values.topology,
+      "at_hand": flag_values.at_hand,
       "num_devices": num_devices, "model": config.model.name, "image_size": config.image_size,
-      "dtype": config.model.dtype, "remat": config.model.remat, "forms": forms.as_dict(),
+      "dtype": config.model.dtype, "remat": config.model.remat, "remat_policy": config.model.remat_policy,
+      "forms": forms.as_dict(),
   }
   print(f"{config.model.name} {config.image_size}px {config.model.dtype} remat={config.model.remat} on "
         f"{num_devices} x {chip.name} ({estimate}); forms {forms.as_dict()}", flush=True)
   by_batch = {}
   for per_device in batch_sizes:
     start = time.perf_counter()
-    if flag_values.topology:
+    if tpu_devices is not None:
       by_batch[per_device] = _tpu_batch(config, mesh, per_device, chip, flag_values.breakdown)
     else:
       by_batch[per_device] = _gpu_batch(config, per_device, chip)
@@ -158,12 +185,19 @@ def main(argv: Sequence[str]) -> int:
             f"{figures['hbm_bytes'] / 1e9:.1f} GB, roofline {figures['hbm_step_s'] * 1e3:.1f} ms, MFU ceiling "
             f"{figures['hbm_mfu_ceiling']:.2f}\n" + breakdown.markdown(figures), flush=True)
   result["by_batch"] = {str(b): figures for b, figures in by_batch.items()}
-  if flag_values.topology and len(batch_sizes) > 1:
+  if tpu_devices is not None and len(batch_sizes) > 1:
     result.update(memory.fit_line({b: f["peak_bytes"] for b, f in by_batch.items()}, chip.hbm_bytes))
-  elif flag_values.gpu:
+  elif tpu_devices is None:
     host_mesh = sharding.create_mesh(1, jax.devices("cpu")[:1])
     result.update(bench_step.residual_estimate(config, host_mesh, chip.hbm_bytes, platform="cuda"))
   if "max_batch_per_device" in result:
     print(f"largest batch per device in {chip.hbm_bytes / _GIB:.0f} GiB: {result['max_batch_per_device']}", flush=True)
-  print(json.dumps(result))
+  line = json.dumps(result)
+  print(line)
+  if flag_values.out:
+    try:
+      with open(flag_values.out, "w", encoding="utf-8") as f:
+        f.write(line + "\n")
+    except OSError as error:
+      cli.fail(f"cannot write --out={flag_values.out}: {error.strerror}")
   return 0

@@ -215,7 +215,8 @@ def main(argv: Sequence[str]) -> int:
   device = jax.devices()[0]
   result = {
       "benchmark": "step", "model": config.model.name, "image_size": config.image_size, "batch_size": config.batch_size,
-      "dtype": config.model.dtype, "remat": config.model.remat, "device_kind": device.device_kind,
+      "dtype": config.model.dtype, "remat": config.model.remat, "remat_policy": config.model.remat_policy,
+      "device_kind": device.device_kind,
       "platform": device.platform, "num_devices": mesh.size, "forms": step.model_forms(config, mesh).as_dict(),
   }
   print(f"{config.model.name} {config.image_size}px batch {config.batch_size} {config.model.dtype} "

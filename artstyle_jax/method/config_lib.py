@@ -74,6 +74,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(config.model.name in model_names, f"model.name must be one of {model_names}, got {config.model.name!r}")
   _require(config.model.name in convnext.SIZES or not config.model.remat,
            f"model.remat is for a ConvNeXt; {config.model.name} runs without it")
+  _require(config.model.remat_policy in convnext.REMAT_POLICIES,
+           f"model.remat_policy must be one of {tuple(convnext.REMAT_POLICIES)}, got {config.model.remat_policy!r}")
   _require(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
   requested = requested_forms(config)
   for part, choices in (("depthwise", forms.DEPTHWISE_FORMS), ("mlp_grad", forms.MLP_GRAD_FORMS),

@@ -45,7 +45,7 @@ def model_forms(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | Non
 
 def build_backbone(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None, *,
                    platform: str | None = None) -> nn.Module:
-  """The backbone named by `config.model`: a ConvNeXt (compute dtype, remat, drop-path) in the
+  """The backbone named by `config.model`: a ConvNeXt (compute dtype, remat and its policy, drop-path) in the
   forms for `platform` or the platform of `mesh`'s devices (`model_forms`), or an
   EfficientNet-Lite (compute dtype, drop-path; frozen BatchNorm, `efficientnet_lite`)."""
   if config.model.name in efficientnet_lite.SIZES:
@@ -55,6 +55,7 @@ def build_backbone(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | 
       config.model.name,
       dtype=config_lib.compute_dtype(config),
       remat=config.model.remat,
+      remat_policy=config.model.remat_policy,
       drop_path_rate=config.model.drop_path_rate,
       forms=model_forms(config, mesh, platform=platform),
   )

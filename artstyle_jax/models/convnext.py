@@ -19,6 +19,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 
@@ -49,6 +50,13 @@ LAYER_SCALE_INIT = 1e-6
 DW_KERNEL = 7
 
 _dense_init = nn.initializers.truncated_normal(0.02)
+
+# What a rematerialised block keeps for its backward (`ConvNeXt.remat_policy`): the names of the
+# block's intermediates (`checkpoint_name` in `Block`, 'autodiff' form) saved; the rest is recomputed.
+REMAT_POLICIES: dict[str, tuple[str, ...]] = {
+    "nothing": (),
+    "matmuls": ("fc1", "fc2"),
+}
 
 
 def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
@@ -211,10 +219,10 @@ class Block(nn.Module):
     else:
       y = DepthwiseConv(self.dim, self.dtype, self.forms, name="conv_dw")(x)
       y = _layer_norm("norm", self.dtype)(y)
-      y = nn.Dense(4 * self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc1")(y)
+      y = checkpoint_name(nn.Dense(4 * self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc1")(y), "fc1")
       with jax.named_scope("gelu"):
         y = gelu(y)
-      y = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc2")(y)
+      y = checkpoint_name(nn.Dense(self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc2")(y), "fc2")
       gamma = self.param("gamma", gamma_init, (self.dim,), jnp.float32)
       with jax.named_scope("layer_scale"):
         y = y * gamma.astype(self.dtype)
@@ -233,12 +241,14 @@ class Block(nn.Module):
 
 
 class Stage(nn.Module):
-  """Optional downsample (LayerNorm + 2x2 stride-2 conv) followed by `len(drop_path_rates)` blocks."""
+  """Optional downsample (LayerNorm + 2x2 stride-2 conv) followed by `len(drop_path_rates)` blocks,
+  each rematerialised with `remat` under `remat_policy` (`REMAT_POLICIES`)."""
   dim: int
   drop_path_rates: Sequence[float]
   downsample: bool
   dtype: Any = jnp.float32
   remat: bool = False
+  remat_policy: str = "nothing"
   forms: Forms = PLAIN
 
   @nn.compact
@@ -247,7 +257,11 @@ class Stage(nn.Module):
       x = _norm("downsample_norm", self.dtype, self.forms)(x)
       x = PatchifyConv(self.dim, 2, self.dtype, self.forms.patchify, name="downsample_conv")(x)
       x = x.astype(jnp.float32)
-    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    if self.remat:
+      policy = jax.checkpoint_policies.save_only_these_names(*REMAT_POLICIES[self.remat_policy])
+      block = nn.remat(Block, static_argnums=(2,), policy=policy)
+    else:
+      block = Block
     for index, rate in enumerate(self.drop_path_rates):
       x = block(self.dim, rate, self.dtype, self.forms, name=f"blocks_{index}")(x, train)
     return x
@@ -275,6 +289,12 @@ class ConvNeXt(nn.Module):
       `drop_path_rate * n / (N - 1)` (timm's linear rule). Needs a 'dropout' rng when training.
     dtype: compute dtype of convolutions and matmuls (params stay float32).
     remat: rematerialise each block in the backward pass (`nn.remat`), to save memory.
+    remat_policy: what a rematerialised block keeps (`REMAT_POLICIES`): 'nothing' recomputes the
+      whole block from its input; 'matmuls' keeps the outputs of fc1 (B, H, W, 4C) and fc2
+      (B, H, W, C) in the compute dtype, recomputing the depthwise convolution, the LayerNorm, the
+      GELU and the layer scale around them, so the backward runs no matmul twice (10 bytes per
+      element of the C-wide activation more per block in bfloat16). The CPU's 'manual' form has
+      no such names: under 'matmuls' it recomputes the whole block, as under 'nothing'.
     forms: the form of the depthwise convolution, the blocks' pointwise gradient and the patchify
       convolutions (`forms.Forms`; `forms.resolve` chooses them for a platform).
     num_classes: size of the classifier head used by `classify`; 0 for none.
@@ -289,6 +309,7 @@ class ConvNeXt(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  remat_policy: str = "nothing"
   forms: Forms = PLAIN
   num_classes: int = 0
 
@@ -298,11 +319,14 @@ class ConvNeXt(nn.Module):
                        "and of equal length")
     if not isinstance(self.forms, Forms):
       raise TypeError(f"forms must be a forms.Forms, got {self.forms!r}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {tuple(REMAT_POLICIES)}, got {self.remat_policy!r}")
     self.forms.check_dtype(self.dtype)
     self.stem_conv = PatchifyConv(self.dims[0], 4, self.dtype, self.forms.patchify)
     self.stem_norm = _norm(None, jnp.float32, self.forms)
     self.stages = [
-        Stage(dim, rates, downsample=index > 0, dtype=self.dtype, remat=self.remat, forms=self.forms)
+        Stage(dim, rates, downsample=index > 0, dtype=self.dtype, remat=self.remat,
+              remat_policy=self.remat_policy, forms=self.forms)
         for index, (dim, rates) in enumerate(
             zip(self.dims, stochastic_depth_rates(self.depths, self.drop_path_rate)))]
     if self.num_classes:
@@ -331,7 +355,7 @@ class ConvNeXt(nn.Module):
 
 def create(name: str, **overrides) -> ConvNeXt:
   """ConvNeXt of one of timm's sizes ('convnext_atto' ... 'convnext_xlarge'); `overrides` sets
-  the other attributes (drop_path_rate, dtype, remat, forms, num_classes)."""
+  the other attributes (drop_path_rate, dtype, remat, remat_policy, forms, num_classes)."""
   if name not in SIZES:
     raise ValueError(f"unknown ConvNeXt size {name!r}; known: {', '.join(SIZES)}")
   depths, dims = SIZES[name]
