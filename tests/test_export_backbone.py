@@ -22,6 +22,7 @@ from artstyle_jax.data import sources
 from artstyle_jax.data import views
 from artstyle_jax.method import supervised_step
 from artstyle_jax.models import convnext_weights
+from artstyle_jax.models import efficientnet_lite
 from artstyle_jax.models import resnet
 from artstyle_jax.models import vit
 from artstyle_jax.runs import exporting
@@ -294,6 +295,16 @@ def test_a_refused_export_is_a_one_line_user_error_and_writes_nothing(case, trai
   assert REFUSALS[case] in str(raised.value) and "\n" not in str(raised.value)
   assert file_contents(tmp_path) == before
   assert case == "out not empty" or not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["timm", "transformers", "torchvision"])
+def test_an_efficientnet_lite_is_refused_by_the_formats_without_its_layout(fmt):
+  """No format but our safetensors holds an EfficientNet-Lite here: each other one is refused in
+  one line that names the one that does."""
+  module = efficientnet_lite.EfficientNetLite()
+  with pytest.raises(cli.USER_ERRORS, match="holds no EfficientNet-Lite: export the efficientnet_lite0 as safetensors"):
+    exporting.check_format(module, fmt)
+  exporting.check_format(module, "safetensors")
 
 
 def test_the_program_ends_a_refused_export_with_one_error_line_and_exit_1(trained, tmp_path):

@@ -40,6 +40,7 @@ from artstyle_jax.method import sharding
 from artstyle_jax.method import step as step_lib
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
+from artstyle_jax.models import efficientnet_lite
 from artstyle_jax.models import resnet
 from artstyle_jax.models import resnet_weights
 from artstyle_jax.models import vit
@@ -119,6 +120,8 @@ def check_format(module: nn.Module, fmt: str) -> None:
   """Raises CheckpointError when `fmt` is no format (FORMATS), or one that cannot hold `module`."""
   check_format_name(fmt)
   name = models.model_name(module)
+  if isinstance(module, efficientnet_lite.EfficientNetLite) and fmt != "safetensors":
+    raise CheckpointError(f"{fmt}'s format here holds no EfficientNet-Lite: export the {name} as safetensors")
   if fmt == "torchvision" and not isinstance(module, resnet.ResNet):
     raise CheckpointError(f"torchvision's format holds a ResNet, not a {name}: export it as timm, transformers "
                           "or safetensors")
