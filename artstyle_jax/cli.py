@@ -43,6 +43,7 @@ from artstyle_jax.runtime import host_memory
 from artstyle_jax.runtime import multihost
 from artstyle_jax.runtime import program_logging
 from artstyle_jax.storage import checkpoints
+from artstyle_jax.storage import failures
 from artstyle_jax.storage import paths
 
 USER_ERRORS = (config_lib.ConfigError, sources.DatasetError, checkpoints.WorkdirError, checkpoints.SaveError,
@@ -72,11 +73,6 @@ def fail(message: Any) -> NoReturn:
   sys.exit(1)
 
 
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
-
-
 def config_overrides(argv: Sequence[str]) -> list[str]:
   """The `--config.key=value` arguments among `argv`, as "key=value" (`config_lib.override`'s)."""
   return [arg[len(_CONFIG_PREFIX):] for arg in argv if arg.startswith(_CONFIG_PREFIX)]
@@ -104,7 +100,7 @@ def _read_config_file(config_file: str) -> ml_collections.ConfigDict:
   try:
     flag_values(argv)
   except (*_PARSE_ERRORS, OSError, SyntaxError) as e:
-    fail(f"config file {config_file}: {_first_line(e)}")
+    fail(f"config file {config_file}: {failures.first_line(e)}")
   return flag_values.config
 
 
@@ -134,7 +130,7 @@ def define_config(argv: list[str], config: ml_collections.ConfigDict, where: str
   try:
     config_flags.DEFINE_config_dict("config", config, help, lock_config=lock_config, sys_argv=argv)
   except _PARSE_ERRORS as e:
-    fail(_first_line(e))
+    fail(failures.first_line(e))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -160,7 +156,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except _PARSE_ERRORS as e:
-    fail(_first_line(e))
+    fail(failures.first_line(e))
 
 
 def parse_command(argv: Sequence[str], flag_values: flags.FlagValues, doc: str) -> types.SimpleNamespace:
@@ -176,7 +172,7 @@ def parse_command(argv: Sequence[str], flag_values: flags.FlagValues, doc: str) 
   try:
     remaining = flag_values(list(argv))
   except _PARSE_ERRORS as e:
-    fail(_first_line(e))
+    fail(failures.first_line(e))
   if len(remaining) > 1:
     fail(f"unexpected arguments: {remaining[1:]}")
   return types.SimpleNamespace(**{name.replace("-", "_"): flag_values[name].value for name in flag_values})

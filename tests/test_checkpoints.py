@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from artstyle_jax.storage import checkpoints
+from artstyle_jax.storage import failures
 from artstyle_jax.storage import restore_tasks
 from helpers import assert_trees_equal
 from helpers import file_contents
@@ -139,10 +140,10 @@ def test_a_storage_failure_that_may_pass_is_no_damage_and_leaves_the_checkpoint_
   """TensorStore's UNKNOWN and NOT_FOUND (an object store's transient errors come so): not damage,
   tried twice, then one error line naming the step and the reason; nothing is moved aside."""
   error = Exception(message)
-  assert checkpoints.damage_reason(error) is None and checkpoints.storage_failure(error) == message
+  assert failures.damage_reason(error) is None and failures.storage_failure(error) == message
 
   def read(step):
-    raise checkpoints.UnreadableCheckpointError(step, workdir, checkpoints.storage_failure(error))
+    raise checkpoints.UnreadableCheckpointError(step, workdir, failures.storage_failure(error))
 
   with checkpoints.manager(str(workdir), read_only=True) as mngr:
     with pytest.raises(checkpoints.UnreadableCheckpointError, match=r"checkpoint 2 in .* could not be read \(") as e:

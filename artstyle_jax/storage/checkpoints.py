@@ -16,10 +16,9 @@ one before it is used; one that fails otherwise, or on some processes only, is l
 the program stops with one line saying so. A save that fails (disk full, no permission, a bucket
 that refuses writes) raises SaveError, whose message is the one line a program prints.
 """
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 import contextlib
 import json
-import os
 import re
 from typing import Any, TypeVar
 
@@ -33,6 +32,7 @@ import orbax.checkpoint as ocp
 
 from artstyle_jax.data import pipeline
 from artstyle_jax.runtime import multihost
+from artstyle_jax.storage import failures
 from artstyle_jax.storage import restore_tasks
 
 CONFIG_FILE = "config.json"
@@ -46,16 +46,6 @@ SHAPE_KEYS = ("model.name", "model.proj_hidden_dim", "model.proj_dim", "queue_si
 
 
 CORRUPT_SUFFIX = ".corrupt"
-# How TensorStore reports a file it read back and found damaged (truncated, undecodable, a data
-# file the index names missing); Orbax passes it on as the message of a ValueError, or of an
-# Exception around one.
-_DAMAGE = re.compile(r"\b(OUT_OF_RANGE|DATA_LOSS|FAILED_PRECONDITION):")
-# TensorStore's codes for a read that failed for another reason, which on an object store may be
-# a passing one (a dropped connection, a 404 from an overloaded frontend).
-_STORAGE_FAILURE = re.compile(r"\b(NOT_FOUND|UNKNOWN|UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED|ABORTED|"
-                              r"INTERNAL|CANCELLED|PERMISSION_DENIED|UNAUTHENTICATED):")
-# TensorStore's note of the OS error under a failed write, e.g. "File too large [os_error_code='27']".
-_OS_ERROR_CODE = re.compile(r"os_error_code[=:]\s*'?(\d+)")
 _TMP_STEP = re.compile(r"(\d+)\.orbax-checkpoint-tmp")
 
 T = TypeVar("T")
@@ -169,70 +159,15 @@ def newest_checkpoint_note(workdir: str) -> str:
   return f"the newest complete checkpoint is step {max(steps)} in {workdir}"
 
 
-def _causes(error: BaseException) -> Iterator[BaseException]:
-  """`error` and the exceptions it was raised from or during, outermost first."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    yield error
-    error = error.__cause__ or error.__context__
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
-
-
-def _code_line(error: BaseException, codes: re.Pattern[str]) -> str | None:
-  """From the first of `error`'s causes whose message holds one of `codes`, the line from it."""
-  for cause in _causes(error):
-    match = codes.search(str(cause))
-    if match:
-      return str(cause)[match.start():].strip().splitlines()[0]
-  return None
-
-
-def damage_reason(error: BaseException) -> str | None:
-  """Why reading a checkpoint failed when its files are damaged (data lost, out of range,
-  undecodable metadata); None for a failure of another kind (a storage error that may pass, a
-  model that does not fit the checkpoint, a device out of memory)."""
-  for cause in _causes(error):
-    if isinstance(cause, (json.JSONDecodeError, UnicodeDecodeError, EOFError)):
-      return f"{type(cause).__name__}: {_first_line(cause)}"
-  return _code_line(error, _DAMAGE)
-
-
-def storage_failure(error: BaseException) -> str | None:
-  """Why reading a checkpoint failed when the storage failed (a missing file, an unavailable or
-  refusing store): a failure that may pass, not proof of damage; None for another kind."""
-  for cause in _causes(error):
-    if isinstance(cause, OSError) and not isinstance(cause, UnicodeDecodeError):
-      return f"{type(cause).__name__}: {_first_line(cause)}"
-  return _code_line(error, _STORAGE_FAILURE)
-
-
-def os_reason(error: BaseException) -> str:
-  """The operating system's words for why a write failed ("No space left on device"), else the
-  storage's own first line (a bucket's PERMISSION_DENIED, ...)."""
-  causes = list(_causes(error))
-  for cause in causes:
-    if isinstance(cause, OSError) and cause.errno:
-      return os.strerror(cause.errno)
-    match = _OS_ERROR_CODE.search(str(cause))
-    if match:
-      return os.strerror(int(match.group(1)))
-  return _first_line(causes[-1])
-
-
 def _save_error(mngr: ocp.CheckpointManager, error: BaseException) -> SaveError:
   """SaveError for a save of `mngr` that raised `error`: the step (from Orbax's temporary
   directory, when the error names it), the reason, and the newest checkpoint that is complete."""
-  match = next(filter(None, (_TMP_STEP.search(str(cause)) for cause in _causes(error))), None)
+  match = next(filter(None, (_TMP_STEP.search(str(cause)) for cause in failures.causes(error))), None)
   what = f"saving checkpoint {match.group(1)}" if match else "saving a checkpoint"
   mngr.reload()
   last = mngr.latest_step()
   left = f"the last complete checkpoint is step {last}" if last is not None else "no checkpoint is complete"
-  save_error = SaveError(f"{what} in {mngr.directory} failed: {os_reason(error)}; {left}, nothing complete was removed")
+  save_error = SaveError(f"{what} in {mngr.directory} failed: {failures.os_reason(error)}; {left}, nothing complete was removed")
   save_error.__cause__ = error
   return save_error
 
@@ -317,10 +252,10 @@ def _read_error(error: Exception, step: int, directory: Any) -> Exception:
     return error
   if isinstance(error, pipeline.PositionError):
     return WorkdirError(f"checkpoint {step} in {directory}: {error}")
-  reason = damage_reason(error)
+  reason = failures.damage_reason(error)
   if reason is not None:
     return DamagedCheckpointError(step, directory, reason)
-  reason = storage_failure(error)
+  reason = failures.storage_failure(error)
   if reason is not None:
     return UnreadableCheckpointError(step, directory, reason)
   if isinstance(error, (ValueError, KeyError)):
