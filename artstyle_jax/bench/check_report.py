@@ -9,10 +9,9 @@ test runs, the suite, and the measured step beside the compiler's estimate of it
 a failed stage never wrote is reported as missing. The JSON holds the device JAX runs on, the
 date, each run's counts and failed tests, the suite's lines, the estimates, 'measured_vs_estimate'
 (each suite step whose model, image size, dtype, remat, remat policy and per-device batch an
-estimate has: its
-measured step time, images/s and MFU beside the estimate's roofline step, images/s and MFU
-ceiling) and `passed` (every run without failures or errors, every suite entry and estimate
-without an error). Exit status 0 when passed, 1 otherwise.
+estimate has: its measured step time, images/s and MFU beside the estimate's roofline step,
+images/s and MFU ceiling) and `passed` (every run without failures or errors, every suite entry
+and estimate without an error). Exit status 0 when passed, 1 otherwise.
 """
 from collections.abc import Sequence
 import datetime

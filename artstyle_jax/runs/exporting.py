@@ -12,8 +12,9 @@ Formats (each DIR/model.safetensors, float32, with the files its library reads b
                 predict take it: the timm keys of a ConvNeXt (no head), torchvision's of a
                 ResNet, a ViT's transformers files; read back, the parameters are the same bits
 
-Every format also writes DIR/README.md, a model card (`runs.model_card`). The workdir is a pretraining
-workdir (its student, or a teacher: `saved_run.NETWORKS`) or a fine-tuning one (its backbone).
+Every format also writes DIR/README.md, a model card (`runs.model_card`). The workdir is a
+pretraining workdir (its student, or a teacher: `saved_run.NETWORKS`) or a fine-tuning one (its
+backbone).
 Everything is checked and every file made in memory before the first is written: a refused export
 (no checkpoint, a format that cannot hold the backbone, a DIR that is not empty) writes nothing.
 The mappings of the keys are the readers' own (`convnext_weights`, `resnet_weights`,

@@ -247,7 +247,7 @@ def start(coordinator_address: str | None = None, num_processes: int | None = No
   if state.num_processes > 1:
     _peer_watch = _PeerWatch(state.client, state.process_id, state.num_processes, peer_timeout_s)
     if state.process_id != 0:
-      _filter_stderr()
+      _filter_stderr()  # before the watch registers its exit handler, so that it is put back after it
     _peer_watch.start()
     if state.process_id != 0:
       _peer_watch.catch_abort(state.coordinator_address)

@@ -167,8 +167,9 @@ def _save_error(mngr: ocp.CheckpointManager, error: BaseException) -> SaveError:
   mngr.reload()
   last = mngr.latest_step()
   left = f"the last complete checkpoint is step {last}" if last is not None else "no checkpoint is complete"
-  save_error = SaveError(f"{what} in {mngr.directory} failed: {failures.os_reason(error)}; {left}, nothing complete was removed")
-  save_error.__cause__ = error
+  reason = failures.os_reason(error)
+  save_error = SaveError(f"{what} in {mngr.directory} failed: {reason}; {left}, nothing complete was removed")
+  save_error.__cause__ = error  # as `raise ... from error` would, for `finish`, which raises it later
   return save_error
 
 
@@ -185,7 +186,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any 
   try:
     return mngr.save(step, args=ocp.args.Composite(**items), force=force)
   except Exception as e:  # Orbax re-raises a background save's failure of any kind here.
-    raise _save_error(mngr, e) from e
+    raise _save_error(mngr, e)
 
 
 def finish(mngr: ocp.CheckpointManager) -> None:
