@@ -26,6 +26,7 @@ from artstyle_jax.method import sharding
 from artstyle_jax.method import step as step_lib
 from artstyle_jax.models import efficientnet_lite
 from artstyle_jax.models import efficientnet_lite_weights
+from artstyle_jax.models import forms
 from artstyle_jax.models import torch_legacy_format
 from artstyle_jax.runs import evaluation
 from artstyle_jax.runs import pretraining
@@ -294,10 +295,10 @@ def test_eval_weights_names_the_imagenet_backbone_and_normalises_as_it_was_train
   assert not (tmp_path / "refused").exists()
 
 
-def test_the_train_program_pretrains_from_imagenet_and_records_no_convnext_forms(tmp_path, synthetic_data):
+def test_the_train_program_pretrains_from_imagenet_and_records_its_forms(tmp_path, synthetic_data):
   """`train` with model.name=efficientnet_lite0 from its ImageNet weights, two steps from a
   user's directory: exit 0, a checkpoint of step 2, and a config.json that records the config
-  and no ConvNeXt forms (an EfficientNet-Lite has one form)."""
+  and the CPU's depthwise form it ran in."""
   data_dir, name = synthetic_data
   process = run_program("train", f"--config={config_path('tiny')}", "--workdir=run", f"--config.dataset.name={name}",
                         f"--config.dataset.data_dir={os.path.relpath(data_dir, tmp_path)}",
@@ -306,4 +307,50 @@ def test_the_train_program_pretrains_from_imagenet_and_records_no_convnext_forms
   assert process.returncode == 0, process.stderr[-3000:]
   assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
   assert checkpoints.load_config(str(tmp_path / "run")).model.name == "efficientnet_lite0"
-  assert checkpoints.FORMS_KEY not in json.loads((tmp_path / "run" / "config.json").read_text())
+  assert checkpoints.load_forms(str(tmp_path / "run"))["depthwise"] == "shift"
+
+
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (5, 1), (3, 2), (5, 2)])
+@pytest.mark.parametrize("height, width", [(8, 8), (7, 9), (2, 1)])
+def test_the_depthwise_forms_agree_at_every_stride_and_side(kernel, stride, height, width):
+  """The CPU's 'shift' form (with the compiled kernels where they build, and without) gives the
+  grouped convolution's outputs and gradients within 1e-5, 'SAME' at stride 2 on even and odd
+  sides included."""
+  rng = np.random.default_rng(kernel * 10 + stride)
+  x = jnp.asarray(rng.normal(size=(2, height, width, 8)), jnp.float32)
+  taps = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 8)), jnp.float32)
+  probe = jnp.asarray(rng.normal(size=(2, -(-height // stride), -(-width // stride), 8)), jnp.float32)
+
+  def outputs_and_grads(form):
+    conv = functools.partial(efficientnet_lite.depthwise_conv, stride=stride, forms=form)
+    return conv(x, taps), jax.grad(lambda x, k: jnp.sum(conv(x, k) * probe), argnums=(0, 1))(x, taps)
+
+  expected, expected_grads = outputs_and_grads(forms.PLAIN)
+  for form in (forms.Forms(depthwise="shift"), forms.resolve("cpu", jnp.float32)):
+    got, grads = outputs_and_grads(form)
+    assert got.shape == expected.shape
+    assert relative_error(got, expected) <= 1e-5
+    for grad, expected_grad in zip(grads, expected_grads):
+      assert relative_error(grad, expected_grad) <= 1e-5
+
+
+def test_the_cpu_forms_give_the_networks_maps_and_gradients(classifier):
+  """The ImageNet lite0 in the CPU's forms (`forms.resolve('cpu')`, what train and eval build on
+  this host) against the plain network at IMAGE_SIZE: every map and the gradient of every
+  parameter within 1e-5."""
+  module, params = classifier
+  module, params = module.clone(num_classes=0), {k: v for k, v in params.items() if k != "fc"}
+  cpu_module = module.clone(forms=forms.resolve("cpu", jnp.float32))
+  x = jnp.asarray(images(3))
+
+  def maps_and_grads(network):
+    maps = network.apply({"params": params}, x)
+    grads = jax.grad(lambda p: sum(jnp.mean(m ** 2) for m in network.apply({"params": p}, x)))(params)
+    return maps, grads
+
+  maps, grads = maps_and_grads(module)
+  cpu_maps, cpu_grads = maps_and_grads(cpu_module)
+  for got, expected in zip(cpu_maps, maps):
+    assert relative_error(got, expected) <= 1e-5
+  for (path, got), expected in zip(jax.tree_util.tree_leaves_with_path(cpu_grads), jax.tree.leaves(grads)):
+    assert relative_error(got, expected) <= 1e-5, jax.tree_util.keystr(path)

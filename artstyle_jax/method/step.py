@@ -46,11 +46,13 @@ def model_forms(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | Non
 def build_backbone(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None, *,
                    platform: str | None = None) -> nn.Module:
   """The backbone named by `config.model`: a ConvNeXt (compute dtype, remat and its policy,
-  drop-path) in the forms for `platform` or the platform of `mesh`'s devices (`model_forms`), or
-  an EfficientNet-Lite (compute dtype, drop-path; frozen BatchNorm, `efficientnet_lite`)."""
+  drop-path) or an EfficientNet-Lite (compute dtype, drop-path; frozen BatchNorm,
+  `efficientnet_lite`), in the forms for `platform` or the platform of `mesh`'s devices
+  (`model_forms`)."""
   if config.model.name in efficientnet_lite.SIZES:
     return efficientnet_lite.create(config.model.name, dtype=config_lib.compute_dtype(config),
-                                    drop_path_rate=config.model.drop_path_rate)
+                                    drop_path_rate=config.model.drop_path_rate,
+                                    forms=model_forms(config, mesh, platform=platform))
   return convnext.create(
       config.model.name,
       dtype=config_lib.compute_dtype(config),

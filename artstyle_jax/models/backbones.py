@@ -66,13 +66,13 @@ def random_init_key(seed: int) -> jax.Array:
 
 
 def create(name: str, *, dtype: Any = jnp.float32, forms: forms_lib.Forms = forms_lib.PLAIN) -> nn.Module:
-  """An untrained backbone by name (`MODEL_NAMES`); a ConvNeXt in `forms`."""
+  """An untrained backbone by name (`MODEL_NAMES`); a ConvNeXt or EfficientNet-Lite in `forms`."""
   if name in convnext.SIZES:
     return convnext.create(name, dtype=dtype, forms=forms)
   if name in resnet.SIZES:
     return resnet.create(name, dtype=dtype)
   if name in efficientnet_lite.SIZES:
-    return efficientnet_lite.create(name, dtype=dtype)
+    return efficientnet_lite.create(name, dtype=dtype, forms=forms)
   raise BackboneError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
 
 
@@ -189,7 +189,7 @@ def load_backbone(source: str, *, seed: int = 0, dtype: Any = jnp.float32,
     source: 'random:MODEL', 'imagenet:MODEL', a hub id, or a local file or directory.
     seed: the seed of a random initialisation.
     dtype: compute dtype of the module (parameters are float32).
-    forms: a ConvNeXt's forms (`forms.resolve` for the platform it runs on).
+    forms: a ConvNeXt's or EfficientNet-Lite's forms (`forms.resolve` for the platform it runs on).
 
   Raises:
     FileNotFoundError: a path that does not exist, or a hub id neither downloadable nor cached.
@@ -223,4 +223,6 @@ def load_backbone(source: str, *, seed: int = 0, dtype: Any = jnp.float32,
   except ValueError as e:
     raise BackboneError(f"{source}: {e}") from e
   module, params = _features_only(module, params)
+  if isinstance(module, efficientnet_lite.EfficientNetLite):
+    module = module.clone(forms=forms)  # Its readers build the plain network; forms change no parameter.
   return module, {"params": params}

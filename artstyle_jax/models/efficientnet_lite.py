@@ -27,6 +27,12 @@ the Gram loss compares; `features.pooled` averages it into the (B, 1280) feature
 
 Numerics: parameters float32, convolutions and the classifier in `dtype`, BatchNorm, ReLU6 and
 the residual stream in float32, so the feature maps are float32 whatever `dtype` is.
+
+Forms (`models.forms`): the depthwise convolutions follow `forms.depthwise`, as ConvNeXt's do.
+'conv' is XLA's grouped convolution; 'shift' (the CPU's) is `cpu/depthwise.py`'s stride-1
+convolution, and a stride-2 layer keeps every other output of it (`depthwise_conv`), which on
+XLA:CPU is still 20-150 times faster than its grouped convolution (PERFORMANCE.md). The other
+parts have one form.
 """
 import math
 from typing import Any, NamedTuple
@@ -35,8 +41,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from artstyle_jax.models import convnext
 from artstyle_jax.models.convnext import drop_path
 from artstyle_jax.models.convnext import pool
+from artstyle_jax.models.forms import Forms
+from artstyle_jax.models.forms import PLAIN
 
 BATCH_NORM_EPS = 1e-3
 STEM_WIDTH = 32
@@ -116,10 +125,53 @@ def relu6(x: jax.Array) -> jax.Array:
   return jnp.clip(x, 0.0, 6.0)
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None = None, groups: int = 1) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None = None) -> nn.Conv:
   """A bias-free convolution with TensorFlow's 'SAME' padding at the input's size."""
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME", feature_group_count=groups,
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                  use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=_conv_init, name=name)
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, forms: Forms = PLAIN) -> jax.Array:
+  """Depthwise convolution of an NHWC batch with TensorFlow's 'SAME' padding, in `forms.depthwise`.
+
+  Args:
+    x: (B, H, W, C) input.
+    kernel: (k, k, 1, C) per-channel weights, k odd.
+    stride: 1 or 2.
+    forms: 'conv', one strided grouped convolution; 'shift', the stride-1 convolution of
+      `convnext.depthwise_conv`, of which stride 2 keeps every other row and column.
+
+  Returns:
+    (B, ceil(H / stride), ceil(W / stride), C) in the dtype of `x`.
+  """
+  if stride not in (1, 2):
+    raise ValueError(f"stride must be 1 or 2, got {stride}")
+  if forms.depthwise == "conv":
+    return jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), window_strides=(stride, stride), padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+  y = convnext.depthwise_conv(x, kernel, forms)
+  if stride == 1:
+    return y
+  # 'SAME' at stride 2 centres output i on input 2i + 1 along an even side (padding k // 2 - 1
+  # before it) and on 2i along an odd one (k // 2 before): the stride-1 outputs there.
+  height, width = x.shape[1:3]
+  return y[:, 1 - height % 2::2, 1 - width % 2::2, :]
+
+
+class DepthwiseConv(nn.Module):
+  """k x k depthwise convolution without bias, nn.Conv's parameter: 'kernel' (k, k, 1, C),
+  float32; input and kernel cast to `dtype`, output `dtype`."""
+  kernel_size: int
+  stride: int
+  dtype: Any = jnp.float32
+  forms: Forms = PLAIN
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param("kernel", _conv_init, (k, k, 1, x.shape[-1]), jnp.float32)
+    return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.forms)
 
 
 class FoldedBatchNorm(nn.Module):
@@ -145,6 +197,7 @@ class InvertedBottleneck(nn.Module):
   expand_ratio: int
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  forms: Forms = PLAIN
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -152,7 +205,7 @@ class InvertedBottleneck(nn.Module):
     y = x
     if self.expand_ratio != 1:
       y = relu6(FoldedBatchNorm(name="bn0")(_conv(hidden, 1, 1, self.dtype, "expand_conv")(y.astype(self.dtype))))
-    y = _conv(hidden, self.kernel, self.stride, self.dtype, "depthwise_conv", groups=hidden)(y.astype(self.dtype))
+    y = DepthwiseConv(self.kernel, self.stride, self.dtype, self.forms, name="depthwise_conv")(y)
     y = relu6(FoldedBatchNorm(name="bn1")(y))
     y = FoldedBatchNorm(name="bn2")(_conv(self.out_width, 1, 1, self.dtype, "project_conv")(y.astype(self.dtype)))
     if self.stride != 1 or self.in_width != self.out_width:
@@ -172,6 +225,7 @@ class EfficientNetLite(nn.Module):
       reference's rule; its training used 0.2). Needs a 'dropout' rng when training.
     dtype: compute dtype of the convolutions and the classifier (parameters float32).
     num_classes: size of the classifier `classify` applies; 0 for none.
+    forms: the depthwise convolutions' form (`models.forms`; `depthwise`, `compiled_kernels`).
 
   `__call__(x, train=False)` maps (B, H, W, 3) to the four maps of the module docstring,
   (B, ceil(H / s), ceil(W / s), C) for s = 4, 8, 16, 32, float32.
@@ -181,6 +235,7 @@ class EfficientNetLite(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
   num_classes: int = 0
+  forms: Forms = PLAIN
 
   def setup(self):
     groups = scaled_groups(self.width, self.depth)
@@ -193,7 +248,7 @@ class EfficientNetLite(nn.Module):
         blocks.append(InvertedBottleneck(
             in_width=group.in_width if repeat == 0 else group.out_width, out_width=group.out_width,
             kernel=group.kernel, stride=group.stride if repeat == 0 else 1, expand_ratio=group.expand_ratio,
-            drop_path_rate=self.drop_path_rate * len(blocks) / num_blocks, dtype=self.dtype))
+            drop_path_rate=self.drop_path_rate * len(blocks) / num_blocks, dtype=self.dtype, forms=self.forms))
       reduction *= group.stride
       # A map is kept where the next group halves the resolution, from stride 4 on.
       if index + 1 < len(groups) and groups[index + 1].stride == 2 and reduction >= 4:
@@ -238,7 +293,7 @@ class EfficientNetLite(nn.Module):
 
 def create(name: str, **overrides) -> EfficientNetLite:
   """EfficientNet-Lite of one of `SIZES` ('efficientnet_lite0' ... 'efficientnet_lite4');
-  `overrides` sets the other attributes (drop_path_rate, dtype, num_classes)."""
+  `overrides` sets the other attributes (drop_path_rate, dtype, num_classes, forms)."""
   if name not in SIZES:
     raise ValueError(f"unknown EfficientNet-Lite size {name!r}; known: {', '.join(SIZES)}")
   return EfficientNetLite(width=SIZES[name].width, depth=SIZES[name].depth, **overrides)

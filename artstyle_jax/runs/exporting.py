@@ -41,6 +41,7 @@ from artstyle_jax.method import step as step_lib
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
 from artstyle_jax.models import efficientnet_lite
+from artstyle_jax.models import forms as forms_lib
 from artstyle_jax.models import resnet
 from artstyle_jax.models import resnet_weights
 from artstyle_jax.models import vit
@@ -135,6 +136,8 @@ def _plain(module: nn.Module) -> nn.Module:
   """`module` computing in float32 in the accelerators' forms: the network a file describes."""
   if isinstance(module, convnext.ConvNeXt):
     return convnext.ConvNeXt(depths=tuple(module.depths), dims=tuple(module.dims))
+  if isinstance(module, efficientnet_lite.EfficientNetLite):
+    return module.clone(dtype=jnp.float32, forms=forms_lib.PLAIN)
   return module.clone(dtype=jnp.float32)
 
 

@@ -207,9 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is not None:  # also a step-0 checkpoint, as tools.import_torch writes for an epoch-0 file
     (state, data_iterator), start_step = restored
     logging.info("Resumed from the checkpoint of step %d in %s", start_step, workdir)
-  # The forms are a ConvNeXt's (`models.forms`); an EfficientNet-Lite has one form only.
-  forms = backbone.forms.as_dict() if isinstance(backbone, convnext.ConvNeXt) else None
-  checkpoints.save_config(workdir, config, forms=forms)
+  checkpoints.save_config(workdir, config, forms=backbone.forms.as_dict())
 
   monitor = None
   if config.knn_every_steps:
