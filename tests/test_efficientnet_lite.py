@@ -30,6 +30,7 @@ from artstyle_jax.models import forms
 from artstyle_jax.models import torch_legacy_format
 from artstyle_jax.runs import evaluation
 from artstyle_jax.runs import pretraining
+from artstyle_jax.runs import saved_run
 from artstyle_jax.storage import checkpoints
 from helpers import config_path
 from helpers import PLAIN_COSINE
@@ -295,19 +296,54 @@ def test_eval_weights_names_the_imagenet_backbone_and_normalises_as_it_was_train
   assert not (tmp_path / "refused").exists()
 
 
-def test_the_train_program_pretrains_from_imagenet_and_records_its_forms(tmp_path, synthetic_data):
-  """`train` with model.name=efficientnet_lite0 from its ImageNet weights, two steps from a
-  user's directory: exit 0, a checkpoint of step 2, and a config.json that records the config
-  and the CPU's depthwise form it ran in."""
+@pytest.fixture(scope="module")
+def imagenet_run(tmp_path_factory, synthetic_data):
+  """(directory, completed process) of `train` with model.name=efficientnet_lite0 from its
+  ImageNet weights, two steps, run from a user's directory with relative paths."""
+  cwd = tmp_path_factory.mktemp("imagenet_run")
   data_dir, name = synthetic_data
   process = run_program("train", f"--config={config_path('tiny')}", "--workdir=run", f"--config.dataset.name={name}",
-                        f"--config.dataset.data_dir={os.path.relpath(data_dir, tmp_path)}",
+                        f"--config.dataset.data_dir={os.path.relpath(data_dir, cwd)}",
                         "--config.model.name=efficientnet_lite0", f"--config.init={IMAGENET}",
-                        "--config.num_steps=2", "--config.checkpoint_every_steps=2", cwd=tmp_path)
+                        "--config.num_steps=2", "--config.checkpoint_every_steps=2", cwd=cwd)
+  return cwd, process
+
+
+def test_the_train_program_pretrains_from_imagenet_and_records_its_forms(imagenet_run):
+  """Exit 0, a checkpoint of step 2, and a config.json that records the config and the CPU's
+  depthwise form the run computed in."""
+  cwd, process = imagenet_run
   assert process.returncode == 0, process.stderr[-3000:]
-  assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
-  assert checkpoints.load_config(str(tmp_path / "run")).model.name == "efficientnet_lite0"
-  assert checkpoints.load_forms(str(tmp_path / "run"))["depthwise"] == "shift"
+  assert (cwd / "run" / "checkpoints" / "2").is_dir()
+  assert checkpoints.load_config(str(cwd / "run")).model.name == "efficientnet_lite0"
+  assert checkpoints.load_forms(str(cwd / "run"))["depthwise"] == "shift"
+
+
+def test_the_safetensors_export_reads_back_bit_for_bit_and_loads_in_the_torch_reference(imagenet_run):
+  """`export --format=safetensors` of the run's student: `load_backbone` gives back the
+  checkpoint's parameters bit for bit, and `efficientnet-lite-pytorch`'s network, as the model
+  card loads it, gives our pooled features within 1e-5."""
+  cwd, _ = imagenet_run
+  process = run_program("export", "--workdir=run", "--format=safetensors", "--out=exported", cwd=cwd)
+  assert process.returncode == 0, process.stderr[-3000:]
+  config = checkpoints.load_config(str(cwd / "run"))
+  params, _ = saved_run.restore_backbone(str(cwd / "run"), config)
+  module, variables = models.load_backbone(str(cwd / "exported"))
+  assert isinstance(module, efficientnet_lite.EfficientNetLite) and module.name_of_size == "efficientnet_lite0"
+  for (path, got), expected in zip(jax.tree_util.tree_leaves_with_path(variables["params"]), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected), err_msg=jax.tree_util.keystr(path))
+  card = (cwd / "exported" / "README.md").read_text()
+  assert 'EfficientNet.from_name("efficientnet-lite0", image_size=' in card and "strict=False" in card
+
+  import safetensors.torch  # pylint: disable=g-import-not-at-top
+  reference = EfficientNet.from_name("efficientnet-lite0", image_size=IMAGE_SIZE).eval()
+  missing, unexpected = reference.load_state_dict(safetensors.torch.load_file(str(cwd / "exported" /
+                                                                                  "model.safetensors")), strict=False)
+  assert sorted(missing) == ["_fc.bias", "_fc.weight"] and not unexpected
+  x = images(4)
+  with torch.no_grad():
+    expected = reference.extract_features(torch.from_numpy(x).permute(0, 3, 1, 2)).mean((2, 3)).numpy()
+  assert relative_error(features.pooled(module, variables, jnp.asarray(x)), expected) <= 1e-5
 
 
 @pytest.mark.parametrize("kernel, stride", [(3, 1), (5, 1), (3, 2), (5, 2)])

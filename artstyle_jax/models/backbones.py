@@ -124,6 +124,9 @@ def _from_safetensors(path: str, dtype: Any, forms: forms_lib.Forms) -> tuple[nn
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     _, module, params = resnet_weights.from_state_dict(load_file(path), dtype=dtype)
     return module, params
+  if efficientnet_lite_weights.is_state_dict(keys):
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    return efficientnet_lite_weights.from_state_dict(load_file(path), dtype)
   return convnext_weights.load_pretrained(path, dtype=dtype, forms=forms)
 
 
@@ -158,8 +161,8 @@ def _from_file(path: str, dtype: Any, forms: forms_lib.Forms) -> tuple[nn.Module
     if vit_weights.directory_model_type(path) or (has_config and not os.path.isfile(weights)):
       return vit_weights.load_directory(path, dtype=dtype)
     if not os.path.isfile(weights):
-      raise ValueError("the directory holds neither model.safetensors (a ConvNeXt or ResNet) nor config.json "
-                       "(a DINOv2 or CLIP model's transformers files)")
+      raise ValueError("the directory holds neither model.safetensors (a ConvNeXt, ResNet or EfficientNet-Lite) "
+                       "nor config.json (a DINOv2 or CLIP model's transformers files)")
     return _from_safetensors(weights, dtype, forms)
   if path.endswith(".safetensors"):
     return _from_safetensors(path, dtype, forms)

@@ -14,6 +14,8 @@ Each BatchNorm's weight, bias, running_mean and running_var are folded into `sca
 (`efficientnet_lite`'s docstring; eps 1e-3); num_batches_tracked is not needed. The size
 (lite0 ... lite4) is read from the number of blocks and the width of the last one. A state dict
 that does not fill the tree exactly is refused, naming the keys (`torch_weights.CheckpointError`).
+`to_state_dict` writes our tree back in the reference's keys (`RULES`, the same table read the
+other way).
 """
 from collections.abc import Mapping
 import importlib.util
@@ -29,15 +31,13 @@ from artstyle_jax.models import torch_legacy_format
 from artstyle_jax.models import torch_weights
 from artstyle_jax.models.efficientnet_lite import EfficientNetLite
 from artstyle_jax.models.torch_weights import CheckpointError
+from artstyle_jax.models.torch_weights import Rule
 
 IMAGENET_PREFIX = "imagenet:"
 _BATCH_NORM_LEAVES = ("weight", "bias", "running_mean", "running_var")
 _IGNORED_LEAVES = ("num_batches_tracked",)
-_FOLDED = ("folded_scale", "folded_bias")
 _BLOCK = re.compile(r"_blocks\.(\d+)\.(.+)")
-_CONVS = ("_conv_stem", "_conv_head", "_expand_conv", "_depthwise_conv", "_project_conv")
 _BATCH_NORMS = ("_bn0", "_bn1", "_bn2")
-_LINEAR = {"weight": ("kernel", np.transpose), "bias": ("bias", torch_weights.same)}
 
 
 def is_state_dict(keys: Any) -> bool:
@@ -71,19 +71,47 @@ def fold_batch_norms(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
   return folded
 
 
-def _our_path(key: str) -> tuple[tuple[str, ...], torch_weights.Convert] | None:
-  """(path in our tree, conversion) of a folded state dict's key; None for keys outside it."""
-  module, _, leaf = key.rpartition(".")
-  found = _BLOCK.fullmatch(module)
-  prefix, inner = ((f"blocks_{found.group(1)}",), found.group(2)) if found else ((), module)
-  if inner in _CONVS and leaf == "weight":
-    return prefix + (inner[1:], "kernel"), torch_weights.conv_kernel
-  if inner in _BATCH_NORMS and leaf in _FOLDED:
-    return prefix + (inner[1:], leaf.removeprefix("folded_")), torch_weights.same
-  if inner == "_fc" and leaf in _LINEAR:
-    name, convert = _LINEAR[leaf]
-    return prefix + ("fc", name), convert
-  return None
+_CONV_WEIGHT = {"weight": torch_weights.CONV["weight"]}
+_FOLDED_NORM = {"folded_scale": torch_weights.Leaf("scale", torch_weights.same, torch_weights.same),
+                "folded_bias": torch_weights.Leaf("bias", torch_weights.same, torch_weights.same)}
+_BLOCK_CONVS = {"expand": "expand", "depthwise": "depthwise", "project": "project"}
+# The reference's modules (of a state dict with its BatchNorms folded) and our tree, read both ways.
+RULES = (
+    Rule("_conv_stem", ("conv_stem",), _CONV_WEIGHT),
+    Rule("_bn0", ("bn0",), _FOLDED_NORM),
+    Rule("_blocks.{0}._{1}_conv", ("blocks_{0}", "{1}_conv"), _CONV_WEIGHT, {1: _BLOCK_CONVS}),
+    Rule("_blocks.{0}._bn{1}", ("blocks_{0}", "bn{1}"), _FOLDED_NORM),
+    Rule("_conv_head", ("conv_head",), _CONV_WEIGHT),
+    Rule("_bn1", ("bn1",), _FOLDED_NORM),
+    Rule("_fc", ("fc",), torch_weights.LINEAR),
+)
+
+
+def unfold_batch_norms(folded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The inverse of `fold_batch_norms`: each `<prefix>.folded_scale` and `.folded_bias` as a
+  BatchNorm's weight and bias with running mean 0 and running variance 1 - eps (so that
+  `weight / sqrt(var + eps)` is the scale, which folding again gives back bit for bit), and
+  num_batches_tracked 0, as the reference's state dict has them."""
+  state_dict = {}
+  for key, value in folded.items():
+    prefix, _, leaf = key.rpartition(".")
+    if leaf == "folded_scale":
+      state_dict.update({f"{prefix}.weight": value,
+                         f"{prefix}.running_mean": np.zeros_like(value),
+                         f"{prefix}.running_var": np.full_like(value, 1.0 - efficientnet_lite.BATCH_NORM_EPS),
+                         f"{prefix}.num_batches_tracked": np.zeros((), np.int64)})
+    elif leaf == "folded_bias":
+      state_dict[f"{prefix}.bias"] = value
+    else:
+      state_dict[key] = value
+  return state_dict
+
+
+def to_state_dict(module: EfficientNetLite, params: Any) -> dict[str, np.ndarray]:
+  """The reference's state dict (`efficientnet-lite-pytorch`'s keys, float32) of `module`'s
+  parameters, its classifier `_fc` when `params` has one: `from_state_dict` reads it back to
+  the same tree, and the reference's `load_state_dict` takes it (strict=False without `_fc`)."""
+  return unfold_batch_norms(torch_weights.to_state_dict(RULES, params, module.name_of_size))
 
 
 def size_of(state_dict: Mapping[str, Any]) -> str:
@@ -112,7 +140,7 @@ def from_state_dict(state_dict: Mapping[str, Any], dtype: Any = jnp.float32) -> 
   num_classes = int(np.shape(state_dict["_fc.weight"])[0]) if "_fc.weight" in state_dict else 0
   module = efficientnet_lite.create(name, dtype=dtype, num_classes=num_classes)
   params = torch_weights.fill_params(name, torch_weights.expected_shapes(module, 64), fold_batch_norms(state_dict),
-                                     _our_path)
+                                     lambda key: torch_weights.match_rules(RULES, key))
   return module, params
 
 

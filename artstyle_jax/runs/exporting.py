@@ -10,7 +10,9 @@ Formats (each DIR/model.safetensors, float32, with the files its library reads b
                 whose `fc` is `torch.nn.Identity()` takes it whole)
   safetensors   what `models.load_backbone` reads, so config.init=DIR, eval --weights=DIR and
                 predict take it: the timm keys of a ConvNeXt (no head), torchvision's of a
-                ResNet, a ViT's transformers files; read back, the parameters are the same bits
+                ResNet, a ViT's transformers files, `efficientnet-lite-pytorch`'s of an
+                EfficientNet-Lite (its BatchNorms as folded: running mean 0, variance 1 - eps);
+                read back, the parameters are the same bits
 
 Every format also writes DIR/README.md, a model card (`runs.model_card`). The workdir is a
 pretraining workdir (its student, or a teacher: `saved_run.NETWORKS`) or a fine-tuning one (its
@@ -18,7 +20,7 @@ backbone).
 Everything is checked and every file made in memory before the first is written: a refused export
 (no checkpoint, a format that cannot hold the backbone, a DIR that is not empty) writes nothing.
 The mappings of the keys are the readers' own (`convnext_weights`, `resnet_weights`,
-`vit_weights`), run backwards.
+`vit_weights`, `efficientnet_lite_weights`), run backwards.
 """
 import dataclasses
 import json
@@ -41,6 +43,7 @@ from artstyle_jax.method import step as step_lib
 from artstyle_jax.models import convnext
 from artstyle_jax.models import convnext_weights
 from artstyle_jax.models import efficientnet_lite
+from artstyle_jax.models import efficientnet_lite_weights
 from artstyle_jax.models import forms as forms_lib
 from artstyle_jax.models import resnet
 from artstyle_jax.models import resnet_weights
@@ -258,6 +261,8 @@ def format_files(backbone: Backbone, fmt: str) -> dict[str, bytes]:
     if fmt == "transformers":
       files[PREPROCESSOR_FILE] = _json(preprocessor_config(backbone))
     return files
+  if isinstance(module, efficientnet_lite.EfficientNetLite):  # safetensors, the one format that holds it
+    return {WEIGHTS_FILE: _weights(efficientnet_lite_weights.to_state_dict(module, params))}
   is_convnext = isinstance(module, convnext.ConvNeXt)
   if fmt == "transformers":
     config = (convnext_weights.hf_config(module, backbone.image_size) if is_convnext

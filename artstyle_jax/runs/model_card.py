@@ -11,6 +11,7 @@ from artstyle_jax import models
 from artstyle_jax.data import geometry
 from artstyle_jax.evaluators import label_efficiency
 from artstyle_jax.models import convnext
+from artstyle_jax.models import efficientnet_lite
 from artstyle_jax.models import resnet
 from artstyle_jax.runs import finetuning
 from artstyle_jax.runs import saved_run
@@ -65,10 +66,18 @@ def _loading(backbone: "exporting.Backbone", fmt: str, with_classifier: bool) ->
             'model = AutoModel.from_pretrained("DIR")', 'processor = AutoImageProcessor.from_pretrained("DIR")',
             'outputs = model(**processor(images, return_tensors="pt"))', "```",
             f"The feature this package evaluates is {feature}."]
+  torch_lines = []
+  if isinstance(module, efficientnet_lite.EfficientNetLite):
+    torch_lines = ["In torch, `efficientnet-lite-pytorch`'s network takes the file (it has no classifier):",
+                   "```python", "import safetensors.torch", "from efficientnet_lite_pytorch import EfficientNet",
+                   f'model = EfficientNet.from_name("{backbone.model_name.replace("_", "-")}", '
+                   f"image_size={backbone.image_size}).eval()",
+                   'model.load_state_dict(safetensors.torch.load_file("DIR/model.safetensors"), strict=False)', "```",
+                   "The feature this package evaluates is `model.extract_features(x).mean((2, 3))`."]
   return ["```sh", "python -m artstyle_jax.eval --weights=DIR --workdir=OUT --config.dataset.name=NAME "
           "--config.dataset.data_dir=DATA",
           "python -m artstyle_jax.train --config=CONFIG --workdir=RUN --config.init=DIR", "```",
-          "`models.load_backbone(\"DIR\")` reads back the same parameters, bit for bit."]
+          "`models.load_backbone(\"DIR\")` reads back the same parameters, bit for bit.", *torch_lines]
 
 
 def _images(backbone: "exporting.Backbone") -> str:
