@@ -1,5 +1,8 @@
-"""The CPU demo (python -m artstyle_jax.demo): the paper's method, made small enough to pretrain
-from scratch in minutes on two CPU cores and still beat the random initialisation it starts from.
+"""The demo from scratch (python -m artstyle_jax.demo --config=configs/demo_scratch.py), and the
+base of python -m artstyle_jax.tools.demo_ablations: the paper's method, made small enough to
+pretrain ConvNeXt-atto from a random initialisation in minutes on two CPU cores and still beat
+the initialisation it starts from, on the synthetic textures (README, "Learning rate and feature
+collapse"). configs/demo.py pretrains from ImageNet weights instead, as the paper does.
 
 Every value that differs from paper.py is set below, with the reason.
 """
@@ -24,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   # dataset.name and dataset.data_dir): ten texture-defined styles instead of WikiArt.
   config.dataset.name = config_dict.placeholder(str)
   config.synthetic = ml_collections.ConfigDict()
+  config.synthetic.kind = "textures"  # `data.synthetic.KINDS`
   config.synthetic.per_class = 100  # training images per style
   # 100 test images per style: the margin over the random initialisation is a few points, and with
   # 1000 test images its standard error is about 1.5 points (about 2.5 with 300).

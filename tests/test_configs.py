@@ -132,7 +132,7 @@ def test_total_steps_is_num_steps_or_whole_epochs_of_full_batches():
 
 def test_the_packaged_configs_are_the_repository_configs():
   """artstyle_jax/configs, the programs' defaults and what a wheel ships, is configs/ itself in a clone."""
-  for name in NAMES + ("demo",):
+  for name in NAMES + ("demo", "demo_scratch"):
     assert config_lib.packaged_config(f"{name}.py").resolve() == pathlib.Path(config_path(name)).resolve()
 
 

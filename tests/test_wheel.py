@@ -84,8 +84,8 @@ def test_the_installed_demo_runs_from_an_empty_directory(python, tmp_path):
   assert result.returncode == 0, result.stderr
   assert os.listdir(empty) == ["demo"]
   results = json.loads((empty / "demo" / "demo_results.json").read_text())
-  assert (results["model"], results["pretrain_steps"], results["pretrained"]["step"]) == ("convnext_atto", 2, 2)
+  assert (results["model"], results["pretrain_steps"], results["pretrained"]["step"]) == ("efficientnet_lite0", 2, 2)
   assert results["pretrained"]["results_dir"] == str(empty / "demo" / "pretrain" / "eval")
   assert (empty / "demo" / "pretrain" / "checkpoints" / "2").is_dir()
   assert (empty / "demo" / "pretrain" / "eval" / "linear_fast.json").is_file()
-  assert "pretrained (step 2)" in result.stdout
+  assert "pretrained from init (step 2)" in result.stdout

@@ -1,9 +1,9 @@
 """The demo's pretraining with one setting changed at a time, scored as the demo scores a backbone.
 
   python -m artstyle_jax.tools.demo_ablations --workdir=DIR [--runs=NAME,NAME,...]
-      [--config=configs/demo.py] [--config.key=value ...]
+      [--config=configs/demo_scratch.py] [--config.key=value ...]
 
-Each run of `RUNS` is the config (default configs/demo.py, with its overrides) plus the run's own
+Each run of `RUNS` is the config (default configs/demo_scratch.py, with its overrides) plus the run's own
 overrides, pretrained in DIR/NAME (a train.py workdir: run the command again after an interruption
 and it resumes; a finished run is not repeated) on the demo's dataset, built once in DIR/data. Each
 pretrained backbone, and the random initialisation of every image size the runs use, gets the
@@ -31,7 +31,7 @@ from artstyle_jax.storage import metric_writer
 RESULTS_FILE = "ablations.json"
 # name: (what the run changes, its config overrides). The demo's own settings are the first run.
 RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "demo": ("configs/demo.py: the paper's rate and schedule, peak 0.002", ()),
+    "demo": ("configs/demo_scratch.py: the paper's rate and schedule, peak 0.002", ()),
     "cosine_0.6": ("peak 0.6 (base 0.3) on a continuous cosine",
                    ("optim.base_lr=0.3", "optim.schedule=cosine")),
     "cosine_0.06": ("peak 0.06, cosine", ("optim.base_lr=0.03", "optim.schedule=cosine")),
@@ -56,8 +56,8 @@ RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 RANDOM_INIT = "random_init"
 
-cli.define_config_file("Base config of every run, default configs/demo.py; override keys as "
-                       "--config.key=value.", default=str(config_lib.packaged_config("demo.py")))
+cli.define_config_file("Base config of every run, default configs/demo_scratch.py; override keys as "
+                       "--config.key=value.", default=str(config_lib.packaged_config("demo_scratch.py")))
 _WORKDIR = cli.DEFINE_path("workdir", None, "Directory of the runs, their dataset and ablations.json.")
 _RUNS = flags.DEFINE_list("runs", list(RUNS), f"Runs to make, of {', '.join(RUNS)}.")
 
