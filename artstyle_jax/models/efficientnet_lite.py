@@ -31,7 +31,7 @@ the residual stream in float32, so the feature maps are float32 whatever `dtype`
 Forms (`models.forms`): the depthwise convolutions follow `forms.depthwise`, as ConvNeXt's do.
 'conv' is XLA's grouped convolution; 'shift' (the CPU's) is `cpu/depthwise.py`'s stride-1
 convolution, and a stride-2 layer keeps every other output of it (`depthwise_conv`), which on
-XLA:CPU is still 20-150 times faster than its grouped convolution (PERFORMANCE.md). The other
+XLA:CPU is still 30 to 150 times faster than its grouped convolution (PERFORMANCE.md). The other
 parts have one form.
 """
 import math

@@ -200,7 +200,8 @@ def comparison_table(results: dict[str, Any]) -> str:
   backbone, and the pretrained backbone's margin over the one it started from (the rank's as a
   ratio)."""
   rows = [(row_label(name, results), results[name]) for name in results["backbones"]]
-  margin_label = f"margin over the {'random init' if results['baseline'] == 'random_init' else 'init'} (points; rank ratio)"
+  start = "random init" if results["baseline"] == "random_init" else "init"
+  margin_label = f"margin over the {start} (points; rank ratio)"
   width = max(len(label) for label in [*(label for label, _ in rows), margin_label])
   margin = results["margin"]
   lines = [f"{'':<{width}}  linear probe top-1  kNN top-1  effective rank",
