@@ -10,11 +10,14 @@ from PIL import Image
 import pytest
 
 from artstyle_jax import models
+from artstyle_jax.method import config_lib
 from artstyle_jax.method import features
+from artstyle_jax.runs import synthetic_demo
 from helpers import config_path
 from helpers import file_stamps
 from helpers import run_program
 from helpers import SHORT_DEMO as SHORT
+from helpers import SHORT_SCRATCH_DEMO
 
 BACKBONES = ("random_init", "init", "pretrained_random", "pretrained")
 FIGURES = [f"{method}_{metric}" for method in ("linear", "knn")
@@ -43,7 +46,7 @@ def demo_run(tmp_path_factory):
 def scratch_run(tmp_path_factory):
   """(workdir, completed process) of one shortened demo of configs/demo_scratch.py."""
   workdir = tmp_path_factory.mktemp("demo_scratch")
-  return workdir, run_demo(workdir, f"--config={config_path('demo_scratch')}", *SHORT)
+  return workdir, run_demo(workdir, f"--config={config_path('demo_scratch')}", *SHORT_SCRATCH_DEMO)
 
 
 def test_demo_writes_all_four_evaluations_and_the_margin_over_the_imagenet_init(demo_run):
@@ -194,13 +197,10 @@ def test_running_the_demo_again_reuses_both_finished_pretrainings(demo_run):
 @pytest.mark.parametrize("override, message", [
     ("--config.no_such_key=1", "unknown config key 'no_such_key'"),
     ("--config.init=imagenet:efficientnet_lite3", "pip install efficientnet-lite3-pytorch-model"),
-    ("--config.knn_k=50", "knn_k=50"),
-    ("--config.synthetic.kind=photographs", "synthetic.kind must be one of"),
 ])
 def test_a_config_the_demo_cannot_run_is_refused_in_one_line(tmp_path, override, message):
-  """An unknown key, an init whose weights are not installed, more kNN neighbours than training
-  images, an unknown kind of dataset: exit 1, one error line that names the problem, nothing
-  written."""
+  """An unknown key, an init whose weights are not installed: exit 1, one error line that names
+  the problem, nothing written."""
   workdir = tmp_path / "demo"
   result = run_demo(workdir, *SHORT, override)
   assert result.returncode == 1
@@ -208,6 +208,19 @@ def test_a_config_the_demo_cannot_run_is_refused_in_one_line(tmp_path, override,
   assert len(errors) == 1 and message in errors[0], result.stderr
   assert "Traceback" not in result.stderr
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("knn_k=50", "knn_k=50 exceeds the 20 training images"),
+    ("synthetic.kind=photographs", "synthetic.kind must be one of"),
+    ("synthetic.per_class=0", "must be at least 1"),
+])
+def test_the_demos_own_checks_name_what_it_cannot_run(override, message):
+  """More kNN neighbours than training images, an unknown kind of dataset, an empty split:
+  ConfigError from `check_config`, which the program turns into its one error line (above)."""
+  config = config_lib.load(config_path("demo"), [o.removeprefix("--config.") for o in SHORT] + [override])
+  with pytest.raises(config_lib.ConfigError, match=message):
+    synthetic_demo.check_config(config)
 
 
 def test_a_workdir_pretrained_with_another_config_is_refused_untouched(demo_run):

@@ -8,7 +8,7 @@ import pytest
 from artstyle_jax.tools import demo_ablations
 from helpers import file_stamps
 from helpers import run_program
-from helpers import SHORT_DEMO
+from helpers import SHORT_SCRATCH_DEMO as SHORT_DEMO
 
 
 @pytest.fixture(scope="module")
