@@ -14,6 +14,9 @@ some platforms only:
 - compiled_kernels: the 'shift' form (and with 'manual', the fused block and the LayerNorms) runs
   as the C++ kernels of `cpu/kernels.py`, XLA:CPU custom calls that no other platform has.
 
+EfficientNet-Lite's depthwise convolutions (3x3 and 5x5, stride 1 and 2) follow `depthwise` and
+`compiled_kernels` too (`efficientnet_lite.depthwise_conv`); its other parts have one form.
+
 Every form computes the same function (tests hold them to 1e-5). The choice follows the platform
 of the devices the program is compiled for (a mesh's devices, or a platform named for export),
 never the process's default backend: a TPU program lowered on a CPU host gets the TPU's forms.
