@@ -270,8 +270,10 @@ class _Clock:
     return {**self.phases, "total": total}
 
 
-def _evaluate_all(config: ml_collections.ConfigDict, workdir: str, step: int) -> tuple[dict, dict]:
-  """({name: evaluate_backbone's results}, {name: its directory}) of each of `backbones(config)`."""
+def _evaluate_all(config: ml_collections.ConfigDict, workdir: str, step: int,
+                  runs: dict[str, ml_collections.ConfigDict]) -> tuple[dict, dict]:
+  """({name: evaluate_backbone's results}, {name: its directory}) of each of `backbones(config)`;
+  `runs` maps each pretraining's directory to its config."""
   pretrain_dir = str(epath.Path(workdir) / PRETRAIN_DIR)
   out_dirs = {"pretrained": saved_run.eval_dir(pretrain_dir), "random_init": saved_run.eval_dir(pretrain_dir, True),
               "init": saved_run.eval_dir(pretrain_dir) / INIT_EVAL_DIR,
@@ -286,13 +288,21 @@ def _evaluate_all(config: ml_collections.ConfigDict, workdir: str, step: int) ->
     elif name == "random_init":
       params = None
     else:
-      if name == "pretrained_random":
-        run_config = random_start(config)
-      run_dir = str(epath.Path(workdir) / (PRETRAIN_DIR if name == "pretrained" else PRETRAIN_RANDOM_DIR))
-      params, run_step = saved_run.restore_backbone(run_dir, run_config, step)
+      directory = PRETRAIN_DIR if name == "pretrained" else PRETRAIN_RANDOM_DIR
+      run_config = runs[directory]
+      params, run_step = saved_run.restore_backbone(str(epath.Path(workdir) / directory), run_config, step)
     evaluations[name] = evaluation.evaluate_backbone(run_config, params, out_dirs[name], step=run_step, verbose=False,
                                                      weights=weights, embedding=True)
   return evaluations, {name: out_dirs[name] for name in backbones(config)}
+
+
+def pretrainings(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+  """{directory under WORKDIR: config} of the demo's pretrainings: `config` in PRETRAIN_DIR and,
+  from a pretrained init, the same from random in PRETRAIN_RANDOM_DIR."""
+  runs = {PRETRAIN_DIR: config}
+  if not from_random(config):
+    runs[PRETRAIN_RANDOM_DIR] = random_start(config)
+  return runs
 
 
 def random_start(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -311,25 +321,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
     health.TrainingError: a non-finite loss in pretraining.
   """
   check_config(config)
-  runs = {PRETRAIN_DIR: config}
-  if not from_random(config):
-    runs[PRETRAIN_RANDOM_DIR] = random_start(config)
-  for directory, run_config in runs.items():
+  for directory, run_config in pretrainings(config).items():
     check_same_run(str(epath.Path(workdir) / directory), run_config)
   clock = _Clock()
   config = build_data(config, workdir)
   clock.lap("data")
 
+  runs = pretrainings(config)
   for directory, run_config in runs.items():
-    with run_config.unlocked():
-      run_config.dataset.name, run_config.dataset.data_dir = config.dataset.name, config.dataset.data_dir
     step, total_steps = pretrain(run_config, str(epath.Path(workdir) / directory))
     if step != total_steps:
       return None
   clock.lap("pretrain")
 
   pretrain_dir = str(epath.Path(workdir) / PRETRAIN_DIR)
-  evaluations, out_dirs = _evaluate_all(config, workdir, total_steps)
+  evaluations, out_dirs = _evaluate_all(config, workdir, total_steps, runs)
   clock.lap("evaluate")
   sheet = write_sheet(config, pretrain_dir, str(epath.Path(workdir) / SHEET_FILE))
   clock.lap("sheet")
