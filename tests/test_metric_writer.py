@@ -1,11 +1,13 @@
 """The metrics writer: a file per start of train, never an earlier start's records touched, and
 on gs:// (a real GCS emulator) every record uploaded by each flush, as no object store appends."""
 import json
+import textwrap
 import unittest.mock
 
 import pytest
 
 from artstyle_jax.storage import metric_writer
+from helpers import run_python
 
 
 def write(writer, steps):
@@ -53,7 +55,7 @@ def test_on_gcs_each_flush_uploads_every_record_and_a_resumed_run_adds_an_object
   finds them in the bucket.)"""
   for key, value in gcs.env.items():
     monkeypatch.setenv(key, value)
-  monkeypatch.setattr(metric_writer.tensorboardX, "SummaryWriter", lambda logdir: unittest.mock.Mock())
+  monkeypatch.setattr(metric_writer, "_summary_writer", lambda logdir: unittest.mock.Mock())
   workdir = gcs.new_bucket("metrics-writer") + "/run"
   objects = gcs.root / "metrics-writer" / "run"
 
@@ -81,3 +83,20 @@ def test_on_gcs_each_flush_uploads_every_record_and_a_resumed_run_adds_an_object
 def _process_index_zero(monkeypatch):
   """The writer writes on process 0 only: these tests are process 0."""
   monkeypatch.setattr(metric_writer.jax, "process_index", lambda: 0)
+
+
+def test_the_writer_leaves_torch_unimported_and_torch_importable_after_it(tmp_path):
+  """tensorboardX imports torch when it can (seconds of every program's start): a writer made in a
+  process that has not imported torch writes its event file without it, and torch imports after."""
+  code = textwrap.dedent("""
+      import pathlib, sys
+      from artstyle_jax.storage import metric_writer
+      writer = metric_writer.MetricWriter(sys.argv[1], total_steps=1, batch_size=1)
+      writer.write_scalars(1, {"loss": 1.0, "lr": 0.1})
+      writer.close()
+      print("torch" in sys.modules, len(list(pathlib.Path(sys.argv[1], "tb").iterdir())))
+      import torch
+      print(torch.ones(2).sum().item())
+  """)
+  result = run_python("-c", code, tmp_path / "run", check=True)
+  assert result.stdout.split() == ["False", "1", "2.0"]

@@ -8,6 +8,7 @@ calls it before each checkpoint) and at `close`: a run killed at any point keeps
 to its last checkpoint. On a local disk each record is written as it comes. `read_records` gives
 the records of all starts in the order they ran.
 """
+import contextlib
 import json
 import re
 import sys
@@ -17,7 +18,6 @@ from typing import Any, Mapping
 from etils import epath
 import jax
 import numpy as np
-import tensorboardX
 import tqdm
 
 from artstyle_jax.storage import paths
@@ -28,6 +28,21 @@ _START = re.compile(r"^metrics-(\d+)\.jsonl$")
 LEGACY_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
 HEALTH_PREFIX = "health/"  # feature-health signals: in TensorBoard and the JSONL file, not on the console line
+
+
+def _summary_writer(logdir: str):
+  """tensorboardX's SummaryWriter for `logdir`, imported without torch.
+
+  tensorboardX imports torch when it is installed (about 1.5 s of a program's start) only to
+  accept torch tensors, which this writer never passes; `import torch` inside its import raises
+  ImportError instead, unless torch is already imported.
+  """
+  with contextlib.ExitStack() as stack:
+    if "torch" not in sys.modules:
+      stack.callback(sys.modules.pop, "torch", None)
+      sys.modules["torch"] = None
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  return tensorboardX.SummaryWriter(logdir)
 
 
 def metrics_files(workdir: str | epath.PathLike) -> list[epath.Path]:
@@ -88,7 +103,7 @@ class MetricWriter:
     self._local = None  # the local file, opened at the first record
     self._lines: list[str] = []  # this start's records, for the whole uploads to an object store
     self._uploaded = None  # how many of them the object holds (None: no object yet)
-    self._tensorboard = tensorboardX.SummaryWriter(str(workdir / TENSORBOARD_DIR))
+    self._tensorboard = _summary_writer(str(workdir / TENSORBOARD_DIR))
     self._progress = tqdm.tqdm(total=total_steps, unit="step", dynamic_ncols=True) if sys.stderr.isatty() else None
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
