@@ -50,12 +50,12 @@ def load_config(name: str, *overrides: str):
 # 36 s), which is most of what each of those tests costs.
 FAST_COMPILING = "model.depthwise=conv"
 
-# The demo shortened (test_demo, test_wheel, test_demo_ablations): two steps on 20 training images
+# The demo shortened (test_demo, test_wheel): two steps on 20 training images
 # of 32 px, the whole program in a minute of CPU.
 SHORT_DEMO = ("--config.synthetic.per_class=2", "--config.synthetic.test_per_class=1", "--config.synthetic.size=32",
               "--config.image_size=32", "--config.batch_size=8", "--config.num_steps=2", "--config.knn_k=4")
-# The same for configs/demo_scratch.py's ConvNeXt, which compiles faster in the grouped convolution
-# (an EfficientNet-Lite, configs/demo.py's, faster in the CPU's form).
+# The same for configs/demo_scratch.py's ConvNeXt (test_demo, test_demo_ablations), which compiles
+# faster in the grouped convolution (an EfficientNet-Lite, configs/demo.py's, faster in the CPU's form).
 SHORT_SCRATCH_DEMO = SHORT_DEMO + (f"--config.{FAST_COMPILING}",)
 
 # The learning rate of small_step_config's tests: a cosine from 0.05, no warm-up, no scaling with

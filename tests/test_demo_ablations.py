@@ -8,14 +8,14 @@ import pytest
 from artstyle_jax.tools import demo_ablations
 from helpers import file_stamps
 from helpers import run_program
-from helpers import SHORT_SCRATCH_DEMO as SHORT_DEMO
+from helpers import SHORT_SCRATCH_DEMO
 
 
 @pytest.fixture(scope="module")
 def ablations(tmp_path_factory):
   """(directory the program ran in, completed process) of two shortened runs, --workdir relative."""
   cwd = tmp_path_factory.mktemp("ablations")
-  result = run_program("tools.demo_ablations", "--workdir=runs", "--runs=demo,cosine_0.6", *SHORT_DEMO, cwd=cwd)
+  result = run_program("tools.demo_ablations", "--workdir=runs", "--runs=demo,cosine_0.6", *SHORT_SCRATCH_DEMO, cwd=cwd)
   return cwd, result
 
 
@@ -67,7 +67,8 @@ def test_the_table_is_printed_in_markdown_random_initialisation_first(ablations)
 
 def test_an_unknown_run_is_refused_in_one_line_with_nothing_written(tmp_path):
   """--runs naming no run: exit 1, one error line listing the runs, no workdir made."""
-  result = run_program("tools.demo_ablations", "--workdir=runs", "--runs=demo,baroque", *SHORT_DEMO, cwd=tmp_path)
+  result = run_program("tools.demo_ablations", "--workdir=runs", "--runs=demo,baroque", *SHORT_SCRATCH_DEMO,
+                       cwd=tmp_path)
   assert result.returncode == 1
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and "unknown run 'baroque'" in errors[0] and "cosine_0.6" in errors[0], result.stderr
@@ -80,7 +81,7 @@ def test_runs_pretrained_with_another_config_are_refused_before_anything_is_writ
   it was (the check comes before any run trains)."""
   cwd, _ = ablations
   before = file_stamps(cwd / "runs")
-  result = run_program("tools.demo_ablations", "--workdir=runs", "--runs=demo,cosine_0.6", *SHORT_DEMO,
+  result = run_program("tools.demo_ablations", "--workdir=runs", "--runs=demo,cosine_0.6", *SHORT_SCRATCH_DEMO,
                        "--config.num_steps=4", cwd=cwd)
   assert result.returncode == 1
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
